@@ -1,0 +1,45 @@
+# llasm — the two commands a newcomer runs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+EXTRAS ?= eval,test
+# Re-install only when setup.py changes (stamp keyed by its hash).
+STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-10)
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast demo bench setup system-deps starter clean
+
+$(STAMP):
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: the local CPU wheel; an unpinned torch would pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-*; touch $@
+
+setup: system-deps $(STAMP)
+
+# Debian packages the data tools use (espeak-ng TTS). Skipped when already present.
+system-deps:
+	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "warning: espeak-ng not installed; its tests will fail"; }
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+demo: setup
+	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.demo
+
+bench: setup
+	$(PY) bench/encoder_length.py
+
+starter: setup
+	$(PY) -m llasm.cli starter-models
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,101 @@
+"""Checkpoints: safetensors only, trained parts + base ids by default, everything on ``merge``.
+
+A ``trained_parts`` checkpoint holds the adaptor, the audio-token rows and whatever else trained
+(LoRA weights, a fully tuned LLM, the unit head); loading rebuilds the frozen bases from the ids or
+paths recorded in the config. A ``full`` checkpoint is a plain HF model directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_checkpoint(model, save_directory, merge: bool = False) -> Path:
+    """Write ``model`` (and its processor, when attached) into ``save_directory`` atomically."""
+    target = Path(save_directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    bases_known = bool(model.config.audio_model_name_or_path and model.config.text_model_name_or_path)
+    try:
+        if merge or not bases_known:
+            _save_full(model, tmp)
+        else:
+            config = copy.deepcopy(model.config)
+            config.checkpoint_format = "trained_parts"
+            config.save_pretrained(tmp)
+            save_file(model.trained_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if getattr(model, "processor", None) is not None:
+            model.processor.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def _save_full(model, directory: Path) -> None:
+    """Everything in one HF directory; LoRA is merged into the LLM first."""
+    lm = model.language_model
+    if model.config.lora:
+        model = copy.deepcopy(model)
+        model.language_model = model.language_model.merge_and_unload()
+        model.config.lora = None
+    original = model.config.checkpoint_format
+    model.config.checkpoint_format = "full"
+    try:
+        PreTrainedModel.save_pretrained(model, directory, safe_serialization=True)
+    finally:
+        model.config.checkpoint_format = original
+    del lm
+
+
+def load_checkpoint(cls, path, *, dtype=None, config=None, **kwargs):
+    """Load either checkpoint format; attaches ``model.processor`` when the directory has one."""
+    from .builder import _dtype, from_base_models
+    from .configuration import LlasmConfig
+
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    config = config or LlasmConfig.from_pretrained(path, **hub_kwargs)
+    torch_dtype = _dtype(dtype if dtype not in (None, "auto") else None)
+    if config.checkpoint_format == "full":
+        model = PreTrainedModel.from_pretrained.__func__(cls, path, config=config, dtype=torch_dtype, **kwargs)
+    else:
+        from transformers.utils import cached_file
+
+        model = from_base_models(config, dtype=torch_dtype)
+        if config.lora:
+            from .lora import add_lora
+
+            add_lora(model, config.lora)
+        state = load_file(cached_file(path, WEIGHTS_NAME, **hub_kwargs))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{path}: checkpoint has weights this model does not: {unexpected[:5]}")
+    model.processor = _load_processor(path, hub_kwargs)
+    model.eval()
+    return model
+
+
+def _load_processor(path, hub_kwargs):
+    from .processing import LlasmProcessor
+
+    if Path(path).is_dir() and not (Path(path) / "processor_config.json").exists():
+        return None
+    try:
+        return LlasmProcessor.from_pretrained(path, **hub_kwargs)
+    except OSError:
+        return None

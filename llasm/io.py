@@ -1,0 +1,88 @@
+"""Small file helpers shared by every job: atomic writes, JSONL, YAML with ${ENV} expansion."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file; a bad line raises ``ValueError`` naming the file and line number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+    return rows
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Load YAML, expanding ``${VAR}`` / ``${VAR:-default}`` from the environment in strings."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    return expand_env(data)
+
+
+def expand_env(obj: Any) -> Any:
+    import re
+
+    def sub(match: re.Match) -> str:
+        name, _, default = match.group(1).partition(":-")
+        if name == "LLASM_HOME":
+            return os.environ.get(name) or default or llasm_home()
+        return os.environ.get(name, default)
+
+    if isinstance(obj, str):
+        return re.sub(r"\$\{([^}]+)\}", sub, obj)
+    if isinstance(obj, dict):
+        return {k: expand_env(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [expand_env(v) for v in obj]
+    return obj
+
+
+def llasm_home() -> str:
+    """Where starter models and caches live: ``$LLASM_HOME`` or ``~/.cache/llasm``."""
+    return os.environ.get("LLASM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "llasm")

@@ -1,0 +1,31 @@
+"""LoRA on the language model through peft (``trainable: lora`` in a stage YAML)."""
+
+from __future__ import annotations
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def add_lora(model, settings: dict | None = None):
+    """Wrap ``model.language_model`` with LoRA adapters; only they (of the LLM) train afterwards.
+
+    ``settings``: ``r``, ``alpha``, ``dropout``, ``target_modules`` (peft ``LoraConfig`` names also
+    accepted). Recorded in ``model.config.lora`` so checkpoints can rebuild the wrapper.
+    """
+    from peft import LoraConfig, LoraModel
+
+    settings = dict(settings or {})
+    lora_config = LoraConfig(
+        r=int(settings.get("r", 16)),
+        lora_alpha=int(settings.get("alpha", settings.get("lora_alpha", 32))),
+        lora_dropout=float(settings.get("dropout", settings.get("lora_dropout", 0.05))),
+        target_modules=list(settings.get("target_modules", DEFAULT_TARGETS)),
+        bias="none",
+    )
+    model.language_model = LoraModel(model.language_model, lora_config, "default")
+    model.config.lora = {
+        "r": lora_config.r,
+        "alpha": lora_config.lora_alpha,
+        "dropout": lora_config.lora_dropout,
+        "target_modules": sorted(lora_config.target_modules),
+    }
+    return model

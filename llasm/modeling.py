@@ -1,0 +1,256 @@
+"""`LlasmForConditionalGeneration`: frozen Whisper -> trainable adaptor -> causal LM.
+
+The processor expands every audio into ``<au_start> <au_patch>*N <au_end>``; the model encodes the
+audio, checks N against the shared token-count function and places the audio tokens with one
+``masked_scatter``. Parts: ``audio_tower``, ``adaptor``, ``language_model`` (+ ``unit_head`` later).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration import LlasmConfig, audio_token_lengths, encoder_frames
+
+
+class LlasmWhisperEncoder(WhisperEncoder):
+    """Whisper's encoder for any length up to 30 s, with padding masked out.
+
+    HF's encoder insists on exactly 3000 mel frames and always adds all 1500 positions. Here the
+    position table is sliced to the input length and padded frames are zeroed before each conv
+    and masked in attention, so a clip in a padded batch encodes exactly as it does alone.
+    """
+
+    def forward(self, input_features, attention_mask=None, **kwargs) -> BaseModelOutput:
+        # input_features: (B, n_mels, T_mel), T_mel <= 3000; attention_mask: (B, T_mel), 1 = real frame
+        max_frames = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+        if input_features.shape[-1] > max_frames:
+            raise ValueError(f"at most {max_frames} mel frames per chunk, got {input_features.shape[-1]}")
+        mask = None if attention_mask is None else attention_mask.to(input_features.dtype)[:, None, :]
+        if mask is not None:
+            input_features = input_features * mask
+        hidden = nn.functional.gelu(self.conv1(input_features))  # (B, D, T_mel)
+        if mask is not None:  # conv2 must see zeros past the end, like the zero padding of a lone clip
+            hidden = hidden * mask
+        hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)  # (B, T_enc, D), T_enc = ceil(T_mel/2)
+        hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
+        hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
+
+        attn_mask = None
+        if attention_mask is not None:
+            # encoder position j covers mel frame 2j, so it is real iff frame 2j is
+            keep = attention_mask[:, ::2].bool()  # (B, T_enc)
+            attn_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
+            attn_mask = attn_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        for layer in self.layers:
+            hidden = layer(hidden, attn_mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+
+
+class AudioAdaptor(nn.Module):
+    """Stack ``stack_factor`` encoder frames into one token and project to the LLM width.
+
+    ``linear`` with ``stack_factor=1`` is LLaSM's ``mm_projector``; ``mlp`` is the Ultravox/SLAM
+    style projector (LayerNorm -> Linear -> GELU -> Linear).
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__()
+        self.stack_factor = config.stack_factor
+        d_in = config.audio_config.d_model * config.stack_factor
+        d_out = config.text_config.hidden_size
+        if config.adaptor_type == "linear":
+            self.proj = nn.Linear(d_in, d_out)
+        else:
+            hidden = config.adaptor_hidden_size or 2 * d_out
+            self.proj = nn.Sequential(
+                nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out)
+            )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        n, t, d = frames.shape  # (N, T_enc, D)
+        k = self.stack_factor
+        frames = nn.functional.pad(frames, (0, 0, 0, (-t) % k))  # (N, ceil(T/k)*k, D), zero padded
+        stacked = frames.reshape(n, -1, d * k)  # (N, T_enc // k, D * k)
+        return self.proj(stacked)  # (N, T_enc // k, D_llm)
+
+
+class LlasmPreTrainedModel(PreTrainedModel):
+    config_class = LlasmConfig
+    config: LlasmConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module):
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
+    def __init__(self, config: LlasmConfig):
+        super().__init__(config)
+        if config.audio_source == "whisper_decoder_queries":
+            self.audio_tower = WhisperModel(config.audio_config)
+        else:
+            self.audio_tower = LlasmWhisperEncoder(config.audio_config)
+        self.adaptor = AudioAdaptor(config)
+        # the trainable rows of <au_start> and <au_end>; the LLM's own table is never resized
+        self.audio_marker_embeddings = nn.Embedding(2, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.processor = None  # set by build_model / from_pretrained, used by chat()
+        self.post_init()
+
+    # -- embeddings -------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def get_audio_embeddings(self, input_features, feature_attention_mask=None) -> torch.Tensor:
+        """Encode audio chunks; returns the audio tokens of all chunks in order, ``(N_tokens, D_llm)``."""
+        cfg = self.config
+        tower_trains = any(p.requires_grad for p in self.audio_tower.parameters())
+        input_features = input_features.to(self.audio_tower.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+            if cfg.audio_source == "whisper_decoder_queries":
+                # LLaSM: decoder positions all fed the start token, read through cross-attention
+                start = cfg.audio_config.decoder_start_token_id
+                queries = input_features.new_full((input_features.shape[0], cfg.num_query_tokens), start).long()
+                hidden = self.audio_tower(input_features, decoder_input_ids=queries).last_hidden_state  # (C, Q, D)
+                frames = [input_features.shape[-1]] * input_features.shape[0]
+            else:
+                if feature_attention_mask is None:
+                    feature_attention_mask = torch.ones(input_features.shape[::2], device=input_features.device)
+                hidden = self.audio_tower(input_features, attention_mask=feature_attention_mask).last_hidden_state
+                frames = feature_attention_mask.sum(-1).tolist()  # (C,) true mel frames per chunk
+                enc_len = torch.tensor([encoder_frames(f) for f in frames], device=hidden.device)
+                real = torch.arange(hidden.shape[1], device=hidden.device)[None] < enc_len[:, None]
+                hidden = hidden * real[..., None]  # (C, T_enc, D): padding zeroed, as in a lone clip
+        tokens = self.adaptor(hidden)  # (C, T_tok, D_llm)
+        lengths = torch.tensor(audio_token_lengths([int(f) for f in frames], cfg), device=tokens.device)
+        keep = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+        return tokens[keep]  # (sum of lengths, D_llm), chunk after chunk
+
+    def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None, audio_embeds=None):
+        """Token embeddings with audio tokens scattered into the ``<au_patch>`` slots."""
+        cfg = self.config
+        patch = input_ids == cfg.audio_patch_token_id  # (B, L)
+        start = input_ids == cfg.audio_start_token_id
+        end = input_ids == cfg.audio_end_token_id
+        # audio ids may lie outside the LLM's vocabulary: look up a harmless id, then overwrite
+        text_ids = input_ids.masked_fill(patch | start | end, 0)
+        embeds = self.get_input_embeddings()(text_ids)  # (B, L, D)
+        markers = self.audio_marker_embeddings.weight.to(embeds.dtype)
+        embeds = torch.where(start[..., None], markers[0], embeds)
+        embeds = torch.where(end[..., None], markers[1], embeds)
+        n_slots = int(patch.sum())
+        if audio_embeds is None and input_features is not None:
+            audio_embeds = self.get_audio_embeddings(input_features, feature_attention_mask)
+        if audio_embeds is None:
+            if n_slots:
+                raise ValueError(f"input_ids have {n_slots} <au_patch> slots but no audio was given")
+            return embeds
+        if audio_embeds.shape[0] != n_slots:
+            raise ValueError(
+                f"audio/token count mismatch: the audio gives {audio_embeds.shape[0]} tokens but input_ids have "
+                f"{n_slots} <au_patch> slots; build inputs with the LlasmProcessor of this model "
+                f"(stack_factor={cfg.stack_factor}, pad_to_30s={cfg.pad_to_30s})"
+            )
+        return embeds.masked_scatter(patch[..., None], audio_embeds.to(embeds.dtype))
+
+    # -- forward / generate -----------------------------------------------------------------
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_features=None,
+        feature_attention_mask=None,
+        labels=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        position_ids=None,
+        use_cache=None,
+        logits_to_keep=0,
+        audio_embeds=None,
+        **kwargs,
+    ):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def chat(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, speak: bool = False,
+             streamer=None, **generate_kwargs):
+        """Answer a conversation (HF-style ``messages``) or one user turn given as ``audio``/``text``.
+
+        Returns the reply text (greedy by default; pass ``do_sample=True`` etc. to sample).
+        """
+        from .chat import chat
+
+        return chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
+                    streamer=streamer, **generate_kwargs)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parts a default checkpoint holds: adaptor, audio-token rows and whatever trains."""
+        always = ("adaptor.", "audio_marker_embeddings.", "unit_head.")
+        names = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith(always)}
+        names |= {n for n in self.state_dict() if "lora_" in n}
+        return _dedupe_shared({n: t for n, t in self.state_dict().items() if n in names})
+
+    def save_pretrained(self, save_directory: str | os.PathLike, merge: bool = False, **kwargs):
+        """Write safetensors: trained parts + base ids by default, everything with ``merge=True``.
+
+        A model whose base weights have no id/path (random tiny models) is always saved whole.
+        """
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, save_directory, merge=merge)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint written by :meth:`save_pretrained` (either format) and its processor."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop second names of tied tensors (safetensors refuses shared storage)."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor.contiguous()
+    return out
