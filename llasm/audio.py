@@ -80,6 +80,8 @@ def _finish(data: np.ndarray, rate: int, label: str) -> np.ndarray:
     if data.dtype.kind in "iu":  # PCM integers -> [-1, 1]
         data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
     data = data.astype(np.float32, copy=False)
+    if data.size == 0:
+        raise AudioError(f"{label}: 0 samples after decoding")
     if data.ndim == 2:
         # (samples, channels) as soundfile returns it; a (channels, samples) array is transposed.
         if data.shape[0] < data.shape[1] and data.shape[0] <= 8:
@@ -87,8 +89,6 @@ def _finish(data: np.ndarray, rate: int, label: str) -> np.ndarray:
         data = data.mean(axis=1)
     elif data.ndim != 1:
         raise AudioError(f"{label}: audio array has {data.ndim} dimensions, expected 1 or 2")
-    if data.size == 0:
-        raise AudioError(f"{label}: 0 samples after decoding")
     if not np.isfinite(data).all():
         raise AudioError(f"{label}: contains NaN or infinite samples")
     if rate <= 0:

@@ -1,0 +1,90 @@
+"""`llasm chat`: multi-turn chat with a checkpoint; audio and text turns mixed, tokens streamed.
+
+    llasm chat --model DIR --audio question.wav            # one spoken question, then exit
+    llasm chat --model DIR                                 # interactive; type text, or
+        /audio path.wav [text]                             #   a spoken turn (+ optional text)
+        /reset                                             #   forget the conversation
+        /quit
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import threading
+
+
+def _reply(model, messages, max_new_tokens: int, out=sys.stdout) -> str:
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = {}
+
+    def run():
+        try:
+            result["text"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer)
+        except Exception as err:  # hand it to the caller; end the stream so it does not wait forever
+            result["error"] = err
+            streamer.end()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    for piece in streamer:
+        out.write(piece)
+        out.flush()
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    out.write("\n")
+    return result["text"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llasm chat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--audio", help="a spoken user turn (wav/flac/ogg/mp3)")
+    parser.add_argument("--text", help="a typed user turn (after the audio when both are given)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+
+    from .audio import AudioError
+    from .chat import user_turn
+    from .modeling import LlasmForConditionalGeneration
+
+    model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
+    messages: list[dict] = []
+    if args.audio or args.text:
+        messages.append(user_turn(args.audio, args.text))
+        try:
+            _reply(model, messages, args.max_new_tokens)
+        except AudioError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    print("llasm chat — type text, '/audio FILE [text]', '/reset' or '/quit'", file=sys.stderr)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            messages = []
+            continue
+        if line.startswith("/audio"):
+            parts = shlex.split(line)[1:]
+            if not parts:
+                print("usage: /audio FILE [text]", file=sys.stderr)
+                continue
+            turn = user_turn(parts[0], " ".join(parts[1:]) or None)
+        else:
+            turn = user_turn(None, line)
+        try:
+            text = _reply(model, messages + [turn], args.max_new_tokens)
+        except AudioError as err:  # unusable audio: say why, keep the conversation
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        messages += [turn, {"role": "assistant", "content": text}]
+    return 0

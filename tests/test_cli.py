@@ -1,0 +1,44 @@
+"""The `llasm` command: dispatch, chat (one-shot and interactive), export."""
+
+import io
+import json
+import sys
+
+import soundfile as sf
+
+from llasm import cli
+from tests.conftest import tone
+
+
+def test_help_lists_commands(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("chat", "export", "convert-llasm", "starter-models", "prepare-asr", "synthesize"):
+        assert name in out
+    assert cli.main(["no-such-command"]) == 2
+
+
+def test_chat_one_shot_and_interactive(tiny, tmp_path, capsys, monkeypatch):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "m")
+    wav = tmp_path / "q.wav"
+    sf.write(wav, tone(1.0), 16000)
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--audio", str(wav), "--text", "hi",
+                     "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--audio", str(tmp_path / "gone.wav")]) == 1
+    assert "gone.wav: file not found" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"hello\n/audio {wav} what is this\n/audio {tmp_path}/x.wav\n/quit\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2  # two replies; the bad file only printed an error
+    assert "x.wav: file not found" in captured.err
+
+
+def test_export_writes_full_checkpoint(tiny_bases, tmp_path):
+    import llasm
+
+    model, _ = llasm.build_model(tiny_bases)
+    model.save_pretrained(tmp_path / "parts")
+    assert cli.main(["export", str(tmp_path / "parts"), str(tmp_path / "full")]) == 0
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["checkpoint_format"] == "full"

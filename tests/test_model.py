@@ -1,0 +1,124 @@
+"""Model: forward, variable-length encoding (batch == alone), chunking, count checks, generation."""
+
+import pytest
+import torch
+
+from tests.conftest import build_tiny, tone
+
+
+def _user(audio, text=None):
+    content = [{"type": "audio", "audio": audio}]
+    if text:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def test_forward_loss_finite_and_shapes(tiny):
+    model, processor = tiny
+    messages = _user(tone(1.5), "Transcribe.") + [{"role": "assistant", "content": "hello 你好"}]
+    batch = processor.apply_chat_template(messages)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    assert out.logits.shape == (*batch["input_ids"].shape, model.config.text_config.vocab_size)
+
+
+def test_batched_clips_encode_as_alone(tiny):
+    model, processor = tiny
+    clips = [tone(0.37, 1), tone(3.0, 2), tone(12.5, 3), tone(0.1, 4)]
+    chunks = [c for clip in clips for c in processor.audio_features(clip)]
+    batch = processor.pad_features(chunks)
+    with torch.no_grad():
+        together = model.get_audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+        alone = [model.get_audio_embeddings(**processor.pad_features([c])) for c in chunks]
+    alone = torch.cat(alone)
+    assert together.shape == alone.shape
+    assert (together - alone).abs().max().item() <= 1e-4
+
+
+def test_long_audio_is_chunked_in_order(tiny):
+    model, processor = tiny
+    clip = tone(35.0)
+    chunks = processor.audio_features(clip)
+    assert [c.shape[1] for c in chunks] == [3000, 500]
+    with torch.no_grad():
+        whole = model.get_audio_embeddings(**processor.pad_features(chunks))
+        first = model.get_audio_embeddings(**processor.pad_features(chunks[:1]))
+        second = model.get_audio_embeddings(**processor.pad_features(chunks[1:]))
+    assert whole.shape[0] == processor.num_audio_tokens(len(clip)) == first.shape[0] + second.shape[0]
+    assert torch.allclose(whole, torch.cat([first, second]), atol=1e-4)
+
+
+def test_pad_to_30s_reproduces_llasm_windows():
+    model, processor = build_tiny(**{"audio.pad_to_30s": True})
+    batch = processor.apply_chat_template(_user(tone(2.0)), add_generation_prompt=True)
+    assert batch["input_features"].shape[-1] == 3000
+    n = int((batch["input_ids"] == model.config.audio_patch_token_id).sum())
+    assert n == processor.num_audio_tokens(32000) == 375  # 1500 frames / 4
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_count_mismatch_raises_clear_error(tiny):
+    model, processor = tiny
+    batch = processor.apply_chat_template(_user(tone(1.0)), add_generation_prompt=True)
+    patch = model.config.audio_patch_token_id
+    ids = batch["input_ids"].clone()
+    first = (ids[0] == patch).nonzero()[0, 0]
+    ids[0, first] = 5  # one slot fewer than the audio gives
+    with pytest.raises(ValueError, match=r"audio gives 13 tokens but input_ids have 12 <au_patch> slots"):
+        model(**{**batch, "input_ids": ids})
+    with pytest.raises(ValueError, match="no audio was given"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+@pytest.mark.parametrize("adaptor,stack", [("linear", 1), ("linear", 4), ("mlp", 8)])
+def test_adaptor_types(adaptor, stack):
+    model, processor = build_tiny(**{"adaptor.type": adaptor, "adaptor.stack_factor": stack})
+    frames = torch.randn(2, 13, model.config.audio_config.d_model)  # (N, T_enc, D)
+    out = model.adaptor(frames)
+    assert out.shape == (2, -(-13 // stack), model.config.text_config.hidden_size)
+    batch = processor.apply_chat_template(_user(tone(1.0)) + [{"role": "assistant", "content": "ok"}])
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_only_adaptor_and_markers_train_by_default(tiny):
+    model, _ = tiny
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"adaptor", "audio_marker_embeddings"}
+
+
+def test_generate_encodes_audio_once_and_uses_cache(tiny):
+    model, processor = tiny
+    calls = []
+    handle = model.audio_tower.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        batch = processor.apply_chat_template(_user(tone(1.0), "hi"), add_generation_prompt=True)
+        out = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=True,
+                             return_dict_in_generate=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    assert out.past_key_values is not None and out.past_key_values.get_seq_length() >= batch["input_ids"].shape[1]
+    # the cached result equals a full recomputation without cache
+    nocache = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(out.sequences, nocache)
+
+
+def test_batched_greedy_equals_one_by_one(tiny):
+    model, processor = tiny
+    convs = [_user(tone(0.8, 1), "first"), [{"role": "user", "content": "只有文字"}], _user(tone(2.6, 2))]
+    batch = processor.apply_chat_template(convs, add_generation_prompt=True)
+    together = model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    width = batch["input_ids"].shape[1]
+    for i, conv in enumerate(convs):
+        single = processor.apply_chat_template(conv, add_generation_prompt=True)
+        alone = model.generate(**single, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        assert together[i, width:].tolist() == alone[0, single["input_ids"].shape[1]:].tolist()
+
+
+def test_chat_returns_text(tiny):
+    model, _ = tiny
+    reply = model.chat(audio=tone(1.0), text="Say something.", max_new_tokens=4)
+    assert isinstance(reply, str)
+    with pytest.raises(ValueError, match="unit head"):
+        model.chat(text="hi", speak=True)
