@@ -128,8 +128,11 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
 
-    def get_audio_embeddings(self, input_features, feature_attention_mask=None) -> torch.Tensor:
-        """Encode audio chunks; returns the audio tokens of all chunks in order, ``(N_tokens, D_llm)``."""
+    def encode_audio(self, input_features, feature_attention_mask=None):
+        """Run the audio tower: ``(C, T_enc, D)`` states (padding zeroed) and true mel frames per chunk.
+
+        These are what a stage-1 encoder cache stores: the tower is frozen, the adaptor is not.
+        """
         cfg = self.config
         tower_trains = any(p.requires_grad for p in self.audio_tower.parameters())
         input_features = input_features.to(self.audio_tower.dtype)
@@ -139,22 +142,41 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                 start = cfg.audio_config.decoder_start_token_id
                 queries = input_features.new_full((input_features.shape[0], cfg.num_query_tokens), start).long()
                 hidden = self.audio_tower(input_features, decoder_input_ids=queries).last_hidden_state  # (C, Q, D)
-                frames = [input_features.shape[-1]] * input_features.shape[0]
-            else:
-                if feature_attention_mask is None:
-                    feature_attention_mask = torch.ones(input_features.shape[::2], device=input_features.device)
-                hidden = self.audio_tower(input_features, attention_mask=feature_attention_mask).last_hidden_state
-                frames = feature_attention_mask.sum(-1).tolist()  # (C,) true mel frames per chunk
-                enc_len = torch.tensor([encoder_frames(f) for f in frames], device=hidden.device)
-                real = torch.arange(hidden.shape[1], device=hidden.device)[None] < enc_len[:, None]
-                hidden = hidden * real[..., None]  # (C, T_enc, D): padding zeroed, as in a lone clip
-        tokens = self.adaptor(hidden)  # (C, T_tok, D_llm)
-        lengths = torch.tensor(audio_token_lengths([int(f) for f in frames], cfg), device=tokens.device)
+                return hidden, [input_features.shape[-1]] * input_features.shape[0]
+            if feature_attention_mask is None:
+                feature_attention_mask = torch.ones(input_features.shape[::2], device=input_features.device)
+            hidden = self.audio_tower(input_features, attention_mask=feature_attention_mask).last_hidden_state
+            frames = [int(f) for f in feature_attention_mask.sum(-1).tolist()]  # true mel frames per chunk
+            return self._zero_padding(hidden, frames), frames
+
+    @staticmethod
+    def _zero_padding(hidden, frames):
+        enc_len = torch.tensor([encoder_frames(f) for f in frames], device=hidden.device)
+        real = torch.arange(hidden.shape[1], device=hidden.device)[None] < enc_len[:, None]
+        return hidden * real[..., None]  # (C, T_enc, D): padding zeroed, as in a lone clip
+
+    def project_audio(self, hidden, frames) -> torch.Tensor:
+        """Adaptor over encoder states; the audio tokens of all chunks in order, ``(N_tokens, D_llm)``."""
+        tokens = self.adaptor(hidden.to(self.adaptor_dtype))  # (C, T_tok, D_llm)
+        lengths = torch.tensor(audio_token_lengths(frames, self.config), device=tokens.device)
         keep = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
         return tokens[keep]  # (sum of lengths, D_llm), chunk after chunk
 
-    def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None, audio_embeds=None):
-        """Token embeddings with audio tokens scattered into the ``<au_patch>`` slots."""
+    @property
+    def adaptor_dtype(self):
+        return next(self.adaptor.parameters()).dtype
+
+    def get_audio_embeddings(self, input_features, feature_attention_mask=None) -> torch.Tensor:
+        """Encode audio chunks and project them: ``(N_tokens, D_llm)``."""
+        return self.project_audio(*self.encode_audio(input_features, feature_attention_mask))
+
+    def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None, audio_embeds=None,
+                     audio_encoder_outputs=None):
+        """Token embeddings with audio tokens scattered into the ``<au_patch>`` slots.
+
+        Audio comes as ``input_features`` (mel), as cached ``audio_encoder_outputs`` (``(C, T_enc, D)``
+        with ``feature_attention_mask`` giving mel frames per chunk), or as ready ``audio_embeds``.
+        """
         cfg = self.config
         patch = input_ids == cfg.audio_patch_token_id  # (B, L)
         start = input_ids == cfg.audio_start_token_id
@@ -166,6 +188,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         embeds = torch.where(start[..., None], markers[0], embeds)
         embeds = torch.where(end[..., None], markers[1], embeds)
         n_slots = int(patch.sum())
+        if audio_embeds is None and audio_encoder_outputs is not None:
+            frames = [int(f) for f in feature_attention_mask.sum(-1).tolist()]
+            audio_embeds = self.project_audio(self._zero_padding(audio_encoder_outputs, frames), frames)
         if audio_embeds is None and input_features is not None:
             audio_embeds = self.get_audio_embeddings(input_features, feature_attention_mask)
         if audio_embeds is None:
@@ -194,10 +219,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         use_cache=None,
         logits_to_keep=0,
         audio_embeds=None,
+        audio_encoder_outputs=None,
         **kwargs,
     ):
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds)
+            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
+                                              audio_encoder_outputs)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -122,3 +122,17 @@ def test_chat_returns_text(tiny):
     assert isinstance(reply, str)
     with pytest.raises(ValueError, match="unit head"):
         model.chat(text="hi", speak=True)
+
+
+def test_cached_encoder_outputs_give_the_same_logits(tiny):
+    """Stage 1's encoder cache path: tower states stored once (fp16), adaptor still applied live."""
+    model, processor = tiny
+    batch = processor.apply_chat_template([_user(tone(0.6, 1)), _user(tone(2.2, 2))], add_generation_prompt=True)
+    with torch.no_grad():
+        hidden, frames = model.encode_audio(batch["input_features"], batch["feature_attention_mask"])
+        live = model(**batch).logits
+        cached = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       feature_attention_mask=batch["feature_attention_mask"],
+                       audio_encoder_outputs=hidden.half().float()).logits
+    assert frames == [60, 220]
+    assert torch.allclose(live, cached, atol=1e-2)
