@@ -296,3 +296,23 @@ def test_whisper_base_transcribes_espeak_sentence(tmp_path):
     text = WhisperTokenizer.from_pretrained(path).decode(out[0], skip_special_tokens=True).lower()
     words = {"quick", "brown", "fox", "jumps", "over", "lazy", "dog"}
     assert len(words & set(text.replace(".", " ").replace(",", " ").split())) >= 6, text
+
+
+@pytest.mark.starter
+def test_starter_yaml_builds_a_real_bilingual_speech_llm():
+    """configs/model/starter.yaml on the converted weights: text answers are the base LLM's, audio fits."""
+    import llasm
+    from llasm.io import llasm_home
+
+    home = Path(llasm_home())
+    if not (home / "whisper-base" / "starter.json").exists() or not (home / "qwen2.5-0.5b-instruct" / "starter.json").exists():
+        pytest.skip("starter models not converted (run `make starter`)")
+    model, processor = llasm.build_model(Path(__file__).resolve().parents[1] / "configs" / "model" / "starter.yaml")
+    assert "paris" in model.chat(text="What is the capital of France?", max_new_tokens=16).lower()
+    assert "北京" in model.chat(text="中国的首都是哪里？", max_new_tokens=16)
+    audio = np.zeros(16000 * 3, dtype=np.float32) + 0.01 * np.random.default_rng(0).standard_normal(48000).astype(np.float32)
+    batch = processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "audio": audio}]},
+                                           {"role": "assistant", "content": "ok"}])
+    assert int((batch["input_ids"] == model.config.audio_patch_token_id).sum()) == 19  # 3 s -> 150 frames / 8
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)

@@ -1,0 +1,1081 @@
+"""Unit vocoder: discrete speech units -> 16 kHz audio (fairseq's unit HiFi-GAN, "CodeHiFiGAN").
+
+The speech-output path is LLM -> units (deduplicated, K = 500 or 1000) -> this vocoder -> audio.
+Design (fairseq ``codehifigan.py`` + speech-resynthesis ``DurationCodeGenerator``):
+
+* each deduplicated unit gets a duration in 50 Hz frames: given (training, resynthesis) or predicted
+  by a small convolutional duration predictor trained with MSE on ``log(d + 1)``;
+* units are repeated by their durations, embedded (K x 128) and fed to a HiFi-GAN generator whose
+  transposed convolutions upsample 5 * 4 * 4 * 2 * 2 = 320 samples per frame (20 ms at 16 kHz);
+* training is HiFi-GAN's: multi-period + multi-scale discriminators, LSGAN losses, feature
+  matching, L1 log-mel loss x 45, plus the duration loss.
+
+Module names follow fairseq's (``conv_pre``, ``ups``, ``resblocks``, ``conv_post``) so a released
+fairseq vocoder (e.g. SpeechGPT's mHuBERT-1000 one) loads with :meth:`UnitHifiGan.from_fairseq`.
+
+Library entry points: :class:`UnitVocoderConfig`, :class:`UnitHifiGan` (``forward``,
+``synthesize``, ``stream``, ``save_pretrained`` / ``from_pretrained``), the discriminators and
+losses, :class:`MelSpectrogram`, :class:`UnitAudioDataset` and :class:`VocoderTrainer`
+(``train/train_vocoder.py`` is the thin script around it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+LRELU_SLOPE = 0.1
+FRAME_RATE = 50  # unit frames per second (HuBERT / Whisper-encoder units)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitVocoderConfig:
+    """Model, mel and optimiser settings of the unit vocoder (paper size by default: SpeechGPT's)."""
+
+    num_units: int = 1000  # K of the unit k-means (500 or 1000)
+    embedding_dim: int = 128
+    upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2, 2])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [11, 8, 8, 4, 4])
+    upsample_initial_channel: int = 512
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    duration_predictor: bool = True
+    duration_predictor_kernel_size: int = 3
+    duration_predictor_dropout: float = 0.5
+    sampling_rate: int = 16_000
+    segment_size: int = 8960  # training crop in samples (28 unit frames)
+    # log-mel for the L1 loss and the sample plots (HiFi-GAN's meldataset settings)
+    n_fft: int = 1024
+    hop_size: int = 256
+    win_size: int = 1024
+    num_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    # 1 = HiFi-GAN's discriminators; 8 divides every channel count by 8 (CPU training)
+    discriminator_channel_divisor: int = 1
+    learning_rate: float = 2e-4
+    adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    weight_decay: float = 0.01  # HiFi-GAN / speech-resynthesis use AdamW with its default decay
+    lr_decay: float = 0.999  # per epoch, as in HiFi-GAN
+    mel_loss_weight: float = 45.0
+    duration_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.resblock_dilation_sizes = [list(d) for d in self.resblock_dilation_sizes]
+        problems = []
+        if self.num_units <= 0:
+            problems.append(f"num_units={self.num_units} must be positive")
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            problems.append("upsample_rates and upsample_kernel_sizes differ in length")
+        for u, k in zip(self.upsample_rates, self.upsample_kernel_sizes):
+            if k < u or (k - u) % 2:  # otherwise a stage does not output exactly u samples per input
+                problems.append(f"upsample kernel {k} with rate {u}: need kernel >= rate and (kernel - rate) even")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            problems.append("resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
+            problems.append(f"upsample_initial_channel must be divisible by {2 ** len(self.upsample_rates)}")
+        if self.sampling_rate != self.samples_per_frame * FRAME_RATE:
+            problems.append(
+                f"prod(upsample_rates)={self.samples_per_frame} samples per frame does not give "
+                f"{FRAME_RATE} Hz units at {self.sampling_rate} Hz"
+            )
+        if self.segment_size % self.samples_per_frame:
+            problems.append(f"segment_size={self.segment_size} is not a multiple of {self.samples_per_frame}")
+        if problems:
+            raise ValueError("UnitVocoderConfig: " + "; ".join(problems))
+
+    @property
+    def samples_per_frame(self) -> int:
+        return math.prod(self.upsample_rates)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnitVocoderConfig":
+        return _dataclass_from_dict(cls, data, "vocoder")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "UnitVocoderConfig":
+        return load_vocoder_configs(path, overrides)[0]
+
+
+@dataclass
+class VocoderTrainConfig:
+    """Run control for :class:`VocoderTrainer` (the ``train:`` section of a vocoder YAML)."""
+
+    train_manifest: str = "data/vocoder/train.jsonl"  # JSONL: id, audio, units, durations
+    output_dir: str = "runs/vocoder"
+    batch_size: int = 16
+    max_steps: int | None = None
+    max_minutes: float | None = None  # wall-clock bound of this run (a resumed run gets a fresh one)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    sample_every: int = 1000  # wav + mel PNG; 0 disables
+    sample_seconds: float = 5.0
+    log_every: int = 10
+    resume: str | None = "auto"  # "auto" (latest checkpoint in output_dir), "never", or a checkpoint dir
+    seed: int = 1234
+    num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VocoderTrainConfig":
+        return _dataclass_from_dict(cls, data, "train")
+
+
+def _dataclass_from_dict(cls, data: dict, section: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def load_vocoder_configs(
+    path: str | os.PathLike, overrides: Sequence[str] = ()
+) -> tuple[UnitVocoderConfig, VocoderTrainConfig]:
+    """Read a vocoder YAML (sections ``vocoder:`` and ``train:``) plus ``key=value`` overrides.
+
+    An override is ``vocoder.upsample_initial_channel=64``, ``train.max_steps=100`` or a bare
+    ``max_steps=100`` (the section is found from the field name); values are parsed as YAML.
+    """
+    import yaml
+
+    from llasm.io import load_yaml
+
+    data = load_yaml(path)
+    sections = {"vocoder": dict(data.get("vocoder") or {}), "train": dict(data.get("train") or {})}
+    stray = sorted(set(data) - set(sections))
+    if stray:
+        raise ValueError(f"{path}: unknown top-level key(s) {stray}; expected 'vocoder' and 'train'")
+    fields = {
+        "vocoder": {f.name for f in dataclasses.fields(UnitVocoderConfig)},
+        "train": {f.name for f in dataclasses.fields(VocoderTrainConfig)},
+    }
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        section, _, name = key.rpartition(".")
+        if not section:
+            section = next((s for s, names in fields.items() if name in names), "")
+        if section not in sections or name not in fields[section]:
+            raise ValueError(f"override {item!r}: no setting {key!r} (sections: vocoder, train)")
+        sections[section][name] = yaml.safe_load(value)
+    return UnitVocoderConfig.from_dict(sections["vocoder"]), VocoderTrainConfig.from_dict(sections["train"])
+
+
+# --------------------------------------------------------------------------------------------
+# Generator
+# --------------------------------------------------------------------------------------------
+
+
+def _init_weights(module: nn.Module, std: float = 0.01) -> None:
+    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+        module.weight.data.normal_(0.0, std)
+
+
+def _padding(kernel_size: int, dilation: int = 1) -> int:
+    return (kernel_size * dilation - dilation) // 2
+
+
+def _remove_weight_norm(module: nn.Module) -> None:
+    for child in module.modules():
+        if parametrize.is_parametrized(child, "weight"):
+            parametrize.remove_parametrizations(child, "weight", leave_parametrized=True)
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN ResBlock1: per dilation, a dilated conv then a plain conv, both after leaky ReLU."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=_padding(kernel_size, d)))
+            for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=_padding(kernel_size)))
+            for _ in dilations
+        )
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv1, conv2 in zip(self.convs1, self.convs2):
+            x = x + conv2(F.leaky_relu(conv1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        return x
+
+
+class DurationPredictor(nn.Module):
+    """fairseq's VariancePredictor: 2 x (Conv1d + ReLU, LayerNorm, dropout) -> Linear -> log(d + 1)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, dropout: float = 0.5):
+        super().__init__()
+        pad = (kernel_size - 1) // 2
+        self.conv1 = nn.Sequential(nn.Conv1d(channels, channels, kernel_size, padding=pad), nn.ReLU())
+        self.ln1 = nn.LayerNorm(channels)
+        self.conv2 = nn.Sequential(nn.Conv1d(channels, channels, kernel_size, padding=pad), nn.ReLU())
+        self.ln2 = nn.LayerNorm(channels)
+        self.proj = nn.Linear(channels, 1)
+        self.dropout = dropout
+        self.radius = 2 * pad  # units of context on each side that an output depends on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, U, E) -> (B, U) predicted log(d + 1)
+        x = self.conv1(x.transpose(1, 2)).transpose(1, 2)
+        x = F.dropout(self.ln1(x), self.dropout, self.training)
+        x = self.conv2(x.transpose(1, 2)).transpose(1, 2)
+        x = F.dropout(self.ln2(x), self.dropout, self.training)
+        return self.proj(x).squeeze(-1)
+
+
+class UnitHifiGan(nn.Module):
+    """Unit HiFi-GAN generator: (B, T_units) unit ids [+ durations] -> (B, 1, 320 * frames) audio."""
+
+    def __init__(self, config: UnitVocoderConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.unit_embedding = nn.Embedding(c.num_units, c.embedding_dim)
+        self.duration_predictor = (
+            DurationPredictor(c.embedding_dim, c.duration_predictor_kernel_size, c.duration_predictor_dropout)
+            if c.duration_predictor
+            else None
+        )
+        self.num_kernels = len(c.resblock_kernel_sizes)
+        self.conv_pre = weight_norm(nn.Conv1d(c.embedding_dim, c.upsample_initial_channel, 7, padding=3))
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        channels = c.upsample_initial_channel
+        for rate, kernel in zip(c.upsample_rates, c.upsample_kernel_sizes):
+            self.ups.append(
+                weight_norm(nn.ConvTranspose1d(channels, channels // 2, kernel, rate, padding=(kernel - rate) // 2))
+            )
+            channels //= 2
+            for k, dilations in zip(c.resblock_kernel_sizes, c.resblock_dilation_sizes):
+                self.resblocks.append(ResBlock(channels, k, dilations))
+        self.conv_post = weight_norm(nn.Conv1d(channels, 1, 7, padding=3))
+        self.ups.apply(_init_weights)
+        self.conv_post.apply(_init_weights)
+
+    # -- core ------------------------------------------------------------------------------
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.config.samples_per_frame
+
+    def log_durations(self, units: torch.Tensor) -> torch.Tensor:
+        """(B, U) unit ids -> (B, U) predicted log(d + 1), d in 50 Hz frames."""
+        if self.duration_predictor is None:
+            raise ValueError("this vocoder has no duration predictor (config.duration_predictor is false)")
+        return self.duration_predictor(self.unit_embedding(units))
+
+    def predict_durations(self, units: torch.Tensor) -> torch.Tensor:
+        """(B, U) -> (B, U) long frames per unit, at least 1 (fairseq's rounding)."""
+        return torch.clamp(torch.round(torch.exp(self.log_durations(units)) - 1), min=1).long()
+
+    def expand_units(self, units: torch.Tensor, durations: torch.Tensor | None = None) -> torch.Tensor:
+        """Deduplicated units -> frame-level units (B, T_frames).
+
+        ``durations`` (B, U) repeats each unit (0 drops a padding position). Without durations the
+        duration predictor decides; a vocoder without one treats ``units`` as already frame-level.
+        Every row must expand to the same number of frames.
+        """
+        if durations is None:
+            if self.duration_predictor is None:
+                return units
+            durations = self.predict_durations(units)
+        durations = torch.as_tensor(durations, device=units.device).long()
+        if durations.shape != units.shape:
+            raise ValueError(f"durations shape {tuple(durations.shape)} != units shape {tuple(units.shape)}")
+        totals = durations.sum(dim=1)
+        if (totals != totals[0]).any():
+            raise ValueError(
+                f"rows expand to different frame counts {totals.tolist()}; vocode them one at a time"
+            )
+        # (B, U) -> (B * T_frames,) -> (B, T_frames)
+        return torch.repeat_interleave(units.flatten(), durations.flatten()).view(units.shape[0], -1)
+
+    def vocode_frames(self, frame_units: torch.Tensor) -> torch.Tensor:
+        """(B, T_frames) frame-level unit ids -> (B, 1, T_frames * 320) audio in [-1, 1]."""
+        x = self.unit_embedding(frame_units).transpose(1, 2)  # (B, T, E) -> (B, E, T)
+        x = self.conv_pre(x)  # (B, C0, T)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))  # (B, C_i, L) -> (B, C_i / 2, L * rate_i)
+            # multi-receptive-field fusion: the mean of resblocks with different kernels
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            x = sum(block(x) for block in blocks) / self.num_kernels
+        x = self.conv_post(F.leaky_relu(x))  # (B, C_last, S) -> (B, 1, S); fairseq's default slope here
+        return torch.tanh(x)
+
+    def forward(self, units: torch.Tensor, durations: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T_units) long [+ (B, T_units) durations] -> (B, 1, 320 * frames)."""
+        return self.vocode_frames(self.expand_units(units, durations))
+
+    def remove_weight_norm(self) -> "UnitHifiGan":
+        """Fold weight norm into plain weights (inference: same outputs, less work per call)."""
+        _remove_weight_norm(self)
+        return self
+
+    @property
+    def has_weight_norm(self) -> bool:
+        return parametrize.is_parametrized(self.conv_pre, "weight")
+
+    # -- inference ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
+
+    def _unit_tensor(self, units: Any) -> torch.Tensor:
+        array = np.asarray(units, dtype=np.int64).reshape(-1)
+        if array.size == 0:
+            raise ValueError("no units to synthesize")
+        if array.min() < 0 or array.max() >= self.config.num_units:
+            raise ValueError(f"unit ids must lie in [0, {self.config.num_units}); got {array.min()}..{array.max()}")
+        return torch.from_numpy(array).to(self.conv_post.bias.device)[None]
+
+    def synthesize(
+        self, units: Sequence[int] | np.ndarray, durations: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Deduplicated units (+ optional frames per unit) -> float32 audio at 16 kHz (eval mode)."""
+        unit_tensor = self._unit_tensor(units)
+        duration_tensor = None
+        if durations is not None:
+            duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64).reshape(1, -1))
+            if (duration_tensor < 0).any():
+                raise ValueError("durations must be >= 0")
+        with self._inference():
+            audio = self(unit_tensor, duration_tensor)
+        return audio[0, 0].float().cpu().numpy()
+
+    def receptive_field_frames(self) -> int:
+        """Frames of context on each side that one output frame depends on (rounded up, +1 margin).
+
+        Sums the radius of every layer, converted to frames at that layer's rate: conv_pre (k7),
+        each transposed conv (ceil(k / rate) input samples), each multi-receptive-field stage (the
+        widest resblock: (k - 1) / 2 * (sum of dilations + number of dilations)) and conv_post.
+        """
+        c = self.config
+        radius, rate = 3.0, 1
+        for up_rate, kernel in zip(c.upsample_rates, c.upsample_kernel_sizes):
+            radius += math.ceil(kernel / up_rate) / rate
+            rate *= up_rate
+            mrf = max(
+                (k - 1) // 2 * (sum(dilations) + len(dilations))
+                for k, dilations in zip(c.resblock_kernel_sizes, c.resblock_dilation_sizes)
+            )
+            radius += mrf / rate
+        radius += 3 / rate
+        return math.ceil(radius) + 1
+
+    def stream(
+        self, units_iter: Iterable[int | Sequence[int]], chunk_units: int = 40, context_frames: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks while deduplicated units arrive (ints or lists of ints).
+
+        Once ``chunk_units`` new units have final durations, the frames whose right context is known
+        are vocoded together with ``context_frames`` frames of context on each side (default: the
+        generator's receptive field, :meth:`receptive_field_frames`) and the context samples are
+        trimmed. Because the context covers the receptive field, the concatenated chunks equal
+        :meth:`synthesize` of the whole sequence up to float rounding (the test checks 1e-5 of the
+        peak), with no crossfade. A unit's predicted duration depends on 2 units either side, so it
+        is final once 2 more units arrived. Latency: ``chunk_units`` units + 2 units +
+        ``context_frames`` frames (about 0.5 s for the paper config); cost: the context is vocoded
+        twice (about 1.5x compute for 40-unit chunks).
+        """
+        if chunk_units < 1:
+            raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
+        context = self.receptive_field_frames() if context_frames is None else int(context_frames)
+        units: list[int] = []
+        durations: list[int] = []  # final durations of units[: len(durations)]
+        frames_done = 0  # frames already yielded
+        units_at_last_chunk = 0
+        with self._inference():
+            for item in units_iter:
+                units.extend(int(u) for u in np.atleast_1d(np.asarray(item, dtype=np.int64)))
+                self._extend_durations(units, durations, final=False)
+                if len(durations) - units_at_last_chunk < chunk_units:
+                    continue
+                end = sum(durations) - context  # frames whose right context is known
+                if end > frames_done:
+                    yield self._vocode_window(units, durations, frames_done, end, context)
+                    frames_done, units_at_last_chunk = end, len(durations)
+            if not units:
+                return
+            self._extend_durations(units, durations, final=True)
+            total = sum(durations)
+            if total > frames_done:
+                yield self._vocode_window(units, durations, frames_done, total, context)
+
+    def _extend_durations(self, units: list[int], durations: list[int], final: bool) -> None:
+        if self.duration_predictor is None:
+            durations.extend([1] * (len(units) - len(durations)))
+            return
+        radius = self.duration_predictor.radius
+        n_final = len(units) if final else len(units) - radius
+        first = len(durations)
+        if n_final <= first:
+            return
+        # units before ``first`` only matter as left context: ``radius`` of them suffice
+        start = max(0, first - radius)
+        predicted = self.predict_durations(self._unit_tensor(units[start:]))[0]
+        durations.extend(predicted[first - start : n_final - start].tolist())
+
+    def _vocode_window(self, units: list[int], durations: list[int], begin: int, end: int, context: int) -> np.ndarray:
+        known = np.repeat(np.asarray(units[: len(durations)]), durations)  # frame-level units so far
+        lo, hi = max(0, begin - context), min(len(known), end + context)
+        frames = torch.from_numpy(known[lo:hi].astype(np.int64)).to(self.conv_post.bias.device)[None]
+        audio = self.vocode_frames(frames)[0, 0]
+        hop = self.samples_per_frame
+        return audio[(begin - lo) * hop : (end - lo) * hop].float().cpu().numpy()
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``vocoder.safetensors`` + ``vocoder_config.json`` (atomic; weights as they are)."""
+        from safetensors.torch import save_file
+
+        from llasm.io import atomic_path, write_json
+
+        directory = Path(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(directory / "vocoder.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"weight_norm": str(self.has_weight_norm).lower()})
+        write_json(directory / "vocoder_config.json", self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, for_inference: bool = True, device: str = "cpu"
+    ) -> "UnitHifiGan":
+        """Load a :meth:`save_pretrained` directory; ``for_inference`` removes weight norm and sets eval."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        weights, config_path = directory / "vocoder.safetensors", directory / "vocoder_config.json"
+        for path in (weights, config_path):
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing (expected a UnitHifiGan.save_pretrained directory)")
+        config = UnitVocoderConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        model = cls(config)
+        with safe_open(str(weights), framework="pt") as f:
+            saved_with_weight_norm = (f.metadata() or {}).get("weight_norm", "true") == "true"
+        if not saved_with_weight_norm:
+            model.remove_weight_norm()
+        model.load_state_dict(load_file(str(weights)))
+        if for_inference:
+            model.remove_weight_norm().eval()
+        return model.to(device)
+
+    @classmethod
+    def from_fairseq(cls, checkpoint: str | os.PathLike, config_json: str | os.PathLike) -> "UnitHifiGan":
+        """Load a fairseq CodeHiFiGAN vocoder (``g_XXXXXXXX`` + its ``config.json``), single speaker only."""
+        fairseq = json.loads(Path(config_json).read_text(encoding="utf-8"))
+        if fairseq.get("multispkr") or fairseq.get("f0"):
+            raise ValueError(f"{config_json}: multi-speaker / F0-conditioned vocoders are not supported")
+        keys = ["upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel", "resblock_kernel_sizes",
+                "resblock_dilation_sizes", "embedding_dim", "sampling_rate", "segment_size", "num_mels",
+                "n_fft", "hop_size", "win_size", "fmin", "fmax"]  # fmt: skip
+        values = {k: fairseq[k] for k in keys if k in fairseq and fairseq[k] is not None}
+        values["num_units"] = fairseq["num_embeddings"]
+        predictor = fairseq.get("dur_predictor_params") or {}
+        values["duration_predictor"] = bool(predictor)
+        if predictor:
+            values["duration_predictor_kernel_size"] = predictor.get("var_pred_kernel_size", 3)
+            values["duration_predictor_dropout"] = predictor.get("var_pred_dropout", 0.5)
+        model = cls(UnitVocoderConfig(**values))
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = saved.get("generator", saved)
+        renamed = {}
+        for key, tensor in saved.items():
+            key = key.replace("dict.", "unit_embedding.", 1) if key.startswith("dict.") else key
+            key = key.replace("dur_predictor.", "duration_predictor.", 1)
+            if key.endswith(".weight_g"):
+                key = key[: -len("weight_g")] + "parametrizations.weight.original0"
+            elif key.endswith(".weight_v"):
+                key = key[: -len("weight_v")] + "parametrizations.weight.original1"
+            renamed[key] = tensor
+        model.load_state_dict(renamed)
+        return model.remove_weight_norm().eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Discriminators and losses (HiFi-GAN)
+# --------------------------------------------------------------------------------------------
+
+
+def _width(channels: int, divisor: int) -> int:
+    return max(4, channels // divisor)
+
+
+class PeriodDiscriminator(nn.Module):
+    """Reshapes audio to (T / p, p) and runs 2-D convs over time: sees one phase of period p."""
+
+    def __init__(self, period: int, divisor: int = 1, kernel_size: int = 5, stride: int = 3):
+        super().__init__()
+        self.period = period
+        widths = [1] + [_width(c, divisor) for c in (32, 128, 512, 1024, 1024)]
+        self.convs = nn.ModuleList(
+            weight_norm(
+                nn.Conv2d(widths[i], widths[i + 1], (kernel_size, 1), (stride if i < 4 else 1, 1),
+                          padding=(_padding(5), 0))
+            )
+            for i in range(5)
+        )  # fmt: skip
+        self.conv_post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, channels, length = x.shape
+        if length % self.period:
+            x = F.pad(x, (0, self.period - length % self.period), mode="reflect")
+        x = x.view(batch, channels, -1, self.period)  # (B, 1, S) -> (B, 1, S / p, p)
+        feature_maps = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            feature_maps.append(x)
+        x = self.conv_post(x)
+        feature_maps.append(x)
+        return torch.flatten(x, 1, -1), feature_maps
+
+
+class ScaleDiscriminator(nn.Module):
+    """Strided grouped 1-D convs over the waveform (MelGAN's discriminator)."""
+
+    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1):
+        super().__init__()
+        norm = spectral_norm if use_spectral_norm else weight_norm
+        specs = [  # (out channels, kernel, stride, groups)
+            (128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16),
+            (1024, 41, 4, 16), (1024, 41, 1, 16), (1024, 5, 1, 1),
+        ]  # fmt: skip
+        self.convs = nn.ModuleList()
+        in_channels = 1
+        for out, kernel, stride, groups in specs:
+            out = _width(out, divisor)
+            groups = math.gcd(groups, math.gcd(in_channels, out))  # narrow widths need fewer groups
+            conv = nn.Conv1d(in_channels, out, kernel, stride, groups=groups, padding=(kernel - 1) // 2)
+            self.convs.append(norm(conv))
+            in_channels = out
+        self.conv_post = norm(nn.Conv1d(in_channels, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feature_maps = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            feature_maps.append(x)
+        x = self.conv_post(x)
+        feature_maps.append(x)
+        return torch.flatten(x, 1, -1), feature_maps
+
+
+class _PairDiscriminator(nn.Module):
+    """Runs every sub-discriminator on real and generated audio: (scores_real, scores_fake, fmaps...)."""
+
+    discriminators: nn.ModuleList
+
+    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
+        real_scores, fake_scores, real_maps, fake_maps = [], [], [], []
+        for i, discriminator in enumerate(self.discriminators):
+            y, y_hat = self._inputs(i, y), self._inputs(i, y_hat)
+            score, maps = discriminator(y)
+            real_scores.append(score)
+            real_maps.append(maps)
+            score, maps = discriminator(y_hat)
+            fake_scores.append(score)
+            fake_maps.append(maps)
+        return real_scores, fake_scores, real_maps, fake_maps
+
+
+class MultiPeriodDiscriminator(_PairDiscriminator):
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), divisor: int = 1):
+        super().__init__()
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, divisor) for p in periods)
+
+
+class MultiScaleDiscriminator(_PairDiscriminator):
+    """3 scales: raw audio (spectral norm), then x1/2 and x1/4 by average pooling."""
+
+    def __init__(self, divisor: int = 1):
+        super().__init__()
+        self.discriminators = nn.ModuleList(
+            [ScaleDiscriminator(True, divisor), ScaleDiscriminator(False, divisor), ScaleDiscriminator(False, divisor)]
+        )
+        self.pool = nn.AvgPool1d(4, 2, padding=2)
+
+    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        return y if index == 0 else self.pool(y)  # each scale halves the previous one
+
+
+def feature_loss(real_maps: list[list[torch.Tensor]], fake_maps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Feature matching: 2 x sum of L1 distances between discriminator activations."""
+    loss = sum(torch.mean(torch.abs(r - g)) for rs, gs in zip(real_maps, fake_maps) for r, g in zip(rs, gs))
+    return 2 * loss
+
+
+def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """LSGAN: real -> 1, generated -> 0, summed over sub-discriminators."""
+    return sum(torch.mean((1 - r) ** 2) + torch.mean(g**2) for r, g in zip(real_scores, fake_scores))
+
+
+def generator_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """LSGAN: generated -> 1."""
+    return sum(torch.mean((1 - g) ** 2) for g in fake_scores)
+
+
+def duration_loss(log_durations: torch.Tensor, durations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted log(d + 1) and the true one over ``mask`` (whole units only)."""
+    target = torch.log(durations.float() + 1)
+    if not mask.any():
+        return log_durations.sum() * 0.0
+    return F.mse_loss(log_durations[mask], target[mask])
+
+
+class MelSpectrogram(nn.Module):
+    """HiFi-GAN's log-mel: reflect pad, |STFT| (center off), Slaney mel filterbank, log(clamp 1e-5)."""
+
+    def __init__(self, config: UnitVocoderConfig):
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
+
+        c = config
+        if c.fmax > c.sampling_rate / 2:
+            raise ValueError(f"fmax={c.fmax} above the Nyquist frequency {c.sampling_rate / 2}")
+        basis = mel_filter_bank(c.n_fft // 2 + 1, c.num_mels, c.fmin, c.fmax, c.sampling_rate,
+                                norm="slaney", mel_scale="slaney")  # fmt: skip
+        self.register_buffer("mel_basis", torch.from_numpy(basis.T).float(), persistent=False)  # (M, F)
+        self.register_buffer("window", torch.hann_window(c.win_size), persistent=False)
+        self.n_fft, self.hop_size, self.win_size = c.n_fft, c.hop_size, c.win_size
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # (B, S) or (B, 1, S) -> (B, M, S // hop)
+        audio = audio.reshape(audio.shape[0], -1)
+        pad = (self.n_fft - self.hop_size) // 2
+        audio = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(
+            audio, self.n_fft, self.hop_size, self.win_size, self.window, center=False, return_complex=True
+        )
+        magnitude = torch.sqrt(spec.real**2 + spec.imag**2 + 1e-9)  # (B, F, frames)
+        return torch.log(torch.clamp(self.mel_basis @ magnitude, min=1e-5))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class UnitAudioDataset:
+    """Rows ``{"id", "audio", "units", "durations"}`` cut into random segments aligned to unit frames.
+
+    ``units`` are deduplicated unit ids and ``durations`` their lengths in 50 Hz frames, so the
+    audio should hold about ``320 * sum(durations)`` samples (it is trimmed or zero-padded to that).
+    Batches are a pure function of (seed, step): the epoch permutation comes from
+    ``default_rng([seed, epoch])`` and the crops from ``default_rng([seed, step, 1])``, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, manifest: str | os.PathLike, config: UnitVocoderConfig, seed: int = 0):
+        from llasm.io import read_jsonl
+
+        self.manifest = Path(manifest)
+        if not self.manifest.exists():
+            raise FileNotFoundError(f"{manifest}: vocoder training manifest not found")
+        self.rows = read_jsonl(self.manifest)
+        if not self.rows:
+            raise ValueError(f"{manifest}: no rows")
+        self.hop = config.samples_per_frame
+        self.segment_frames = config.segment_size // self.hop
+        self.sampling_rate = config.sampling_rate
+        self.seed = seed
+        for lineno, row in enumerate(self.rows, 1):
+            self._check(row, lineno, config.num_units)
+
+    def _check(self, row: dict, lineno: int, num_units: int) -> None:
+        where = f"{self.manifest}:{lineno} ({row.get('id', '?')})"
+        missing = [k for k in ("audio", "units", "durations") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        units, durations = np.asarray(row["units"]), np.asarray(row["durations"])
+        if units.ndim != 1 or units.shape != durations.shape or units.size == 0:
+            raise ValueError(
+                f"{where}: units ({units.size}) and durations ({durations.size}) must be equal, non-empty lists"
+            )
+        if units.min() < 0 or units.max() >= num_units:
+            raise ValueError(f"{where}: unit ids must lie in [0, {num_units})")
+        if durations.min() < 1:
+            raise ValueError(f"{where}: durations must be >= 1 frame")
+        path = Path(row["audio"])
+        if not path.is_absolute():  # relative audio paths are relative to the manifest
+            row["audio"] = str(self.manifest.parent / path)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, len(self.rows) // batch_size)
+
+    def batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+        """Batch for 0-based ``step``: units/durations (B, U_max) padded with 0, mask, audio (B, segment)."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        if len(order) < batch_size:
+            indices = np.resize(order, batch_size)
+        else:
+            indices = order[position * batch_size : (position + 1) * batch_size]
+        rng = np.random.default_rng([self.seed, step, 1])
+        items = [self.segment(int(i), rng) for i in indices]
+        width = max(len(units) for units, _, _, _ in items)
+        units = torch.zeros(len(items), width, dtype=torch.long)
+        durations = torch.zeros(len(items), width, dtype=torch.long)
+        mask = torch.zeros(len(items), width, dtype=torch.bool)
+        for b, (u, d, m, _) in enumerate(items):
+            units[b, : len(u)] = torch.from_numpy(u)
+            durations[b, : len(d)] = torch.from_numpy(d)
+            mask[b, : len(m)] = torch.from_numpy(m)
+        audio = torch.from_numpy(np.stack([a for _, _, _, a in items]))
+        return {"units": units, "durations": durations, "duration_mask": mask, "audio": audio}
+
+    def segment(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One crop: (units, durations, whole-unit mask, audio) covering ``segment_frames`` frames."""
+        row = self.rows[index]
+        units = np.asarray(row["units"], dtype=np.int64)
+        durations = np.asarray(row["durations"], dtype=np.int64)
+        total = int(durations.sum())
+        length = self.segment_frames
+        start = int(rng.integers(0, total - length + 1)) if total > length else 0
+        # unit index of every frame in the crop, then back to (unit, count) runs
+        frame_unit = np.repeat(np.arange(len(units)), durations)[start : start + length]
+        boundaries = np.flatnonzero(np.diff(frame_unit)) + 1
+        first = frame_unit[np.r_[0, boundaries]]
+        counts = np.diff(np.r_[0, boundaries, len(frame_unit)])
+        seg_units, seg_durations = units[first], counts
+        whole = counts == durations[first]  # units cut by the crop edges get no duration loss
+        audio = self._read(row, start * self.hop, min(total, start + length) * self.hop)
+        if total < length:  # short utterance: pad with silence on unit 0, excluded from the loss
+            seg_units = np.r_[seg_units, 0]
+            seg_durations = np.r_[seg_durations, length - total]
+            whole = np.r_[whole, False]
+        audio = np.pad(audio, (0, length * self.hop - len(audio)))
+        return seg_units, seg_durations, whole, audio.astype(np.float32)
+
+    def _read(self, row: dict, begin: int, end: int) -> np.ndarray:
+        import soundfile as sf
+
+        from llasm.audio import load_audio
+
+        path = row["audio"]
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise ValueError(f"{path}: cannot read audio ({err})") from None
+        if info.samplerate == self.sampling_rate:  # read just the crop
+            audio, _ = sf.read(path, start=begin, stop=end, dtype="float32", always_2d=True)
+            audio = audio.mean(axis=1)
+        else:
+            audio = load_audio(path)[begin:end]
+        return np.pad(audio, (0, max(0, end - begin - len(audio))))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
+    """Optimizer state_dict -> safetensors entries + JSON-able remainder (no pickle)."""
+    meta[prefix] = {"param_groups": state["param_groups"], "scalars": {}}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().contiguous().clone()
+            else:
+                meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
+
+
+def _optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(prefix + ".state."):
+            index, name = key[len(prefix) + 7 :].split(".", 1)
+            state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta[prefix]["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta[prefix]["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+class VocoderTrainer:
+    """HiFi-GAN training of :class:`UnitHifiGan` with MPD + MSD; resumable, bounded, logged.
+
+    Output folder: ``checkpoints/step_XXXXXXXX/{state.safetensors,state.json}`` (models,
+    optimizers, schedulers, step, torch RNG; written to a temp folder and renamed), ``log.jsonl``,
+    ``samples/step_XXXXXXXX.{wav,png}`` and, at the end, ``vocoder.safetensors`` +
+    ``vocoder_config.json`` for :meth:`UnitHifiGan.from_pretrained`.
+    """
+
+    def __init__(
+        self, config: UnitVocoderConfig, train_config: VocoderTrainConfig, dataset: UnitAudioDataset | None = None
+    ):
+        self.config, self.train_config = config, train_config
+        t = train_config
+        if t.max_steps is None and t.max_minutes is None:
+            raise ValueError("set train.max_steps and/or train.max_minutes (the run needs a bound)")
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.output_dir = Path(t.output_dir)
+        self.dataset = dataset or UnitAudioDataset(t.train_manifest, config, seed=t.seed)
+        torch.manual_seed(t.seed)
+        self.generator = UnitHifiGan(config)
+        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor)
+        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor)
+        self.mel = MelSpectrogram(config)
+        betas = tuple(config.adam_betas)
+        adam = dict(lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay)
+        self.optim_g = torch.optim.AdamW(self.generator.parameters(), **adam)
+        self.optim_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adam)
+        self.scheduler_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=config.lr_decay)
+        self.scheduler_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=config.lr_decay)
+        self.step = 0
+        self.resumed_from: Path | None = None
+        self._maybe_resume()
+
+    # -- one step --------------------------------------------------------------------------
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One discriminator + one generator update on ``batch``; raises on a non-finite loss."""
+        step = self.step + 1
+        for module in (self.generator, self.mpd, self.msd):
+            module.train()
+        y = batch["audio"].unsqueeze(1)  # (B, 1, S)
+        y_hat = self.generator(batch["units"], batch["durations"])  # (B, 1, S)
+        if y_hat.shape != y.shape:
+            raise RuntimeError(f"step {step}: generator output {tuple(y_hat.shape)} != target {tuple(y.shape)}")
+        y_mel, y_hat_mel = self.mel(y), self.mel(y_hat)  # (B, M, frames)
+
+        # discriminators on the detached generator output
+        self.optim_d.zero_grad(set_to_none=True)
+        real, fake, _, _ = self.mpd(y, y_hat.detach())
+        loss_d = discriminator_loss(real, fake)
+        real, fake, _, _ = self.msd(y, y_hat.detach())
+        loss_d = loss_d + discriminator_loss(real, fake)
+        self._check_finite(step, "discriminator", loss_d)
+        loss_d.backward()
+        self.optim_d.step()
+
+        # generator: adversarial + feature matching + mel L1 + duration
+        self.optim_g.zero_grad(set_to_none=True)
+        loss_mel = F.l1_loss(y_hat_mel, y_mel)
+        _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
+        _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
+        loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
+        loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
+        loss_g = loss_adv + loss_fm + self.config.mel_loss_weight * loss_mel
+        loss_dur = torch.zeros(())
+        if self.generator.duration_predictor is not None:
+            log_durations = self.generator.log_durations(batch["units"])  # (B, U)
+            loss_dur = duration_loss(log_durations, batch["durations"], batch["duration_mask"])
+            loss_g = loss_g + self.config.duration_loss_weight * loss_dur
+        self._check_finite(step, "generator", loss_g)
+        loss_g.backward()
+        self.optim_g.step()
+        return {
+            "loss_g": loss_g.item(), "loss_d": loss_d.item(), "mel_l1": loss_mel.item(),
+            "adv": loss_adv.item(), "fm": loss_fm.item(), "dur": loss_dur.item(),
+        }  # fmt: skip
+
+    def _check_finite(self, step: int, name: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            latest = self.latest_checkpoint()
+            raise FloatingPointError(
+                f"step {step}: {name} loss is {loss.item()} (NaN/inf); training stopped. "
+                f"Last checkpoint: {latest or 'none'}; try a lower learning_rate or check the audio."
+            )
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def train(self) -> list[dict]:
+        """Run until ``max_steps`` or ``max_minutes``; returns the per-step losses of this run."""
+        from tqdm.auto import tqdm
+
+        t = self.train_config
+        started = time.monotonic()
+        history: list[dict] = []
+        per_epoch = self.dataset.steps_per_epoch(t.batch_size)
+        last_saved = self.step if self.resumed_from else -1
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="vocoder", unit="step")
+        while not self._finished(started):
+            losses = self.train_step(self.dataset.batch(self.step, t.batch_size))
+            self.step += 1
+            if self.step % per_epoch == 0:  # HiFi-GAN decays the learning rate once per epoch
+                self.scheduler_g.step()
+                self.scheduler_d.step()
+            record = {"step": self.step, **losses, "lr": self.optim_g.param_groups[0]["lr"]}
+            history.append(record)
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == 1:
+                bar.set_postfix(mel=f"{losses['mel_l1']:.3f}", g=f"{losses['loss_g']:.2f}", d=f"{losses['loss_d']:.2f}")
+                self._log(record)
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.save_checkpoint()
+                last_saved = self.step
+            if t.sample_every and self.step % t.sample_every == 0:
+                self.write_sample()
+        bar.close()
+        if last_saved != self.step:
+            self.save_checkpoint()
+        self.generator.save_pretrained(self.output_dir)
+        return history
+
+    def _finished(self, started: float) -> bool:
+        t = self.train_config
+        if t.max_steps is not None and self.step >= t.max_steps:
+            return True
+        return t.max_minutes is not None and time.monotonic() - started >= 60 * t.max_minutes
+
+    def _log(self, record: dict) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    def write_sample(self) -> Path:
+        """Vocode the first manifest row (ground-truth durations); write a wav and a target-vs-generated mel PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from llasm.audio import save_audio
+
+        row = self.dataset.rows[0]
+        max_frames = max(1, int(self.train_config.sample_seconds * FRAME_RATE))
+        durations = np.asarray(row["durations"], dtype=np.int64)
+        keep = max(1, int(np.searchsorted(np.cumsum(durations), max_frames, side="right")))
+        units, durations = np.asarray(row["units"])[:keep], durations[:keep]
+        hop = self.config.samples_per_frame
+        target = self.dataset._read(row, 0, int(durations.sum()) * hop)
+        generated = self.generator.synthesize(units, durations)
+        folder = self.output_dir / "samples"
+        name = f"step_{self.step:08d}"
+        save_audio(folder / f"{name}.wav", generated, self.config.sampling_rate)
+        if not (folder / "target.wav").exists():
+            save_audio(folder / "target.wav", target, self.config.sampling_rate)
+        with torch.no_grad():
+            mels = [self.mel(torch.from_numpy(a)[None])[0].numpy() for a in (target, generated)]
+        figure, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        low, high = float(mels[0].min()), float(mels[0].max())  # one colour scale for both panels
+        for axis, mel, title in zip(axes, mels, ("target", f"generated (step {self.step})")):
+            image = axis.imshow(mel, origin="lower", aspect="auto", interpolation="none", vmin=low, vmax=high)
+            axis.set_title(title)
+            figure.colorbar(image, ax=axis)
+        figure.tight_layout()
+        png = folder / f"{name}.png"
+        figure.savefig(png)
+        plt.close(figure)
+        return png
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        """Newest complete checkpoint folder (half-written ones never get a final name)."""
+        if not self.checkpoint_root.is_dir():
+            return None
+        done = [
+            p for p in self.checkpoint_root.glob("step_*")
+            if (p / "state.safetensors").exists() and (p / "state.json").exists()
+        ]  # fmt: skip
+        return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
+        for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
+            for key, value in module.state_dict().items():
+                tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
+        _optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
+        _optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
+        meta["scheduler_g"] = self.scheduler_g.state_dict()
+        meta["scheduler_d"] = self.scheduler_d.state_dict()
+        tensors["rng.torch"] = torch.get_rng_state()
+
+        final = self.checkpoint_root / f"step_{self.step:08d}"
+        temporary = self.checkpoint_root / f".tmp_{final.name}_{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        save_file(tensors, str(temporary / "state.safetensors"))
+        (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)  # a checkpoint folder appears complete or not at all
+        older = sorted(
+            (p for p in self.checkpoint_root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1])
+        )
+        for stale in older[: max(0, len(older) - self.train_config.keep_checkpoints + 1)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        tensors = load_file(str(path / "state.safetensors"))
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.optim_g.load_state_dict(_optimizer_from_flat("optim_g", tensors, meta))
+        self.optim_d.load_state_dict(_optimizer_from_flat("optim_d", tensors, meta))
+        self.scheduler_g.load_state_dict(meta["scheduler_g"])
+        self.scheduler_d.load_state_dict(meta["scheduler_d"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+        self.resumed_from = path
+
+    def _maybe_resume(self) -> None:
+        resume = self.train_config.resume
+        if resume in (None, "", "never", "none", False):
+            return
+        path = self.latest_checkpoint() if resume == "auto" else Path(resume)
+        if path is None:
+            return
+        if not (path / "state.safetensors").exists():
+            raise FileNotFoundError(f"{path}: not a vocoder checkpoint (no state.safetensors)")
+        self.load_checkpoint(path)
