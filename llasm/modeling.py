@@ -115,7 +115,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         # the trainable rows of <au_start> and <au_end>; the LLM's own table is never resized
         self.audio_marker_embeddings = nn.Embedding(2, config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        # speech output (LLaMA-Omni): answer hidden states -> CTC units; trained in stage 3
+        self.unit_head = None
+        if config.unit_head:
+            from .unit_head import CtcUnitHead
+
+            self.unit_head = CtcUnitHead(dict(config.unit_head), input_size=config.text_config.hidden_size)
         self.processor = None  # set by build_model / from_pretrained, used by chat()
+        self.__dict__["vocoder"] = None  # a unit HiFi-GAN; not a submodule, so never in checkpoints
         self.post_init()
 
     # -- embeddings -------------------------------------------------------------------------
@@ -236,11 +243,21 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def set_vocoder(self, vocoder):
+        """Attach a :class:`llasm.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
+        if isinstance(vocoder, (str, os.PathLike)):
+            from .vocoder import UnitHifiGan
+
+            vocoder = UnitHifiGan.from_pretrained(vocoder)
+        self.__dict__["vocoder"] = vocoder
+        return self
+
     def chat(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, speak: bool = False,
              streamer=None, **generate_kwargs):
         """Answer a conversation (HF-style ``messages``) or one user turn given as ``audio``/``text``.
 
-        Returns the reply text (greedy by default; pass ``do_sample=True`` etc. to sample).
+        Returns the reply text (greedy by default; pass ``do_sample=True`` etc. to sample), or
+        ``(text, waveform)`` with ``speak=True`` (16 kHz float32; needs a unit head and a vocoder).
         """
         from .chat import chat
 

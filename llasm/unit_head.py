@@ -1,0 +1,260 @@
+"""LLaMA-Omni's CTC unit head: the LLM's answer hidden states -> discrete speech units.
+
+``(B, L, D_llm)`` last-layer hidden states of the answer tokens -> repeat each ``upsample_factor``
+times (λ = 25 in the paper) -> Linear to ``hidden_size`` -> ``num_layers`` causal
+``LlamaDecoderLayer`` s (RoPE, no cache) -> Linear to ``num_units + 1`` classes; the blank is
+``num_units`` (the last class). Trained with ``F.ctc_loss(blank=num_units, zero_infinity=True)``;
+unit targets are padded with ``-100`` (padding with 0 would be unit 0, LLaMA-Omni's reproduction bug).
+
+Because every layer is causal and position ``j`` of the upsampled sequence only sees tokens
+``<= j // λ``, the log-probs of a prefix do not change when more tokens arrive, so units can be
+decided while the text is still being generated (:class:`UnitStreamer`, :func:`stream_units`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class UnitHeadConfig:
+    num_units: int = 1000  # K; the CTC blank is class K
+    upsample_factor: int = 25  # λ: upsampled frames per text token
+    hidden_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 8
+    intermediate_size: int = 2048
+    input_size: int | None = None  # D_llm; None -> take it from the LLM when building (see from_llm)
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 8192  # upsampled frames (RoPE is computed, this is only a hint)
+    rms_norm_eps: float = 1e-6
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_units", "upsample_factor", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"unit_head.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"unit_head.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+
+    @property
+    def blank(self) -> int:
+        return self.num_units
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnitHeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown unit_head settings: {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CtcUnitHead(nn.Module):
+    def __init__(self, config: UnitHeadConfig | dict, input_size: int | None = None):
+        super().__init__()
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+
+        config = UnitHeadConfig.from_dict(config) if isinstance(config, dict) else config
+        if input_size is not None:
+            config.input_size = int(input_size)
+        if config.input_size is None:
+            raise ValueError("unit_head.input_size (the LLM hidden size) is not set")
+        self.config = config
+        llama = LlamaConfig(
+            hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads, rope_theta=config.rope_theta,
+            max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+            attention_dropout=config.dropout, vocab_size=config.num_units + 1,
+        )
+        llama._attn_implementation = "sdpa"
+        self.llama_config = llama
+        self.input_proj = nn.Linear(config.input_size, config.hidden_size)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(llama, layer_idx=i) for i in range(config.num_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(llama)
+        self.output_proj = nn.Linear(config.hidden_size, config.num_units + 1)
+
+    @property
+    def blank(self) -> int:
+        return self.config.num_units
+
+    def upsample(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L, D)`` + ``(B, L)`` -> ``(B, L*λ, D)`` + ``(B, L*λ)`` by repetition."""
+        lam = self.config.upsample_factor
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return hidden.repeat_interleave(lam, dim=1), mask.bool().repeat_interleave(lam, dim=1)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None, units: torch.Tensor | None = None,
+                unit_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """hidden ``(B, L, D_llm)``; mask ``(B, L)`` 1 = answer token (right padding); units ``(B, U)``
+        padded with -100 (``unit_lengths`` optional: derived from the padding).
+
+        Returns ``log_probs (B, L*λ, K+1)``, ``lengths (B,)`` (valid upsampled frames) and, with
+        targets, ``loss`` (CTC, mean over the batch of per-sample loss / target length, as
+        ``reduction="mean"``).
+        """
+        x, frame_mask = self.upsample(hidden, mask)
+        x = self.input_proj(x.to(self.input_proj.weight.dtype))  # (B, T, H)
+        b, t, _ = x.shape
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        # right padding: padded keys are only seen by padded queries, whose outputs are ignored; keep each
+        # query's own key so no row is fully masked (NaN-free)
+        allowed = causal[None] & (frame_mask[:, None, :] | torch.eye(t, dtype=torch.bool, device=x.device)[None])
+        attn = torch.zeros(b, 1, t, t, dtype=x.dtype, device=x.device).masked_fill(
+            ~allowed[:, None], torch.finfo(x.dtype).min)
+        positions = torch.arange(t, device=x.device)[None].expand(b, t)
+        pos_emb = self.rotary_emb(x, positions)
+        for layer in self.layers:
+            out = layer(x, attention_mask=attn, position_ids=positions, position_embeddings=pos_emb)
+            x = out[0] if isinstance(out, tuple) else out
+        logits = self.output_proj(self.norm(x)).float()
+        log_probs = logits.log_softmax(-1)  # (B, T, K+1)
+        lengths = frame_mask.sum(-1)
+        result = {"log_probs": log_probs, "lengths": lengths}
+        if units is not None:
+            result["loss"] = self.ctc_loss(log_probs, lengths, units, unit_lengths)
+        return result
+
+    def ctc_loss(self, log_probs: torch.Tensor, lengths: torch.Tensor, units: torch.Tensor,
+                 unit_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        units = units.to(log_probs.device).long()
+        valid = units != IGNORE_INDEX
+        if unit_lengths is None:
+            unit_lengths = valid.sum(-1)
+        if ((units[valid] < 0) | (units[valid] >= self.blank)).any():
+            raise ValueError(f"unit targets must lie in [0, {self.blank}) or be {IGNORE_INDEX} (padding)")
+        # padded 2-D targets: the padding value is never read past unit_lengths, but must be a legal index
+        targets = units.masked_fill(~valid, 0)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths.long(), unit_lengths.to(lengths.device).long(),
+                          blank=self.blank, reduction="mean", zero_infinity=True)
+
+    @classmethod
+    def from_llm(cls, config: UnitHeadConfig | dict, llm_hidden_size: int) -> "CtcUnitHead":
+        return cls(config, input_size=llm_hidden_size)
+
+
+def ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None,
+               blank: int | None = None) -> list[list[int]]:
+    """Greedy CTC: argmax per frame, merge repeats, drop blanks (default blank: the last class)."""
+    blank = log_probs.shape[-1] - 1 if blank is None else blank
+    best = log_probs.argmax(-1).cpu()  # (B, T)
+    if lengths is None:
+        lengths = [best.shape[1]] * best.shape[0]
+    out = []
+    for row, n in zip(best, lengths):
+        row = row[: int(n)]
+        if row.numel() == 0:
+            out.append([])
+            continue
+        keep = torch.ones_like(row, dtype=torch.bool)
+        keep[1:] = row[1:] != row[:-1]
+        keep &= row != blank
+        out.append(row[keep].tolist())
+    return out
+
+
+class UnitStreamer:
+    """Incremental units while text tokens arrive.
+
+    ``push(hidden_chunk)`` takes the new tokens' hidden states ``(n, D_llm)`` (or ``(1, n, D)``)
+    and returns the units decided by them. The head is causal, so the frames of earlier tokens keep
+    their log-probs when tokens are appended, and greedy CTC of a prefix of frames is a prefix of the
+    greedy CTC of all frames (a run that continues across the boundary merges into the unit already
+    emitted; it is not a new unit). So every unit decoded from the prefix is final at once; only its
+    duration is still open, which the vocoder predicts from the units anyway. Recomputes the whole
+    prefix per push (quadratic; fine for answers of a few hundred tokens, a KV cache would make it
+    linear).
+    """
+
+    def __init__(self, head: CtcUnitHead):
+        self.head = head
+        self.hidden: list[torch.Tensor] = []
+        self.units: list[int] = []
+
+    def push(self, hidden_chunk: torch.Tensor) -> list[int]:
+        chunk = hidden_chunk.reshape(-1, hidden_chunk.shape[-1])
+        if chunk.shape[0] == 0:
+            return []
+        self.hidden.append(chunk)
+        with torch.no_grad():
+            log_probs = self.head(torch.cat(self.hidden)[None])["log_probs"]
+        units = ctc_decode(log_probs, blank=self.head.blank)[0]
+        new = units[len(self.units):]
+        self.units = units
+        return new
+
+
+def stream_units(head: CtcUnitHead, hidden_chunks: Iterable[torch.Tensor]) -> Iterator[list[int]]:
+    """Yield the newly decided units (a possibly empty list) after each chunk of hidden states.
+
+    The concatenation of everything yielded equals ``ctc_decode`` of the full answer.
+    """
+    streamer = UnitStreamer(head)
+    for chunk in hidden_chunks:
+        yield streamer.push(chunk)
+
+
+@torch.no_grad()
+def speak(model_or_head: Any, hidden_states_of_answer: torch.Tensor, vocoder, mask: torch.Tensor | None = None
+          ) -> np.ndarray:
+    """Answer hidden states ``(L, D)`` or ``(1, L, D)`` -> units (CTC greedy) -> 16 kHz float32 audio.
+
+    ``model_or_head`` is a :class:`CtcUnitHead` or anything with a ``unit_head`` attribute. Durations
+    come from the vocoder's duration predictor (``durations=None``). Returns an empty array when
+    the head emits no unit.
+    """
+    head = model_or_head if isinstance(model_or_head, CtcUnitHead) else model_or_head.unit_head
+    hidden = hidden_states_of_answer
+    if hidden.ndim == 2:
+        hidden = hidden[None]
+    if hidden.shape[0] != 1:
+        raise ValueError(f"speak() takes one answer, got a batch of {hidden.shape[0]}")
+    was_training = head.training
+    head.eval()
+    try:
+        param = next(head.parameters())
+        out = head(hidden.to(param.device), None if mask is None else mask.to(param.device))
+    finally:
+        head.train(was_training)
+    units = ctc_decode(out["log_probs"], out["lengths"], blank=head.blank)[0]
+    if not units:
+        return np.zeros(0, dtype=np.float32)
+    return vocoder.synthesize(units)
+
+
+def answer_hidden_states(generate_output, end_ids: Sequence[int] = ()) -> torch.Tensor:
+    """Last-layer hidden states of the generated answer tokens from ``generate(...,
+    return_dict_in_generate=True, output_hidden_states=True)`` (batch of one): ``(n, D)``.
+
+    Convention (use the same in training): the state at the position where answer token ``y_i`` is
+    the *input* (teacher forcing: ``hidden_states[-1][0, answer_positions]``), end-of-turn tokens
+    excluded. Generation step ``k >= 1`` ran on ``y_{k-1}``, so steps ``1..`` give the states of
+    ``y_0..y_{n-2}``; the last generated token is normally an end token, which is excluded anyway
+    (if generation hit ``max_new_tokens`` its last token has no state and is dropped).
+    """
+    steps = generate_output.hidden_states
+    if steps is None:
+        raise ValueError("generate() was not called with output_hidden_states=True, return_dict_in_generate=True")
+    if steps[0][-1].shape[0] != 1:
+        raise ValueError("answer_hidden_states takes a batch of one")
+    states = [step[-1][0, -1] for step in steps[1:]]  # state of y_0 .. y_{n-2}
+    tokens = generate_output.sequences[0, -len(steps):].tolist()[: len(states)]
+    keep = [s for s, t in zip(states, tokens) if t not in set(end_ids)]
+    if not keep:
+        return steps[0][-1].new_zeros(0, steps[0][-1].shape[-1])
+    return torch.stack(keep)

@@ -1,0 +1,188 @@
+"""CTC unit head (LLaMA-Omni): shapes, loss, -100 padding, causality, streaming, speak()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llasm.unit_head import CtcUnitHead, UnitHeadConfig, ctc_decode, speak, stream_units
+
+D_LLM = 16
+
+
+def make_head(seed: int = 0, **kw) -> CtcUnitHead:
+    torch.manual_seed(seed)
+    cfg = dict(num_units=20, upsample_factor=4, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    cfg.update(kw)
+    return CtcUnitHead(UnitHeadConfig(**cfg), input_size=D_LLM).eval()
+
+
+def test_shapes_and_config():
+    head = make_head()
+    hidden = torch.randn(2, 5, D_LLM)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    out = head(hidden, mask)
+    assert out["log_probs"].shape == (2, 20, 21)
+    assert out["lengths"].tolist() == [20, 12]
+    assert torch.allclose(out["log_probs"].exp().sum(-1), torch.ones(2, 20), atol=1e-5)
+    assert head.blank == 20
+    assert UnitHeadConfig.from_dict(head.config.to_dict()) == head.config
+    with pytest.raises(ValueError, match="unknown"):
+        UnitHeadConfig.from_dict({"num_unit": 3})
+
+
+def test_padding_does_not_change_outputs():
+    head = make_head()
+    hidden = torch.randn(2, 5, D_LLM)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    batch = head(hidden, mask)["log_probs"]
+    alone = head(hidden[1:, :3])["log_probs"]
+    torch.testing.assert_close(batch[1, :12], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_minus_100_padding_is_ignored():
+    head = make_head()
+    hidden = torch.randn(2, 5, D_LLM)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    units = torch.tensor([[1, 2, 3, -100], [4, 5, -100, -100]])
+    loss = head(hidden, mask, units)["loss"]
+    assert torch.isfinite(loss)
+    # same as the per-sample losses computed with unpadded targets
+    singles = [head(hidden[i : i + 1, : int(mask[i].sum())], None, units[i : i + 1, : n])["loss"]
+               for i, n in ((0, 3), (1, 2))]
+    torch.testing.assert_close(loss, torch.stack(singles).mean(), atol=1e-5, rtol=1e-5)
+    # padding with 0 (the LLaMA-Omni bug) would be unit 0 and give a different loss
+    explicit = head(hidden, mask, units, unit_lengths=torch.tensor([3, 2]))["loss"]
+    torch.testing.assert_close(loss, explicit)
+    assert not torch.allclose(loss, head(hidden, mask, units.clamp(min=0))["loss"])
+    with pytest.raises(ValueError, match="unit targets"):
+        head(hidden, mask, torch.tensor([[1, 20], [1, 2]]))
+
+
+def test_overfit_fixed_sequence():
+    head = make_head().train()
+    torch.manual_seed(1)
+    hidden = torch.randn(1, 6, D_LLM)
+    target = [3, 7, 7, 1, 12, 5, 9, 0, 4]  # includes a repeat: CTC needs a blank between
+    units = torch.tensor([target + [-100, -100]])
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = head(hidden, None, units)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.2 * losses[0]
+    head.eval()
+    out = head(hidden)
+    assert ctc_decode(out["log_probs"], out["lengths"]) == [target]
+
+
+def test_causal():
+    head = make_head()
+    hidden = torch.randn(1, 6, D_LLM)
+    changed = hidden.clone()
+    changed[:, 4:] = torch.randn(1, 2, D_LLM)
+    a, b = head(hidden)["log_probs"], head(changed)["log_probs"]
+    lam = head.config.upsample_factor
+    torch.testing.assert_close(a[:, : 4 * lam], b[:, : 4 * lam], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, 4 * lam :], b[:, 4 * lam :])
+
+
+def test_ctc_decode_rules():
+    blank = 3
+    frames = torch.tensor([[0, 0, 3, 0, 1, 1, 3, 3, 2, 2]])
+    log_probs = torch.nn.functional.one_hot(frames, 4).float().log()
+    assert ctc_decode(log_probs) == [[0, 0, 1, 2]]
+    assert ctc_decode(log_probs, [5]) == [[0, 0, 1]]
+    assert ctc_decode(log_probs, [0]) == [[]]
+
+
+@pytest.mark.parametrize("sizes", [[1] * 12, [3, 1, 5, 3], [12]])
+def test_streaming_equals_full(sizes):
+    head = make_head(seed=2, num_units=6, upsample_factor=3)  # few units -> long runs cross token boundaries
+    hidden = torch.randn(12, D_LLM)
+    full = ctc_decode(head(hidden[None])["log_probs"])[0]
+    chunks = list(torch.split(hidden, sizes))
+    streamed = list(stream_units(head, chunks))
+    assert len(streamed) == len(chunks)
+    assert [u for part in streamed for u in part] == full
+
+
+def test_speak_with_vocoder():
+    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+
+    torch.manual_seed(0)
+    vocoder = UnitHifiGan(UnitVocoderConfig(num_units=20, **_tiny_vocoder_kwargs()))
+    head = make_head()
+    audio = speak(head, torch.randn(5, D_LLM), vocoder)
+    assert audio.dtype == np.float32 and audio.ndim == 1 and audio.size % 320 == 0 and audio.size > 0
+
+    class Holder:
+        unit_head = head
+
+    np.testing.assert_array_equal(speak(Holder(), torch.randn(1, 5, D_LLM), vocoder).shape[0] % 320, 0)
+
+
+def _tiny_vocoder_kwargs() -> dict:
+    return {"embedding_dim": 8, "upsample_initial_channel": 32, "resblock_kernel_sizes": [3],
+            "resblock_dilation_sizes": [[1]]}
+
+
+def test_answer_hidden_states_match_teacher_forcing():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llasm.unit_head import answer_hidden_states
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=D_LLM, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2)).eval()
+    prompt = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        out = lm.generate(prompt, max_new_tokens=6, do_sample=False, return_dict_in_generate=True,
+                          output_hidden_states=True, pad_token_id=0)
+        seq = out.sequences
+        gen = seq[0, 4:].tolist()
+        end = gen[-1]  # pretend the last generated token is the end of turn
+        got = answer_hidden_states(out, end_ids=[end])
+        full = lm(seq, output_hidden_states=True).hidden_states[-1][0]
+    expected = torch.stack([full[4 + i] for i, t in enumerate(gen[:-1]) if t != end])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
+    """Wiring: config.unit_head builds model.unit_head; chat(speak=True) returns text + 16 kHz audio."""
+    import numpy as np
+
+    import llasm
+    from llasm.io import load_yaml
+    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+    from tests.conftest import TINY_YAML
+
+    model, _ = llasm.build_model(load_yaml(TINY_YAML))
+    with pytest.raises(ValueError, match="lacks a unit head"):
+        model.chat(text="hi", speak=True, max_new_tokens=3)
+    config = model.config
+    config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                        "intermediate_size": 64}
+    spoken = llasm.LlasmForConditionalGeneration(config)
+    spoken.load_state_dict(model.state_dict(), strict=False)
+    spoken.processor = model.processor
+    spoken.eval()
+    assert spoken.unit_head is not None
+    vocoder = UnitHifiGan(UnitVocoderConfig(num_units=20, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+                                            resblock_dilation_sizes=[[1]], embedding_dim=8))
+    spoken.set_vocoder(vocoder)
+    with torch.no_grad():
+        for p in spoken.unit_head.parameters():  # make some unit win over the blank
+            p.add_(torch.randn_like(p) * 0.5)
+    text, audio = spoken.chat(text="hi", speak=True, max_new_tokens=4, min_new_tokens=4)
+    assert isinstance(text, str) and isinstance(audio, np.ndarray) and audio.dtype == np.float32
+    assert len(audio) % 320 == 0
+    spoken.save_pretrained(tmp_path / "s")
+    loaded = llasm.LlasmForConditionalGeneration.from_pretrained(tmp_path / "s")
+    saved, original = loaded.unit_head.state_dict(), spoken.unit_head.state_dict()
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
