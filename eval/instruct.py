@@ -1,0 +1,24 @@
+"""Spoken instruction following: keyword accuracy, chrF, language consistency, optional LLM judge.
+
+    python eval/instruct.py --model CKPT_DIR_or_YAML --output runs/eval-instruct [--data JSONL] [--asr-data JSONL] [--limit N]
+
+Thin wrapper over :func:`llasm.evaluation.main` (same options as ``eval/run_all.py``, tasks preset).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from llasm.evaluation import main as _main
+
+TASKS = ("instruct",)
+
+
+def main(argv: Sequence[str] | None = None, **kwargs) -> int:
+    """``kwargs`` go to :func:`llasm.evaluation.main` (``model=``, ``transcriber=`` injection in tests)."""
+    return _main(argv, prog="eval/instruct.py", default_tasks=TASKS, **kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
