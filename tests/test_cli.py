@@ -13,7 +13,7 @@ from tests.conftest import tone
 def test_help_lists_commands(capsys):
     assert cli.main([]) == 0
     out = capsys.readouterr().out
-    for name in ("chat", "export", "convert-llasm", "starter-models", "prepare-asr", "synthesize"):
+    for name in ("chat", "serve", "eval", "export", "convert-llasm", "starter-models", "prepare-asr", "synthesize"):
         assert name in out
     assert cli.main(["no-such-command"]) == 2
 
