@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS ?= eval,tts,test,demo
+EXTRAS ?= train,eval,tts,test,demo
 # Re-install only when setup.py changes (stamp keyed by its hash).
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-10)
 PYTEST_ARGS ?=
@@ -15,6 +15,9 @@ $(STAMP):
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel; an unpinned torch would pull a CUDA build.
 	$(PIP) install -q torch==2.13.0
+	# DeepSpeed is an sdist whose setup.py imports torch: build it against the torch just installed.
+	$(PIP) install -q setuptools wheel
+	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	@rm -f $(VENV)/.installed-*; touch $@
 

@@ -38,7 +38,7 @@ class LlasmWhisperEncoder(WhisperEncoder):
         if mask is not None:  # conv2 must see zeros past the end, like the zero padding of a lone clip
             hidden = hidden * mask
         hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)  # (B, T_enc, D), T_enc = ceil(T_mel/2)
-        hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
+        hidden = hidden + self.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
         hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
 
         attn_mask = None
@@ -191,7 +191,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         # audio ids may lie outside the LLM's vocabulary: look up a harmless id, then overwrite
         text_ids = input_ids.masked_fill(patch | start | end, 0)
         embeds = self.get_input_embeddings()(text_ids)  # (B, L, D)
-        markers = self.audio_marker_embeddings.weight.to(embeds.dtype)
+        markers = self.audio_marker_embeddings(torch.arange(2, device=embeds.device)).to(embeds.dtype)
         embeds = torch.where(start[..., None], markers[0], embeds)
         embeds = torch.where(end[..., None], markers[1], embeds)
         n_slots = int(patch.sum())

@@ -1,0 +1,101 @@
+"""Cache of frozen-Whisper outputs for stage 1: each clip is encoded once, across epochs and runs.
+
+Keys are content hashes (sha1 of the float32 16 kHz samples + the tower's id + feature settings,
+see :func:`llasm.data.dataset.audio_key`) plus the chunk number. Values are the chunk's real encoder
+frames ``(T_enc, D)`` in fp16, written as safetensors shards (one per flush and rank, atomically),
+so a killed run never leaves a half-written shard behind and a second run reuses the first's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
+from .configuration import encoder_frames
+from .io import atomic_path
+
+
+def model_key(model, processor) -> str:
+    """What the cached states depend on: the tower's weights (id, or a hash) and the mel settings."""
+    cfg = model.config
+    tower_id = cfg.audio_model_name_or_path
+    if not tower_id:  # a random tower: fingerprint its weights
+        h = hashlib.sha1()
+        for name, tensor in sorted(model.audio_tower.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        tower_id = "random:" + h.hexdigest()
+    fe = processor.feature_extractor
+    return f"{tower_id}|{cfg.audio_source}|mels={fe.feature_size}|hop={fe.hop_length}|n_fft={fe.n_fft}|pad30={processor.pad_to_30s}"
+
+
+class EncoderCache:
+    """``(C, T_enc, D)`` encoder states for a batch's chunks, from disk or by running the tower once."""
+
+    def __init__(self, directory: str | os.PathLike, flush_every: int = 256):
+        from safetensors import safe_open
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.flush_every = flush_every
+        self.where: dict[str, Path] = {}  # key -> shard
+        self.pending: dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        for shard in sorted(self.directory.glob("shard-*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                for key in f.keys():
+                    self.where[key] = shard
+        self._handles: dict[Path, object] = {}
+
+    def _get(self, key: str) -> torch.Tensor | None:
+        if key in self.pending:
+            return self.pending[key]
+        shard = self.where.get(key)
+        if shard is None:
+            return None
+        from safetensors import safe_open
+
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(shard), framework="pt")
+        return self._handles[shard].get_tensor(key)
+
+    @torch.no_grad()
+    def encode(self, model, keys: list[str], input_features: torch.Tensor, feature_attention_mask: torch.Tensor):
+        """States for every chunk (padding zeroed, rounded through fp16 whether cached or not)."""
+        frames = [int(f) for f in feature_attention_mask.sum(-1).tolist()]
+        states: list[torch.Tensor | None] = [self._get(k) for k in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            longest = max(frames[i] for i in missing)
+            hidden, _ = model.encode_audio(input_features[missing, :, :longest],
+                                           feature_attention_mask[missing, :longest])  # (M, T_enc, D)
+            for j, i in enumerate(missing):
+                state = hidden[j, : encoder_frames(frames[i])].to(torch.float16).cpu().contiguous()
+                states[i] = self.pending[keys[i]] = state
+            if len(self.pending) >= self.flush_every:
+                self.flush()
+        width = max(s.shape[0] for s in states)
+        out = input_features.new_zeros((len(keys), width, states[0].shape[-1]))  # (C, T_enc, D)
+        for i, s in enumerate(states):
+            out[i, : s.shape[0]] = s.to(out.dtype)
+        return out
+
+    def flush(self) -> None:
+        """Write pending states as one new shard (temp file + rename)."""
+        if not self.pending:
+            return
+        from safetensors.torch import save_file
+
+        rank = os.environ.get("RANK", "0")
+        shard = self.directory / f"shard-{rank}-{uuid.uuid4().hex[:12]}.safetensors"
+        with atomic_path(shard) as tmp:
+            save_file(self.pending, str(tmp))
+        for key in self.pending:
+            self.where[key] = shard
+        self.pending = {}

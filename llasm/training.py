@@ -1,0 +1,572 @@
+"""Training library: typed config, per-component trainability, the accelerate loop, checkpoints.
+
+A stage is a YAML (``configs/stage*.yaml``) read into :class:`TrainConfig`, with dotted
+command-line overrides (``train.lr=1e-4``). Stages differ only there: which parts train
+(``trainable``), the data mixture, the objective. ``train/train.py`` is the thin entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
+from .io import load_yaml, llasm_home, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("audio_tower", "adaptor", "language_model")
+
+
+# -- config -------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    sources: list[dict] = field(default_factory=list)  # [{path, weight}]
+    samples_per_epoch: int | None = None  # default: all rows once
+    max_length: int | None = 4096
+    group_size: int = 16  # batches are length-sorted within batch_size * group_size items
+    num_workers: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    type: str = "ce"  # ce | self_reply | kl
+    kl_weight: float = 1.0
+    temperature: float = 1.0
+    max_new_tokens: int = 128  # self_reply generation length
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True  # only used while the audio tower is frozen
+    dir: str | None = None  # default: $LLASM_HOME/encoder_cache
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = "cosine"  # any transformers get_scheduler name
+    max_grad_norm: float = 1.0
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+@dataclass
+class TrainConfig:
+    model: str = "configs/model/tiny.yaml"
+    output_dir: str = "runs/train"
+    seed: int = 0
+    resume: str = "auto"  # auto | none | a checkpoint dir
+    deepspeed: str | None = None  # configs/deepspeed/zero2.json
+    trainable: dict = field(default_factory=lambda: {"audio_tower": "frozen", "adaptor": "full",
+                                                     "language_model": "frozen"})
+    lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    encoder_cache: CacheConfig = field(default_factory=CacheConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """YAML reads ``1e-4`` as a string: convert scalars to the field's declared type."""
+    import typing
+
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if value is None or not isinstance(value, str) or str in kinds:
+        return value
+    for kind in (int, float, bool):
+        if kind in kinds:
+            if kind is bool:
+                return value.lower() in ("1", "true", "yes", "on")
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    raise ValueError(f"config {where}: cannot read {value!r} as {hint}")
+
+
+def _from_dict(cls, data: dict, where: str = ""):
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown config key '{where}{key}'; known: {sorted(fields)}")
+        factory = fields[key].default_factory
+        default = factory() if factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[key] = _from_dict(type(default), value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
+    return cls(**kwargs)
+
+
+def load_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig`."""
+    data = load_yaml(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else json.loads(json.dumps(path_or_dict))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return _from_dict(TrainConfig, data)
+
+
+def _find(path: str) -> str:
+    """A path as given, or relative to the repository (configs/... from anywhere)."""
+    return path if os.path.exists(path) or os.path.isabs(path) else str(REPO / path)
+
+
+# -- model parts --------------------------------------------------------------------------------
+def apply_trainability(model, trainable: dict, lora: dict | None = None):
+    """Set ``requires_grad`` per part: ``frozen`` | ``full`` | ``lora`` (language_model only).
+
+    The ``<au_start>``/``<au_end>`` rows train with the adaptor unless ``audio_marker_embeddings``
+    says otherwise.
+    """
+    modes = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen", **trainable}
+    modes.setdefault("audio_marker_embeddings", modes["adaptor"])
+    for part, mode in modes.items():
+        if mode not in ("frozen", "full", "lora"):
+            raise ValueError(f"trainable.{part} must be frozen, full or lora, got {mode!r}")
+        if mode == "lora":
+            if part != "language_model":
+                raise ValueError(f"trainable.{part}: lora is only supported for the language_model")
+            from .lora import add_lora
+
+            model.language_model.requires_grad_(False)
+            add_lora(model, lora)
+        else:
+            getattr(model, part).requires_grad_(mode == "full")
+    return model
+
+
+def trainable_names(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+class Trainer:
+    """One training run: build everything from a :class:`TrainConfig`, then :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, model=None, processor=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        plugin = self._deepspeed_plugin() if cfg.deepspeed else None
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # text-only batches skip the adaptor
+        cpu = not torch.cuda.is_available()
+        if plugin is not None and cpu:
+            # accelerate only starts DeepSpeed when not told cpu=True; on CPU it must then be given gloo
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        self.accelerator = Accelerator(cpu=cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
+                                       gradient_accumulation_steps=cfg.train.grad_accum)
+        self.is_main = self.accelerator.is_main_process
+        _seed_everything(cfg.seed)
+        if model is None:
+            from .builder import build_model
+
+            model, processor = build_model(_find(cfg.model))
+        self.processor = processor
+        apply_trainability(model, cfg.trainable, cfg.lora)
+        self.model = model
+        self.cache = self._encoder_cache()
+        self.dataset = self._dataset()
+        self.sampler = MixtureBatchSampler(
+            self.dataset, cfg.train.batch_size, seed=cfg.seed, group_size=cfg.data.group_size,
+            samples_per_epoch=cfg.data.samples_per_epoch, rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes)
+        self.batches_per_epoch = len(self.sampler.epoch_batches(0))
+        steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        from transformers import get_scheduler
+
+        # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank)
+        self.scheduler = get_scheduler(cfg.train.scheduler, self.optimizer, cfg.train.warmup_steps, self.total_steps)
+        self.model.train()
+        for part in PARTS:  # frozen parts stay in eval mode (no dropout)
+            module = getattr(model, part)
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.losses: list[tuple[int, float]] = []
+
+    # -- setup helpers ---------------------------------------------------------------------
+    def _deepspeed_plugin(self):
+        from accelerate.utils import DeepSpeedPlugin
+
+        ds = json.loads(Path(_find(self.cfg.deepspeed)).read_text())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        t = self.cfg.train
+        fill = {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
+                "train_batch_size": t.batch_size * t.grad_accum * world, "gradient_clipping": t.max_grad_norm}
+        for key, value in fill.items():
+            if ds.get(key, "auto") == "auto":
+                ds[key] = value
+        return DeepSpeedPlugin(hf_ds_config=ds)
+
+    def _encoder_cache(self):
+        tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
+        if not self.cfg.encoder_cache.enabled or tower_trains or self.model.config.audio_source != "whisper_encoder":
+            return None
+        from .encoder_cache import EncoderCache
+
+        return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"))
+
+    def _dataset(self) -> ConversationDataset:
+        from .encoder_cache import model_key
+
+        sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
+                   for s in self.cfg.data.sources]
+        if not sources:
+            raise ValueError("data.sources is empty: give at least one JSONL")
+        if self.cfg.objective.type not in ("ce", "self_reply", "kl"):
+            raise ValueError(f"objective.type must be ce, self_reply or kl, got {self.cfg.objective.type!r}")
+        if self.cfg.objective.type == "self_reply":
+            sources = self._self_reply_sources(sources)
+        if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
+            raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
+        return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
+                                   rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
+                                   with_teacher=self.cfg.objective.type == "kl")
+
+    def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
+        """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
+        from .objectives import precompute_self_replies
+
+        out = []
+        for i, source in enumerate(sources):
+            target = self.out / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
+            if self.is_main and not target.exists():
+                root = Path(source.path).resolve().parent
+                rows = read_jsonl(source.path)
+                for row in rows:  # the new file lives elsewhere: make audio paths absolute
+                    row["audios"] = [str(root / a) for a in row.get("audios", [])]
+                write_jsonl(target, precompute_self_replies(rows, self.model, self.processor,
+                                                            self.cfg.objective.max_new_tokens))
+            out.append(Source(str(target), source.weight, source.name))
+        self.accelerator.wait_for_everyone()
+        return out
+
+    # -- one step --------------------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        if "input_features" in batch:
+            if self.cache is not None:
+                inputs["audio_encoder_outputs"] = self.cache.encode(
+                    self.model, batch["audio_keys"], batch["input_features"], batch["feature_attention_mask"])
+            else:
+                inputs["input_features"] = batch["input_features"]
+            inputs["feature_attention_mask"] = batch["feature_attention_mask"]
+        inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        output = self.engine(**inputs)
+        loss = output.loss
+        if self.cfg.objective.type == "kl":
+            from .objectives import kl_loss
+
+            teacher = self._teacher_logits(batch)
+            loss = loss + self.cfg.objective.kl_weight * kl_loss(
+                output.logits, inputs["labels"], teacher, batch["teacher_labels"].to(teacher.device),
+                self.cfg.objective.temperature)
+        return loss
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch) -> torch.Tensor:
+        """The frozen LLM reading the transcript (LoRA switched off when present)."""
+        llm = self.model.language_model
+        lora = hasattr(llm, "disable_adapter_layers")
+        if lora:
+            llm.disable_adapter_layers()
+        try:
+            return llm(input_ids=batch["teacher_input_ids"].to(self.accelerator.device),
+                       attention_mask=batch["teacher_attention_mask"].to(self.accelerator.device)).logits
+        finally:
+            if lora:
+                llm.enable_adapter_layers()
+
+    def _check_finite(self, loss: torch.Tensor, ids: list[str]) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() > 0:
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step + 1} on rank "
+                                f"{self.accelerator.process_index}; batch item ids: {ids}")
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        resumed = self.maybe_resume()
+        writer = self._tensorboard()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        collate = Collator(self.processor, self.dataset)
+        micro_losses: list[float] = []
+        started = time.time()
+        while self.step < self.total_steps:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            # its own generator: starting an iterator must not draw from the global RNG (dropout), or a
+            # resumed run, which starts one mid-epoch, would diverge from an uninterrupted one
+            generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+                                                 num_workers=cfg.data.num_workers, generator=generator)
+            for batch in loader:
+                self.batch_in_epoch += 1
+                if batch.get("empty"):  # every item rejected (already logged)
+                    continue
+                with self.accelerator.accumulate(self.engine):
+                    loss = self.loss(batch)
+                    self._check_finite(loss, batch["ids"])
+                    self.accelerator.backward(loss)
+                    micro_losses.append(loss.detach().float().item())
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                         cfg.train.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.scheduler.step()
+                self.step += 1
+                value = self._mean_across_ranks(sum(micro_losses) / len(micro_losses))
+                micro_losses = []
+                self._log(value, writer, bar)
+                if self.step % cfg.train.save_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+                if self.step >= self.total_steps:
+                    break
+            else:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        bar.close()
+        if self.cache is not None:
+            self.cache.flush()
+        elapsed = time.time() - started
+        final = self.save_final()
+        if writer is not None:
+            writer.close()
+        return {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
+                "seconds": elapsed}
+
+    def _mean_across_ranks(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor([value], device=self.accelerator.device)
+        return self.accelerator.reduce(t, "mean").item()
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log(self, value: float, writer, bar) -> None:
+        self.losses.append((self.step, value))
+        if not self.is_main:
+            return
+        lr = self.scheduler.get_last_lr()[0]
+        with open(self.out / "losses.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
+        if self.step % self.cfg.train.log_every == 0:
+            writer.add_scalar("train/loss", value, self.step)
+            writer.add_scalar("train/lr", lr, self.step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """``output_dir/checkpoint-N`` via a temp dir + rename, so a killed run never leaves half of one."""
+        from safetensors.torch import save_file
+
+        final = self.out / f"checkpoint-{self.step}"
+        tmp = self.out / f".tmp-checkpoint-{self.step}"
+        acc = self.accelerator
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        if self.cache is not None:
+            self.cache.flush()
+        if acc.distributed_type.name == "DEEPSPEED":
+            self.engine.save_checkpoint(str(tmp / "deepspeed"))
+        elif self.is_main:
+            state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            save_file(state, str(tmp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if self.is_main:
+            torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                        "scheduler": self.scheduler.state_dict(), "losses": self.losses,
+                        "config": dataclasses.asdict(self.cfg)}, tmp / "trainer_state.pt")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # the checkpoint appears whole or not at all
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        keep = self.cfg.train.keep_checkpoints
+        for old in list_checkpoints(self.out)[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def maybe_resume(self) -> str | None:
+        if self.cfg.resume in (None, "none", "no", False):
+            return None
+        path = latest_checkpoint(self.out) if self.cfg.resume == "auto" else Path(self.cfg.resume)
+        if path is None:
+            return None
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        if acc.distributed_type.name == "DEEPSPEED":
+            self.engine.load_checkpoint(str(path / "deepspeed"))
+        else:
+            state = load_file(str(path / "trainable.safetensors"))
+            expected = set(trainable_names(self.model))
+            if set(state) != expected:
+                raise ValueError(f"{path}: trainable parameters differ from this run's "
+                                 f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})")
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                for name, tensor in state.items():
+                    params[name].copy_(tensor)
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        trainer = torch.load(path / "trainer_state.pt", weights_only=True)
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
+        self.losses = [tuple(x) for x in trainer["losses"]]
+        rng = path / f"rng-{acc.process_index}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=True))
+        if self.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+        return str(path)
+
+    def save_final(self) -> Path:
+        """``output_dir/final`` via ``save_pretrained`` (loads with ``from_pretrained``), plus the loss plot."""
+        final = self.out / "final"
+        self.accelerator.wait_for_everyone()
+        if self._zero_stage() == 3:  # ZeRO-3 partitions every weight: gather them on all ranks to save
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                if self.is_main:
+                    self.model.save_pretrained(final)
+        elif self.is_main:
+            self.model.save_pretrained(final)
+        if self.is_main:
+            plot_losses(self.losses, self.out / "loss_curve.png")
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _zero_stage(self) -> int:
+        if not self.cfg.deepspeed:
+            return 0
+        return int(json.loads(Path(_find(self.cfg.deepspeed)).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (temp dirs start with a dot and never match), oldest first."""
+    found = []
+    for p in Path(out).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.pt").exists():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if losses:
+        steps, values = zip(*losses)
+        ax.plot(steps, values)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    """RNG states as plain tensors and tuples, so they load with ``weights_only=True`` (no unpickling)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, model=None, processor=None) -> dict:
+    """Run one stage; returns ``{"steps", "final", "losses", ...}``."""
+    if not isinstance(cfg, TrainConfig):
+        cfg = load_config(cfg, overrides)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, model, processor).fit()

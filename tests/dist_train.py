@@ -1,0 +1,17 @@
+"""Run by the multi-process tests under torchrun: train, then dump each rank's trainable weights."""
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from llasm.training import Trainer, load_config
+
+torch.set_num_threads(1)
+cfg = load_config(sys.argv[1], sys.argv[2:])
+trainer = Trainer(cfg)
+trainer.fit()
+model = trainer.accelerator.unwrap_model(trainer.engine)
+state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+save_file(state, os.path.join(cfg.output_dir, f"rank{trainer.accelerator.process_index}.safetensors"))

@@ -1,0 +1,327 @@
+"""Training: data mixture, stages (frozen parts stay bit-identical), LoRA, DDP, DeepSpeed,
+SIGKILL + resume, NaN stop, encoder cache, configs, the final checkpoint chatting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import ROOT, TINY_YAML, tone
+
+TRAIN = ROOT / "train" / "train.py"
+
+
+def make_data(root: Path, n: int = 8) -> Path:
+    """A few ASR rows (tones of 0.5-2 s), a text-only row and a spoken multi-turn row."""
+    (root / "wavs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        sf.write(root / "wavs" / f"{i}.wav", tone(0.5 + 0.25 * (i % 7), seed=i, freq=200 + 30 * i), 16000)
+        rows.append({"id": f"asr-{i}", "lang": "en", "audios": [f"wavs/{i}.wav"],
+                     "conversations": [{"from": "human", "value": "<speech>\nTranscribe the audio."},
+                                       {"from": "gpt", "value": f"hello number {i}"}]})
+    rows.append({"id": "text-0", "lang": "zh", "audios": [], "system": "You are helpful.",
+                 "conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}]})
+    rows.append({"id": "multi-0", "lang": "en", "audios": ["wavs/0.wav", "wavs/1.wav"],
+                 "conversations": [{"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "one"},
+                                   {"from": "human", "value": "and <speech>?"}, {"from": "gpt", "value": "two"}]})
+    path = root / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def config(tmp_path: Path, data: Path, **over) -> dict:
+    cfg = {
+        "model": str(TINY_YAML), "output_dir": str(tmp_path / "out"), "seed": 0, "resume": "auto",
+        "trainable": {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"},
+        "data": {"sources": [{"path": str(data)}], "group_size": 2},
+        "encoder_cache": {"enabled": True, "dir": str(tmp_path / "cache")},
+        "train": {"batch_size": 2, "max_steps": 2, "lr": 1e-3, "save_every": 100, "scheduler": "constant"},
+    }
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return make_data(tmp_path / "data")
+
+
+# -- data ---------------------------------------------------------------------------------------
+def test_row_to_messages_orders_audio(tmp_path):
+    from llasm.data.dataset import row_to_messages
+
+    row = {"id": "x", "audios": ["a.wav", "b.wav"], "system": "S",
+           "conversations": [{"from": "human", "value": "<speech>\nwhat? <speech>"}, {"from": "gpt", "value": "ok"}]}
+    messages = row_to_messages(row, tmp_path)
+    assert messages[0] == {"role": "system", "content": "S"}
+    parts = messages[1]["content"]
+    assert [p["type"] for p in parts] == ["audio", "text", "audio"]
+    assert parts[0]["audio"].endswith("a.wav") and parts[2]["audio"].endswith("b.wav")
+    assert messages[2] == {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}
+    with pytest.raises(ValueError, match="audios"):
+        row_to_messages({"id": "y", "audios": ["a.wav"], "conversations": [{"from": "human", "value": "hi"}]})
+
+
+def test_bad_rows_are_rejected_not_fatal(tmp_path, tiny):
+    from llasm.data.dataset import Collator, ConversationDataset, Source
+
+    _, processor = tiny
+    data = make_data(tmp_path, n=2)
+    (tmp_path / "wavs" / "broken.wav").write_bytes(b"RIFF....not audio")
+    with open(data, "a") as f:
+        f.write(json.dumps({"id": "missing", "audios": ["wavs/nope.wav"],
+                            "conversations": [{"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "x"}]}) + "\n")
+        f.write(json.dumps({"id": "broken", "audios": ["wavs/broken.wav"],
+                            "conversations": [{"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "x"}]}) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    ds = ConversationDataset([Source(str(data))], processor, rejects_path=str(rejects))
+    batch = Collator(processor, ds)([ds[i] for i in range(len(ds))])
+    assert "broken" not in batch["ids"] and "asr-0" in batch["ids"]
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, rejects.read_text().splitlines())}
+    assert "not found" in reasons["missing"] and "broken" in reasons
+    assert batch["input_features"].shape[0] == len(batch["audio_keys"])
+
+
+def test_mixture_sampler_weights_and_determinism(tmp_path, tiny):
+    from llasm.data.dataset import ConversationDataset, MixtureBatchSampler, Source
+
+    _, processor = tiny
+    a, b = make_data(tmp_path / "a", n=4), make_data(tmp_path / "b", n=4)
+    ds = ConversationDataset([Source(str(a), 9.0), Source(str(b), 1.0)], processor)
+    sampler = MixtureBatchSampler(ds, batch_size=4, seed=1, samples_per_epoch=400)
+    batches = sampler.epoch_batches(0)
+    assert batches == MixtureBatchSampler(ds, batch_size=4, seed=1, samples_per_epoch=400).epoch_batches(0)
+    share_a = np.mean([ds.source_of[i] == 0 for batch in batches for i in batch])
+    assert 0.8 < share_a < 0.97
+    halves = [MixtureBatchSampler(ds, 4, seed=1, samples_per_epoch=400, rank=r, world_size=2).epoch_batches(0)
+              for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) and halves[0][0] != halves[1][0]
+
+
+# -- configs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["stage1_asr_align", "stage2_instruct", "stage2_instruct_lora"])
+def test_stage_yamls_load(name):
+    from llasm.training import load_config
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["train.lr=1e-4", "data.num_workers=0"])
+    assert cfg.train.lr == 1e-4 and cfg.data.num_workers == 0
+    assert (ROOT / cfg.model).exists()
+    assert cfg.trainable["audio_tower"] == "frozen"
+    for ds in ("zero2", "zero3"):
+        assert json.loads((ROOT / "configs" / "deepspeed" / f"{ds}.json").read_text())["zero_optimization"]
+
+
+def test_unknown_config_key_is_an_error():
+    from llasm.training import load_config
+
+    with pytest.raises(ValueError, match="unknown config key 'train.lrr'"):
+        load_config({"train": {"lrr": 1}})
+
+
+# -- single-process stages ----------------------------------------------------------------------
+def run_trainer(cfg):
+    from llasm.training import Trainer, load_config
+
+    trainer = Trainer(load_config(cfg))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.fit()
+    return trainer, before, result
+
+
+def test_stage1_trains_only_adaptor_and_markers(tmp_path, data):
+    trainer, before, result = run_trainer(config(tmp_path, data))
+    assert result["steps"] == 2 and all(np.isfinite(l) for _, l in result["losses"])
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("adaptor.", "audio_marker_embeddings.")) for n in trainable)
+    for name, param in trainer.model.named_parameters():
+        if name in trainable:
+            continue
+        assert torch.equal(param, before[name]), f"frozen {name} changed"
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in trainable)
+    state = trainer.optimizer.state_dict()["state"]
+    assert len(state) == len(trainable)  # optimizer state only for trainable params
+    out = Path(tmp_path / "out")
+    assert (out / "loss_curve.png").stat().st_size > 0 and list((out / "tensorboard").iterdir())
+
+
+def test_stage2_full_and_lora(tmp_path, data):
+    trainer, before, result = run_trainer(config(tmp_path / "full", data, **{"trainable.language_model": "full"}))
+    assert result["steps"] == 2
+    up = "language_model.model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(dict(trainer.model.named_parameters())[up], before[up])
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n.startswith("audio_tower."))
+
+    trainer, before, result = run_trainer(config(tmp_path / "lora", data, **{
+        "trainable.language_model": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
+                                                     "target_modules": ["q_proj", "v_proj"]}}))
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in names)
+    assert all("lora_" in n or n.startswith(("adaptor.", "audio_marker_embeddings.")) for n in names)
+    for name, param in trainer.model.named_parameters():
+        if name not in names:
+            assert torch.equal(param, before[name]), name
+
+
+def test_encoder_cache_hits_on_second_epoch_and_run(tmp_path, data):
+    from llasm.training import Trainer, load_config
+
+    calls = []
+    cfg = config(tmp_path, data, **{"train.max_steps": None, "train.epochs": 2, "resume": "none"})
+    trainer = Trainer(load_config(cfg))
+    trainer.model.audio_tower.register_forward_hook(lambda *a: calls.append(a[1][0].shape[0]))
+    trainer.fit()
+    first_epoch_chunks = sum(calls)
+    assert first_epoch_chunks == trainer.cache.misses and trainer.cache.hits >= first_epoch_chunks
+    # a second run reads the shards written by the first: the tower is never called
+    calls.clear()
+    cfg["output_dir"] = str(tmp_path / "out2")
+    trainer = Trainer(load_config(cfg))
+    trainer.model.audio_tower.register_forward_hook(lambda *a: calls.append(1))
+    trainer.fit()
+    assert calls == [] and trainer.cache.misses == 0 and trainer.cache.hits > 0
+
+
+def test_cache_gives_same_loss_as_no_cache(tmp_path, data):
+    _, _, cached = run_trainer(config(tmp_path / "a", data))
+    _, _, live = run_trainer(config(tmp_path / "b", data, **{"encoder_cache.enabled": False}))
+    for (_, x), (_, y) in zip(cached["losses"], live["losses"]):
+        assert abs(x - y) < 1e-3  # fp16-rounded states vs fp32
+
+
+def test_nan_loss_stops_with_step_and_ids(tmp_path, data):
+    from llasm.training import NonFiniteLoss, Trainer, load_config
+
+    trainer = Trainer(load_config(config(tmp_path, data)))
+    with torch.no_grad():
+        trainer.model.adaptor.proj[1].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match=r"at step 1 .*batch item ids: \['"):
+        trainer.fit()
+
+
+def test_final_checkpoint_loads_and_chats(tmp_path, data):
+    from llasm import LlasmForConditionalGeneration
+
+    _, _, result = run_trainer(config(tmp_path, data, **{"trainable.language_model": "lora",
+                                                         "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}))
+    model = LlasmForConditionalGeneration.from_pretrained(result["final"])
+    reply = model.chat(audio=tone(1.0), text="Transcribe the audio.", max_new_tokens=5)
+    assert isinstance(reply, str)
+
+
+# -- objectives ---------------------------------------------------------------------------------
+def test_self_reply_and_kl_objectives(tmp_path, data, tiny):
+    from llasm.io import read_jsonl
+    from llasm.objectives import kl_loss, precompute_self_replies
+
+    model, processor = tiny
+    rows = read_jsonl(data)
+    for row in rows:
+        row["audios"] = [str(data.parent / a) for a in row["audios"]]
+    replies = precompute_self_replies(rows[:2], model, processor, max_new_tokens=4)
+    assert [r["transcript"] for r in replies] == ["hello number 0", "hello number 1"]
+    assert replies[0]["conversations"][0]["value"] == "<speech>"
+
+    logits = torch.randn(1, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, 2]])
+    assert kl_loss(logits, labels, logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_loss(logits, labels, torch.randn(1, 5, 7), labels).item() > 0
+
+    _, _, result = run_trainer(config(tmp_path / "sr", data, **{"objective.type": "self_reply",
+                                                                "objective.max_new_tokens": 4}))
+    assert result["steps"] == 2
+    assert list((tmp_path / "sr" / "out").glob("self_replies-*.jsonl"))
+    _, _, result = run_trainer(config(tmp_path / "kl", data, **{"objective.type": "kl"}))
+    assert result["steps"] == 2 and all(np.isfinite(l) for _, l in result["losses"])
+
+
+# -- processes ----------------------------------------------------------------------------------
+def write_config(tmp_path, cfg) -> Path:
+    import yaml
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def losses_of(out: Path) -> dict[int, float]:
+    losses = {}
+    for line in (out / "losses.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        losses[rec["step"]] = rec["loss"]  # a resumed run rewrites later steps: keep the last
+    return losses
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_same_losses(tmp_path, data):
+    over = {"train.max_steps": 8, "train.save_every": 2, "train.scheduler": "cosine", "train.keep_checkpoints": 10,
+            "data.samples_per_epoch": 6, "trainable.language_model": "lora",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}  # dropout: the RNG state must be restored too
+    straight = config(tmp_path / "a", data, **over)
+    subprocess.run([sys.executable, str(TRAIN), str(write_config(tmp_path / "a", straight))], env=env(), check=True,
+                   capture_output=True)
+    killed = config(tmp_path / "b", data, **over)
+    path = write_config(tmp_path / "b", killed)
+    out = Path(killed["output_dir"])
+    proc = subprocess.Popen([sys.executable, str(TRAIN), str(path)], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-4").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, str(TRAIN), str(path)], env=env(), check=True, capture_output=True)
+    a, b = losses_of(Path(straight["output_dir"])), losses_of(out)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in range(5, 9):
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+
+
+def _ranks_identical(out: Path, n: int = 2):
+    from safetensors.torch import load_file
+
+    states = [load_file(str(out / f"rank{r}.safetensors")) for r in range(n)]
+    assert states[0].keys() == states[1].keys() and states[0]
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(tmp_path, data):
+    cfg = config(tmp_path, data, **{"train.max_steps": 2, "encoder_cache.enabled": False})
+    path = write_config(tmp_path, cfg)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                    str(ROOT / "tests" / "dist_train.py"), str(path)], env=env(), check=True, timeout=120)
+    _ranks_identical(Path(cfg["output_dir"]))
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes(tmp_path, data):
+    pytest.importorskip("deepspeed")
+    cfg = config(tmp_path, data, **{"train.max_steps": 2, "deepspeed": str(ROOT / "configs/deepspeed/zero2.json")})
+    path = write_config(tmp_path, cfg)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29532",
+                    str(ROOT / "tests" / "dist_train.py"), str(path)], env=env(), check=True, timeout=300)
+    _ranks_identical(Path(cfg["output_dir"]))
