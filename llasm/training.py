@@ -58,6 +58,8 @@ class CacheConfig:
 class OptimConfig:
     epochs: int = 1
     max_steps: int | None = None
+    max_minutes: float | None = None  # stop (and save) after this much wall time: CPU demos budget by time
+    mixed_precision: str = "no"  # no | bf16 (CPU autocast too: AVX512-BF16 / AMX) | fp16
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
@@ -197,7 +199,8 @@ class Trainer:
             # accelerate only starts DeepSpeed when not told cpu=True; on CPU it must then be given gloo
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
         self.accelerator = Accelerator(cpu=cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
-                                       gradient_accumulation_steps=cfg.train.grad_accum)
+                                       gradient_accumulation_steps=cfg.train.grad_accum,
+                                       mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
         self.is_main = self.accelerator.is_main_process
         _seed_everything(cfg.seed)
         if model is None:
@@ -299,16 +302,24 @@ class Trainer:
                 inputs["input_features"] = batch["input_features"]
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
         inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
-        output = self.engine(**inputs)
-        loss = output.loss
         if self.cfg.objective.type == "kl":
             from .objectives import kl_loss
 
+            output = self.engine(**inputs)
             teacher = self._teacher_logits(batch)
-            loss = loss + self.cfg.objective.kl_weight * kl_loss(
+            return output.loss + self.cfg.objective.kl_weight * kl_loss(
                 output.logits, inputs["labels"], teacher, batch["teacher_labels"].to(teacher.device),
                 self.cfg.objective.temperature)
-        return loss
+        # The LM head (a vocabulary-sized matmul) runs only where an answer token is predicted:
+        # positions p whose next label is supervised, in any row of the batch.
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        positions = (targets != -100).any(0).nonzero().squeeze(-1)  # (P,)
+        if positions.numel() == 0:
+            raise ValueError(f"batch {batch['ids']} has no supervised answer token (all labels are -100)")
+        logits = self.engine(**inputs, logits_to_keep=positions).logits  # (B, P, V)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, positions].flatten(),
+                                                 ignore_index=-100)
 
     @torch.no_grad()
     def _teacher_logits(self, batch) -> torch.Tensor:
@@ -343,7 +354,8 @@ class Trainer:
         collate = Collator(self.processor, self.dataset)
         micro_losses: list[float] = []
         started = time.time()
-        while self.step < self.total_steps:
+        out_of_time = False
+        while self.step < self.total_steps and not out_of_time:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
             # its own generator: starting an iterator must not draw from the global RNG (dropout), or a
             # resumed run, which starts one mid-epoch, would diverge from an uninterrupted one
@@ -373,7 +385,13 @@ class Trainer:
                 self._log(value, writer, bar)
                 if self.step % cfg.train.save_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
-                if self.step >= self.total_steps:
+                if cfg.train.max_minutes is not None:
+                    # every rank stops at the same step: the decision is averaged across ranks
+                    late = float(time.time() - started > 60 * cfg.train.max_minutes)
+                    out_of_time = self._mean_across_ranks(late) > 0
+                    if out_of_time and self.is_main:
+                        print(f"[train] stopping at step {self.step}: the {cfg.train.max_minutes} min budget is used")
+                if self.step >= self.total_steps or out_of_time:
                     break
             else:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
