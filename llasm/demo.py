@@ -1,0 +1,287 @@
+"""`make demo`: train and evaluate a bilingual speech LLM end to end on a CPU.
+
+    LLASM_DEMO=starter make demo   # whisper-base + Qwen2.5-0.5B, real weights, <= 30 min on 2 cores
+    LLASM_DEMO=tiny make demo      # the same pipeline on the tiny random model, ~3 min
+
+Steps: starter models -> speak the bundled seed corpus (+ generated sentences for vocabulary) ->
+CTC warm start of the adaptor -> stage 1 (ASR alignment) -> stage 2 (LoRA, spoken instructions)
+-> evaluation on the held-out seed items (llasm vs the Whisper cascade) -> one English and one
+Chinese spoken question answered. Training steps are budgeted by wall time (printed).
+Outputs go to ``$LLASM_DEMO_DIR`` (default ``outputs/demo-<mode>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "data" / "seed"
+
+
+@dataclass
+class DemoPlan:
+    model: str
+    starter: tuple[str, ...]
+    extra_sentences: int  # generated sentences per language, for vocabulary beyond the seed corpus
+    seed_limit: int | None  # seed items per file (None = all)
+    align_steps: int
+    align_minutes: float
+    stage1_minutes: float
+    stage1_max_steps: int | None
+    stage2_minutes: float
+    stage2_max_steps: int | None
+    batch_size: int
+    eval_limit: int  # held-out items per task
+    max_new_tokens: int
+    workers: int = 2
+
+
+PLANS = {
+    "starter": DemoPlan(model="configs/model/starter.yaml", starter=("whisper-base", "qwen2.5-0.5b-instruct"),
+                        extra_sentences=600, seed_limit=None, align_steps=600, align_minutes=3.0,
+                        stage1_minutes=6.0, stage1_max_steps=None, stage2_minutes=3.5, stage2_max_steps=None,
+                        batch_size=8, eval_limit=12, max_new_tokens=40),
+    "tiny": DemoPlan(model="configs/model/tiny.yaml", starter=(), extra_sentences=10, seed_limit=12,
+                     align_steps=20, align_minutes=0.5, stage1_minutes=0.5, stage1_max_steps=4,
+                     stage2_minutes=0.5, stage2_max_steps=4, batch_size=4, eval_limit=2, max_new_tokens=8),
+}
+
+
+class Clock:
+    """Prints each step with its wall time; the demo's budget is visible as it runs."""
+
+    def __init__(self):
+        self.start = time.time()
+        self.steps: list[tuple[str, float]] = []
+
+    def step(self, name: str):
+        clock = self
+
+        class _Step:
+            def __enter__(self):
+                self.t = time.time()
+                print(f"\n=== {name} (at {clock.elapsed():.1f} min) ===", flush=True)
+
+            def __exit__(self, *exc):
+                clock.steps.append((name, time.time() - self.t))
+                print(f"=== {name}: {time.time() - self.t:.0f} s ===", flush=True)
+
+        return _Step()
+
+    def elapsed(self) -> float:
+        return (time.time() - self.start) / 60
+
+
+# -- data -----------------------------------------------------------------------------------------
+def generated_sentences(n: int, seed: int = 0) -> list[dict]:
+    """Sentences from Faker's English and Chinese word lists: vocabulary the seed corpus lacks.
+
+    They are word salad on purpose — ASR alignment needs many words heard, not meaning.
+    """
+    from faker import Faker
+
+    rows = []
+    for lang, locale in (("en", "en_US"), ("zh", "zh_CN")):
+        fake = Faker(locale)
+        fake.seed_instance(seed)
+        for i in range(n):
+            text = fake.sentence(nb_words=random.Random(seed * 7919 + i).randint(5, 10))
+            if lang == "zh":
+                text = text.rstrip(".") + "。"
+            rows.append({"id": f"gen-{lang}-{i:05d}", "lang": lang, "text": text, "split": "train"})
+    return rows
+
+
+def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
+    """Speak the seed corpus and generated sentences; write train / held-out JSONL files."""
+    from .data.synthesize import synthesize_dataset
+    from .io import read_jsonl, write_jsonl
+
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {"asr_seed": SEED / "asr_sentences.jsonl", "instruct_seed": SEED / "instructions.jsonl"}
+    if plan.seed_limit:  # tiny: a balanced handful of each language and split
+        for name, path in list(sources.items()):
+            rows = read_jsonl(path)
+            keep = [r for lang in ("en", "zh") for split in ("train", "test")
+                    for r in [x for x in rows if x["lang"] == lang and x["split"] == split][: plan.seed_limit // 4]]
+            sources[name] = write_jsonl(out / f"{name}_subset.jsonl", keep)
+    sources["asr_generated"] = write_jsonl(out / "generated_sentences.jsonl", generated_sentences(plan.extra_sentences))
+    spoken = {}
+    for name, path in sources.items():
+        spoken[name] = out / f"{name}.jsonl"
+        counts = synthesize_dataset(path, spoken[name], config=REPO / "configs" / "tts_demo.yaml",
+                                    workers=plan.workers, text_turn_ratio=0.0, seed=1)
+        print(f"[data] {name}: {counts}")
+    split = lambda name, s: [r for r in read_jsonl(spoken[name]) if r.get("split", "train") == s]  # noqa: E731
+    files = {
+        "asr_train": write_jsonl(out / "asr_train.jsonl", _interleave(split("asr_seed", "train") + split("asr_generated", "train"), out)),
+        "asr_test": write_jsonl(out / "asr_test.jsonl", _interleave(split("asr_seed", "test"), out)),
+        "instruct_train": write_jsonl(out / "instruct_train.jsonl", _interleave(split("instruct_seed", "train"), out)),
+        "instruct_test": write_jsonl(out / "instruct_test.jsonl", _interleave(split("instruct_seed", "test"), out)),
+    }
+    for name, path in files.items():
+        print(f"[data] {name}: {sum(1 for _ in open(path))} items -> {path}")
+    return files
+
+
+def _interleave(rows: list[dict], out: Path) -> list[dict]:
+    """Interleave languages (en, zh, en, ...) so that the first N items hold both."""
+    by_lang = [[r for r in rows if r.get("lang") == lang] for lang in ("en", "zh")]
+    others = [r for r in rows if r.get("lang") not in ("en", "zh")]
+    mixed = [r for pair in zip(*by_lang) for r in pair]
+    longest = max(by_lang, key=len)
+    return mixed + longest[min(map(len, by_lang)):] + others
+
+
+# -- training -------------------------------------------------------------------------------------
+def warm_start(model, processor, asr_train: Path, plan: DemoPlan, cache_dir: Path) -> list[float]:
+    """Encode the training clips once (into stage 1's encoder cache) and run the CTC alignment."""
+    import torch
+    from tqdm import tqdm
+
+    from .align import AlignConfig, ctc_align_adaptor
+    from .audio import load_audio
+    from .data.dataset import audio_key
+    from .encoder_cache import EncoderCache, model_key
+    from .io import read_jsonl
+
+    cache, mkey = EncoderCache(cache_dir), model_key(model, processor)
+    rows = [r for r in read_jsonl(asr_train) if len(r.get("audios", [])) == 1]
+    states, frames, texts = [], [], []
+    for start in tqdm(range(0, len(rows), 8), desc="encode", unit="batch"):
+        group = rows[start : start + 8]
+        clips = [load_audio(asr_train.parent / r["audios"][0]) for r in group]
+        chunks = [processor.audio_features(c) for c in clips]
+        keep = [i for i, c in enumerate(chunks) if len(c) == 1]  # clips under 30 s: one chunk each
+        if not keep:
+            continue
+        batch = processor.pad_features([chunks[i][0] for i in keep])
+        hidden = cache.encode(model, [f"{audio_key(clips[i], mkey)}-0" for i in keep], **batch)
+        for j, i in enumerate(keep):
+            f = int(batch["feature_attention_mask"][j].sum())
+            states.append(hidden[j, : (f - 1) // 2 + 1].half())
+            frames.append(f)
+            texts.append(group[i]["conversations"][-1]["value"])
+    cache.flush()
+    config = AlignConfig(steps=plan.align_steps, batch_size=16, lr=2e-3, max_minutes=plan.align_minutes)
+    with torch.enable_grad():
+        return ctc_align_adaptor(model, states, frames, texts, processor.tokenizer, config)
+
+
+def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, out: Path, *, lora: bool,
+              minutes: float, max_steps: int | None):
+    from .training import train
+
+    config = {
+        "model": plan.model,
+        "output_dir": str(out / name),
+        "resume": "none",
+        "trainable": {"audio_tower": "frozen", "adaptor": "full",
+                      "language_model": "lora" if lora else "frozen"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"sources": sources, "group_size": 8},
+        "encoder_cache": {"enabled": True, "dir": str(out / "encoder_cache")},
+        "train": {"epochs": 100, "max_steps": max_steps, "max_minutes": minutes, "batch_size": plan.batch_size,
+                  "lr": 1e-3 if not lora else 5e-4, "warmup_steps": 5, "scheduler": "constant_with_warmup",
+                  "save_every": 10_000, "log_every": 5},
+    }
+    return train(config, model=model, processor=processor)
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    mode = os.environ.get("LLASM_DEMO", "starter")
+    if mode not in PLANS:
+        print(f"LLASM_DEMO must be one of {sorted(PLANS)}, got {mode!r}", file=sys.stderr)
+        return 2
+    plan = PLANS[mode]
+    out = Path(os.environ.get("LLASM_DEMO_DIR", REPO / "outputs" / f"demo-{mode}"))
+    clock = Clock()
+    import torch
+
+    torch.manual_seed(0)
+    print(f"llasm demo: mode={mode}, model={plan.model}, output={out}")
+    print(f"budget: warm start <= {plan.align_minutes} min, stage 1 <= {plan.stage1_minutes} min, "
+          f"stage 2 <= {plan.stage2_minutes} min (training is bounded by wall time on this machine)")
+
+    if plan.starter:
+        with clock.step("starter models"):
+            from .starter import ensure_starter_models
+
+            ensure_starter_models(list(plan.starter))
+    with clock.step("speak the seed corpus (TTS)"):
+        files = prepare_data(out / "data", plan)
+    from .builder import build_model
+
+    model, processor = build_model(REPO / plan.model)
+    with clock.step("warm start: CTC alignment of the adaptor"):
+        losses = warm_start(model, processor, files["asr_train"], plan, out / "encoder_cache")
+        print(f"[align] ctc loss {losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps")
+    with clock.step("stage 1: ASR alignment (adaptor)"):
+        run_stage("stage1", model, processor, [{"path": str(files["asr_train"]), "weight": 1.0, "name": "asr"}],
+                  plan, out, lora=False, minutes=plan.stage1_minutes, max_steps=plan.stage1_max_steps)
+    with clock.step("stage 2: spoken instructions (adaptor + LoRA)"):
+        result = run_stage("stage2", model, processor,
+                           [{"path": str(files["instruct_train"]), "weight": 0.6, "name": "spoken_instructions"},
+                            {"path": str(files["asr_train"]), "weight": 0.4, "name": "asr"}],
+                           plan, out, lora=True, minutes=plan.stage2_minutes, max_steps=plan.stage2_max_steps)
+    final = Path(result["final"]) if isinstance(result, dict) and result.get("final") else out / "stage2" / "final"
+    with clock.step("evaluation (held-out seed items, llasm vs cascade)"):
+        from .evaluation import main as evaluate_main
+
+        evaluate_main(["--model", str(final), "--data", str(files["instruct_test"]), "--asr-data", str(files["asr_test"]),
+                       "--split", "all", "--limit", str(plan.eval_limit), "--max-new-tokens", str(plan.max_new_tokens),
+                       "--output", str(out / "eval"), "--no-progress"]
+                      + (["--no-cascade"] if not plan.starter else []))
+    with clock.step("two spoken questions"):
+        answer_examples(final, files["instruct_test"])
+    report = json.loads((out / "eval" / "report.json").read_text())
+    print_goals(report, mode)
+    print(f"\ntotal {clock.elapsed():.1f} min; steps: " + ", ".join(f"{n} {s:.0f}s" for n, s in clock.steps))
+    print(f"report: {out / 'eval' / 'report.md'}  model: {final}")
+    return 0
+
+
+def answer_examples(final: Path, instruct_test: Path) -> None:
+    from .io import read_jsonl
+    from .modeling import LlasmForConditionalGeneration
+
+    model = LlasmForConditionalGeneration.from_pretrained(final)
+    rows = read_jsonl(instruct_test)
+    for lang in ("en", "zh"):
+        row = next(r for r in rows if r["lang"] == lang)
+        human = row["conversations"][0]
+        reply = model.chat(audio=str(instruct_test.parent / row["audios"][0]), max_new_tokens=40)
+        print(f"[{lang}] spoken question: {human.get('transcript', '')}\n[{lang}] llasm: {reply}")
+
+
+GOALS = {("en", "wer"): 0.25, ("zh", "cer"): 0.35}
+
+
+def print_goals(report: dict, mode: str) -> None:
+    results = report.get("results", {})
+    print("\ngoals on held-out seed items:")
+    for (lang, metric), goal in GOALS.items():
+        value = results.get("llasm", {}).get(lang, {}).get(metric)
+        if value is None:
+            print(f"  {lang} {metric.upper()}: not measured")
+            continue
+        verdict = "met" if value <= goal else f"MISSED by {100 * (value - goal):.1f} points"
+        print(f"  {lang} {metric.upper()} {100 * value:.1f} % (goal <= {100 * goal:.0f} %): {verdict}")
+    for lang in ("en", "zh"):
+        llasm_acc = results.get("llasm", {}).get(lang, {}).get("accuracy")
+        text_acc = results.get("text", {}).get(lang, {}).get("accuracy")
+        if llasm_acc is not None and text_acc is not None:
+            print(f"  {lang} spoken-question accuracy {100 * llasm_acc:.0f} % vs text-question {100 * text_acc:.0f} %")
+    if mode == "tiny":
+        print("  (tiny random model: the numbers only show the pipeline runs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
