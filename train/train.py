@@ -17,27 +17,12 @@ A run resumes from the newest complete ``output_dir/checkpoint-N`` (``resume: au
 with ``output_dir/final`` (load with ``LlasmForConditionalGeneration.from_pretrained``).
 """
 
-import logging
 import sys
 
-from llasm.training import NonFiniteLoss, load_config, train
-
-
-def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if args else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args[0], args[1:])
-    try:
-        result = train(cfg)
-    except NonFiniteLoss as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        return 1
-    print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
-    return 0
-
+from llasm.training import main
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) > 1 else 2)
     sys.exit(main(sys.argv[1:]))
