@@ -227,11 +227,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         audio_embeds=None,
         audio_encoder_outputs=None,
+        unit_targets=None,
+        unit_mask=None,
         **kwargs,
     ):
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
                                               audio_encoder_outputs)
+        if unit_targets is not None:
+            return self._unit_head_loss(inputs_embeds, attention_mask, unit_targets, unit_mask)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -242,6 +246,23 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _unit_head_loss(self, inputs_embeds, attention_mask, unit_targets, unit_mask):
+        """Stage 3: the LLM's last hidden states where the answer tokens are the input
+        (``unit_mask``, ``(B, L)``) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        if self.unit_head is None:
+            raise ValueError("unit_targets given but the model has no unit head (set config.unit_head)")
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1]  # (B, L, D)
+        lengths = unit_mask.sum(-1)  # answer tokens per row
+        rows = torch.zeros(len(hidden), int(lengths.max()), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        keep = torch.arange(rows.shape[1], device=hidden.device)[None] < lengths[:, None]  # (B, L_ans)
+        rows[keep] = hidden[unit_mask.bool()]  # answers moved to the left, in order
+        loss = self.unit_head(rows, keep, units=unit_targets)["loss"]
+        return CausalLMOutputWithPast(loss=loss)
 
     def set_vocoder(self, vocoder):
         """Attach a :class:`llasm.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""

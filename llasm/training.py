@@ -28,7 +28,7 @@ from .io import load_yaml, llasm_home, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("audio_tower", "adaptor", "language_model")
+PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    type: str = "ce"  # ce | self_reply | kl
+    type: str = "ce"  # ce | self_reply | kl | units (stage 3: CTC of the unit head)
     kl_weight: float = 1.0
     temperature: float = 1.0
     max_new_tokens: int = 128  # self_reply generation length
@@ -86,6 +86,7 @@ class TrainConfig:
     trainable: dict = field(default_factory=lambda: {"audio_tower": "frozen", "adaptor": "full",
                                                      "language_model": "frozen"})
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
+    unit_head: dict | None = None  # stage 3: add a CTC unit head with these settings when the model has none
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     encoder_cache: CacheConfig = field(default_factory=CacheConfig)
@@ -149,6 +150,19 @@ def load_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig
     return _from_dict(TrainConfig, data)
 
 
+def load_model(path: str):
+    """A model YAML (``configs/model/*.yaml``) or a checkpoint directory -> ``(model, processor)``."""
+    path = _find(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+        from .modeling import LlasmForConditionalGeneration
+
+        model = LlasmForConditionalGeneration.from_pretrained(path)
+        return model, model.processor
+    from .builder import build_model
+
+    return build_model(path)
+
+
 def _find(path: str) -> str:
     """A path as given, or relative to the repository (configs/... from anywhere)."""
     return path if os.path.exists(path) or os.path.isabs(path) else str(REPO / path)
@@ -163,6 +177,12 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
     """
     modes = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen", **trainable}
     modes.setdefault("audio_marker_embeddings", modes["adaptor"])
+    if getattr(model, "unit_head", None) is not None:
+        modes.setdefault("unit_head", "frozen")
+    elif modes.get("unit_head", "frozen") != "frozen":
+        raise ValueError("trainable.unit_head is set but the model has no unit head (give unit_head: {...})")
+    else:
+        modes.pop("unit_head", None)
     for part, mode in modes.items():
         if mode not in ("frozen", "full", "lora"):
             raise ValueError(f"trainable.{part} must be frozen, full or lora, got {mode!r}")
@@ -208,9 +228,12 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         _seed_everything(cfg.seed)
         if model is None:
-            from .builder import build_model
+            model, processor = load_model(cfg.model)
+        if cfg.unit_head and model.unit_head is None:
+            from .unit_head import CtcUnitHead
 
-            model, processor = build_model(_find(cfg.model))
+            model.config.unit_head = dict(cfg.unit_head)
+            model.unit_head = CtcUnitHead(dict(cfg.unit_head), input_size=model.config.text_config.hidden_size)
         self.processor = processor
         apply_trainability(model, cfg.trainable, cfg.lora)
         self.model = model
@@ -232,7 +255,7 @@ class Trainer:
         self.model.train()
         for part in PARTS:  # frozen parts stay in eval mode (no dropout)
             module = getattr(model, part)
-            if not any(p.requires_grad for p in module.parameters()):
+            if module is not None and not any(p.requires_grad for p in module.parameters()):
                 module.eval()
         self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -267,8 +290,8 @@ class Trainer:
                    for s in self.cfg.data.sources]
         if not sources:
             raise ValueError("data.sources is empty: give at least one JSONL")
-        if self.cfg.objective.type not in ("ce", "self_reply", "kl"):
-            raise ValueError(f"objective.type must be ce, self_reply or kl, got {self.cfg.objective.type!r}")
+        if self.cfg.objective.type not in ("ce", "self_reply", "kl", "units"):
+            raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
             sources = self._self_reply_sources(sources)
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
@@ -314,6 +337,12 @@ class Trainer:
             return output.loss + self.cfg.objective.kl_weight * kl_loss(
                 output.logits, inputs["labels"], teacher, batch["teacher_labels"].to(teacher.device),
                 self.cfg.objective.temperature)
+        if self.cfg.objective.type == "units":
+            labels = inputs.pop("labels")
+            ends = torch.tensor(sorted(self.processor.end_of_turn_ids), device=labels.device)
+            inputs["unit_mask"] = (labels != -100) & ~torch.isin(labels, ends)
+            inputs["unit_targets"] = batch["unit_targets"].to(labels.device)
+            return self.engine(**inputs).loss
         if not self.cfg.train.fast_loss:
             return self.engine(**inputs).loss
         # The LM head (a vocabulary-sized matmul) runs only where an answer token is predicted:

@@ -115,7 +115,7 @@ def test_mixture_sampler_weights_and_determinism(tmp_path, tiny):
 
 
 # -- configs ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["stage1_asr_align", "stage2_instruct", "stage2_instruct_lora"])
+@pytest.mark.parametrize("name", ["stage1_asr_align", "stage2_instruct", "stage2_instruct_lora", "stage3_unit_head"])
 def test_stage_yamls_load(name):
     from llasm.training import load_config
 
@@ -341,3 +341,27 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
         trainer.cfg.train.fast_loss = False
         plain = trainer.loss(batch)
     assert abs(float(fast) - float(plain)) < 1e-5
+
+
+def test_stage3_trains_only_the_unit_head(tmp_path, data):
+    """Stage 3: rows whose answers carry units; everything but the unit head stays bit-identical."""
+    from llasm.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(data)
+    for i, row in enumerate(rows):
+        row["conversations"][-1]["units"] = [(3 * i + j) % 12 for j in range(4 + i % 3)]
+    with_units = write_jsonl(data.parent / "units.jsonl", rows)
+    cfg = config(tmp_path, with_units, **{
+        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
+        "unit_head": {"num_units": 12, "upsample_factor": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                      "intermediate_size": 64},
+        "objective": {"type": "units"}, "train.max_steps": 12, "train.lr": 3e-3})
+    trainer, before, result = run_trainer(cfg)
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all(n.startswith("unit_head.") for n in changed)
+    losses = [x for _, x in result["losses"]]
+    assert all(map(np.isfinite, losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
+    import llasm
+
+    loaded = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"])
+    assert loaded.unit_head is not None and loaded.config.unit_head["num_units"] == 12

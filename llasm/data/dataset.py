@@ -164,6 +164,10 @@ class ConversationDataset(torch.utils.data.Dataset):
             clip = audio_key(samples, self.model_key)
             chunk_keys += [f"{clip}-{j}" for j in range(count)]
         item.update(id=row_id, length=len(item["input_ids"]), audio_keys=chunk_keys)
+        units = next((t["units"] for t in row.get("conversations", []) if t.get("from") in ("gpt", "assistant")
+                      and t.get("units")), None)
+        if units is not None:  # stage 3 targets: the spoken answer's units
+            item["unit_targets"] = list(units)
         if self.with_teacher:  # kl objective: the same conversation with the transcript as text
             from ..objectives import teacher_row
 
@@ -256,6 +260,10 @@ class Collator:
         batch["ids"] = [g["id"] for g in good]
         batch["audio_keys"] = [k for g in good for k in g["audio_keys"]]
         batch["chunk_frames"] = [c.shape[1] for g in good for c in g["audio_chunks"]]
+        if all("unit_targets" in g for g in good):  # -100 padded, as the CTC loss expects
+            longest = max(len(g["unit_targets"]) for g in good)
+            batch["unit_targets"] = torch.tensor([g["unit_targets"] + [-100] * (longest - len(g["unit_targets"]))
+                                                  for g in good])
         if "teacher_input_ids" in good[0]:
             teacher = self.processor.collate(
                 [{"input_ids": g["teacher_input_ids"], "labels": g["teacher_labels"], "audio_chunks": []} for g in good],
