@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", help="a spoken user turn (wav/flac/ogg/mp3)")
     parser.add_argument("--text", help="a typed user turn (after the audio when both are given)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this file (unit head + vocoder)")
+    parser.add_argument("--vocoder", help="unit HiFi-GAN directory for --speak (train/train_vocoder.py output)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 
@@ -54,12 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     from .modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
+    if args.vocoder:
+        model.set_vocoder(args.vocoder)
     messages: list[dict] = []
     if args.audio or args.text:
         messages.append(user_turn(args.audio, args.text))
         try:
-            _reply(model, messages, args.max_new_tokens)
-        except AudioError as err:
+            if args.speak:
+                from .audio import save_audio
+
+                text, wav = model.chat(messages, max_new_tokens=args.max_new_tokens, speak=True)
+                print(text)
+                save_audio(args.speak, wav)
+                print(f"spoken reply: {args.speak} ({len(wav) / 16000:.1f} s)", file=sys.stderr)
+            else:
+                _reply(model, messages, args.max_new_tokens)
+        except (AudioError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0

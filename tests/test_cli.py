@@ -42,3 +42,40 @@ def test_export_writes_full_checkpoint(tiny_bases, tmp_path):
     model.save_pretrained(tmp_path / "parts")
     assert cli.main(["export", str(tmp_path / "parts"), str(tmp_path / "full")]) == 0
     assert json.loads((tmp_path / "full" / "config.json").read_text())["checkpoint_format"] == "full"
+
+
+def test_chat_speak_needs_a_unit_head(tiny, tmp_path, capsys):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "m")
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--speak", str(tmp_path / "r.wav")]) == 1
+    assert "unit head" in capsys.readouterr().err
+
+
+def test_chat_speak_writes_a_wav(tmp_path, capsys):
+    import torch
+
+    import llasm
+    from llasm import load_audio
+    from llasm.io import load_yaml
+    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+    from tests.conftest import TINY_YAML
+
+    spec = load_yaml(TINY_YAML)
+    model, processor = llasm.build_model(spec)
+    model.config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1,
+                              "num_heads": 2, "intermediate_size": 64}
+    spoken = llasm.LlasmForConditionalGeneration(model.config)
+    spoken.load_state_dict(model.state_dict(), strict=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in spoken.unit_head.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    spoken.processor = processor
+    spoken.save_pretrained(tmp_path / "m")
+    UnitHifiGan(UnitVocoderConfig(num_units=20, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+                                  resblock_dilation_sizes=[[1]], embedding_dim=8)).save_pretrained(tmp_path / "voc")
+    out = tmp_path / "reply.wav"
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--vocoder", str(tmp_path / "voc"), "--text", "hi",
+                     "--max-new-tokens", "4", "--speak", str(out)]) == 0
+    assert "spoken reply" in capsys.readouterr().err
+    assert out.exists() and len(load_audio(out)) % 320 == 0
