@@ -83,6 +83,15 @@ def expand_env(obj: Any) -> Any:
     return obj
 
 
+def relative_path(path, base) -> str:
+    """``path`` relative to ``base`` when below it, else absolute (JSONL audio paths allow both)."""
+    path = Path(os.path.abspath(path))
+    try:
+        return path.relative_to(Path(os.path.abspath(base))).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def llasm_home() -> str:
     """Where starter models and caches live: ``$LLASM_HOME`` or ``~/.cache/llasm``."""
     return os.environ.get("LLASM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "llasm")

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator
 
 from llasm.audio import AudioError, load_audio, save_audio
 from llasm.data.prompts import asr_human_value, detect_lang
+from llasm.io import relative_path as _relative
 from llasm.io import write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -223,14 +224,6 @@ def _label(audio: Any) -> str | None:
         return str(audio["path"])
     return None
 
-
-def _relative(path: Path, base: Path) -> str:
-    """``path`` relative to ``base`` when below it, else absolute (the JSONL allows both)."""
-    path = Path(os.path.abspath(path))
-    try:
-        return path.relative_to(Path(os.path.abspath(base))).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _safe_name(item_id: str) -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from llasm.audio import save_audio
+from llasm.io import relative_path as _relative
 from llasm.data.asr import rejects_path
 from llasm.data.prompts import SPEECH_TOKEN, asr_human_value, detect_lang
 from llasm.data.tts import (TTSError, TTSRouter, TTSUnavailable, config_fingerprint, load_tts_config,
@@ -162,13 +163,6 @@ def speakable_text(text: str) -> str:
     text = re.sub(r"[*_`~|>]+", " ", text)
     return re.sub(r"\s+", " ", text).strip()
 
-
-def _relative(path: Path, base: Path) -> str:
-    path = Path(os.path.abspath(path))
-    try:
-        return path.relative_to(Path(os.path.abspath(base))).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _safe_name(item_id: str) -> str:
