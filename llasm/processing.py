@@ -10,6 +10,7 @@ Labels fall out of the same pieces: assistant content and its end-of-turn token,
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any
@@ -50,7 +51,8 @@ TEMPLATES = {"llama2": LLAMA2_TEMPLATE, "chatml": CHATML_TEMPLATE}
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")
 
 
-def _render(template: str, **context) -> str:
+@functools.lru_cache(maxsize=16)
+def _compile(template: str):
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -59,7 +61,11 @@ def _render(template: str, **context) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    return env.from_string(template).render(**context)
+    return env.from_string(template)
+
+
+def _render(template: str, **context) -> str:
+    return _compile(template).render(**context)
 
 
 class LlasmProcessor(ProcessorMixin):
@@ -108,9 +114,12 @@ class LlasmProcessor(ProcessorMixin):
 
     @property
     def end_of_turn_ids(self) -> set[int]:
-        vocab = self.tokenizer.get_vocab()
-        ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
-        return ids | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+        # get_vocab() builds a dict of the whole vocabulary (150k entries for Qwen): convert tokens
+        # one by one instead; unknown ones map to the unk id (or None) and are dropped
+        tok = self.tokenizer
+        known = {i for t, i in ((t, tok.convert_tokens_to_ids(t)) for t in END_OF_TURN_TOKENS)
+                 if i is not None and i != tok.unk_token_id and tok.convert_ids_to_tokens(i) == t}
+        return known | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
     def num_audio_tokens(self, num_samples: int) -> int:
         """Audio tokens for ``num_samples`` of 16 kHz audio — the count the model checks."""
