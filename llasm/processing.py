@@ -80,9 +80,6 @@ class LlasmProcessor(ProcessorMixin):
             they drive :meth:`num_audio_tokens`.
     """
 
-    feature_extractor_class = "WhisperFeatureExtractor"
-    tokenizer_class = "AutoTokenizer"
-
     def __init__(
         self,
         feature_extractor=None,
