@@ -496,10 +496,14 @@ def plot_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path, t
 
     colors = [f"C{i % 10}" for i in range(len(systems))]
     width = 0.8 / len(systems)
-    fig = Figure(figsize=(max(5.0, 3.2 * len(metrics)), 4.0))
+    cols = min(4, len(metrics))  # a grid, at most 4 charts per row
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(max(5.0, 3.6 * cols), 3.4 * rows + 0.6))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(grid, metrics):
         values = {
             (system, lang): _metric_value(results[system].get(lang, {}).get(metric))
             for system in systems
