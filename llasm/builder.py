@@ -69,6 +69,7 @@ def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGe
         stack_factor=int(adaptor.get("stack_factor", 8)),
         pad_to_30s=bool(audio.get("pad_to_30s", False)),
         num_query_tokens=int(audio.get("num_query_tokens", 64)),
+        chain_of_modality=bool(spec.get("chain_of_modality", False)),
     )
     ids = processor.audio_token_ids
     config = LlasmConfig(

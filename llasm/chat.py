@@ -38,9 +38,28 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         generate_kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
     sequences = output.sequences if speak else output
-    text = processor.decode(sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    reply_ids = sequences[0, inputs["input_ids"].shape[1]:]
+    text = processor.decode(reply_ids, skip_special_tokens=True).strip()
+    chain = getattr(processor, "chain_of_modality", False)
+    if chain:
+        from .processing import answer_text
+
+        text = answer_text(text)
     if not speak:
         return text
     from .unit_head import answer_hidden_states, speak as speak_units
 
-    return text, speak_units(model, answer_hidden_states(output, sorted(processor.end_of_turn_ids)), model.vocoder)
+    hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids))  # (n, D), one per reply token
+    if chain:  # speak only the answer: the tokens after the "[ta]" marker
+        hidden = hidden[_answer_start(processor, reply_ids):]
+    return text, speak_units(model, hidden, model.vocoder)
+
+
+def _answer_start(processor, reply_ids) -> int:
+    """Index of the first reply token after ``[ta]`` (0 when the reply has no marker)."""
+    from .processing import COM_ANSWER
+
+    for end in range(1, len(reply_ids) + 1):
+        if COM_ANSWER in processor.decode(reply_ids[:end], skip_special_tokens=True):
+            return end
+    return 0

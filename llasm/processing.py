@@ -68,6 +68,29 @@ def _render(template: str, **context) -> str:
     return _compile(template).render(**context)
 
 
+COM_QUESTION, COM_ANSWER = "[tq]", "[ta]"
+
+
+def chain_of_modality(messages: list[dict]) -> list[dict]:
+    """Rewrite assistant answers to spoken turns as ``[tq] {transcript}; [ta] {answer}``."""
+    out, heard = [], None
+    for m in messages:
+        if m["role"] == "user":
+            parts = m.get("content") if isinstance(m.get("content"), list) else []
+            heard = " ".join(p["transcript"] for p in parts if p.get("transcript")) or None
+        elif m["role"] == "assistant" and heard and isinstance(m.get("content"), str):
+            m = {**m, "content": f"{COM_QUESTION} {heard}; {COM_ANSWER} {m['content']}"}
+            heard = None
+        out.append(m)
+    return out
+
+
+def answer_text(reply: str) -> str:
+    """The answer part of a chain-of-modality reply (the whole reply when it has no ``[ta]``)."""
+    head, sep, tail = reply.partition(COM_ANSWER)
+    return tail.strip() if sep else reply.strip()
+
+
 class LlasmProcessor(ProcessorMixin):
     """Turns HF-style messages with audio parts into ``input_ids``, ``input_features`` and labels.
 
@@ -76,6 +99,9 @@ class LlasmProcessor(ProcessorMixin):
         tokenizer: the LLM's tokenizer; ``<au_patch>``, ``<au_start>``, ``<au_end>`` are added.
         template: ``"llama2"``, ``"chatml"``, ``"tokenizer"`` (the tokenizer's own) or ``"auto"``.
         system_prompt: used when a conversation has no system message (``""`` for none).
+        chain_of_modality: SpeechGPT's chain of modality: an answer to a spoken turn whose audio part
+            carries a ``transcript`` is trained as ``[tq] {transcript}; [ta] {answer}`` (the model first
+            writes what it heard, then answers); :func:`answer_text` strips it at inference.
         audio_source / stack_factor / pad_to_30s / num_query_tokens: must match the model's config;
             they drive :meth:`num_audio_tokens`.
     """
@@ -91,6 +117,7 @@ class LlasmProcessor(ProcessorMixin):
         pad_to_30s: bool = False,
         num_query_tokens: int = 64,
         padding_side: str = "left",
+        chain_of_modality: bool = False,
         chat_template: str | None = None,
     ):
         if tokenizer is not None and any(t not in tokenizer.get_vocab() for t in AUDIO_TOKENS):
@@ -102,6 +129,7 @@ class LlasmProcessor(ProcessorMixin):
         self.pad_to_30s = bool(pad_to_30s or audio_source == "whisper_decoder_queries")
         self.num_query_tokens = num_query_tokens
         self.padding_side = padding_side
+        self.chain_of_modality = bool(chain_of_modality)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     # -- ids and counts ---------------------------------------------------------------------
@@ -159,6 +187,8 @@ class LlasmProcessor(ProcessorMixin):
     def encode_conversation(self, messages: list[dict], add_generation_prompt: bool = False) -> dict[str, Any]:
         """One conversation -> ``input_ids``, ``labels`` (lists) and its audio feature chunks."""
         messages = [dict(m) for m in messages]
+        if self.chain_of_modality:
+            messages = chain_of_modality(messages)
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         pieces: list[tuple[str, Any]] = []  # (kind, payload) per sentinel: text / audio

@@ -172,3 +172,38 @@ def test_bad_audio_in_messages_names_the_file(tiny, tmp_path):
     _, processor = tiny
     with pytest.raises(AudioError, match="missing.wav: file not found"):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "audio": str(tmp_path / "missing.wav")}]}])
+
+
+def test_chain_of_modality_answers_write_the_transcript_first():
+    from llasm.processing import answer_text
+
+    model, processor = build_tiny(chain_of_modality=True)
+    tok = processor.tokenizer
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": tone(1.0), "transcript": "what is two plus two"}]},
+                {"role": "assistant", "content": "four"},
+                {"role": "user", "content": "and typed?"}, {"role": "assistant", "content": "five"}]
+    labels = [t for t in processor.apply_chat_template(messages)["labels"][0].tolist() if t != IGNORE_INDEX]
+    expected = _ids(tok, "[tq] what is two plus two; [ta] four") + [tok.eos_token_id] + _ids(tok, "five") + [tok.eos_token_id]
+    assert labels == expected  # the typed turn's answer is left as it was
+    assert answer_text("[tq] what is two plus two; [ta] four") == "four"
+    assert answer_text("plain reply") == "plain reply"
+    assert isinstance(model.chat(audio=tone(1.0), max_new_tokens=3), str)
+
+
+def test_dataset_rows_carry_the_transcript(tmp_path):
+    from llasm.data.dataset import row_to_messages
+
+    row = {"id": "x", "audios": ["a.wav"], "conversations": [
+        {"from": "human", "value": "<speech>", "transcript": "hello"}, {"from": "gpt", "value": "hi"}]}
+    messages = row_to_messages(row, tmp_path)
+    assert messages[0]["content"][0]["transcript"] == "hello"
+
+
+def test_answer_start_finds_the_marker(tiny):
+    from llasm.chat import _answer_start
+
+    _, processor = tiny
+    ids = processor.tokenizer("[tq] hello; [ta] four", add_special_tokens=False).input_ids
+    start = _answer_start(processor, ids)
+    assert processor.decode(ids[start:]).strip() == "four"
+    assert _answer_start(processor, processor.tokenizer("no marker", add_special_tokens=False).input_ids) == 0

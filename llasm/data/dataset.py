@@ -47,6 +47,8 @@ def row_to_messages(row: dict, root: str | os.PathLike | None = None, audios: li
                 if used >= len(sources):
                     raise ValueError(f"{row.get('id')}: more <speech> marks than audios ({len(sources)})")
                 content.append({"type": "audio", "audio": sources[used]})
+                if turn.get("transcript"):  # what was said, for chain-of-modality answers
+                    content[-1]["transcript"] = turn["transcript"]
                 used += 1
             if text.strip():
                 content.append({"type": "text", "text": text.strip()})
