@@ -48,6 +48,8 @@ bench: setup
 	$(PY) bench/tts.py
 	$(PY) bench/vocoder_rtf.py
 	$(PY) bench/latency.py
+	$(PY) bench/speech_latency.py
+	$(PY) bench/train_throughput.py
 
 starter: $(STAMP)
 	$(PY) -m llasm.cli starter-models

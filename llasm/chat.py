@@ -63,3 +63,82 @@ def _answer_start(processor, reply_ids) -> int:
         if COM_ANSWER in processor.decode(reply_ids[:end], skip_special_tokens=True):
             return end
     return 0
+
+
+def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=128, chunk_units=40):
+    """Speak while generating: yields ``("text", piece)`` and ``("audio", 16 kHz float32 chunk)`` events.
+
+    Greedy decoding with the KV cache; each new token's last hidden state goes to the unit head
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final) and the units go to
+    the vocoder's streaming synthesis in a worker thread, so text is yielded as soon as it is
+    generated and audio as soon as a chunk of ``chunk_units`` units is vocoded.
+    """
+    import queue
+    import threading
+
+    if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
+        raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
+    to_vocoder: queue.Queue = queue.Queue()
+    from_vocoder: queue.Queue = queue.Queue()
+
+    def units():
+        while (item := to_vocoder.get()) is not None:
+            yield item
+
+    def vocode():
+        try:
+            for chunk in model.vocoder.stream(units(), chunk_units=chunk_units):
+                from_vocoder.put(("audio", chunk))
+        except Exception as err:  # handed to the caller below
+            from_vocoder.put(("error", err))
+        from_vocoder.put(None)
+
+    worker = threading.Thread(target=vocode, daemon=True)
+    worker.start()
+    try:
+        for piece, new_units in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
+            if piece:
+                yield "text", piece
+            to_vocoder.put(new_units)
+            while not from_vocoder.empty():
+                event = from_vocoder.get()
+                if event is None or event[0] == "error":
+                    raise event[1] if event else RuntimeError("vocoder stopped early")
+                yield event
+    except GeneratorExit:  # the caller stopped listening: let the vocoder finish and end
+        to_vocoder.put(None)
+        worker.join()
+        raise
+    to_vocoder.put(None)
+    while (event := from_vocoder.get()) is not None:
+        if event[0] == "error":
+            raise event[1]
+        yield event
+    worker.join()
+
+
+@torch.inference_mode()
+def _decode_speaking(model, messages, max_new_tokens):
+    """Greedy decoding that yields (new text, new units) per token."""
+    from .unit_head import UnitStreamer
+
+    processor = model.processor
+    inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
+    ends = processor.end_of_turn_ids
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    past, mask = out.past_key_values, inputs["attention_mask"]
+    token = int(out.logits[0, -1].argmax())
+    streamer, reply, shown = UnitStreamer(model.unit_head), [], 0
+    for _ in range(max_new_tokens):
+        if token in ends:
+            break
+        reply.append(token)
+        decoded = processor.decode(reply, skip_special_tokens=True)
+        piece = ""
+        if not decoded.endswith("\ufffd"):  # hold back a character still missing bytes
+            piece, shown = decoded[shown:], len(decoded)
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        out = model(input_ids=torch.tensor([[token]], device=model.device), attention_mask=mask,
+                    past_key_values=past, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        yield piece, streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
+        past, token = out.past_key_values, int(out.logits[0, -1].argmax())
