@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
