@@ -8,7 +8,7 @@ EXTRAS ?= train,eval,tts,test,demo
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast demo bench setup system-deps starter clean
+.PHONY: test test-fast demo speech-demo bench setup system-deps starter clean
 
 $(STAMP):
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ test-fast: setup
 
 demo: setup
 	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.demo
+
+# Speech output: units, vocoder_cpu and a stage-3 unit head trained for bounded minutes, then judged
+# by Whisper-base (source / resynthesis / round trip). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
+speech-demo: setup
+	$(PY) -m llasm.speech_demo
 
 bench: setup
 	$(PY) bench/encoder_length.py

@@ -1,12 +1,17 @@
 """Speaking chat: time from the first text token to the first audio chunk, and to the first token.
 
-Starter models (whisper-base + Qwen2.5-0.5B) when converted, else the tiny model; the unit head
-(LLaMA-Omni size: 2 layers, ×25 upsampling, 1000 units) and `configs/vocoder_cpu.yaml` are randomly
-initialised — timing does not depend on their values, but how many units an untrained head emits per
-token does, so the number only becomes meaningful with a trained head. Goal: first text token ->
-first audio chunk <= 300 ms.
+With ``--model`` (a stage-3 checkpoint, e.g. ``outputs/speech-demo/stage3/final`` from
+``make speech-demo``) and ``--vocoder`` (its ``vocoder`` dir) the trained head and vocoder speak;
+both default to that demo's outputs when they exist. Otherwise: the starter models (whisper-base +
+Qwen2.5-0.5B, else the tiny model) with a random unit head (LLaMA-Omni size: 2 layers, x25
+upsampling, 1000 units) and a random ``configs/vocoder_cpu.yaml`` — timing does not depend on their
+values, but how many units a head emits per token does, so only a trained head gives the real
+number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
+hidden state (one more LLM step) and ``--first-chunk-units`` units; by default the first chunk is
+vocoded without right context (``--first-chunk-context -1``: wait for the receptive field, exact).
+Goal: first text token -> first audio chunk <= 300 ms.
 
-    python bench/speech_latency.py [--chunk-units 40] [--repeats 3]
+    python bench/speech_latency.py [--model DIR --vocoder DIR] [--first-chunk-units 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-units", type=int, default=40)
+    parser.add_argument("--first-chunk-units", type=int, default=10)
+    parser.add_argument("--first-chunk-context", type=int, default=0,
+                        help="right-context frames for the first chunk (-1: the full receptive field, exact)")
+    parser.add_argument("--model", default=str(ROOT / "outputs" / "speech-demo" / "stage3" / "final"))
+    parser.add_argument("--vocoder", default=str(ROOT / "outputs" / "speech-demo" / "vocoder"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -34,28 +44,37 @@ def main() -> None:
     from llasm.unit_head import CtcUnitHead
     from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
 
-    home = Path(llasm_home())
-    starter = (home / "whisper-base").is_dir() and (home / "qwen2.5-0.5b-instruct").is_dir()
-    model, _ = llasm.build_model(ROOT / "configs" / "model" / ("starter.yaml" if starter else "tiny.yaml"))
-    head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-            "intermediate_size": 2048}
-    model.config.unit_head = head
-    model.unit_head = CtcUnitHead(head, input_size=model.config.text_config.hidden_size)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.unit_head.parameters():  # an untrained head: make units win over the blank
-            p.add_(torch.randn_like(p) * 0.3)
-    model.eval()
-    config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
-    config.num_units = 1000
-    model.set_vocoder(UnitHifiGan(config).eval())
+    trained = Path(args.model).is_dir() and Path(args.vocoder).is_dir()
+    if trained:
+        model = llasm.LlasmForConditionalGeneration.from_pretrained(args.model).eval()
+        model.set_vocoder(UnitHifiGan.from_pretrained(args.vocoder).eval())
+        label = f"trained: {args.model} + {args.vocoder}"
+    else:
+        home = Path(llasm_home())
+        starter = (home / "whisper-base").is_dir() and (home / "qwen2.5-0.5b-instruct").is_dir()
+        model, _ = llasm.build_model(ROOT / "configs" / "model" / ("starter.yaml" if starter else "tiny.yaml"))
+        head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+                "intermediate_size": 2048}
+        model.config.unit_head = head
+        model.unit_head = CtcUnitHead(head, input_size=model.config.text_config.hidden_size)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.unit_head.parameters():  # an untrained head: make units win over the blank
+                p.add_(torch.randn_like(p) * 0.3)
+        model.eval()
+        config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
+        config.num_units = 1000
+        model.set_vocoder(UnitHifiGan(config).eval())
+        label = f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=1000 and vocoder_cpu"
 
     to_text, to_audio, gaps = [], [], []
     for i in range(args.repeats + 1):  # the first run warms up
         start = time.perf_counter()
         first_text = first_audio = None
         stream = model.chat_stream(text="What is the capital of France? Answer in one sentence.",
-                                   max_new_tokens=24, chunk_units=args.chunk_units)
+                                   max_new_tokens=24, chunk_units=args.chunk_units,
+                                   first_chunk_units=args.first_chunk_units,
+                                   first_chunk_context=None if args.first_chunk_context < 0 else args.first_chunk_context)
         for kind, _ in stream:
             now = time.perf_counter()
             if kind == "text" and first_text is None:
@@ -68,8 +87,11 @@ def main() -> None:
             to_text.append(first_text - start)
             to_audio.append(first_audio - start)
             gaps.append(first_audio - first_text)
-    print(f"model: {'starter' if starter else 'tiny'}; unit head 2x512, x25, K=1000; vocoder_cpu; "
-          f"chunk {args.chunk_units} units; {args.threads} threads; median of {len(gaps)}")
+    if not gaps:
+        raise SystemExit("no audio was produced (the unit head emitted no unit within 24 tokens)")
+    print(f"model: {label}; first chunk {args.first_chunk_units} units (right context "
+          f"{'full' if args.first_chunk_context < 0 else args.first_chunk_context} frames), then {args.chunk_units}; "
+          f"{args.threads} threads; median of {len(gaps)}")
     print(f"  request -> first text token   {1000 * statistics.median(to_text):7.0f} ms")
     print(f"  request -> first audio chunk  {1000 * statistics.median(to_audio):7.0f} ms")
     gap = statistics.median(gaps)

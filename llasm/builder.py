@@ -89,6 +89,7 @@ def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGe
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        unit_head=dict(spec["unit_head"]) if spec.get("unit_head") else None,  # speech output (stage 3)
     )
     model = from_base_models(config, dtype=_dtype(spec.get("dtype")))
     model.processor = processor

@@ -65,61 +65,39 @@ def _answer_start(processor, reply_ids) -> int:
     return 0
 
 
-def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=128, chunk_units=40):
+def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=128, chunk_units=40,
+                first_chunk_units=None, first_chunk_context=0):
     """Speak while generating: yields ``("text", piece)`` and ``("audio", 16 kHz float32 chunk)`` events.
 
-    Greedy decoding with the KV cache; each new token's last hidden state goes to the unit head
-    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final) and the units go to
-    the vocoder's streaming synthesis in a worker thread, so text is yielded as soon as it is
-    generated and audio as soon as a chunk of ``chunk_units`` units is vocoded.
+    Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; the next
+    forward pass (which chooses the next token) also gives the token's last hidden state, which goes
+    to the unit head (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final),
+    and the units go to the vocoder's streaming synthesis (:class:`llasm.vocoder.VocoderStream`):
+    a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
+    first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
+    earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
+    The vocoder runs in line: it costs a few ms per chunk against hundreds for an LLM step on a CPU.
     """
-    import queue
-    import threading
+    from .vocoder import VocoderStream
 
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
         raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
-    to_vocoder: queue.Queue = queue.Queue()
-    from_vocoder: queue.Queue = queue.Queue()
-
-    def units():
-        while (item := to_vocoder.get()) is not None:
-            yield item
-
-    def vocode():
-        try:
-            for chunk in model.vocoder.stream(units(), chunk_units=chunk_units):
-                from_vocoder.put(("audio", chunk))
-        except Exception as err:  # handed to the caller below
-            from_vocoder.put(("error", err))
-        from_vocoder.put(None)
-
-    worker = threading.Thread(target=vocode, daemon=True)
-    worker.start()
-    try:
-        for piece, new_units in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
-            if piece:
-                yield "text", piece
-            to_vocoder.put(new_units)
-            while not from_vocoder.empty():
-                event = from_vocoder.get()
-                if event is None or event[0] == "error":
-                    raise event[1] if event else RuntimeError("vocoder stopped early")
-                yield event
-    except GeneratorExit:  # the caller stopped listening: let the vocoder finish and end
-        to_vocoder.put(None)
-        worker.join()
-        raise
-    to_vocoder.put(None)
-    while (event := from_vocoder.get()) is not None:
-        if event[0] == "error":
-            raise event[1]
-        yield event
-    worker.join()
+    voice = VocoderStream(model.vocoder, chunk_units=chunk_units, first_chunk_units=first_chunk_units,
+                          first_chunk_context=first_chunk_context)
+    for kind, value in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
+        if kind == "text":
+            yield "text", value
+        else:
+            for chunk in voice.push(value):
+                yield "audio", chunk
+    for chunk in voice.finish():
+        yield "audio", chunk
 
 
 @torch.inference_mode()
 def _decode_speaking(model, messages, max_new_tokens):
-    """Greedy decoding that yields (new text, new units) per token."""
+    """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
+    units)`` once its hidden state is known (one forward pass later)."""
     from .unit_head import UnitStreamer
 
     processor = model.processor
@@ -134,11 +112,11 @@ def _decode_speaking(model, messages, max_new_tokens):
             break
         reply.append(token)
         decoded = processor.decode(reply, skip_special_tokens=True)
-        piece = ""
-        if not decoded.endswith("\ufffd"):  # hold back a character still missing bytes
-            piece, shown = decoded[shown:], len(decoded)
+        if not decoded.endswith("\ufffd") and len(decoded) > shown:  # hold back a character still missing bytes
+            yield "text", decoded[shown:]
+            shown = len(decoded)
         mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         out = model(input_ids=torch.tensor([[token]], device=model.device), attention_mask=mask,
                     past_key_values=past, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        yield piece, streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
+        yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
         past, token = out.past_key_values, int(out.logits[0, -1].argmax())

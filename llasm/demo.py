@@ -107,10 +107,7 @@ def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
     sources = {"asr_seed": SEED / "asr_sentences.jsonl", "instruct_seed": SEED / "instructions.jsonl"}
     if plan.seed_limit:  # tiny: a balanced handful of each language and split
         for name, path in list(sources.items()):
-            rows = read_jsonl(path)
-            keep = [r for lang in ("en", "zh") for split in ("train", "test")
-                    for r in [x for x in rows if x["lang"] == lang and x["split"] == split][: plan.seed_limit // 4]]
-            sources[name] = write_jsonl(out / f"{name}_subset.jsonl", keep)
+            sources[name] = write_jsonl(out / f"{name}_subset.jsonl", balanced_subset(read_jsonl(path), plan.seed_limit))
     sources["asr_generated"] = write_jsonl(out / "generated_sentences.jsonl", generated_sentences(plan.extra_sentences))
     spoken = {}
     for name, path in sources.items():
@@ -128,6 +125,12 @@ def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
     for name, path in files.items():
         print(f"[data] {name}: {sum(1 for _ in open(path))} items -> {path}")
     return files
+
+
+def balanced_subset(rows: list[dict], n: int) -> list[dict]:
+    """``n // 4`` rows of each (language, split) pair: en/zh x train/test."""
+    return [r for lang in ("en", "zh") for split in ("train", "test")
+            for r in [x for x in rows if x["lang"] == lang and x["split"] == split][: n // 4]]
 
 
 def _interleave(rows: list[dict], out: Path) -> list[dict]:

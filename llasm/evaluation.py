@@ -65,7 +65,8 @@ ASSETS = Path(__file__).resolve().parent / "assets" / "eval"
 PROMPTS_PATH = ASSETS / "prompts.json"
 JUDGE_PROMPT_PATH = ASSETS / "judge_prompt.txt"
 SPEECH_TOKEN = "<speech>"
-TASKS = ("asr", "instruct", "invariance")
+TASKS = ("asr", "instruct", "invariance", "speech")
+TEXT_TASKS = ("asr", "instruct", "invariance")  # the default; "speech" (llasm.speech_eval) needs a vocoder
 LANG_NAMES = {"en": "English", "zh": "Chinese (简体中文)"}
 
 # default data: the held-out split of the synthesized seed corpus (make it with data_prep/synthesize.py)
@@ -314,6 +315,9 @@ class WhisperTranscriber:
         else:
             inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
         features = inputs.input_features.to(self.model.device, self.model.dtype)
+        # at most 12 tokens per second of audio (speech needs 3-6): bounds Whisper's repetition loops on
+        # unclear audio, which otherwise run to its 448-token limit (slow, and a huge insertion count)
+        kwargs["max_length"] = min(448, 14 + int(12 * len(audio) / sr))  # (+4 prompt tokens)
         with torch.inference_mode():
             ids = self.model.generate(features, **kwargs)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -713,7 +717,7 @@ def load_model(spec: str, device: str | None = None):
     return model.to(device).eval()
 
 
-def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TASKS) -> argparse.ArgumentParser:
+def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Evaluate an llasm model (ASR, spoken instruction following, "
                                 "modal invariance) against a Whisper -> LLM cascade; writes report.{json,md,png}.")
     p.add_argument("--model", required=True, help="checkpoint directory or model YAML (configs/model/*.yaml)")
@@ -733,15 +737,57 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TASKS)
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    speech = p.add_argument_group("speech output (task 'speech', llasm.speech_eval; added when --vocoder is given)")
+    speech.add_argument("--vocoder", default=None, help="unit HiFi-GAN dir (train/train_vocoder.py output)")
+    speech.add_argument("--kmeans", default=None, help="k-means unit dir (data_prep/units.py fit) for resynthesis")
+    speech.add_argument("--judge", default=None,
+                        help="Whisper HF dir that transcribes the speech (default: the cascade's Whisper)")
     return p
 
 
-def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str], str] | None = None) -> dict:
+def speech_meta(args, judge) -> dict:
+    return {"vocoder": args.vocoder, "kmeans": args.kmeans, "judge_whisper": str(judge),
+            "durations": "predicted by the vocoder (as in generation)"}
+
+
+def run_speech(args, model, items, judge) -> dict:
+    """The speech-output task (:mod:`llasm.speech_eval`) with the parts named on the command line."""
+    from .speech_eval import evaluate_speech
+
+    vocoder = extractor = None
+    if args.vocoder:
+        from .vocoder import UnitHifiGan
+
+        vocoder = UnitHifiGan.from_pretrained(args.vocoder).eval()
+    if args.kmeans:
+        from .units import UnitExtractor
+
+        extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
+    return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,
+                           max_new_tokens=args.max_new_tokens, samples_dir=Path(args.output) / "speech_samples",
+                           progress=not args.no_progress)
+
+
+def merge_speech(report: dict, speech: dict) -> None:
+    """Speech systems join the report as ``speech_<name>`` columns."""
+    for name, langs in speech["results"].items():
+        report["results"][f"speech_{name}"] = langs
+    for name, langs in speech["counts"].items():
+        report.setdefault("counts", {})[f"speech_{name}"] = langs
+    report.setdefault("details", {}).update(speech["details"])
+    report["errors"] += speech["errors"]
+    report["notes"] += speech["notes"]
+
+
+def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str], str] | None = None,
+        speech_transcriber: Callable[[Any, str], str] | None = None) -> dict:
     """Everything :func:`main` does, with optional injected ``model`` / cascade ``transcriber`` (tests)."""
     import torch
 
     started = time.time()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if getattr(args, "vocoder", None) and "speech" not in tasks:
+        tasks.append("speech")
     bad = set(tasks) - set(TASKS)
     if bad:
         raise SystemExit(f"unknown --tasks {sorted(bad)}; choose from {','.join(TASKS)}")
@@ -762,17 +808,23 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     instruct_path = asr_path = None
     instruct_items: list[InstructItem] = []
     asr_items: list[AsrItem] = []
-    if {"instruct", "invariance"} & set(tasks):
+    if {"instruct", "invariance", "speech"} & set(tasks):
         instruct_path = data_path(args.data, DEFAULT_DATA, "instruct")
-        if instruct_path:
+        if instruct_path and {"instruct", "invariance"} & set(tasks):
             instruct_items, errs = load_instruct_items(instruct_path, split, args.limit)
             errors += errs
+    speech_items = []
+    if "speech" in tasks and instruct_path:
+        from .speech_eval import load_speech_items
+
+        speech_items, errs = load_speech_items(instruct_path, split, args.limit)
+        errors += errs
     if "asr" in tasks:
         asr_path = data_path(args.asr_data, DEFAULT_ASR_DATA, "asr")
         if asr_path:
             asr_items, errs = load_asr_items(asr_path, split, args.limit)
             errors += errs
-    if not instruct_items and not asr_items and not errors:
+    if not instruct_items and not asr_items and not speech_items and not errors:
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
 
     if model is None:
@@ -810,9 +862,18 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     else:
         judge_meta = {"status": "skipped", "note": "no --judge-url/--judge-model given; no judge scores"}
 
-    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items, tasks=tasks,
-                      scorer=make_ppl_scorer(model), judge=judge, errors=errors, notes=notes,
-                      progress=not args.no_progress)
+    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items,
+                      tasks=[t for t in tasks if t != "speech"], scorer=make_ppl_scorer(model), judge=judge,
+                      errors=errors, notes=notes, progress=not args.no_progress)
+    if "speech" in tasks:
+        speech_judge = speech_transcriber or transcriber
+        judge_path = args.judge or args.cascade_whisper or getattr(model.config, "audio_model_name_or_path", None)
+        if speech_judge is None or args.judge:
+            if not judge_path:
+                raise SystemExit("the speech task needs a Whisper judge: pass --judge DIR")
+            speech_judge = WhisperTranscriber(judge_path, device=str(model.device))
+        report["meta_speech"] = speech_meta(args, getattr(speech_judge, "path", "injected transcriber"))
+        merge_speech(report, run_speech(args, model, speech_items, speech_judge))
     from . import __version__
 
     report["meta"] = {
@@ -836,15 +897,17 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     }
     report["meta"]["judge_prompt"] = str(JUDGE_PROMPT_PATH.relative_to(ASSETS.parents[2]))
     # meta first in the JSON file
+    if "meta_speech" in report:
+        report["meta"]["speech"] = report.pop("meta_speech")
     return {"meta": report.pop("meta"), **report}
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default_tasks: Sequence[str] = TASKS,
-         model=None, transcriber=None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS,
+         model=None, transcriber=None, speech_transcriber=None) -> int:
     """Parse ``argv``, evaluate, write the report files and print the summary table."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog, default_tasks).parse_args(argv)
-    report = run(args, model=model, transcriber=transcriber)
+    report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)
     paths = write_report(report, args.output)
     print(summary_tables(report))
     for note in report["notes"]:

@@ -285,12 +285,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
                     streamer=streamer, **generate_kwargs)
 
-    def chat_stream(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, chunk_units: int = 40):
+    def chat_stream(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, chunk_units: int = 40,
+                    first_chunk_units: int | None = None, first_chunk_context: int | None = 0):
         """Streaming speech reply: yields ``("text", str)`` and ``("audio", np.ndarray)`` events."""
         from .chat import chat_stream
 
         return chat_stream(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens,
-                           chunk_units=chunk_units)
+                           chunk_units=chunk_units, first_chunk_units=first_chunk_units,
+                           first_chunk_context=first_chunk_context)
 
     # -- checkpoints ------------------------------------------------------------------------
     def trained_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,9 +1,9 @@
 """`llasm serve`: a local web page to talk to a checkpoint (Gradio).
 
-    llasm serve --model DIR [--host 127.0.0.1] [--port 7860] [--max-upload-mb 20] [--max-new-tokens 256]
+    llasm serve --model DIR [--vocoder VOC_DIR] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 20]
 
 Upload or record a spoken question, type text (or both), and the reply streams into a multi-turn
-chat; a model with a unit head also speaks its reply. The page binds to 127.0.0.1 unless told
+chat; a model with a unit head (stage 3) and a ``--vocoder`` also speaks its reply. The page binds to 127.0.0.1 unless told
 otherwise (it has no authentication), uploads are capped, and unusable audio is answered with the
 reason (``file: reason``) in the chat instead of a stack trace.
 
@@ -106,7 +106,7 @@ def _as_waveform(wav) -> np.ndarray | None:
 
 
 def can_speak(model) -> bool:
-    return getattr(model, "unit_head", None) is not None
+    return getattr(model, "unit_head", None) is not None and getattr(model, "vocoder", None) is not None
 
 
 def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, max_new_tokens: int = 256,
@@ -229,7 +229,7 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="llasm-send")
                     reset = gr.Button("Clear", elem_id="llasm-clear")
-        status = "speaks its replies" if speaks else "text replies (this model has no unit head)"
+        status = "speaks its replies" if speaks else "text replies (no unit head + vocoder)"
         gr.Markdown(f"<small>Model: `{getattr(model, 'name_or_path', '') or type(model).__name__}` — "
                     f"{status}; up to {max_new_tokens} new tokens.</small>")
 
@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (MB)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--vocoder", default=None,
+                        help="unit HiFi-GAN dir (train/train_vocoder.py output): a model with a unit head speaks")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -264,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
     model.eval()
+    if args.vocoder:
+        model.set_vocoder(args.vocoder)
+    elif getattr(model, "unit_head", None) is not None:
+        print("note: the model has a unit head but no --vocoder was given: text replies only")
     app = build_app(model, max_new_tokens=args.max_new_tokens)
     launch(app, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
     return 0

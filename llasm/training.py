@@ -352,10 +352,24 @@ class Trainer:
         positions = (targets != -100).any(0).nonzero().squeeze(-1)  # (P,)
         if positions.numel() == 0:
             raise ValueError(f"batch {batch['ids']} has no supervised answer token (all labels are -100)")
+        self._drop_unused_tail(inputs, int(positions.max()) + 1)
         start = self._shared_prefix(inputs, int(positions.min()))
         logits = self.engine(**inputs, logits_to_keep=positions - start).logits  # (B, P, V)
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, positions].flatten(),
                                                  ignore_index=-100)
+
+    def _drop_unused_tail(self, inputs: dict, keep: int) -> None:
+        """Positions after the last one that predicts a label (the final end token as input, padding)
+        cannot change the loss under causal attention: cut them, unless audio sits there. Exact."""
+        ids = inputs["input_ids"]
+        if keep >= ids.shape[1]:
+            return
+        cfg = self.model.config
+        audio = torch.tensor([cfg.audio_start_token_id, cfg.audio_patch_token_id, cfg.audio_end_token_id],
+                             device=ids.device)
+        if torch.isin(ids[:, keep:], audio).any():
+            return
+        inputs["input_ids"], inputs["attention_mask"] = ids[:, :keep], inputs["attention_mask"][:, :keep]
 
     @torch.no_grad()
     def _shared_prefix(self, inputs: dict, limit: int) -> int:

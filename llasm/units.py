@@ -251,10 +251,13 @@ class UnitExtractor:
 
 
 def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: int = 0,
-                       max_frames: int | None = None, rejects: list | None = None, **kmeans_kwargs) -> UnitExtractor:
+                       max_frames: int | None = None, rejects: list | None = None, progress: bool = True,
+                       **kmeans_kwargs) -> UnitExtractor:
     """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means."""
+    from tqdm import tqdm
+
     feats, total = [], 0
-    for source in audios:
+    for source in tqdm(audios, desc="k-means features", unit="clip", disable=not progress):
         try:
             f = features(load_audio(source))
         except AudioError as err:

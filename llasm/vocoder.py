@@ -79,6 +79,9 @@ class UnitVocoderConfig:
     lr_decay: float = 0.999  # per epoch, as in HiFi-GAN
     mel_loss_weight: float = 45.0
     duration_loss_weight: float = 1.0
+    # steps of generator-only training on mel L1 (+ duration) before the GAN losses start
+    # (ParallelWaveGAN's discriminator_train_start_steps): intelligible speech sooner on a small budget
+    gan_start_step: int = 0
 
     def __post_init__(self) -> None:
         self.resblock_dilation_sizes = [list(d) for d in self.resblock_dilation_sizes]
@@ -397,43 +400,18 @@ class UnitHifiGan(nn.Module):
         return math.ceil(radius) + 1
 
     def stream(
-        self, units_iter: Iterable[int | Sequence[int]], chunk_units: int = 40, context_frames: int | None = None
+        self, units_iter: Iterable[int | Sequence[int]], chunk_units: int = 40, context_frames: int | None = None,
+        first_chunk_units: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks while deduplicated units arrive (ints or lists of ints).
 
-        Once ``chunk_units`` new units have final durations, the frames whose right context is known
-        are vocoded together with ``context_frames`` frames of context on each side (default: the
-        generator's receptive field, :meth:`receptive_field_frames`) and the context samples are
-        trimmed. Because the context covers the receptive field, the concatenated chunks equal
-        :meth:`synthesize` of the whole sequence up to float rounding (the test checks 1e-5 of the
-        peak), with no crossfade. A unit's predicted duration depends on 2 units either side, so it
-        is final once 2 more units arrived. Latency: ``chunk_units`` units + 2 units +
-        ``context_frames`` frames (about 0.5 s for the paper config); cost: the context is vocoded
-        twice (about 1.5x compute for 40-unit chunks).
+        See :class:`VocoderStream` (this is its pull form): the concatenated chunks equal
+        :meth:`synthesize` of the whole sequence up to float rounding.
         """
-        if chunk_units < 1:
-            raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
-        context = self.receptive_field_frames() if context_frames is None else int(context_frames)
-        units: list[int] = []
-        durations: list[int] = []  # final durations of units[: len(durations)]
-        frames_done = 0  # frames already yielded
-        units_at_last_chunk = 0
-        with self._inference():
-            for item in units_iter:
-                units.extend(int(u) for u in np.atleast_1d(np.asarray(item, dtype=np.int64)))
-                self._extend_durations(units, durations, final=False)
-                if len(durations) - units_at_last_chunk < chunk_units:
-                    continue
-                end = sum(durations) - context  # frames whose right context is known
-                if end > frames_done:
-                    yield self._vocode_window(units, durations, frames_done, end, context)
-                    frames_done, units_at_last_chunk = end, len(durations)
-            if not units:
-                return
-            self._extend_durations(units, durations, final=True)
-            total = sum(durations)
-            if total > frames_done:
-                yield self._vocode_window(units, durations, frames_done, total, context)
+        streamer = VocoderStream(self, chunk_units, context_frames, first_chunk_units)
+        for item in units_iter:
+            yield from streamer.push(item)
+        yield from streamer.finish()
 
     def _extend_durations(self, units: list[int], durations: list[int], final: bool) -> None:
         if self.duration_predictor is None:
@@ -531,6 +509,67 @@ class UnitHifiGan(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Discriminators and losses (HiFi-GAN)
 # --------------------------------------------------------------------------------------------
+
+
+class VocoderStream:
+    """Push-style streaming synthesis: ``push(units)`` returns the audio chunks that became ready.
+
+    Once ``chunk_units`` new units have final durations (``first_chunk_units`` for the first
+    chunk, default ``min(10, chunk_units)``: LLaMA-Omni's smallest chunk, so the first sound comes
+    early), the frames whose right context is known are vocoded together with ``context_frames``
+    frames of context on each side (default: the generator's receptive field,
+    :meth:`UnitHifiGan.receptive_field_frames`) and the context samples are trimmed. Because the
+    context covers the receptive field, the concatenated chunks equal :meth:`UnitHifiGan.synthesize`
+    of the whole sequence up to float rounding, with no crossfade. A unit's predicted duration
+    depends on 2 units either side, so it is final once 2 more units arrived. ``finish()`` vocodes
+    the rest. Cost: the context is vocoded twice (about 1.5x compute for 40-unit chunks).
+
+    ``first_chunk_context`` trades exactness for latency on the first chunk only: it is vocoded with
+    that many frames of right context (0: none, as LLaMA-Omni does for every chunk) instead of the
+    receptive field, so it comes one or two LLM steps sooner; the samples within the receptive field
+    before its end may then differ from :meth:`UnitHifiGan.synthesize`, the rest is unchanged.
+    """
+
+    def __init__(self, vocoder: UnitHifiGan, chunk_units: int = 40, context_frames: int | None = None,
+                 first_chunk_units: int | None = None, first_chunk_context: int | None = None):
+        if chunk_units < 1:
+            raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
+        self.vocoder = vocoder
+        self.chunk_units = int(chunk_units)
+        self.first_chunk_units = min(10, self.chunk_units) if first_chunk_units is None else int(first_chunk_units)
+        if self.first_chunk_units < 1:
+            raise ValueError(f"first_chunk_units must be >= 1, got {first_chunk_units}")
+        self.context = vocoder.receptive_field_frames() if context_frames is None else int(context_frames)
+        self.first_context = self.context if first_chunk_context is None else min(int(first_chunk_context), self.context)
+        self.units: list[int] = []
+        self.durations: list[int] = []  # final durations of units[: len(durations)]
+        self.frames_done = 0  # frames already returned
+        self.units_at_last_chunk = 0
+
+    def _run(self, final: bool) -> list[np.ndarray]:
+        v = self.vocoder
+        with v._inference():
+            v._extend_durations(self.units, self.durations, final=final)
+            if final:
+                end = sum(self.durations)
+            else:
+                need = self.chunk_units if self.frames_done else self.first_chunk_units
+                if len(self.durations) - self.units_at_last_chunk < need:
+                    return []
+                right = self.context if self.frames_done else self.first_context
+                end = sum(self.durations) - right  # frames whose right context is known
+            if end <= self.frames_done:
+                return []
+            chunk = v._vocode_window(self.units, self.durations, self.frames_done, end, self.context)
+        self.frames_done, self.units_at_last_chunk = end, len(self.durations)
+        return [chunk]
+
+    def push(self, units: int | Sequence[int]) -> list[np.ndarray]:
+        self.units.extend(int(u) for u in np.atleast_1d(np.asarray(units, dtype=np.int64)))
+        return self._run(final=False) if self.units else []
+
+    def finish(self) -> list[np.ndarray]:
+        return self._run(final=True) if self.units else []
 
 
 def _width(channels: int, divisor: int) -> int:
@@ -884,23 +923,27 @@ class VocoderTrainer:
             raise RuntimeError(f"step {step}: generator output {tuple(y_hat.shape)} != target {tuple(y.shape)}")
         y_mel, y_hat_mel = self.mel(y), self.mel(y_hat)  # (B, M, frames)
 
-        # discriminators on the detached generator output
-        self.optim_d.zero_grad(set_to_none=True)
-        real, fake, _, _ = self.mpd(y, y_hat.detach())
-        loss_d = discriminator_loss(real, fake)
-        real, fake, _, _ = self.msd(y, y_hat.detach())
-        loss_d = loss_d + discriminator_loss(real, fake)
-        self._check_finite(step, "discriminator", loss_d)
-        loss_d.backward()
-        self.optim_d.step()
+        gan = step > self.config.gan_start_step
+        loss_d = torch.zeros(())
+        if gan:  # discriminators on the detached generator output
+            self.optim_d.zero_grad(set_to_none=True)
+            real, fake, _, _ = self.mpd(y, y_hat.detach())
+            loss_d = discriminator_loss(real, fake)
+            real, fake, _, _ = self.msd(y, y_hat.detach())
+            loss_d = loss_d + discriminator_loss(real, fake)
+            self._check_finite(step, "discriminator", loss_d)
+            loss_d.backward()
+            self.optim_d.step()
 
         # generator: adversarial + feature matching + mel L1 + duration
         self.optim_g.zero_grad(set_to_none=True)
         loss_mel = F.l1_loss(y_hat_mel, y_mel)
-        _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
-        _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
-        loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
-        loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
+        loss_adv = loss_fm = torch.zeros(())
+        if gan:
+            _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
+            _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
+            loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
+            loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
         loss_g = loss_adv + loss_fm + self.config.mel_loss_weight * loss_mel
         loss_dur = torch.zeros(())
         if self.generator.duration_predictor is not None:
@@ -940,7 +983,8 @@ class VocoderTrainer:
             self.step += 1
             if self.step % per_epoch == 0:  # HiFi-GAN decays the learning rate once per epoch
                 self.scheduler_g.step()
-                self.scheduler_d.step()
+                if self.step > self.config.gan_start_step:  # the discriminators' epochs start with the GAN
+                    self.scheduler_d.step()
             record = {"step": self.step, **losses, "lr": self.optim_g.param_groups[0]["lr"]}
             history.append(record)
             bar.update(1)

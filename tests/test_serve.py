@@ -123,6 +123,7 @@ class _Speaker:
     """A stand-in for a model with a unit head: streams two tokens, returns (text, waveform)."""
 
     unit_head = object()
+    vocoder = object()
 
     def __init__(self, processor):
         self.processor = processor
@@ -151,6 +152,17 @@ def test_speech_reply_is_kept_for_the_player(tiny):
     assert states[-1][-1]["content"] == "hello there world"
     assert "speech" not in model_messages(states[-1])[-1]
     assert to_chatbot(states[-1])[-1] == {"role": "assistant", "content": "hello there world"}
+
+
+def test_a_unit_head_without_vocoder_replies_in_text(tiny):
+    from llasm.serve import can_speak
+
+    model, _ = tiny
+    speaker = _Speaker(model.processor)
+    speaker.vocoder = None
+    assert not can_speak(speaker)
+    list(respond([], None, "say hi", model=speaker))
+    assert speaker.calls == [{}]
 
 
 def test_user_message_and_app_builds(tiny):

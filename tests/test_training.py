@@ -341,6 +341,13 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
         trainer.cfg.train.fast_loss = False
         plain = trainer.loss(batch)
     assert abs(float(fast) - float(plain)) < 1e-5
+    # the tail after the last predicting position is cut (here: at least the final end token of the longest row)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    length = inputs["input_ids"].shape[1]
+    targets = batch["labels"][:, 1:]
+    keep = int((targets != -100).any(0).nonzero().max()) + 1
+    trainer._drop_unused_tail(inputs, keep)
+    assert keep < length and inputs["input_ids"].shape[1] == inputs["attention_mask"].shape[1] == keep
 
 
 def test_stage3_trains_only_the_unit_head(tmp_path, data):

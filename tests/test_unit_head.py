@@ -211,7 +211,7 @@ def test_chat_stream_speaks_as_it_generates():
     spoken.eval()
     spoken.set_vocoder(UnitHifiGan(UnitVocoderConfig(num_units=20, upsample_initial_channel=32, resblock_kernel_sizes=[3],
                                                      resblock_dilation_sizes=[[1]], embedding_dim=8)))
-    events = list(spoken.chat_stream(text="hi", max_new_tokens=6, chunk_units=4))
+    events = list(spoken.chat_stream(text="hi", max_new_tokens=6, chunk_units=4, first_chunk_context=None))
     kinds = [k for k, _ in events]
     assert "text" in kinds and "audio" in kinds and kinds.index("text") < kinds.index("audio")
     streamed_text = "".join(v for k, v in events if k == "text").strip()
@@ -222,3 +222,6 @@ def test_chat_stream_speaks_as_it_generates():
     assert streamed_text  # (byte-fallback pieces may render differently one by one than all at once)
     assert streamed_audio.shape == audio.shape
     assert np.abs(streamed_audio - audio).max() <= 1e-4 * max(1e-6, np.abs(audio).max())
+    # the default (first chunk without right context) gives the same amount of audio
+    fast = [v for k, v in spoken.chat_stream(text="hi", max_new_tokens=6, chunk_units=4) if k == "audio"]
+    assert sum(len(c) for c in fast) == len(audio)

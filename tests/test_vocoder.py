@@ -118,6 +118,62 @@ def test_stream_concatenates_to_full_synthesis(with_predictor):
     assert list(model.stream(iter([]))) == []
 
 
+def test_stream_first_chunk_comes_early():
+    """The first chunk needs only ``first_chunk_units`` final units; the audio is unchanged."""
+    from llasm.vocoder import VocoderStream
+
+    model = tiny_model(duration_predictor=False)
+    units = np.random.default_rng(1).integers(0, 20, size=80)
+    context = model.receptive_field_frames()
+    early, late = (VocoderStream(model, chunk_units=40, first_chunk_units=5),
+                   VocoderStream(model, chunk_units=40, first_chunk_units=40))
+    arrivals = [units[i : i + 4].tolist() for i in range(0, len(units), 4)]
+    first = {}
+    for name, stream in (("early", early), ("late", late)):
+        chunks = []
+        for n, part in enumerate(arrivals):
+            got = stream.push(part)
+            if got and name not in first:
+                first[name] = n
+            chunks += got
+        chunks += stream.finish()
+        np.testing.assert_allclose(np.concatenate(chunks), model.synthesize(units), atol=1e-5 * 10, rtol=0)
+    # without a duration predictor a unit is one frame: audio is ready once >= 5 units and more frames
+    # than the right context arrived (4 units per push)
+    assert first["early"] == min(n for n in range(len(arrivals)) if 4 * (n + 1) >= 5 and 4 * (n + 1) > context)
+    assert first["early"] < first["late"]
+    with pytest.raises(ValueError, match="first_chunk_units"):
+        VocoderStream(model, first_chunk_units=0)
+
+
+def test_stream_first_chunk_without_right_context():
+    """first_chunk_context=0: the first chunk comes sooner; only its last receptive field may differ."""
+    from llasm.vocoder import VocoderStream
+
+    model = tiny_model(duration_predictor=False)
+    units = np.random.default_rng(2).integers(0, 20, size=60)
+    context = model.receptive_field_frames()
+    full = model.synthesize(units)
+    arrivals = [units[i : i + 4].tolist() for i in range(0, len(units), 4)]
+    results = {}
+    for name, first_context in (("exact", None), ("fast", 0)):
+        stream, chunks, first = VocoderStream(model, chunk_units=12, first_chunk_units=4, first_chunk_context=first_context), [], None
+        for n, part in enumerate(arrivals):
+            got = stream.push(part)
+            if got and first is None:
+                first = n
+            chunks += got
+        chunks += stream.finish()
+        results[name] = (first, chunks)
+    assert results["fast"][0] == 0 < results["exact"][0]  # 4 units are enough at once
+    fast = np.concatenate(results["fast"][1])
+    assert fast.shape == full.shape
+    boundary = len(results["fast"][1][0])  # samples in the first chunk
+    outside = np.ones(len(full), dtype=bool)
+    outside[max(0, boundary - context * HOP) : boundary] = False
+    assert np.abs(fast - full)[outside].max() <= 1e-5 * np.abs(full).max()
+
+
 def test_discriminator_shapes_and_losses():
     torch.manual_seed(0)
     y, y_hat = torch.randn(2, 1, 1280) * 0.1, torch.randn(2, 1, 1280) * 0.1
@@ -199,6 +255,21 @@ def test_training_checkpoint_and_exact_resume(tmp_path):
         assert np.isfinite(straight[3][key])
     vocoder = UnitHifiGan.from_pretrained(run)
     assert len(vocoder.synthesize([1, 2, 3], [1, 1, 1])) == 3 * HOP
+
+
+def test_gan_starts_after_mel_only_warmup(tmp_path):
+    """Before gan_start_step only the generator learns (mel L1 + duration); the discriminators stay put."""
+    manifest = write_sine_dataset(tmp_path)
+    config = tiny_config()
+    config.gan_start_step = 2
+    trainer = VocoderTrainer(config, train_config(tmp_path, manifest, sample_every=0, checkpoint_every=100))
+    before = {k: v.clone() for k, v in trainer.mpd.state_dict().items()}
+    history = trainer.train()
+    assert [r["loss_d"] for r in history[:2]] == [0.0, 0.0] and [r["adv"] for r in history[:2]] == [0.0, 0.0]
+    assert history[2]["loss_d"] > 0 and history[2]["adv"] > 0
+    assert history[0]["loss_g"] == pytest.approx(45 * history[0]["mel_l1"] + history[0]["dur"], rel=1e-5)
+    after = trainer.mpd.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # step 3 trained them
 
 
 def test_non_finite_loss_names_the_step(tmp_path):

@@ -1,0 +1,186 @@
+"""`make speech-demo`: train the speech output on a CPU and measure how intelligible it is.
+
+    make speech-demo                      # starter models, ~25 min on 2 cores
+    LLASM_SPEECH_MODEL=outputs/demo-starter/stage2/final make speech-demo   # speak with a trained model
+
+Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (espeak-ng, English
+and Chinese) -> k-means units (K=500) on the frozen Whisper-base encoder's middle layer -> train
+``configs/vocoder_cpu.yaml`` on the training answers and sentences for a bounded time -> stage 3:
+train only the CTC unit head on the LLM's hidden states of the training answers -> evaluate on the
+held-out answers with Whisper-base as the judge (``llasm.speech_eval``: the TTS source,
+resynthesis through units + vocoder, and the round trip through the model's own spoken answers).
+Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs;
+``LLASM_SPEECH_DATA_LIMIT=N`` speaks only a balanced N items of each seed file (quick runs, tests).
+Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .demo import SEED, Clock
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_UNITS = 500
+HEAD = {"num_units": NUM_UNITS, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+        "intermediate_size": 2048}
+
+
+def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
+    """Questions + answers of the instruction seed (answers spoken too) and the ASR seed sentences
+    (``limit``: a balanced subset of each, for quick runs)."""
+    from .data.synthesize import synthesize_dataset
+    from .demo import balanced_subset
+    from .io import read_jsonl, write_jsonl
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"instruct": out / "instruct_spoken.jsonl", "asr": out / "asr_spoken.jsonl"}
+    for name, source in (("instruct", SEED / "instructions.jsonl"), ("asr", SEED / "asr_sentences.jsonl")):
+        if limit:
+            source = write_jsonl(out / f"{name}_subset.jsonl", balanced_subset(read_jsonl(source), limit))
+        counts = synthesize_dataset(source, files[name], config=REPO / "configs" / "tts_demo.yaml", workers=2,
+                                    text_turn_ratio=0.0, speak_answers=name == "instruct", seed=1)
+        print(f"[data] {name}: {counts}")
+    return files
+
+
+def training_audio(files: dict[str, Path]) -> list[Path]:
+    """Answer audio of the training conversations and the training ASR sentences (held-out items excluded)."""
+    from .io import read_jsonl
+
+    paths = []
+    for name, path in files.items():
+        for row in read_jsonl(path):
+            if row.get("split", "train") != "train":
+                continue
+            turns = row.get("conversations") or []
+            if name == "instruct":
+                paths += [path.parent / t["audio"] for t in turns if t.get("from") == "gpt" and t.get("audio")]
+            else:
+                paths += [path.parent / a for a in row.get("audios", [])]
+    return paths
+
+
+def fit_units(audio: list[Path], whisper: str, out: Path):
+    from .units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+
+    if (out / "kmeans.safetensors").exists():
+        return UnitExtractor.load(out, encoder=whisper)
+    features = load_feature_encoder(whisper, "whisper")
+    extractor = fit_unit_extractor(features, audio, NUM_UNITS, seed=0, max_frames=150_000)
+    extractor.save(out)
+    print(f"[units] K={NUM_UNITS} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
+    return extractor
+
+
+def vocoder_manifest(extractor, audio: list[Path], path: Path) -> Path:
+    from tqdm import tqdm
+
+    from .io import write_jsonl
+
+    rows = []
+    for clip in tqdm(audio, desc="units", unit="clip"):
+        units, durations = extractor.extract(clip)
+        rows.append({"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": units, "durations": durations})
+    return write_jsonl(path, rows)
+
+
+def head_data(extractor, instruct: Path, path: Path) -> Path:
+    """Training conversations with the question as text and the answer's units on the gpt turn."""
+    from .io import read_jsonl, write_jsonl
+
+    rows = []
+    for row in read_jsonl(instruct):
+        if row.get("split", "train") != "train":
+            continue
+        human, gpt = row["conversations"][0], row["conversations"][1]
+        if not gpt.get("audio"):
+            continue
+        units, durations = extractor.extract(instruct.parent / gpt["audio"])
+        rows.append({"id": row["id"], "lang": row.get("lang"), "conversations": [
+            {"from": "human", "value": human.get("transcript") or human["value"]},
+            {"from": "gpt", "value": gpt["value"], "units": units, "durations": durations}]})
+    return write_jsonl(path, rows)
+
+
+def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
+    from .vocoder import VocoderTrainer, load_vocoder_configs
+
+    config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [
+        f"vocoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
+        f"train.max_minutes={minutes}", "train.num_threads=2", "train.sample_every=1000"])
+    trainer = VocoderTrainer(config, train_config)
+    history = trainer.train()
+    if history:
+        print(f"[vocoder] step {trainer.step}: mel L1 {history[0]['mel_l1']:.3f} -> {history[-1]['mel_l1']:.3f}")
+
+
+def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
+    from .training import train
+
+    result = train({
+        "model": model_spec, "output_dir": str(out), "resume": "none",
+        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
+        "unit_head": HEAD, "objective": {"type": "units"},
+        "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
+        "train": {"epochs": 1000, "max_minutes": minutes, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
+                  "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10},
+    })
+    losses = result.get("losses") or []
+    if losses:
+        print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")
+    return Path(result["final"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo"))
+    model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
+    vocoder_minutes = float(os.environ.get("LLASM_VOCODER_MINUTES", "12"))
+    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "6"))
+    eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "12"))
+    data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
+    clock = Clock()
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    print(f"llasm speech demo: model={model_spec}, output={out}; vocoder <= {vocoder_minutes} min, "
+          f"unit head <= {head_minutes} min (bounded by wall time)")
+    from .io import llasm_home
+    from .starter import ensure_starter_models
+
+    with clock.step("starter models"):
+        ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
+    whisper = str(Path(llasm_home()) / "whisper-base")
+    with clock.step("speak questions, answers and sentences (TTS)"):
+        files = speak_corpus(out / "data", data_limit)
+    audio = training_audio(files)
+    with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base's middle layer"):
+        extractor = fit_units(audio, whisper, out / "kmeans")
+        manifest = vocoder_manifest(extractor, audio, out / "data" / "vocoder_train.jsonl")
+        head_train = head_data(extractor, files["instruct"], out / "data" / "stage3_train.jsonl")
+    with clock.step("vocoder (configs/vocoder_cpu.yaml)"):
+        train_vocoder(manifest, out / "vocoder", vocoder_minutes)
+    with clock.step("stage 3: unit head (everything else frozen)"):
+        final = train_head(model_spec, head_train, out / "stage3", head_minutes)
+    with clock.step("evaluation: Whisper-base judges the speech"):
+        from .evaluation import main as evaluate_main
+
+        evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade", "--vocoder", str(out / "vocoder"), "--kmeans", str(out / "kmeans"),
+                       "--data", str(files["instruct"]), "--judge", whisper, "--limit", str(eval_limit),
+                       "--max-new-tokens", "40", "--output", str(out / "eval")])
+    report = json.loads((out / "eval" / "report.json").read_text())
+    print("\nintelligibility (judge error rate, lower is better):")
+    for system, langs in report["results"].items():
+        print("  " + system.ljust(12) + "  ".join(f"{lang} {m.upper()} {100 * v:.1f} %" for lang, ms in langs.items()
+                                                  for m, v in ms.items()))
+    print(f"\ntotal {clock.elapsed():.1f} min; steps: " + ", ".join(f"{n} {s:.0f}s" for n, s in clock.steps))
+    print(f"report: {out / 'eval' / 'report.md'}  samples: {out / 'eval' / 'speech_samples'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

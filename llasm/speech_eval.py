@@ -1,0 +1,160 @@
+"""Speech-output evaluation: a Whisper judge listens, WER/CER against the text it should say.
+
+Systems (``results[system][lang]``, corpus ``wer`` for English, ``cer`` for Chinese):
+
+``source``
+    the judge on the reference answer recording itself (the TTS audio): the judge's own error on
+    this speech, the floor for the two below.
+``resynthesis``
+    units of the reference recording (k-means, :class:`llasm.units.UnitExtractor`) -> the unit
+    vocoder with its *predicted* durations (as in generation) -> judge; scored against the answer
+    text. Measures units + vocoder.
+``round_trip``
+    ``model.chat(question, speak=True)`` -> (text, speech); the judge transcribes the speech and is
+    scored against the *text the model wrote* — the whole speech head (unit head + vocoder) on the
+    model's own answers. The question is given as text when the item has its transcript, so that
+    this measures speaking, not listening.
+
+A few wavs per language are kept under ``<output>/speech_samples/`` to listen to. Items whose
+audio cannot be read or whose synthesis fails are recorded in ``errors`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import metrics as M
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("source", "resynthesis", "round_trip")
+MIN_JUDGE_SAMPLES = 1600  # 0.1 s
+Transcriber = Callable[[Any, str], str]  # (16 kHz audio or path, lang) -> text
+
+
+@dataclass
+class SpeechItem:
+    id: str
+    lang: str
+    question: str  # the question's text (transcript of a spoken turn, or the text turn)
+    answer: str  # the reference answer text
+    answer_audio: str | None  # the spoken reference answer (gpt turn "audio"), when synthesized
+
+
+def load_speech_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[SpeechItem], list[dict]]:
+    """First human turn + first gpt turn of each conversation (``split`` filter, ``limit`` per language)."""
+    from .io import read_jsonl
+
+    path = Path(path)
+    items, errors, per_lang = [], [], {}
+    for n, row in enumerate(read_jsonl(path)):
+        if split and row.get("split", "test") != split:
+            continue
+        rid = str(row.get("id", f"line{n + 1}"))
+        turns = row.get("conversations") or []
+        human = next((t for t in turns if t.get("from") in ("human", "user")), None)
+        gpt = next((t for t in turns if t.get("from") in ("gpt", "assistant")), None)
+        if human is None or gpt is None or not str(gpt.get("value", "")).strip():
+            errors.append({"task": "speech", "system": "all", "id": rid, "error": f"{path}:{n + 1}: needs a human and a gpt turn"})
+            continue
+        question = human.get("transcript") or human.get("value", "")
+        question = "" if question == "<speech>" else str(question).replace("<speech>", "").strip()
+        answer = str(gpt["value"]).strip()
+        lang = row.get("lang") or M.detect_language(answer)
+        if lang not in M.LANGUAGES:
+            lang = "zh" if M.detect_language(answer) == "zh" else "en"
+        if limit is not None and per_lang.get(lang, 0) >= limit:
+            continue
+        per_lang[lang] = per_lang.get(lang, 0) + 1
+        audio = gpt.get("audio")
+        items.append(SpeechItem(rid, lang, question, answer, str(path.parent / audio) if audio else None))
+    return items, errors
+
+
+def evaluate_speech(
+    items: Sequence[SpeechItem],
+    judge: Transcriber,
+    *,
+    model=None,
+    vocoder=None,
+    extractor=None,
+    max_new_tokens: int = 64,
+    samples_dir: str | Path | None = None,
+    samples_per_lang: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Run the systems that the given parts allow; returns ``{"results", "counts", "details", "errors", "notes"}``.
+
+    ``source`` needs answer audio; ``resynthesis`` needs answer audio, ``extractor`` and ``vocoder``;
+    ``round_trip`` needs ``model`` with a unit head and a vocoder (``vocoder`` is attached when given).
+    """
+    from tqdm import tqdm
+
+    from .audio import SAMPLING_RATE, load_audio, save_audio
+
+    if model is not None and vocoder is not None and getattr(model, "vocoder", None) is None:
+        model.set_vocoder(vocoder)
+    run = {"source": any(i.answer_audio for i in items),
+           "resynthesis": extractor is not None and vocoder is not None and any(i.answer_audio for i in items),
+           "round_trip": model is not None and getattr(model, "unit_head", None) is not None
+           and getattr(model, "vocoder", None) is not None}
+    notes = [f"speech {name}: skipped ({why})" for name, why in (
+        ("source", "no answer audio in the data"), ("resynthesis", "needs answer audio, --kmeans and --vocoder"),
+        ("round_trip", "needs a model with a unit head and --vocoder")) if not run[name]]
+    pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    records, errors, kept = [], [], {}
+    samples = Path(samples_dir) if samples_dir else None
+
+    def keep_sample(item, name, audio):
+        if samples is None or kept.get((item.lang, name), 0) >= samples_per_lang:
+            return None
+        kept[(item.lang, name)] = kept.get((item.lang, name), 0) + 1
+        return str(save_audio(samples / f"{item.id}.{name}.wav", audio, SAMPLING_RATE))
+
+    def judge_into(item, name, audio, reference, row):
+        if len(audio) == 0:
+            hyp = ""  # nothing was said: every reference word is a deletion
+        else:  # a few units make a few ms of audio, shorter than Whisper's window: pad with silence
+            hyp = judge(np.pad(audio, (0, max(0, MIN_JUDGE_SAMPLES - len(audio)))), item.lang)
+        row[name] = {"reference": reference, "judge": hyp}
+        if (wav := keep_sample(item, name, audio)) is not None:
+            row[name]["wav"] = wav
+        pairs.setdefault((name, item.lang), []).append((reference, hyp))
+
+    for item in tqdm(items, desc="speech eval", unit="item", disable=not progress):
+        row = {"id": item.id, "lang": item.lang, "question": item.question}
+        records.append(row)
+        for name in SYSTEMS:
+            if not run[name] or (name != "round_trip" and not item.answer_audio):
+                continue
+            try:
+                if name == "source":
+                    judge_into(item, name, load_audio(item.answer_audio), item.answer, row)
+                elif name == "resynthesis":
+                    units, _ = extractor.extract(item.answer_audio)
+                    judge_into(item, name, vocoder.synthesize(units), item.answer, row)
+                else:
+                    if not item.question:
+                        raise ValueError("the item has no question text")
+                    text, audio = model.chat(text=item.question, speak=True, max_new_tokens=max_new_tokens)
+                    judge_into(item, name, audio, text, row)
+            except Exception as err:  # noqa: BLE001 — one bad item must not stop the run
+                logger.warning("speech %s %s: %s", name, item.id, err)
+                errors.append({"task": "speech", "system": name, "id": item.id, "error": f"{type(err).__name__}: {err}"})
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for (name, lang), scored in sorted(pairs.items(), key=lambda kv: (SYSTEMS.index(kv[0][0]), kv[0][1])):
+        try:
+            rate = M.asr_error_rate([r for r, _ in scored], [h for _, h in scored], lang)
+        except ValueError as err:  # e.g. every reference empty after normalization
+            notes.append(f"speech {name} {lang}: not scored ({err})")
+            continue
+        results.setdefault(name, {}).setdefault(lang, {})[rate["metric"]] = rate["value"]
+        counts.setdefault(name, {}).setdefault(lang, {})["speech"] = len(scored)
+    return {"results": results, "counts": counts, "details": {"speech": records}, "errors": errors, "notes": notes}

@@ -1,0 +1,42 @@
+"""`make speech-demo` end to end on the starter models, with a few items and seconds of training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llasm.io import llasm_home
+
+
+@pytest.mark.slow
+@pytest.mark.starter
+def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
+    home = Path(llasm_home())
+    if not all((home / name / "starter.json").exists() for name in ("whisper-base", "qwen2.5-0.5b-instruct")):
+        pytest.skip("starter models not converted (run `make starter`)")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
+    from llasm import speech_demo
+
+    for key, value in {"LLASM_SPEECH_DIR": str(tmp_path), "LLASM_SPEECH_DATA_LIMIT": "16", "LLASM_VOCODER_MINUTES": "0.1",
+                       "LLASM_HEAD_MINUTES": "0.1", "LLASM_SPEECH_EVAL_LIMIT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert speech_demo.main() == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["meta"]["tasks"] == ["speech"]
+    assert report["meta"]["speech"]["judge_whisper"].endswith("whisper-base")
+    results = report["results"]
+    # the judge hears the TTS answers themselves well (the floor for the others)
+    assert results["speech_source"]["en"]["wer"] < 0.5
+    assert set(results) >= {"speech_source", "speech_resynthesis"}
+    spoken = [r for r in report["details"]["speech"] if "round_trip" in r]
+    assert len(spoken) + sum(e["system"] == "round_trip" for e in report["errors"]) == 2
+    km = json.loads((tmp_path / "kmeans" / "kmeans.json").read_text())
+    assert km["num_units"] == speech_demo.NUM_UNITS and km["layer"] == 3
+    assert (tmp_path / "vocoder" / "vocoder.safetensors").exists()
+    assert (tmp_path / "stage3" / "final").is_dir()
+    out = capsys.readouterr().out
+    assert "intelligibility" in out and "speech_source" in out
