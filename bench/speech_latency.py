@@ -30,6 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-units", type=int, default=40)
     parser.add_argument("--first-chunk-units", type=int, default=10)
+    parser.add_argument("--state", choices=["input", "output"], default="input",
+                        help="random head only: which LLM state stands for a token (unit_head.state)")
     parser.add_argument("--first-chunk-context", type=int, default=0,
                         help="right-context frames for the first chunk (-1: the full receptive field, exact)")
     parser.add_argument("--model", default=str(ROOT / "outputs" / "speech-demo" / "stage3" / "final"))
@@ -54,7 +56,7 @@ def main() -> None:
         starter = (home / "whisper-base").is_dir() and (home / "qwen2.5-0.5b-instruct").is_dir()
         model, _ = llasm.build_model(ROOT / "configs" / "model" / ("starter.yaml" if starter else "tiny.yaml"))
         head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-                "intermediate_size": 2048}
+                "intermediate_size": 2048, "state": args.state}
         model.config.unit_head = head
         model.unit_head = CtcUnitHead(head, input_size=model.config.text_config.hidden_size)
         torch.manual_seed(0)
@@ -65,7 +67,8 @@ def main() -> None:
         config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
         config.num_units = 1000
         model.set_vocoder(UnitHifiGan(config).eval())
-        label = f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=1000 and vocoder_cpu"
+        label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=1000, state "
+                 f"{args.state}, and vocoder_cpu")
 
     to_text, to_audio, gaps = [], [], []
     for i in range(args.repeats + 1):  # the first run warms up

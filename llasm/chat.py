@@ -49,7 +49,8 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         return text
     from .unit_head import answer_hidden_states, speak as speak_units
 
-    hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids))  # (n, D), one per reply token
+    hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids),  # (n, D), one per reply token
+                                  state=model.unit_head.config.state)
     if chain:  # speak only the answer: the tokens after the "[ta]" marker
         hidden = hidden[_answer_start(processor, reply_ids):]
     return text, speak_units(model, hidden, model.vocoder)
@@ -69,9 +70,9 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
                 first_chunk_units=None, first_chunk_context=0):
     """Speak while generating: yields ``("text", piece)`` and ``("audio", 16 kHz float32 chunk)`` events.
 
-    Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; the next
-    forward pass (which chooses the next token) also gives the token's last hidden state, which goes
-    to the unit head (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final),
+    Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
+    hidden state — with ``unit_head.state: input`` the next forward pass (which chooses the next
+    token), with ``output`` the pass that chose it (one LLM step sooner) — goes to the unit head (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final),
     and the units go to the vocoder's streaming synthesis (:class:`llasm.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
@@ -97,13 +98,14 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
 @torch.inference_mode()
 def _decode_speaking(model, messages, max_new_tokens):
     """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
-    units)`` once its hidden state is known (one forward pass later)."""
+    units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
     from .unit_head import UnitStreamer
 
     processor = model.processor
     inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
     ends = processor.end_of_turn_ids
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    producing = model.unit_head.config.state == "output"  # units from the state that chose the token
+    out = model(**inputs, use_cache=True, output_hidden_states=producing, logits_to_keep=1)
     past, mask = out.past_key_values, inputs["attention_mask"]
     token = int(out.logits[0, -1].argmax())
     streamer, reply, shown = UnitStreamer(model.unit_head), [], 0
@@ -115,8 +117,11 @@ def _decode_speaking(model, messages, max_new_tokens):
         if not decoded.endswith("\ufffd") and len(decoded) > shown:  # hold back a character still missing bytes
             yield "text", decoded[shown:]
             shown = len(decoded)
+        if producing:
+            yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state that produced `token`
         mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         out = model(input_ids=torch.tensor([[token]], device=model.device), attention_mask=mask,
                     past_key_values=past, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
+        if not producing:
+            yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
         past, token = out.past_key_values, int(out.logits[0, -1].argmax())

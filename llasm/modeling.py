@@ -249,7 +249,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
     def _unit_head_loss(self, inputs_embeds, attention_mask, unit_targets, unit_mask):
         """Stage 3: the LLM's last hidden states where the answer tokens are the input
-        (``unit_mask``, ``(B, L)``) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
+        (``unit_mask``, ``(B, L)``; one position earlier with ``unit_head.state: output``) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         if self.unit_head is None:
@@ -257,6 +257,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]  # (B, L, D)
+        if self.unit_head.config.state == "output":  # y_i's state is the one that produced it: position - 1
+            unit_mask = torch.cat([unit_mask[:, 1:], unit_mask.new_zeros(len(unit_mask), 1)], dim=1)
         lengths = unit_mask.sum(-1)  # answer tokens per row
         rows = torch.zeros(len(hidden), int(lengths.max()), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
         keep = torch.arange(rows.shape[1], device=hidden.device)[None] < lengths[:, None]  # (B, L_ans)

@@ -37,11 +37,17 @@ class UnitHeadConfig:
     max_position_embeddings: int = 8192  # upsampled frames (RoPE is computed, this is only a hint)
     rms_norm_eps: float = 1e-6
     dropout: float = 0.0
+    # which LLM state stands for answer token y_i: "input" — where y_i is the input (the head sees the
+    # chosen token; its units come one LLM step after the token), or "output" — the state that
+    # produced y_i (LLaMA-Omni's inference: text and its units come from the same step, one step sooner)
+    state: str = "input"
 
     def __post_init__(self) -> None:
         for name in ("num_units", "upsample_factor", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"unit_head.{name} must be >= 1, got {getattr(self, name)}")
+        if self.state not in ("input", "output"):
+            raise ValueError(f"unit_head.state must be 'input' or 'output', got {self.state!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"unit_head.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
 
@@ -237,7 +243,7 @@ def speak(model_or_head: Any, hidden_states_of_answer: torch.Tensor, vocoder, ma
     return vocoder.synthesize(units)
 
 
-def answer_hidden_states(generate_output, end_ids: Sequence[int] = ()) -> torch.Tensor:
+def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: str = "input") -> torch.Tensor:
     """Last-layer hidden states of the generated answer tokens from ``generate(...,
     return_dict_in_generate=True, output_hidden_states=True)`` (batch of one): ``(n, D)``.
 
@@ -246,13 +252,18 @@ def answer_hidden_states(generate_output, end_ids: Sequence[int] = ()) -> torch.
     excluded. Generation step ``k >= 1`` ran on ``y_{k-1}``, so steps ``1..`` give the states of
     ``y_0..y_{n-2}``; the last generated token is normally an end token, which is excluded anyway
     (if generation hit ``max_new_tokens`` its last token has no state and is dropped).
+    With ``state="output"`` (:attr:`UnitHeadConfig.state`) the state of ``y_i`` is the one that
+    produced it: step ``k`` gives ``y_k``'s, every generated token has one.
     """
     steps = generate_output.hidden_states
     if steps is None:
         raise ValueError("generate() was not called with output_hidden_states=True, return_dict_in_generate=True")
     if steps[0][-1].shape[0] != 1:
         raise ValueError("answer_hidden_states takes a batch of one")
-    states = [step[-1][0, -1] for step in steps[1:]]  # state of y_0 .. y_{n-2}
+    if state == "output":  # step k's last state produced y_k (step 0: the prompt's last position)
+        states = [step[-1][0, -1] for step in steps]
+    else:
+        states = [step[-1][0, -1] for step in steps[1:]]  # state of y_0 .. y_{n-2}
     tokens = generate_output.sequences[0, -len(steps):].tolist()[: len(states)]
     keep = [s for s, t in zip(states, tokens) if t not in set(end_ids)]
     if not keep:

@@ -350,7 +350,8 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
     assert keep < length and inputs["input_ids"].shape[1] == inputs["attention_mask"].shape[1] == keep
 
 
-def test_stage3_trains_only_the_unit_head(tmp_path, data):
+@pytest.mark.parametrize("state", ["input", "output"])
+def test_stage3_trains_only_the_unit_head(tmp_path, data, state):
     """Stage 3: rows whose answers carry units; everything but the unit head stays bit-identical."""
     from llasm.io import read_jsonl, write_jsonl
 
@@ -361,7 +362,7 @@ def test_stage3_trains_only_the_unit_head(tmp_path, data):
     cfg = config(tmp_path, with_units, **{
         "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
         "unit_head": {"num_units": 12, "upsample_factor": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
-                      "intermediate_size": 64},
+                      "intermediate_size": 64, "state": state},
         "objective": {"type": "units"}, "train.max_steps": 12, "train.lr": 3e-3})
     trainer, before, result = run_trainer(cfg)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}

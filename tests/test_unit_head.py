@@ -151,6 +151,12 @@ def test_answer_hidden_states_match_teacher_forcing():
         full = lm(seq, output_hidden_states=True).hidden_states[-1][0]
     expected = torch.stack([full[4 + i] for i, t in enumerate(gen[:-1]) if t != end])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # state="output": the state that produced each token, one position earlier; every token has one
+    produced = answer_hidden_states(out, end_ids=[end], state="output")
+    expected = torch.stack([full[3 + i] for i, t in enumerate(gen) if t != end])
+    torch.testing.assert_close(produced, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="state must be"):
+        UnitHeadConfig(state="middle")
 
 
 def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
@@ -189,7 +195,8 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
     assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
 
 
-def test_chat_stream_speaks_as_it_generates():
+@pytest.mark.parametrize("state", ["input", "output"])
+def test_chat_stream_speaks_as_it_generates(state):
     """Streaming speech: text and audio events; together they equal chat(speak=True)."""
     import numpy as np
 
@@ -200,7 +207,7 @@ def test_chat_stream_speaks_as_it_generates():
 
     model, processor = llasm.build_model(load_yaml(TINY_YAML))
     model.config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1,
-                              "num_heads": 2, "intermediate_size": 64}
+                              "num_heads": 2, "intermediate_size": 64, "state": state}
     spoken = llasm.LlasmForConditionalGeneration(model.config)
     spoken.load_state_dict(model.state_dict(), strict=False)
     torch.manual_seed(0)
@@ -216,9 +223,9 @@ def test_chat_stream_speaks_as_it_generates():
     assert "text" in kinds and "audio" in kinds and kinds.index("text") < kinds.index("audio")
     streamed_text = "".join(v for k, v in events if k == "text").strip()
     streamed_audio = np.concatenate([v for k, v in events if k == "audio"])
-    # generate() gives no hidden state for a last token cut by max_new_tokens; the stream speaks all
-    # 6 tokens, so compare with a 7-token chat whose first 6 tokens have states
-    text, audio = spoken.chat(text="hi", speak=True, max_new_tokens=7)
+    # with state "input", generate() gives no hidden state for a last token cut by max_new_tokens; the
+    # stream speaks all 6 tokens, so compare with a 7-token chat whose first 6 tokens have states
+    text, audio = spoken.chat(text="hi", speak=True, max_new_tokens=7 if state == "input" else 6)
     assert streamed_text  # (byte-fallback pieces may render differently one by one than all at once)
     assert streamed_audio.shape == audio.shape
     assert np.abs(streamed_audio - audio).max() <= 1e-4 * max(1e-6, np.abs(audio).max())
