@@ -71,9 +71,9 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     """Speak while generating: yields ``("text", piece)`` and ``("audio", 16 kHz float32 chunk)`` events.
 
     Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
-    hidden state — with ``unit_head.state: input`` the next forward pass (which chooses the next
-    token), with ``output`` the pass that chose it (one LLM step sooner) — goes to the unit head (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final),
-    and the units go to the vocoder's streaming synthesis (:class:`llasm.vocoder.VocoderStream`):
+    hidden state — with ``unit_head.state: input`` from the next forward pass (which chooses the next
+    token), with ``output`` from the pass that chose it (one LLM step sooner) — goes to the unit head
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the vocoder's streaming synthesis (:class:`llasm.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
     earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).

@@ -107,7 +107,8 @@ def head_data(extractor, instruct: Path, path: Path) -> Path:
 
 
 def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
-    from .vocoder import VocoderTrainer, load_vocoder_configs
+    from .vocoder import load_vocoder_configs
+    from .vocoder_train import VocoderTrainer
 
     config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [
         f"vocoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",

@@ -48,6 +48,7 @@ class SpeechItem:
 
 def load_speech_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[SpeechItem], list[dict]]:
     """First human turn + first gpt turn of each conversation (``split`` filter, ``limit`` per language)."""
+    from .evaluation import _lang
     from .io import read_jsonl
 
     path = Path(path)
@@ -65,9 +66,11 @@ def load_speech_items(path, split: str | None = "test", limit: int | None = None
         question = human.get("transcript") or human.get("value", "")
         question = "" if question == "<speech>" else str(question).replace("<speech>", "").strip()
         answer = str(gpt["value"]).strip()
-        lang = row.get("lang") or M.detect_language(answer)
-        if lang not in M.LANGUAGES:
-            lang = "zh" if M.detect_language(answer) == "zh" else "en"
+        try:
+            lang = _lang(row, answer)
+        except ValueError as err:
+            errors.append({"task": "speech", "system": "all", "id": rid, "error": f"{path}:{n + 1}: {err}"})
+            continue
         if limit is not None and per_lang.get(lang, 0) >= limit:
             continue
         per_lang[lang] = per_lang.get(lang, 0) + 1

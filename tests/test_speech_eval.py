@@ -95,6 +95,8 @@ def test_evaluate_speech_systems(parts, tmp_path):
     # q3's audio is missing: one error per system that needs it, and the run went on
     failed = {(e["system"], e["id"]) for e in out["errors"]}
     assert failed == {("source", "q3"), ("resynthesis", "q3")}
+    missing = next(e["error"] for e in out["errors"] if e["system"] == "source")
+    assert missing == f"AudioError: {parts['root'] / 'a3.wav'}: file not found"
     # round trip: the reference is the text the model wrote, the hypothesis what the judge heard
     round_trip = [r["round_trip"] for r in out["details"]["speech"] if "round_trip" in r]
     assert len(round_trip) + sum(e["system"] == "round_trip" for e in out["errors"]) == 4

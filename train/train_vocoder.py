@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from llasm.vocoder import VocoderTrainer, load_vocoder_configs
+from llasm.vocoder import load_vocoder_configs
+from llasm.vocoder_train import VocoderTrainer
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,580 @@
+"""Training the unit vocoder: HiFi-GAN's discriminators and losses, the log-mel, the unit/audio
+dataset and :class:`VocoderTrainer` (``train/train_vocoder.py`` is the thin script around it).
+
+The model, its configuration and streaming synthesis live in :mod:`llasm.vocoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+from .vocoder import FRAME_RATE, LRELU_SLOPE, UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, _padding
+
+
+# --------------------------------------------------------------------------------------------
+# Discriminators and losses (HiFi-GAN)
+# --------------------------------------------------------------------------------------------
+
+
+def _width(channels: int, divisor: int) -> int:
+    return max(4, channels // divisor)
+
+
+def _run_convs(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack + output conv: (flattened scores, every layer's feature map)."""
+    feature_maps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        feature_maps.append(x)
+    x = conv_post(x)
+    feature_maps.append(x)
+    return torch.flatten(x, 1, -1), feature_maps
+
+
+class PeriodDiscriminator(nn.Module):
+    """Reshapes audio to (T / p, p) and runs 2-D convs over time: sees one phase of period p."""
+
+    def __init__(self, period: int, divisor: int = 1, kernel_size: int = 5, stride: int = 3):
+        super().__init__()
+        self.period = period
+        widths = [1] + [_width(c, divisor) for c in (32, 128, 512, 1024, 1024)]
+        self.convs = nn.ModuleList(
+            weight_norm(
+                nn.Conv2d(widths[i], widths[i + 1], (kernel_size, 1), (stride if i < 4 else 1, 1),
+                          padding=(_padding(5), 0))
+            )
+            for i in range(5)
+        )  # fmt: skip
+        self.conv_post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, channels, length = x.shape
+        if length % self.period:
+            x = F.pad(x, (0, self.period - length % self.period), mode="reflect")
+        x = x.view(batch, channels, -1, self.period)  # (B, 1, S) -> (B, 1, S / p, p)
+        return _run_convs(self.convs, self.conv_post, x)
+
+
+class ScaleDiscriminator(nn.Module):
+    """Strided grouped 1-D convs over the waveform (MelGAN's discriminator)."""
+
+    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1):
+        super().__init__()
+        norm = spectral_norm if use_spectral_norm else weight_norm
+        specs = [  # (out channels, kernel, stride, groups)
+            (128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16),
+            (1024, 41, 4, 16), (1024, 41, 1, 16), (1024, 5, 1, 1),
+        ]  # fmt: skip
+        self.convs = nn.ModuleList()
+        in_channels = 1
+        for out, kernel, stride, groups in specs:
+            out = _width(out, divisor)
+            groups = math.gcd(groups, math.gcd(in_channels, out))  # narrow widths need fewer groups
+            conv = nn.Conv1d(in_channels, out, kernel, stride, groups=groups, padding=(kernel - 1) // 2)
+            self.convs.append(norm(conv))
+            in_channels = out
+        self.conv_post = norm(nn.Conv1d(in_channels, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return _run_convs(self.convs, self.conv_post, x)
+
+
+class _PairDiscriminator(nn.Module):
+    """Runs every sub-discriminator on real and generated audio: (scores_real, scores_fake, fmaps...)."""
+
+    discriminators: nn.ModuleList
+
+    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
+        real_scores, fake_scores, real_maps, fake_maps = [], [], [], []
+        for i, discriminator in enumerate(self.discriminators):
+            y, y_hat = self._inputs(i, y), self._inputs(i, y_hat)
+            score, maps = discriminator(y)
+            real_scores.append(score)
+            real_maps.append(maps)
+            score, maps = discriminator(y_hat)
+            fake_scores.append(score)
+            fake_maps.append(maps)
+        return real_scores, fake_scores, real_maps, fake_maps
+
+
+class MultiPeriodDiscriminator(_PairDiscriminator):
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), divisor: int = 1):
+        super().__init__()
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, divisor) for p in periods)
+
+
+class MultiScaleDiscriminator(_PairDiscriminator):
+    """3 scales: raw audio (spectral norm), then x1/2 and x1/4 by average pooling."""
+
+    def __init__(self, divisor: int = 1):
+        super().__init__()
+        self.discriminators = nn.ModuleList(
+            [ScaleDiscriminator(True, divisor), ScaleDiscriminator(False, divisor), ScaleDiscriminator(False, divisor)]
+        )
+        self.pool = nn.AvgPool1d(4, 2, padding=2)
+
+    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        return y if index == 0 else self.pool(y)  # each scale halves the previous one
+
+
+def feature_loss(real_maps: list[list[torch.Tensor]], fake_maps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Feature matching: 2 x sum of L1 distances between discriminator activations."""
+    loss = sum(torch.mean(torch.abs(r - g)) for rs, gs in zip(real_maps, fake_maps) for r, g in zip(rs, gs))
+    return 2 * loss
+
+
+def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """LSGAN: real -> 1, generated -> 0, summed over sub-discriminators."""
+    return sum(torch.mean((1 - r) ** 2) + torch.mean(g**2) for r, g in zip(real_scores, fake_scores))
+
+
+def generator_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """LSGAN: generated -> 1."""
+    return sum(torch.mean((1 - g) ** 2) for g in fake_scores)
+
+
+def duration_loss(log_durations: torch.Tensor, durations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted log(d + 1) and the true one over ``mask`` (whole units only)."""
+    target = torch.log(durations.float() + 1)
+    if not mask.any():
+        return log_durations.sum() * 0.0
+    return F.mse_loss(log_durations[mask], target[mask])
+
+
+class MelSpectrogram(nn.Module):
+    """HiFi-GAN's log-mel: reflect pad, |STFT| (center off), Slaney mel filterbank, log(clamp 1e-5)."""
+
+    def __init__(self, config: UnitVocoderConfig):
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
+
+        c = config
+        if c.fmax > c.sampling_rate / 2:
+            raise ValueError(f"fmax={c.fmax} above the Nyquist frequency {c.sampling_rate / 2}")
+        basis = mel_filter_bank(c.n_fft // 2 + 1, c.num_mels, c.fmin, c.fmax, c.sampling_rate,
+                                norm="slaney", mel_scale="slaney")  # fmt: skip
+        self.register_buffer("mel_basis", torch.from_numpy(basis.T).float(), persistent=False)  # (M, F)
+        self.register_buffer("window", torch.hann_window(c.win_size), persistent=False)
+        self.n_fft, self.hop_size, self.win_size = c.n_fft, c.hop_size, c.win_size
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # (B, S) or (B, 1, S) -> (B, M, S // hop)
+        audio = audio.reshape(audio.shape[0], -1)
+        pad = (self.n_fft - self.hop_size) // 2
+        audio = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(
+            audio, self.n_fft, self.hop_size, self.win_size, self.window, center=False, return_complex=True
+        )
+        magnitude = torch.sqrt(spec.real**2 + spec.imag**2 + 1e-9)  # (B, F, frames)
+        return torch.log(torch.clamp(self.mel_basis @ magnitude, min=1e-5))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class UnitAudioDataset:
+    """Rows ``{"id", "audio", "units", "durations"}`` cut into random segments aligned to unit frames.
+
+    ``units`` are deduplicated unit ids and ``durations`` their lengths in 50 Hz frames, so the
+    audio should hold about ``320 * sum(durations)`` samples (it is trimmed or zero-padded to that).
+    Batches are a pure function of (seed, step): the epoch permutation comes from
+    ``default_rng([seed, epoch])`` and the crops from ``default_rng([seed, step, 1])``, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, manifest: str | os.PathLike, config: UnitVocoderConfig, seed: int = 0):
+        from llasm.io import read_jsonl
+
+        self.manifest = Path(manifest)
+        if not self.manifest.exists():
+            raise FileNotFoundError(f"{manifest}: vocoder training manifest not found")
+        self.rows = read_jsonl(self.manifest)
+        if not self.rows:
+            raise ValueError(f"{manifest}: no rows")
+        self.hop = config.samples_per_frame
+        self.segment_frames = config.segment_size // self.hop
+        self.sampling_rate = config.sampling_rate
+        self.seed = seed
+        for lineno, row in enumerate(self.rows, 1):
+            self._check(row, lineno, config.num_units)
+
+    def _check(self, row: dict, lineno: int, num_units: int) -> None:
+        where = f"{self.manifest}:{lineno} ({row.get('id', '?')})"
+        missing = [k for k in ("audio", "units", "durations") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        units, durations = np.asarray(row["units"]), np.asarray(row["durations"])
+        if units.ndim != 1 or units.shape != durations.shape or units.size == 0:
+            raise ValueError(
+                f"{where}: units ({units.size}) and durations ({durations.size}) must be equal, non-empty lists"
+            )
+        if units.min() < 0 or units.max() >= num_units:
+            raise ValueError(f"{where}: unit ids must lie in [0, {num_units})")
+        if durations.min() < 1:
+            raise ValueError(f"{where}: durations must be >= 1 frame")
+        path = Path(row["audio"])
+        if not path.is_absolute():  # relative audio paths are relative to the manifest
+            row["audio"] = str(self.manifest.parent / path)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, len(self.rows) // batch_size)
+
+    def batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+        """Batch for 0-based ``step``: units/durations (B, U_max) padded with 0, mask, audio (B, segment)."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        if len(order) < batch_size:
+            indices = np.resize(order, batch_size)
+        else:
+            indices = order[position * batch_size : (position + 1) * batch_size]
+        rng = np.random.default_rng([self.seed, step, 1])
+        items = [self.segment(int(i), rng) for i in indices]
+        width = max(len(units) for units, _, _, _ in items)
+        units = torch.zeros(len(items), width, dtype=torch.long)
+        durations = torch.zeros(len(items), width, dtype=torch.long)
+        mask = torch.zeros(len(items), width, dtype=torch.bool)
+        for b, (u, d, m, _) in enumerate(items):
+            units[b, : len(u)] = torch.from_numpy(u)
+            durations[b, : len(d)] = torch.from_numpy(d)
+            mask[b, : len(m)] = torch.from_numpy(m)
+        audio = torch.from_numpy(np.stack([a for _, _, _, a in items]))
+        return {"units": units, "durations": durations, "duration_mask": mask, "audio": audio}
+
+    def segment(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One crop: (units, durations, whole-unit mask, audio) covering ``segment_frames`` frames."""
+        row = self.rows[index]
+        units = np.asarray(row["units"], dtype=np.int64)
+        durations = np.asarray(row["durations"], dtype=np.int64)
+        total = int(durations.sum())
+        length = self.segment_frames
+        start = int(rng.integers(0, total - length + 1)) if total > length else 0
+        # unit index of every frame in the crop, then back to (unit, count) runs
+        frame_unit = np.repeat(np.arange(len(units)), durations)[start : start + length]
+        boundaries = np.flatnonzero(np.diff(frame_unit)) + 1
+        first = frame_unit[np.r_[0, boundaries]]
+        counts = np.diff(np.r_[0, boundaries, len(frame_unit)])
+        seg_units, seg_durations = units[first], counts
+        whole = counts == durations[first]  # units cut by the crop edges get no duration loss
+        audio = self._read(row, start * self.hop, min(total, start + length) * self.hop)
+        if total < length:  # short utterance: pad with silence on unit 0, excluded from the loss
+            seg_units = np.r_[seg_units, 0]
+            seg_durations = np.r_[seg_durations, length - total]
+            whole = np.r_[whole, False]
+        audio = np.pad(audio, (0, length * self.hop - len(audio)))
+        return seg_units, seg_durations, whole, audio.astype(np.float32)
+
+    def _read(self, row: dict, begin: int, end: int) -> np.ndarray:
+        import soundfile as sf
+
+        from llasm.audio import load_audio
+
+        path = row["audio"]
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise ValueError(f"{path}: cannot read audio ({err})") from None
+        if info.samplerate == self.sampling_rate:  # read just the crop
+            audio, _ = sf.read(path, start=begin, stop=end, dtype="float32", always_2d=True)
+            audio = audio.mean(axis=1)
+        else:
+            audio = load_audio(path)[begin:end]
+        return np.pad(audio, (0, max(0, end - begin - len(audio))))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
+    """Optimizer state_dict -> safetensors entries + JSON-able remainder (no pickle)."""
+    meta[prefix] = {"param_groups": state["param_groups"], "scalars": {}}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().contiguous().clone()
+            else:
+                meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
+
+
+def _optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(prefix + ".state."):
+            index, name = key[len(prefix) + 7 :].split(".", 1)
+            state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta[prefix]["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta[prefix]["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+class VocoderTrainer:
+    """HiFi-GAN training of :class:`UnitHifiGan` with MPD + MSD; resumable, bounded, logged.
+
+    Output folder: ``checkpoints/step_XXXXXXXX/{state.safetensors,state.json}`` (models,
+    optimizers, schedulers, step, torch RNG; written to a temp folder and renamed), ``log.jsonl``,
+    ``samples/step_XXXXXXXX.{wav,png}`` and, at the end, ``vocoder.safetensors`` +
+    ``vocoder_config.json`` for :meth:`UnitHifiGan.from_pretrained`.
+    """
+
+    def __init__(
+        self, config: UnitVocoderConfig, train_config: VocoderTrainConfig, dataset: UnitAudioDataset | None = None
+    ):
+        self.config, self.train_config = config, train_config
+        t = train_config
+        if t.max_steps is None and t.max_minutes is None:
+            raise ValueError("set train.max_steps and/or train.max_minutes (the run needs a bound)")
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.output_dir = Path(t.output_dir)
+        self.dataset = dataset or UnitAudioDataset(t.train_manifest, config, seed=t.seed)
+        torch.manual_seed(t.seed)
+        self.generator = UnitHifiGan(config)
+        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor)
+        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor)
+        self.mel = MelSpectrogram(config)
+        betas = tuple(config.adam_betas)
+        adam = dict(lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay)
+        self.optim_g = torch.optim.AdamW(self.generator.parameters(), **adam)
+        self.optim_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adam)
+        self.scheduler_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=config.lr_decay)
+        self.scheduler_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=config.lr_decay)
+        self.step = 0
+        self.resumed_from: Path | None = None
+        self._maybe_resume()
+
+    # -- one step --------------------------------------------------------------------------
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One discriminator + one generator update on ``batch``; raises on a non-finite loss."""
+        step = self.step + 1
+        for module in (self.generator, self.mpd, self.msd):
+            module.train()
+        y = batch["audio"].unsqueeze(1)  # (B, 1, S)
+        y_hat = self.generator(batch["units"], batch["durations"])  # (B, 1, S)
+        if y_hat.shape != y.shape:
+            raise RuntimeError(f"step {step}: generator output {tuple(y_hat.shape)} != target {tuple(y.shape)}")
+        y_mel, y_hat_mel = self.mel(y), self.mel(y_hat)  # (B, M, frames)
+
+        gan = step > self.config.gan_start_step
+        loss_d = torch.zeros(())
+        if gan:  # discriminators on the detached generator output
+            self.optim_d.zero_grad(set_to_none=True)
+            real, fake, _, _ = self.mpd(y, y_hat.detach())
+            loss_d = discriminator_loss(real, fake)
+            real, fake, _, _ = self.msd(y, y_hat.detach())
+            loss_d = loss_d + discriminator_loss(real, fake)
+            self._check_finite(step, "discriminator", loss_d)
+            loss_d.backward()
+            self.optim_d.step()
+
+        # generator: adversarial + feature matching + mel L1 + duration
+        self.optim_g.zero_grad(set_to_none=True)
+        loss_mel = F.l1_loss(y_hat_mel, y_mel)
+        loss_adv = loss_fm = torch.zeros(())
+        if gan:
+            _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
+            _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
+            loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
+            loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
+        loss_g = loss_adv + loss_fm + self.config.mel_loss_weight * loss_mel
+        loss_dur = torch.zeros(())
+        if self.generator.duration_predictor is not None:
+            log_durations = self.generator.log_durations(batch["units"])  # (B, U)
+            loss_dur = duration_loss(log_durations, batch["durations"], batch["duration_mask"])
+            loss_g = loss_g + self.config.duration_loss_weight * loss_dur
+        self._check_finite(step, "generator", loss_g)
+        loss_g.backward()
+        self.optim_g.step()
+        return {
+            "loss_g": loss_g.item(), "loss_d": loss_d.item(), "mel_l1": loss_mel.item(),
+            "adv": loss_adv.item(), "fm": loss_fm.item(), "dur": loss_dur.item(),
+        }  # fmt: skip
+
+    def _check_finite(self, step: int, name: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            latest = self.latest_checkpoint()
+            raise FloatingPointError(
+                f"step {step}: {name} loss is {loss.item()} (NaN/inf); training stopped. "
+                f"Last checkpoint: {latest or 'none'}; try a lower learning_rate or check the audio."
+            )
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def train(self) -> list[dict]:
+        """Run until ``max_steps`` or ``max_minutes``; returns the per-step losses of this run."""
+        from tqdm.auto import tqdm
+
+        t = self.train_config
+        started = time.monotonic()
+        history: list[dict] = []
+        per_epoch = self.dataset.steps_per_epoch(t.batch_size)
+        last_saved = self.step if self.resumed_from else -1
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="vocoder", unit="step")
+        while not self._finished(started):
+            losses = self.train_step(self.dataset.batch(self.step, t.batch_size))
+            self.step += 1
+            if self.step % per_epoch == 0:  # HiFi-GAN decays the learning rate once per epoch
+                self.scheduler_g.step()
+                if self.step > self.config.gan_start_step:  # the discriminators' epochs start with the GAN
+                    self.scheduler_d.step()
+            record = {"step": self.step, **losses, "lr": self.optim_g.param_groups[0]["lr"]}
+            history.append(record)
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == 1:
+                bar.set_postfix(mel=f"{losses['mel_l1']:.3f}", g=f"{losses['loss_g']:.2f}", d=f"{losses['loss_d']:.2f}")
+                self._log(record)
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.save_checkpoint()
+                last_saved = self.step
+            if t.sample_every and self.step % t.sample_every == 0:
+                self.write_sample()
+        bar.close()
+        if last_saved != self.step:
+            self.save_checkpoint()
+        self.generator.save_pretrained(self.output_dir)
+        return history
+
+    def _finished(self, started: float) -> bool:
+        t = self.train_config
+        if t.max_steps is not None and self.step >= t.max_steps:
+            return True
+        return t.max_minutes is not None and time.monotonic() - started >= 60 * t.max_minutes
+
+    def _log(self, record: dict) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    def write_sample(self) -> Path:
+        """Vocode the first manifest row (ground-truth durations); write a wav and a target-vs-generated mel PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from llasm.audio import save_audio
+
+        row = self.dataset.rows[0]
+        max_frames = max(1, int(self.train_config.sample_seconds * FRAME_RATE))
+        durations = np.asarray(row["durations"], dtype=np.int64)
+        keep = max(1, int(np.searchsorted(np.cumsum(durations), max_frames, side="right")))
+        units, durations = np.asarray(row["units"])[:keep], durations[:keep]
+        hop = self.config.samples_per_frame
+        target = self.dataset._read(row, 0, int(durations.sum()) * hop)
+        generated = self.generator.synthesize(units, durations)
+        folder = self.output_dir / "samples"
+        name = f"step_{self.step:08d}"
+        save_audio(folder / f"{name}.wav", generated, self.config.sampling_rate)
+        if not (folder / "target.wav").exists():
+            save_audio(folder / "target.wav", target, self.config.sampling_rate)
+        with torch.no_grad():
+            mels = [self.mel(torch.from_numpy(a)[None])[0].numpy() for a in (target, generated)]
+        figure, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        low, high = float(mels[0].min()), float(mels[0].max())  # one colour scale for both panels
+        for axis, mel, title in zip(axes, mels, ("target", f"generated (step {self.step})")):
+            image = axis.imshow(mel, origin="lower", aspect="auto", interpolation="none", vmin=low, vmax=high)
+            axis.set_title(title)
+            figure.colorbar(image, ax=axis)
+        figure.tight_layout()
+        png = folder / f"{name}.png"
+        figure.savefig(png)
+        plt.close(figure)
+        return png
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        """Newest complete checkpoint folder (half-written ones never get a final name)."""
+        if not self.checkpoint_root.is_dir():
+            return None
+        done = [
+            p for p in self.checkpoint_root.glob("step_*")
+            if (p / "state.safetensors").exists() and (p / "state.json").exists()
+        ]  # fmt: skip
+        return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
+        for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
+            for key, value in module.state_dict().items():
+                tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
+        _optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
+        _optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
+        meta["scheduler_g"] = self.scheduler_g.state_dict()
+        meta["scheduler_d"] = self.scheduler_d.state_dict()
+        tensors["rng.torch"] = torch.get_rng_state()
+
+        final = self.checkpoint_root / f"step_{self.step:08d}"
+        temporary = self.checkpoint_root / f".tmp_{final.name}_{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        save_file(tensors, str(temporary / "state.safetensors"))
+        (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)  # a checkpoint folder appears complete or not at all
+        older = sorted(
+            (p for p in self.checkpoint_root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1])
+        )
+        for stale in older[: max(0, len(older) - self.train_config.keep_checkpoints + 1)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        tensors = load_file(str(path / "state.safetensors"))
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.optim_g.load_state_dict(_optimizer_from_flat("optim_g", tensors, meta))
+        self.optim_d.load_state_dict(_optimizer_from_flat("optim_d", tensors, meta))
+        self.scheduler_g.load_state_dict(meta["scheduler_g"])
+        self.scheduler_d.load_state_dict(meta["scheduler_d"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+        self.resumed_from = path
+
+    def _maybe_resume(self) -> None:
+        resume = self.train_config.resume
+        if resume in (None, "", "never", "none", False):
+            return
+        path = self.latest_checkpoint() if resume == "auto" else Path(resume)
+        if path is None:
+            return
+        if not (path / "state.safetensors").exists():
+            raise FileNotFoundError(f"{path}: not a vocoder checkpoint (no state.safetensors)")
+        self.load_checkpoint(path)
