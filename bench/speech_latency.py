@@ -7,7 +7,9 @@ Qwen2.5-0.5B, else the tiny model) with a random unit head (LLaMA-Omni size: 2 l
 upsampling, 1000 units) and a random ``configs/vocoder_cpu.yaml`` — timing does not depend on their
 values, but how many units a head emits per token does, so only a trained head gives the real
 number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
-hidden state (one more LLM step) and ``--first-chunk-units`` units; by default the first chunk is
+hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random head here,
+the state that chose it: no extra LLM step; with ``input`` one more step) and
+``--first-chunk-units`` units; by default the first chunk is
 vocoded without right context (``--first-chunk-context -1``: wait for the receptive field, exact).
 Goal: first text token -> first audio chunk <= 300 ms.
 
@@ -30,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-units", type=int, default=40)
     parser.add_argument("--first-chunk-units", type=int, default=10)
-    parser.add_argument("--state", choices=["input", "output"], default="input",
+    parser.add_argument("--state", choices=["input", "output"], default="output",
                         help="random head only: which LLM state stands for a token (unit_head.state)")
     parser.add_argument("--first-chunk-context", type=int, default=0,
                         help="right-context frames for the first chunk (-1: the full receptive field, exact)")

@@ -1,6 +1,8 @@
 """Evaluation: ASR, spoken instruction following, modal invariance, and a cascade baseline.
 
 Everything a report prints is computed here; ``eval/*.py`` are thin entry points over :func:`main`.
+Items and prompts live in :mod:`llasm.eval_data`, the systems and the judge in
+:mod:`llasm.eval_systems`, the report files in :mod:`llasm.eval_report`; all re-exported here.
 
 Systems, each scored with the same metrics side by side:
 
@@ -43,31 +45,25 @@ is recorded in ``report["errors"]`` with its task, system and id; the run goes o
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from . import metrics as M
+from .eval_data import (ASSETS, JUDGE_PROMPT_PATH, PROMPTS_PATH, SPEECH_TOKEN, AsrItem, InstructItem, _error,
+                        _first_spoken_turn, _lang, _read_jsonl, _resolve_audio, _select, _sha256, load_asr_items,
+                        load_instruct_items, load_prompts, prompt_info)
+from .eval_report import METRIC_HELP, _fmt, _json_safe, render_markdown, summary_tables, write_report
+from .eval_systems import (LANG_NAMES, CascadeSystem, Judge, JudgeError, LlasmSystem, WhisperTranscriber, _user,
+                           make_ppl_scorer)
 
 logger = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "eval"
-PROMPTS_PATH = ASSETS / "prompts.json"
-JUDGE_PROMPT_PATH = ASSETS / "judge_prompt.txt"
-SPEECH_TOKEN = "<speech>"
 TASKS = ("asr", "instruct", "invariance", "speech")
 TEXT_TASKS = ("asr", "instruct", "invariance")  # the default; "speech" (llasm.speech_eval) needs a vocoder
-LANG_NAMES = {"en": "English", "zh": "Chinese (简体中文)"}
 
 # default data: the held-out split of the synthesized seed corpus (make it with data_prep/synthesize.py)
 DEFAULT_DATA = "data/eval/seed_instructions.jsonl"
@@ -77,322 +73,18 @@ MAKE_DATA_HINT = (
     "python data_prep/synthesize.py --input data/seed/asr_sentences.jsonl --output {asr}"
 ).format(instruct=DEFAULT_DATA, asr=DEFAULT_ASR_DATA)
 
-
-# ----------------------------------------------------------------------------------- assets
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_prompts(path: str | os.PathLike = PROMPTS_PATH) -> dict:
-    """The pinned evaluation prompts (``version``, ``asr.{en,zh}``)."""
-    prompts = json.loads(Path(path).read_text(encoding="utf-8"))
-    for lang in M.LANGUAGES:
-        if not prompts.get("asr", {}).get(lang):
-            raise ValueError(f"{path}: missing asr prompt for {lang!r}")
-    return prompts
-
-
-def prompt_info(prompts_path=PROMPTS_PATH, judge_prompt_path=JUDGE_PROMPT_PATH) -> dict:
-    prompts = load_prompts(prompts_path)
-    return {
-        "prompts_version": prompts["version"],
-        "prompts_sha256": _sha256(Path(prompts_path)),
-        "asr_prompts": prompts["asr"],
-        "judge_prompt_sha256": _sha256(Path(judge_prompt_path)),
-    }
-
-
-# ------------------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class InstructItem:
-    """One spoken question: the audio, any typed text after it, the question text and the answer."""
-
-    id: str
-    lang: str
-    audio: str | None  # absolute path
-    question: str  # the words spoken in the audio
-    reference: str
-    keywords: list[str]
-    extra_text: str = ""  # typed text that follows the audio in the same turn
-
-    @property
-    def text_prompt(self) -> str:
-        return f"{self.question}\n{self.extra_text}" if self.extra_text else self.question
-
-
-@dataclasses.dataclass
-class AsrItem:
-    id: str
-    lang: str
-    audio: str | None
-    text: str
-
-
-def _first_spoken_turn(record: dict) -> tuple[int, dict, dict | None]:
-    """(index in ``audios``, the human turn holding the first ``<speech>``, the gpt turn after it)."""
-    convs = record.get("conversations") or []
-    n_audio = 0
-    for i, turn in enumerate(convs):
-        value = str(turn.get("value") or "")
-        if turn.get("from") in ("human", "user") and SPEECH_TOKEN in value:
-            answer = next((t for t in convs[i + 1:] if t.get("from") in ("gpt", "assistant")), None)
-            return n_audio, turn, answer
-        n_audio += value.count(SPEECH_TOKEN)
-    raise ValueError("no human turn with <speech>")
-
-
-def _resolve_audio(record: dict, index: int, base: Path) -> str:
-    audios = record.get("audios") or []
-    if index >= len(audios):
-        raise ValueError(f"<speech> #{index} has no entry in 'audios'")
-    path = Path(audios[index])
-    return str(path if path.is_absolute() else base / path)
-
-
-def _lang(record: dict, text: str) -> str:
-    lang = record.get("lang") or ("zh" if re.search(r"[\u4e00-\u9fff]", text) else "en")
-    if lang not in M.LANGUAGES:
-        raise ValueError(f"unsupported lang {lang!r} (expected one of {M.LANGUAGES})")
-    return lang
-
-
-def _select(records: list[dict], split: str | None, limit: int | None) -> list[dict]:
-    if split and any("split" in r for r in records):
-        records = [r for r in records if r.get("split") == split]
-    return records[:limit] if limit else records
-
-
-def load_instruct_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[InstructItem], list[dict]]:
-    """Spoken instruction items of a DESIGN.md JSONL (``split`` filter when records carry one).
-
-    The question text is the spoken turn's ``transcript``; the reference is the next gpt turn;
-    ``keywords`` come from the record. Returns ``(items, errors)``: a bad record is an error.
-    """
-    path = Path(path)
-    items, errors = [], []
-    for n, record in enumerate(_select(_read_jsonl(path), split, limit)):
-        rid = str(record.get("id") or f"{path.stem}-{n}")
-        try:
-            index, turn, answer = _first_spoken_turn(record)
-            question = str(turn.get("transcript") or "").strip()
-            if not question:
-                raise ValueError("spoken turn has no 'transcript' (the spoken words)")
-            if answer is None:
-                raise ValueError("no gpt answer after the spoken turn")
-            extra = str(turn["value"]).replace(SPEECH_TOKEN, "").strip()
-            keywords = record.get("keywords") or []
-            keywords = [keywords] if isinstance(keywords, str) else [str(k) for k in keywords]
-            items.append(InstructItem(rid, _lang(record, question), _resolve_audio(record, index, path.parent),
-                                      question, str(answer.get("value") or ""), keywords, extra))
-        except Exception as err:  # noqa: BLE001 - a bad record must not stop the run
-            errors.append(_error("instruct", "data", rid, err))
-    return items, errors
-
-
-def load_asr_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[AsrItem], list[dict]]:
-    """ASR items of a DESIGN.md JSONL: the first clip and its reference text.
-
-    The reference is the spoken turn's ``transcript`` when present, else the gpt answer (ASR data
-    answers with the words). Returns ``(items, errors)``.
-    """
-    path = Path(path)
-    items, errors = [], []
-    for n, record in enumerate(_select(_read_jsonl(path), split, limit)):
-        rid = str(record.get("id") or f"{path.stem}-{n}")
-        try:
-            index, turn, answer = _first_spoken_turn(record)
-            text = str(turn.get("transcript") or (answer or {}).get("value") or "").strip()
-            if not text:
-                raise ValueError("no reference text (transcript or gpt answer)")
-            items.append(AsrItem(rid, _lang(record, text), _resolve_audio(record, index, path.parent), text))
-        except Exception as err:  # noqa: BLE001
-            errors.append(_error("asr", "data", rid, err))
-    return items, errors
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    from .io import read_jsonl
-
-    return read_jsonl(path)
-
-
-def _error(task: str, system: str, item_id: str, err: BaseException | str) -> dict:
-    message = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-    return {"task": task, "system": system, "id": item_id, "error": message}
-
-
-# ---------------------------------------------------------------------------------- systems
-
-
-def _user(content: list[dict]) -> dict:
-    return {"role": "user", "content": content}
-
-
-class LlasmSystem:
-    """The model under test: audio goes in as audio."""
-
-    name = "llasm"
-
-    def __init__(self, model, prompts: dict | None = None, max_new_tokens: int = 128, **generate_kwargs):
-        self.model = model
-        self.prompts = prompts or load_prompts()
-        self.max_new_tokens = max_new_tokens
-        self.generate_kwargs = generate_kwargs
-
-    def _chat(self, content: list[dict]) -> str:
-        return self.model.chat([_user(content)], max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
-
-    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
-        return self._chat([{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]), {}
-
-    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
-        """``(reply, the user content used as prompt, extra info)``."""
-        content = [{"type": "audio", "audio": audio}]
-        if item.extra_text:
-            content.append({"type": "text", "text": item.extra_text})
-        return self._chat(content), content, {}
-
-    def answer_text(self, text: str) -> str:
-        return self._chat([{"type": "text", "text": text}])
-
-
-class CascadeSystem:
-    """ASR (a ``transcriber(audio, lang) -> str``) then the same LLM answers the transcript as text."""
-
-    name = "cascade"
-
-    def __init__(self, transcriber: Callable[[Any, str], str], answerer: LlasmSystem):
-        self.transcriber = transcriber
-        self.answerer = answerer
-
-    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
-        return self.transcriber(audio, lang), {}
-
-    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
-        transcript = self.transcriber(audio, item.lang)
-        text = f"{transcript}\n{item.extra_text}" if item.extra_text else transcript
-        content = [{"type": "text", "text": text}]
-        return self.answerer._chat(content), content, {"transcript": transcript}
-
-
-class WhisperTranscriber:
-    """``WhisperForConditionalGeneration`` + ``WhisperProcessor`` from one HF dir, greedy decoding.
-
-    Multilingual checkpoints (a ``lang_to_id`` table in the generation config) get
-    ``language=<item lang>, task="transcribe"``; English-only ones get no language. Audio longer
-    than 30 s uses transformers' sequential long-form decoding.
-    """
-
-    def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        self.path = str(path)
-        self.processor = WhisperProcessor.from_pretrained(self.path)
-        self.model = WhisperForConditionalGeneration.from_pretrained(self.path, dtype=dtype or torch.float32)
-        self.model.to(device or "cpu").eval()
-        gc = self.model.generation_config
-        self.multilingual = bool(getattr(gc, "lang_to_id", None)) and getattr(gc, "is_multilingual", True) is not False
-
-    def __call__(self, audio, lang: str) -> str:
-        import torch
-
-        from .audio import load_audio
-
-        audio = load_audio(audio)
-        sr = self.processor.feature_extractor.sampling_rate
-        kwargs: dict[str, Any] = {}
-        if self.multilingual:
-            kwargs.update(language=lang, task="transcribe")
-        if len(audio) > 30 * sr:
-            inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt", truncation=False,
-                                    padding="longest", return_attention_mask=True)
-            kwargs["attention_mask"] = inputs.attention_mask.to(self.model.device)
-        else:
-            inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
-        features = inputs.input_features.to(self.model.device, self.model.dtype)
-        # at most 12 tokens per second of audio (speech needs 3-6): bounds Whisper's repetition loops on
-        # unclear audio, which otherwise run to its 448-token limit (slow, and a huge insertion count)
-        kwargs["max_length"] = min(448, 14 + int(12 * len(audio) / sr))  # (+4 prompt tokens)
-        with torch.inference_mode():
-            ids = self.model.generate(features, **kwargs)
-        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
-
-
-def make_ppl_scorer(model) -> Callable[[list[dict], str], tuple[float, int]]:
-    """``scorer(user_content, reply) -> (sum_nll, n_tokens)`` of ``reply`` (+ end token) after the prompt."""
-    import torch
-
-    def score(content: list[dict], reply: str) -> tuple[float, int]:
-        messages = [_user(content), {"role": "assistant", "content": reply}]
-        batch = model.processor.apply_chat_template(messages, add_generation_prompt=False)
-        labels = batch.pop("labels")
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            logits = model(**batch).logits
-        return M.sequence_nll(logits, labels.to(logits.device))
-
-    return score
-
-
-# ------------------------------------------------------------------------------------ judge
-
-
-class JudgeError(RuntimeError):
-    pass
-
-
-class Judge:
-    """LLM-as-judge through an OpenAI-compatible ``/chat/completions`` endpoint (stdlib ``urllib``).
-
-    ``url`` is the base (``http://host:8000/v1``) or the full ``.../chat/completions`` address.
-    An API key, when needed, is read from the environment variable named by ``api_key_env``.
-    The prompt is ``llasm/assets/eval/judge_prompt.txt`` (its sha256 goes in the report); the reply
-    must contain ``Score: N`` (N in 1–5), temperature 0.
-    """
-
-    def __init__(self, url: str, model: str, prompt_path=JUDGE_PROMPT_PATH, api_key_env: str = "LLASM_JUDGE_API_KEY",
-                 timeout: float = 120.0):
-        url = url.rstrip("/")
-        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
-        self.model = model
-        self.template = Path(prompt_path).read_text(encoding="utf-8")
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-
-    def info(self) -> dict:
-        return {"status": "used", "url": self.url, "model": self.model,
-                "prompt_sha256": hashlib.sha256(self.template.encode("utf-8")).hexdigest()}
-
-    def prompt(self, question: str, reference: str, reply: str, lang: str) -> str:
-        return self.template.format(question=question, reference=reference, reply=reply,
-                                    lang_name=LANG_NAMES.get(lang, lang))
-
-    def score(self, question: str, reference: str, reply: str, lang: str) -> int:
-        body = {"model": self.model, "temperature": 0, "max_tokens": 16,
-                "messages": [{"role": "user", "content": self.prompt(question, reference, reply, lang)}]}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                data = json.loads(response.read().decode("utf-8"))
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:
-            raise JudgeError(f"judge request to {self.url} failed: {err}") from err
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge reply is not OpenAI chat JSON: {str(data)[:200]}") from None
-        match = re.search(r"score\s*[:：]\s*([1-5])", content or "", re.IGNORECASE)
-        if not match:
-            raise JudgeError(f"judge reply has no 'Score: N': {content!r:.200}")
-        return int(match.group(1))
+# the names moved to eval_data / eval_systems / eval_report stay importable from here
+__all__ = [
+    "ASSETS", "PROMPTS_PATH", "JUDGE_PROMPT_PATH", "SPEECH_TOKEN", "TASKS", "TEXT_TASKS", "LANG_NAMES",
+    "DEFAULT_DATA", "DEFAULT_ASR_DATA", "MAKE_DATA_HINT", "METRIC_HELP",
+    "load_prompts", "prompt_info", "InstructItem", "AsrItem", "load_instruct_items", "load_asr_items",
+    "LlasmSystem", "CascadeSystem", "WhisperTranscriber", "make_ppl_scorer", "JudgeError", "Judge",
+    "evaluate", "summary_tables", "render_markdown", "write_report",
+    "load_model", "build_parser", "speech_meta", "run_speech", "merge_speech", "run", "main",
+    # private helpers, re-exported for callers that imported them from here
+    "_sha256", "_first_spoken_turn", "_resolve_audio", "_lang", "_select", "_read_jsonl", "_error", "_user",
+    "_fmt", "_json_safe",
+]
 
 
 # ----------------------------------------------------------------------------------- engine
@@ -591,108 +283,6 @@ def evaluate(
     counts = {k: counts[k] for k in results if k in counts}
     return {"results": results, "counts": counts, "details": details, "items": records,
             "errors": errors, "notes": notes}
-
-
-# ----------------------------------------------------------------------------------- report
-
-
-METRIC_HELP = {
-    "wer": "ASR word error rate (en, Whisper-normalized), lower is better",
-    "cer": "ASR character error rate (zh, normalized), lower is better",
-    "accuracy": "share of replies containing an accepted keyword",
-    "chrf": "corpus chrF of replies vs reference answers (0-100)",
-    "lang_consistency": "share of replies in the question's language",
-    "judge": "mean LLM-judge score (1-5)",
-    "agreement": "share of questions where spoken-form and text-form replies are equally correct",
-    "exact_match": "share of spoken-form replies equal to the text-form reply after normalization",
-    "chrf_vs_text": "corpus chrF of spoken-form replies vs text-form replies (0-100)",
-    "ppl_text_reply": "perplexity of the text-prompted reply under this system's prompt, lower is better",
-}
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def summary_tables(report: dict) -> str:
-    """Markdown tables, one per language: a row per metric, a column per system (+ n)."""
-    results = report["results"]
-    systems = list(results)
-    langs = [lang for lang in M.LANGUAGES if any(lang in results[s] for s in systems)]
-    out = []
-    for lang in langs:
-        metrics: list[str] = []
-        for s in systems:
-            for m in results[s].get(lang, {}):
-                if m not in metrics:
-                    metrics.append(m)
-        metrics.sort(key=lambda m: list(METRIC_HELP).index(m) if m in METRIC_HELP else 99)
-        out.append(f"### {lang}\n")
-        out.append("| metric | " + " | ".join(systems) + " |")
-        out.append("|---|" + "---|" * len(systems))
-        for m in metrics:
-            out.append(f"| {m} | " + " | ".join(_fmt(results[s].get(lang, {}).get(m)) for s in systems) + " |")
-        ns = []
-        for s in systems:
-            c = report.get("counts", {}).get(s, {}).get(lang, {})
-            ns.append(", ".join(f"{k} {v}" for k, v in c.items()) or "–")
-        out.append("| n items | " + " | ".join(ns) + " |")
-        out.append("")
-    return "\n".join(out) if out else "(no results)\n"
-
-
-def render_markdown(report: dict) -> str:
-    meta = report.get("meta", {})
-    lines = ["# llasm evaluation report", ""]
-    for key in ("model", "data", "asr_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
-                "normalizer_version", "started", "duration_s"):
-        if key in meta:
-            lines.append(f"- **{key}**: `{meta[key]}`")
-    if "cascade" in meta:
-        lines.append(f"- **cascade**: {meta['cascade']}")
-    if "judge" in meta:
-        lines.append(f"- **judge**: {meta['judge']}")
-    lines += ["", "## Results", "", summary_tables(report), "## Metrics", ""]
-    lines += [f"- `{k}`: {v}" for k, v in METRIC_HELP.items()]
-    if report.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    errors = report.get("errors", [])
-    lines += ["", f"## Errors ({len(errors)})", ""]
-    if errors:
-        lines += ["| task | system | id | error |", "|---|---|---|---|"]
-        for e in errors:
-            msg = str(e["error"]).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {e['task']} | {e['system']} | {e['id']} | {msg} |")
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_report(report: dict, output_dir) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` (when there are results) into ``output_dir``."""
-    from .io import write_text
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_text(out / "report.json", json.dumps(_json_safe(report), ensure_ascii=False, indent=2) + "\n"),
-             "md": write_text(out / "report.md", render_markdown(report))}
-    if any(report["results"].get(s) for s in report["results"]):
-        paths["png"] = M.plot_metrics(report["results"], out / "report.png", title="llasm evaluation")
-    return paths
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -229,8 +229,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         audio_encoder_outputs=None,
         unit_targets=None,
         unit_mask=None,
+        answer_states=None,
+        answer_mask=None,
         **kwargs,
     ):
+        if answer_states is not None:  # stage 3 from ready LLM states (a trainer's cache of the frozen LLM)
+            return self._unit_head_loss(None, None, unit_targets, (answer_states, answer_mask))
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
                                               audio_encoder_outputs)
@@ -248,12 +252,22 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         )
 
     def _unit_head_loss(self, inputs_embeds, attention_mask, unit_targets, unit_mask):
-        """Stage 3: the LLM's last hidden states where the answer tokens are the input
-        (``unit_mask``, ``(B, L)``; one position earlier with ``unit_head.state: output``) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
+        """Stage 3: the LLM's answer states (:meth:`answer_states`, or ``unit_mask = (rows, keep)``
+        given ready) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         if self.unit_head is None:
             raise ValueError("unit_targets given but the model has no unit head (set config.unit_head)")
+        if inputs_embeds is None:
+            rows, keep = unit_mask
+        else:
+            rows, keep = self.answer_states(inputs_embeds, attention_mask, unit_mask)
+        return CausalLMOutputWithPast(loss=self.unit_head(rows, keep, units=unit_targets)["loss"])
+
+    def answer_states(self, inputs_embeds, attention_mask, unit_mask):
+        """The LLM's last hidden states where the answer tokens are the input (``unit_mask``,
+        ``(B, L)``; one position earlier with ``unit_head.state: output``), moved to the left:
+        ``rows (B, L_ans, D)`` and ``keep (B, L_ans)`` (True = an answer token)."""
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]  # (B, L, D)
@@ -263,8 +277,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         rows = torch.zeros(len(hidden), int(lengths.max()), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
         keep = torch.arange(rows.shape[1], device=hidden.device)[None] < lengths[:, None]  # (B, L_ans)
         rows[keep] = hidden[unit_mask.bool()]  # answers moved to the left, in order
-        loss = self.unit_head(rows, keep, units=unit_targets)["loss"]
-        return CausalLMOutputWithPast(loss=loss)
+        return rows, keep
 
     def set_vocoder(self, vocoder):
         """Attach a :class:`llasm.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""

@@ -1,6 +1,6 @@
 """`make speech-demo`: train the speech output on a CPU and measure how intelligible it is.
 
-    make speech-demo                      # starter models, ~25 min on 2 cores
+    make speech-demo                      # starter models, ~40 min on 2 cores
     LLASM_SPEECH_MODEL=outputs/demo-starter/stage2/final make speech-demo   # speak with a trained model
 
 Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (espeak-ng, English
@@ -9,7 +9,8 @@ and Chinese) -> k-means units (K=500) on the frozen Whisper-base encoder's middl
 train only the CTC unit head on the LLM's hidden states of the training answers -> evaluate on the
 held-out answers with Whisper-base as the judge (``llasm.speech_eval``: the TTS source,
 resynthesis through units + vocoder, and the round trip through the model's own spoken answers).
-Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs;
+Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs
+(``LLASM_VOCODER_MINUTES=0`` reuses a vocoder already in the output folder);
 ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only a balanced N items of each seed file (quick runs, tests).
 Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
@@ -25,8 +26,10 @@ from .demo import SEED, Clock
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_UNITS = 500
+# state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
 HEAD = {"num_units": NUM_UNITS, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-        "intermediate_size": 2048}
+        "intermediate_size": 2048, "state": "output"}
+REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 
 
 def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
@@ -88,21 +91,28 @@ def vocoder_manifest(extractor, audio: list[Path], path: Path) -> Path:
     return write_jsonl(path, rows)
 
 
-def head_data(extractor, instruct: Path, path: Path) -> Path:
-    """Training conversations with the question as text and the answer's units on the gpt turn."""
+def head_data(extractor, files: dict[str, Path], path: Path) -> Path:
+    """Training conversations with the question as text and the answer's units on the gpt turn: the
+    spoken seed answers, and the ASR sentences as answers to "repeat after me" (more text -> units)."""
     from .io import read_jsonl, write_jsonl
 
     rows = []
-    for row in read_jsonl(instruct):
-        if row.get("split", "train") != "train":
-            continue
-        human, gpt = row["conversations"][0], row["conversations"][1]
-        if not gpt.get("audio"):
-            continue
-        units, durations = extractor.extract(instruct.parent / gpt["audio"])
-        rows.append({"id": row["id"], "lang": row.get("lang"), "conversations": [
-            {"from": "human", "value": human.get("transcript") or human["value"]},
-            {"from": "gpt", "value": gpt["value"], "units": units, "durations": durations}]})
+    for name, source in files.items():
+        for row in read_jsonl(source):
+            if row.get("split", "train") != "train":
+                continue
+            if name == "instruct":
+                human, gpt = row["conversations"][0], row["conversations"][1]
+                question, answer, audio = human.get("transcript") or human["value"], gpt["value"], gpt.get("audio")
+            else:
+                answer, audio = row["conversations"][-1]["value"], (row.get("audios") or [None])[0]
+                question = REPEAT.get(row.get("lang"), REPEAT["en"]).format(answer)
+            if not audio:
+                continue
+            units, durations = extractor.extract(source.parent / audio)
+            rows.append({"id": f"{name}-{row['id']}", "lang": row.get("lang"), "conversations": [
+                {"from": "human", "value": question},
+                {"from": "gpt", "value": answer, "units": units, "durations": durations}]})
     return write_jsonl(path, rows)
 
 
@@ -125,7 +135,7 @@ def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
     result = train({
         "model": model_spec, "output_dir": str(out), "resume": "none",
         "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
-        "unit_head": HEAD, "objective": {"type": "units"},
+        "unit_head": HEAD, "objective": {"type": "units", "cache_states": True},
         "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
         "train": {"epochs": 1000, "max_minutes": minutes, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
                   "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10},
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo"))
     model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
     vocoder_minutes = float(os.environ.get("LLASM_VOCODER_MINUTES", "12"))
-    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "6"))
+    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "20"))
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "12"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     clock = Clock()
@@ -162,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base's middle layer"):
         extractor = fit_units(audio, whisper, out / "kmeans")
         manifest = vocoder_manifest(extractor, audio, out / "data" / "vocoder_train.jsonl")
-        head_train = head_data(extractor, files["instruct"], out / "data" / "stage3_train.jsonl")
+        head_train = head_data(extractor, files, out / "data" / "stage3_train.jsonl")
     with clock.step("vocoder (configs/vocoder_cpu.yaml)"):
-        train_vocoder(manifest, out / "vocoder", vocoder_minutes)
+        if vocoder_minutes == 0 and (out / "vocoder" / "vocoder.safetensors").exists():
+            print(f"[vocoder] LLASM_VOCODER_MINUTES=0: reusing {out / 'vocoder'}")
+        else:
+            train_vocoder(manifest, out / "vocoder", vocoder_minutes)
     with clock.step("stage 3: unit head (everything else frozen)"):
         final = train_head(model_spec, head_train, out / "stage3", head_minutes)
     with clock.step("evaluation: Whisper-base judges the speech"):
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads((out / "eval" / "report.json").read_text())
     print("\nintelligibility (judge error rate, lower is better):")
     for system, langs in report["results"].items():
-        print("  " + system.ljust(12) + "  ".join(f"{lang} {m.upper()} {100 * v:.1f} %" for lang, ms in langs.items()
+        print("  " + system.ljust(20) + "  ".join(f"{lang} {m.upper()} {100 * v:.1f} %" for lang, ms in langs.items()
                                                   for m, v in ms.items()))
     print(f"\ntotal {clock.elapsed():.1f} min; steps: " + ", ".join(f"{n} {s:.0f}s" for n, s in clock.steps))
     print(f"report: {out / 'eval' / 'report.md'}  samples: {out / 'eval' / 'speech_samples'}")

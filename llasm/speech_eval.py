@@ -48,7 +48,7 @@ class SpeechItem:
 
 def load_speech_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[SpeechItem], list[dict]]:
     """First human turn + first gpt turn of each conversation (``split`` filter, ``limit`` per language)."""
-    from .evaluation import _lang
+    from .eval_data import _lang
     from .io import read_jsonl
 
     path = Path(path)

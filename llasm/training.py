@@ -47,6 +47,9 @@ class ObjectiveConfig:
     kl_weight: float = 1.0
     temperature: float = 1.0
     max_new_tokens: int = 128  # self_reply generation length
+    # units: keep the frozen LLM's answer states in memory after their first use, so later epochs run
+    # only the unit head (answer tokens x hidden size x dtype bytes per conversation)
+    cache_states: bool = False
 
 
 @dataclass
@@ -294,6 +297,11 @@ class Trainer:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
             sources = self._self_reply_sources(sources)
+        if self.cfg.objective.cache_states and (self.cfg.objective.type != "units" or any(
+                p.requires_grad for part in ("audio_tower", "adaptor", "language_model")
+                for p in getattr(self.model, part).parameters())):
+            raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
+                             "language_model frozen (it reuses their outputs across epochs)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
         return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
@@ -342,6 +350,9 @@ class Trainer:
             ends = torch.tensor(sorted(self.processor.end_of_turn_ids), device=labels.device)
             inputs["unit_mask"] = (labels != -100) & ~torch.isin(labels, ends)
             inputs["unit_targets"] = batch["unit_targets"].to(labels.device)
+            if self.cfg.objective.cache_states:
+                rows, keep = self._answer_states(batch["ids"], inputs)
+                return self.engine(answer_states=rows, answer_mask=keep, unit_targets=inputs["unit_targets"]).loss
             return self.engine(**inputs).loss
         if not self.cfg.train.fast_loss:
             return self.engine(**inputs).loss
@@ -398,6 +409,25 @@ class Trainer:
         inputs["input_ids"] = ids[:, n:]
         inputs["past_key_values"] = cache  # attention_mask keeps its full length: prefix + rest
         return n
+
+    @torch.no_grad()
+    def _answer_states(self, ids: list[str], inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 3 with ``objective.cache_states``: the frozen LLM's answer states of each
+        conversation, computed at its first batch and kept; ``(rows (B, L_ans, D), keep (B, L_ans))``."""
+        keys = [(i, hash(tuple(row[mask.bool()].tolist())))  # the id and the tokens: ids may repeat across files
+                for i, row, mask in zip(ids, inputs["input_ids"], inputs["attention_mask"])]
+        cache = self.__dict__.setdefault("_state_cache", {})
+        if any(k not in cache for k in keys):
+            model = self.model
+            embeds = model.embed_inputs(inputs["input_ids"], inputs.get("input_features"),
+                                        inputs.get("feature_attention_mask"), None, inputs.get("audio_encoder_outputs"))
+            rows, keep = model.answer_states(embeds, inputs["attention_mask"], inputs["unit_mask"])
+            for key, row, mask in zip(keys, rows, keep):
+                cache[key] = row[mask].clone()
+        states = [cache[k] for k in keys]
+        lengths = torch.tensor([len(s) for s in states], device=states[0].device)
+        rows = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        return rows, torch.arange(rows.shape[1], device=rows.device)[None] < lengths[:, None]
 
     @torch.no_grad()
     def _teacher_logits(self, batch) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """Processor: the shared token count, exact ids, labels, templates and no placeholder injection."""
 
-import numpy as np
 import pytest
 import torch
 

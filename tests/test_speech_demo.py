@@ -38,5 +38,10 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     assert km["num_units"] == speech_demo.NUM_UNITS and km["layer"] == 3
     assert (tmp_path / "vocoder" / "vocoder.safetensors").exists()
     assert (tmp_path / "stage3" / "final").is_dir()
+    head_rows = [json.loads(line) for line in open(tmp_path / "data" / "stage3_train.jsonl")]
+    assert {r["id"].split("-")[0] for r in head_rows} == {"instruct", "asr"}  # answers + "repeat after me"
+    assert all(r["conversations"][1]["units"] for r in head_rows)
+    saved = json.loads((tmp_path / "stage3" / "final" / "config.json").read_text())
+    assert saved["unit_head"]["state"] == "output"
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out

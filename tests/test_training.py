@@ -353,17 +353,8 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
 @pytest.mark.parametrize("state", ["input", "output"])
 def test_stage3_trains_only_the_unit_head(tmp_path, data, state):
     """Stage 3: rows whose answers carry units; everything but the unit head stays bit-identical."""
-    from llasm.io import read_jsonl, write_jsonl
-
-    rows = read_jsonl(data)
-    for i, row in enumerate(rows):
-        row["conversations"][-1]["units"] = [(3 * i + j) % 12 for j in range(4 + i % 3)]
-    with_units = write_jsonl(data.parent / "units.jsonl", rows)
-    cfg = config(tmp_path, with_units, **{
-        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
-        "unit_head": {"num_units": 12, "upsample_factor": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
-                      "intermediate_size": 64, "state": state},
-        "objective": {"type": "units"}, "train.max_steps": 12, "train.lr": 3e-3})
+    cfg = _units_config(tmp_path, data, "run")
+    cfg["unit_head"]["state"] = state
     trainer, before, result = run_trainer(cfg)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all(n.startswith("unit_head.") for n in changed)
@@ -373,3 +364,43 @@ def test_stage3_trains_only_the_unit_head(tmp_path, data, state):
 
     loaded = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"])
     assert loaded.unit_head is not None and loaded.config.unit_head["num_units"] == 12
+
+
+def _units_config(tmp_path, data, name, **over):
+    from llasm.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(data)
+    for i, row in enumerate(rows):
+        row["conversations"][-1]["units"] = [(3 * i + j) % 12 for j in range(4 + i % 3)]
+    with_units = write_jsonl(data.parent / "units.jsonl", rows)
+    return config(tmp_path / name, with_units, **{
+        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
+        "unit_head": {"num_units": 12, "upsample_factor": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                      "intermediate_size": 64, "state": "output"},
+        "objective": {"type": "units"}, "train.max_steps": 12, "train.lr": 3e-3, **over})
+
+
+def test_stage3_cached_answer_states_match_and_skip_the_llm(tmp_path, data):
+    """objective.cache_states: the same losses, with the frozen LLM run only until every
+    conversation's answer states are kept."""
+    from llasm.training import Trainer, load_config
+
+    losses, calls = {}, {}
+    for cached in (False, True):
+        trainer = Trainer(load_config(_units_config(tmp_path, data, str(cached), **{"objective.cache_states": cached})))
+        count = []
+        trainer.model.language_model.register_forward_hook(lambda *a: count.append(1))
+        losses[cached] = [x for _, x in trainer.fit()["losses"]]
+        calls[cached] = len(count)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert calls[False] == 12 and 0 < calls[True] < 12
+    assert len(trainer._state_cache) == len(trainer.dataset)
+
+
+def test_stage3_cached_states_need_frozen_parts(tmp_path, data):
+    from llasm.training import Trainer, load_config
+
+    cfg = _units_config(tmp_path, data, "x", **{"objective.cache_states": True})
+    cfg["trainable"]["adaptor"] = "full"
+    with pytest.raises(ValueError, match="cache_states needs objective.type units with audio_tower, adaptor"):
+        Trainer(load_config(cfg))

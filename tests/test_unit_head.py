@@ -93,8 +93,7 @@ def test_causal():
 
 
 def test_ctc_decode_rules():
-    blank = 3
-    frames = torch.tensor([[0, 0, 3, 0, 1, 1, 3, 3, 2, 2]])
+    frames = torch.tensor([[0, 0, 3, 0, 1, 1, 3, 3, 2, 2]])  # 3 = the blank (the last class)
     log_probs = torch.nn.functional.one_hot(frames, 4).float().log()
     assert ctc_decode(log_probs) == [[0, 0, 1, 2]]
     assert ctc_decode(log_probs, [5]) == [[0, 0, 1]]

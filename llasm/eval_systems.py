@@ -1,0 +1,191 @@
+"""Evaluated systems: the llasm model (:class:`LlasmSystem`), the Whisper -> LLM cascade
+(:class:`CascadeSystem`, :class:`WhisperTranscriber`), the perplexity scorer
+(:func:`make_ppl_scorer`) and the LLM judge (:class:`Judge`). Used by :mod:`llasm.evaluation`,
+which re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from . import metrics as M
+from .eval_data import JUDGE_PROMPT_PATH, InstructItem, load_prompts
+
+LANG_NAMES = {"en": "English", "zh": "Chinese (简体中文)"}
+
+
+# ---------------------------------------------------------------------------------- systems
+
+
+def _user(content: list[dict]) -> dict:
+    return {"role": "user", "content": content}
+
+
+class LlasmSystem:
+    """The model under test: audio goes in as audio."""
+
+    name = "llasm"
+
+    def __init__(self, model, prompts: dict | None = None, max_new_tokens: int = 128, **generate_kwargs):
+        self.model = model
+        self.prompts = prompts or load_prompts()
+        self.max_new_tokens = max_new_tokens
+        self.generate_kwargs = generate_kwargs
+
+    def _chat(self, content: list[dict]) -> str:
+        return self.model.chat([_user(content)], max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
+
+    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
+        return self._chat([{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]), {}
+
+    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
+        """``(reply, the user content used as prompt, extra info)``."""
+        content = [{"type": "audio", "audio": audio}]
+        if item.extra_text:
+            content.append({"type": "text", "text": item.extra_text})
+        return self._chat(content), content, {}
+
+    def answer_text(self, text: str) -> str:
+        return self._chat([{"type": "text", "text": text}])
+
+
+class CascadeSystem:
+    """ASR (a ``transcriber(audio, lang) -> str``) then the same LLM answers the transcript as text."""
+
+    name = "cascade"
+
+    def __init__(self, transcriber: Callable[[Any, str], str], answerer: LlasmSystem):
+        self.transcriber = transcriber
+        self.answerer = answerer
+
+    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
+        return self.transcriber(audio, lang), {}
+
+    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
+        transcript = self.transcriber(audio, item.lang)
+        text = f"{transcript}\n{item.extra_text}" if item.extra_text else transcript
+        content = [{"type": "text", "text": text}]
+        return self.answerer._chat(content), content, {"transcript": transcript}
+
+
+class WhisperTranscriber:
+    """``WhisperForConditionalGeneration`` + ``WhisperProcessor`` from one HF dir, greedy decoding.
+
+    Multilingual checkpoints (a ``lang_to_id`` table in the generation config) get
+    ``language=<item lang>, task="transcribe"``; English-only ones get no language. Audio longer
+    than 30 s uses transformers' sequential long-form decoding.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.path = str(path)
+        self.processor = WhisperProcessor.from_pretrained(self.path)
+        self.model = WhisperForConditionalGeneration.from_pretrained(self.path, dtype=dtype or torch.float32)
+        self.model.to(device or "cpu").eval()
+        gc = self.model.generation_config
+        self.multilingual = bool(getattr(gc, "lang_to_id", None)) and getattr(gc, "is_multilingual", True) is not False
+
+    def __call__(self, audio, lang: str) -> str:
+        import torch
+
+        from .audio import load_audio
+
+        audio = load_audio(audio)
+        sr = self.processor.feature_extractor.sampling_rate
+        kwargs: dict[str, Any] = {}
+        if self.multilingual:
+            kwargs.update(language=lang, task="transcribe")
+        if len(audio) > 30 * sr:
+            inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt", truncation=False,
+                                    padding="longest", return_attention_mask=True)
+            kwargs["attention_mask"] = inputs.attention_mask.to(self.model.device)
+        else:
+            inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
+        features = inputs.input_features.to(self.model.device, self.model.dtype)
+        # at most 12 tokens per second of audio (speech needs 3-6): bounds Whisper's repetition loops on
+        # unclear audio, which otherwise run to its 448-token limit (slow, and a huge insertion count)
+        kwargs["max_length"] = min(448, 14 + int(12 * len(audio) / sr))  # (+4 prompt tokens)
+        with torch.inference_mode():
+            ids = self.model.generate(features, **kwargs)
+        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+
+def make_ppl_scorer(model) -> Callable[[list[dict], str], tuple[float, int]]:
+    """``scorer(user_content, reply) -> (sum_nll, n_tokens)`` of ``reply`` (+ end token) after the prompt."""
+    import torch
+
+    def score(content: list[dict], reply: str) -> tuple[float, int]:
+        messages = [_user(content), {"role": "assistant", "content": reply}]
+        batch = model.processor.apply_chat_template(messages, add_generation_prompt=False)
+        labels = batch.pop("labels")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = model(**batch).logits
+        return M.sequence_nll(logits, labels.to(logits.device))
+
+    return score
+
+
+# ------------------------------------------------------------------------------------ judge
+
+
+class JudgeError(RuntimeError):
+    pass
+
+
+class Judge:
+    """LLM-as-judge through an OpenAI-compatible ``/chat/completions`` endpoint (stdlib ``urllib``).
+
+    ``url`` is the base (``http://host:8000/v1``) or the full ``.../chat/completions`` address.
+    An API key, when needed, is read from the environment variable named by ``api_key_env``.
+    The prompt is ``llasm/assets/eval/judge_prompt.txt`` (its sha256 goes in the report); the reply
+    must contain ``Score: N`` (N in 1–5), temperature 0.
+    """
+
+    def __init__(self, url: str, model: str, prompt_path=JUDGE_PROMPT_PATH, api_key_env: str = "LLASM_JUDGE_API_KEY",
+                 timeout: float = 120.0):
+        url = url.rstrip("/")
+        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+        self.model = model
+        self.template = Path(prompt_path).read_text(encoding="utf-8")
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+
+    def info(self) -> dict:
+        return {"status": "used", "url": self.url, "model": self.model,
+                "prompt_sha256": hashlib.sha256(self.template.encode("utf-8")).hexdigest()}
+
+    def prompt(self, question: str, reference: str, reply: str, lang: str) -> str:
+        return self.template.format(question=question, reference=reference, reply=reply,
+                                    lang_name=LANG_NAMES.get(lang, lang))
+
+    def score(self, question: str, reference: str, reply: str, lang: str) -> int:
+        body = {"model": self.model, "temperature": 0, "max_tokens": 16,
+                "messages": [{"role": "user", "content": self.prompt(question, reference, reply, lang)}]}
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                data = json.loads(response.read().decode("utf-8"))
+        except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:
+            raise JudgeError(f"judge request to {self.url} failed: {err}") from err
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError(f"judge reply is not OpenAI chat JSON: {str(data)[:200]}") from None
+        match = re.search(r"score\s*[:：]\s*([1-5])", content or "", re.IGNORECASE)
+        if not match:
+            raise JudgeError(f"judge reply has no 'Score: N': {content!r:.200}")
+        return int(match.group(1))
