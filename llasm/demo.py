@@ -178,7 +178,7 @@ def warm_start(model, processor, asr_train: Path, plan: DemoPlan, cache_dir: Pat
 
 
 def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, out: Path, *, lora: bool,
-              minutes: float, max_steps: int | None):
+              minutes: float, max_steps: int | None, lr: float):
     from .training import train
 
     config = {
@@ -191,9 +191,7 @@ def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, 
         "data": {"sources": sources, "group_size": 8},
         "encoder_cache": {"enabled": True, "dir": str(out / "encoder_cache")},
         "train": {"epochs": 100, "max_steps": max_steps, "max_minutes": minutes, "batch_size": plan.batch_size,
-                  # small: the warm-started adaptor already sits in embedding space; Adam's first steps
-                  # at 1e-3 measurably undo that (stage-1 loss 4.7 -> 6-7 in our runs)
-                  "lr": 2e-4, "warmup_steps": 3, "scheduler": "constant_with_warmup",
+                  "lr": lr, "warmup_steps": 3, "scheduler": "constant_with_warmup",
                   "save_every": 10_000, "log_every": 5},
     }
     return train(config, model=model, processor=processor)
@@ -230,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[align] ctc loss {losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps")
     with clock.step("stage 1: ASR alignment (adaptor)"):
         run_stage("stage1", model, processor, [{"path": str(files["asr_train"]), "weight": 1.0, "name": "asr"}],
-                  plan, out, lora=False, minutes=plan.stage1_minutes, max_steps=plan.stage1_max_steps)
+                  plan, out, lora=False, minutes=plan.stage1_minutes, max_steps=plan.stage1_max_steps,
+                  # the same batches after the warm start, mean loss of steps 36-40: 5.9 at 1e-3, 6.5 at
+                  # 2e-4, 7.0 at 2e-5 (the first steps' rise from 4.6 is batch-to-batch spread, not the LR)
+                  lr=1e-3)
     with clock.step("stage 2: spoken instructions (adaptor + LoRA)"):
         result = run_stage("stage2", model, processor,
                            [{"path": str(files["instruct_train"]), "weight": 0.6, "name": "spoken_instructions"},
                             {"path": str(files["asr_train"]), "weight": 0.4, "name": "asr"}],
-                           plan, out, lora=True, minutes=plan.stage2_minutes, max_steps=plan.stage2_max_steps)
+                           plan, out, lora=True, minutes=plan.stage2_minutes, max_steps=plan.stage2_max_steps,
+                           lr=2e-4)
     final = Path(result["final"]) if isinstance(result, dict) and result.get("final") else out / "stage2" / "final"
     with clock.step("evaluation (held-out seed items, llasm vs cascade)"):
         from .evaluation import main as evaluate_main

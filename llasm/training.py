@@ -219,6 +219,8 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        if cfg.objective.cache_states:
+            self._check_cache_states()
         plugin = self._deepspeed_plugin() if cfg.deepspeed else None
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # text-only batches skip the adaptor
         cpu = not torch.cuda.is_available()
@@ -265,6 +267,15 @@ class Trainer:
         self.losses: list[tuple[int, float]] = []
 
     # -- setup helpers ---------------------------------------------------------------------
+    def _check_cache_states(self) -> None:
+        modes = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen", **self.cfg.trainable}
+        if self.cfg.objective.type != "units" or any(modes[p] != "frozen" for p in ("audio_tower", "adaptor", "language_model")):
+            raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
+                             "language_model frozen (it reuses their outputs across epochs)")
+        if self._zero_stage() == 3:
+            raise ValueError("objective.cache_states runs the frozen LLM outside the engine: not with ZeRO-3, "
+                             "whose parameters are partitioned (use zero2.json)")
+
     def _deepspeed_plugin(self):
         from accelerate.utils import DeepSpeedPlugin
 
@@ -297,11 +308,6 @@ class Trainer:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
             sources = self._self_reply_sources(sources)
-        if self.cfg.objective.cache_states and (self.cfg.objective.type != "units" or any(
-                p.requires_grad for part in ("audio_tower", "adaptor", "language_model")
-                for p in getattr(self.model, part).parameters())):
-            raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
-                             "language_model frozen (it reuses their outputs across epochs)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
         return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),

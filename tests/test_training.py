@@ -404,3 +404,7 @@ def test_stage3_cached_states_need_frozen_parts(tmp_path, data):
     cfg["trainable"]["adaptor"] = "full"
     with pytest.raises(ValueError, match="cache_states needs objective.type units with audio_tower, adaptor"):
         Trainer(load_config(cfg))
+    cfg["trainable"]["adaptor"] = "frozen"
+    cfg["deepspeed"] = "configs/deepspeed/zero3.json"
+    with pytest.raises(ValueError, match="not with ZeRO-3, whose parameters are partitioned"):
+        Trainer(load_config(cfg))
