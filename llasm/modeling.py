@@ -233,13 +233,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         answer_mask=None,
         **kwargs,
     ):
+        if unit_targets is not None and self.unit_head is None:
+            raise ValueError("unit_targets given but the model has no unit head (set config.unit_head)")
         if answer_states is not None:  # stage 3 from ready LLM states (a trainer's cache of the frozen LLM)
-            return self._unit_head_loss(None, None, unit_targets, (answer_states, answer_mask))
+            return self._unit_head_loss(answer_states, answer_mask, unit_targets)
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
                                               audio_encoder_outputs)
         if unit_targets is not None:
-            return self._unit_head_loss(inputs_embeds, attention_mask, unit_targets, unit_mask)
+            return self._unit_head_loss(*self.answer_states(inputs_embeds, attention_mask, unit_mask), unit_targets)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -251,17 +253,11 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
-    def _unit_head_loss(self, inputs_embeds, attention_mask, unit_targets, unit_mask):
-        """Stage 3: the LLM's answer states (:meth:`answer_states`, or ``unit_mask = (rows, keep)``
-        given ready) -> unit head -> CTC against ``unit_targets`` (``(B, U)``, -100 padded)."""
+    def _unit_head_loss(self, rows, keep, unit_targets):
+        """Stage 3: answer states ``rows (B, L_ans, D)`` (``keep`` marks real ones) -> unit head -> CTC
+        against ``unit_targets`` (``(B, U)``, -100 padded)."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        if self.unit_head is None:
-            raise ValueError("unit_targets given but the model has no unit head (set config.unit_head)")
-        if inputs_embeds is None:
-            rows, keep = unit_mask
-        else:
-            rows, keep = self.answer_states(inputs_embeds, attention_mask, unit_mask)
         return CausalLMOutputWithPast(loss=self.unit_head(rows, keep, units=unit_targets)["loss"])
 
     def answer_states(self, inputs_embeds, attention_mask, unit_mask):

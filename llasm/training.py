@@ -265,6 +265,7 @@ class Trainer:
         self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.losses: list[tuple[int, float]] = []
+        self.state_cache: dict[tuple, torch.Tensor] = {}  # objective.cache_states: (id, tokens) -> (n_answer, D)
 
     # -- setup helpers ---------------------------------------------------------------------
     def _check_cache_states(self) -> None:
@@ -422,7 +423,7 @@ class Trainer:
         conversation, computed at its first batch and kept; ``(rows (B, L_ans, D), keep (B, L_ans))``."""
         keys = [(i, hash(tuple(row[mask.bool()].tolist())))  # the id and the tokens: ids may repeat across files
                 for i, row, mask in zip(ids, inputs["input_ids"], inputs["attention_mask"])]
-        cache = self.__dict__.setdefault("_state_cache", {})
+        cache = self.state_cache
         if any(k not in cache for k in keys):
             model = self.model
             embeds = model.embed_inputs(inputs["input_ids"], inputs.get("input_features"),

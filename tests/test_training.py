@@ -394,7 +394,7 @@ def test_stage3_cached_answer_states_match_and_skip_the_llm(tmp_path, data):
         calls[cached] = len(count)
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert calls[False] == 12 and 0 < calls[True] < 12
-    assert len(trainer._state_cache) == len(trainer.dataset)
+    assert len(trainer.state_cache) == len(trainer.dataset)
 
 
 def test_stage3_cached_states_need_frozen_parts(tmp_path, data):

@@ -170,6 +170,8 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
     model, _ = llasm.build_model(load_yaml(TINY_YAML))
     with pytest.raises(ValueError, match="lacks a unit head"):
         model.chat(text="hi", speak=True, max_new_tokens=3)
+    with pytest.raises(ValueError, match="unit_targets given but the model has no unit head"):
+        model(input_ids=torch.tensor([[1, 2]]), unit_targets=torch.tensor([[3]]), unit_mask=torch.ones(1, 2))
     config = model.config
     config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                         "intermediate_size": 64}
