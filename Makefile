@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/tts.py
 	$(PY) bench/vocoder_rtf.py
 	$(PY) bench/latency.py
+	$(PY) bench/chat_turns.py
 	$(PY) bench/speech_latency.py
 	$(PY) bench/train_throughput.py
 

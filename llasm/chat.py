@@ -17,8 +17,77 @@ def user_turn(audio=None, text=None) -> dict:
     return {"role": "user", "content": content}
 
 
+class PromptCache:
+    """The KV cache of the last conversation :func:`chat` ran, reused for the part the next one shares.
+
+    A multi-turn chat re-sends its history every turn; with ``chat(..., cache=PromptCache())`` only
+    the tokens after the longest shared prefix (usually the reply just given and the new turn) run
+    through the LLM, and earlier audio is not encoded again. Audio matches by its mel features, not
+    by its placeholder ids. Bind one cache to one model and drop it if the weights change.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []  # the tokens whose keys/values `past` holds
+        self.chunks: list[torch.Tensor] = []  # mel of each audio chunk among them, in order
+        self.past = None
+
+    def split(self, model, inputs: dict) -> tuple[dict, int]:
+        """Crop the cache to what ``inputs`` shares with it; returns the generate inputs (audio
+        chunks only for the part not cached) and the number of cached tokens."""
+        from .configuration import audio_token_lengths
+
+        ids = inputs["input_ids"][0].tolist()
+        n = 0
+        for a, b in zip(ids, self.ids[: len(ids) - 1]):  # at least one token left to run
+            if a != b:
+                break
+            n += 1
+        chunks = _chunks(inputs)
+        frames = [c.shape[-1] for c in chunks]
+        starts = [i for i, t in enumerate(ids) if t == model.config.audio_patch_token_id]
+        first, kept = 0, 0  # first patch position of each chunk; chunks wholly inside the prefix
+        for i, length in enumerate(audio_token_lengths(frames, model.config) if chunks else []):
+            position = starts[first]
+            same = i < len(self.chunks) and torch.equal(chunks[i], self.chunks[i])
+            if position >= n:
+                break
+            if not same or starts[first + length - 1] >= n:  # a different or cut-off chunk: recompute from it
+                n = position
+                break
+            first, kept = first + length, i + 1
+        if self.past is None or n == 0:
+            n = 0
+            self.past = None
+        elif self.past.get_seq_length() > n:
+            self.past.crop(n - self.past.get_seq_length())  # a negative count: tokens to drop from the end
+        run = dict(inputs)
+        if chunks:
+            run.pop("input_features"), run.pop("feature_attention_mask")
+            if kept < len(chunks):
+                run["input_features"] = inputs["input_features"][kept:]
+                run["feature_attention_mask"] = inputs["feature_attention_mask"][kept:]
+        if self.past is not None:
+            run["past_key_values"] = self.past
+        self.chunks = chunks
+        return run, n
+
+    def update(self, output) -> None:
+        """Keep the cache ``generate`` returned: the prompt and every reply token but the last."""
+        self.past = output.past_key_values
+        self.ids = output.sequences[0, : self.past.get_seq_length()].tolist()
+
+
+def _chunks(inputs: dict) -> list[torch.Tensor]:
+    """Each audio chunk's mel without padding: ``(n_mels, frames)``."""
+    if "input_features" not in inputs:
+        return []
+    frames = inputs["feature_attention_mask"].sum(-1).tolist()
+    return [f[:, : int(n)] for f, n in zip(inputs["input_features"], frames)]
+
+
 @torch.inference_mode()
-def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, speak=False, streamer=None, **generate_kwargs):
+def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, speak=False, streamer=None,
+         cache: PromptCache | None = None, **generate_kwargs):
     processor = model.processor
     if processor is None:
         raise ValueError("model.chat needs model.processor (load with from_pretrained or build_model)")
@@ -36,8 +105,14 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
     generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
     if speak:
         generate_kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
-    sequences = output.sequences if speak else output
+    run = inputs
+    if cache is not None:
+        run, _ = cache.split(model, inputs)
+        generate_kwargs["return_dict_in_generate"] = True
+    output = model.generate(**run, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
+    if cache is not None:
+        cache.update(output)
+    sequences = output.sequences if generate_kwargs.get("return_dict_in_generate") else output
     reply_ids = sequences[0, inputs["input_ids"].shape[1]:]
     text = processor.decode(reply_ids, skip_special_tokens=True).strip()
     chain = getattr(processor, "chain_of_modality", False)

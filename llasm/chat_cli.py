@@ -15,7 +15,7 @@ import sys
 import threading
 
 
-def _reply(model, messages, max_new_tokens: int, out=sys.stdout) -> str:
+def _reply(model, messages, max_new_tokens: int, out=sys.stdout, cache=None) -> str:
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -23,7 +23,7 @@ def _reply(model, messages, max_new_tokens: int, out=sys.stdout) -> str:
 
     def run():
         try:
-            result["text"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer)
+            result["text"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer, cache=cache)
         except Exception as err:  # hand it to the caller; end the stream so it does not wait forever
             result["error"] = err
             streamer.end()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .audio import AudioError
-    from .chat import user_turn
+    from .chat import PromptCache, user_turn
     from .modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     print("llasm chat — type text, '/audio FILE [text]', '/reset' or '/quit'", file=sys.stderr)
+    cache = PromptCache()  # each turn runs only what is new since the last (earlier audio is not re-encoded)
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             turn = user_turn(None, line)
         try:
-            text = _reply(model, messages + [turn], args.max_new_tokens)
+            text = _reply(model, messages + [turn], args.max_new_tokens, cache=cache)
         except AudioError as err:  # unusable audio: say why, keep the conversation
             print(f"error: {err}", file=sys.stderr)
             continue

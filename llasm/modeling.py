@@ -290,6 +290,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         Returns the reply text (greedy by default; pass ``do_sample=True`` etc. to sample), or
         ``(text, waveform)`` with ``speak=True`` (16 kHz float32; needs a unit head and a vocoder).
+        ``cache=llasm.chat.PromptCache()``, passed turn after turn, runs only what a conversation
+        does not share with the previous call (multi-turn chat: the new reply and turn).
         """
         from .chat import chat
 

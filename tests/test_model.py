@@ -136,3 +136,40 @@ def test_cached_encoder_outputs_give_the_same_logits(tiny):
                        audio_encoder_outputs=hidden.half().float()).logits
     assert frames == [60, 220]
     assert torch.allclose(live, cached, atol=1e-2)
+
+
+def test_prompt_cache_reuses_the_shared_prefix_and_matches_a_fresh_run(tiny):
+    """chat(cache=PromptCache()) over a multi-turn conversation: the same replies as without it,
+    fewer tokens through the LLM, and an edited earlier audio is encoded and run again."""
+    from llasm.chat import PromptCache, user_turn
+
+    model, _ = tiny
+    lengths = []
+    hook = model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    cache, history = PromptCache(), []
+    turns = [user_turn(tone(1.0, 1), "Say something."), user_turn(None, "And more?"),
+             user_turn(tone(31.0, 2), "This one is long.")]  # two 30 s chunks
+    try:
+        for turn in turns:
+            history.append(turn)
+            lengths.clear()
+            fresh = model.chat(history, max_new_tokens=4, min_new_tokens=4)
+            full = lengths[0]
+            lengths.clear()
+            reused = model.chat(history, max_new_tokens=4, min_new_tokens=4, cache=cache)
+            assert reused == fresh
+            assert lengths[0] < full or len(history) == 1  # the first turn has nothing to reuse
+            history.append({"role": "assistant", "content": reused})
+        # the first audio replaced: everything from its first audio token on runs again
+        edited = [user_turn(tone(1.0, 9), "Say something.")] + history[1:]
+        lengths.clear()
+        fresh = model.chat(edited, max_new_tokens=4, min_new_tokens=4)
+        full = lengths[0]
+        lengths.clear()
+        assert model.chat(edited, max_new_tokens=4, min_new_tokens=4, cache=cache) == fresh
+        patch = model.config.audio_patch_token_id
+        ids = model.processor.apply_chat_template(edited, add_generation_prompt=True)["input_ids"][0].tolist()
+        assert lengths[0] == full - ids.index(patch)
+    finally:
+        hook.remove()

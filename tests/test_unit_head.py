@@ -190,6 +190,14 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
     text, audio = spoken.chat(text="hi", speak=True, max_new_tokens=4, min_new_tokens=4)
     assert isinstance(text, str) and isinstance(audio, np.ndarray) and audio.dtype == np.float32
     assert len(audio) % 320 == 0
+    from llasm.chat import PromptCache, user_turn
+
+    cache = PromptCache()  # a second turn speaks the same with the first turn's keys and values reused
+    first, _ = spoken.chat(text="hi", speak=True, max_new_tokens=4, min_new_tokens=4, cache=cache)
+    history = [user_turn(None, "hi"), {"role": "assistant", "content": first}, user_turn(None, "more")]
+    fresh = spoken.chat(history, speak=True, max_new_tokens=4, min_new_tokens=4)
+    reused = spoken.chat(history, speak=True, max_new_tokens=4, min_new_tokens=4, cache=cache)
+    assert reused[0] == fresh[0] and np.allclose(reused[1], fresh[1], atol=1e-5)
     spoken.save_pretrained(tmp_path / "s")
     loaded = llasm.LlasmForConditionalGeneration.from_pretrained(tmp_path / "s")
     saved, original = loaded.unit_head.state_dict(), spoken.unit_head.state_dict()
