@@ -79,19 +79,21 @@ def fit_units(audio: list[Path], whisper: str, out: Path):
     return extractor
 
 
-def vocoder_manifest(extractor, audio: list[Path], path: Path) -> Path:
+def extract_units(extractor, audio: list[Path]) -> dict[Path, tuple[list[int], list[int]]]:
+    """Deduplicated units and durations of each clip, extracted once for the vocoder and the head."""
     from tqdm import tqdm
 
+    return {clip: extractor.extract(clip) for clip in tqdm(audio, desc="units", unit="clip")}
+
+
+def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path) -> Path:
     from .io import write_jsonl
 
-    rows = []
-    for clip in tqdm(audio, desc="units", unit="clip"):
-        units, durations = extractor.extract(clip)
-        rows.append({"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": units, "durations": durations})
-    return write_jsonl(path, rows)
+    return write_jsonl(path, [{"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": u, "durations": d}
+                              for clip, (u, d) in units.items()])
 
 
-def head_data(extractor, files: dict[str, Path], path: Path) -> Path:
+def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, Path], path: Path) -> Path:
     """Training conversations with the question as text and the answer's units on the gpt turn: the
     spoken seed answers, and the ASR sentences as answers to "repeat after me" (more text -> units)."""
     from .io import read_jsonl, write_jsonl
@@ -107,12 +109,12 @@ def head_data(extractor, files: dict[str, Path], path: Path) -> Path:
             else:
                 answer, audio = row["conversations"][-1]["value"], (row.get("audios") or [None])[0]
                 question = REPEAT.get(row.get("lang"), REPEAT["en"]).format(answer)
-            if not audio:
+            if not audio or source.parent / audio not in units:
                 continue
-            units, durations = extractor.extract(source.parent / audio)
+            clip_units, durations = units[source.parent / audio]
             rows.append({"id": f"{name}-{row['id']}", "lang": row.get("lang"), "conversations": [
                 {"from": "human", "value": question},
-                {"from": "gpt", "value": answer, "units": units, "durations": durations}]})
+                {"from": "gpt", "value": answer, "units": clip_units, "durations": durations}]})
     return write_jsonl(path, rows)
 
 
@@ -171,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     audio = training_audio(files)
     with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base's middle layer"):
         extractor = fit_units(audio, whisper, out / "kmeans")
-        manifest = vocoder_manifest(extractor, audio, out / "data" / "vocoder_train.jsonl")
-        head_train = head_data(extractor, files, out / "data" / "stage3_train.jsonl")
+        units = extract_units(extractor, audio)  # the training answers and sentences, once
+        manifest = vocoder_manifest(units, out / "data" / "vocoder_train.jsonl")
+        head_train = head_data(units, files, out / "data" / "stage3_train.jsonl")
     with clock.step("vocoder (configs/vocoder_cpu.yaml)"):
         if vocoder_minutes == 0 and (out / "vocoder" / "vocoder.safetensors").exists():
             print(f"[vocoder] LLASM_VOCODER_MINUTES=0: reusing {out / 'vocoder'}")
