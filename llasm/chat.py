@@ -31,6 +31,10 @@ class PromptCache:
         self.chunks: list[torch.Tensor] = []  # mel of each audio chunk among them, in order
         self.past = None
 
+    def clear(self) -> None:
+        """Forget everything (the next call runs its whole prompt)."""
+        self.ids, self.chunks, self.past = [], [], None
+
     def split(self, model, inputs: dict) -> tuple[dict, int]:
         """Crop the cache to what ``inputs`` shares with it; returns the generate inputs (audio
         chunks only for the part not cached) and the number of cached tokens."""
@@ -109,7 +113,12 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
     if cache is not None:
         run, _ = cache.split(model, inputs)
         generate_kwargs["return_dict_in_generate"] = True
-    output = model.generate(**run, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
+    try:
+        output = model.generate(**run, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
+    except BaseException:
+        if cache is not None:  # its keys and values may be cropped or half extended: trust none of them
+            cache.clear()
+        raise
     if cache is not None:
         cache.update(output)
     sequences = output.sequences if generate_kwargs.get("return_dict_in_generate") else output

@@ -5,7 +5,8 @@
 Upload or record a spoken question, type text (or both), and the reply streams into a multi-turn
 chat; a model with a unit head (stage 3) and a ``--vocoder`` also speaks its reply. The page binds to 127.0.0.1 unless told
 otherwise (it has no authentication), uploads are capped, and unusable audio is answered with the
-reason (``file: reason``) in the chat instead of a stack trace.
+reason (``file: reason``) in the chat instead of a stack trace. Each turn runs only what the
+conversation adds: earlier turns' keys and values are kept in a :class:`llasm.chat.PromptCache`.
 
 The page logic lives in plain functions (:func:`respond`, :func:`to_chatbot`,
 :func:`model_messages`) so it is tested without a browser; :func:`build_app` only wires them.
@@ -110,8 +111,12 @@ def can_speak(model) -> bool:
 
 
 def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, max_new_tokens: int = 256,
-            speak: bool | None = None, lock: threading.Lock | None = None) -> Iterator[list[dict]]:
+            speak: bool | None = None, lock: threading.Lock | None = None, cache=None) -> Iterator[list[dict]]:
     """Add the user turn and stream the reply: yields the updated history after every new piece.
+
+    ``cache`` (a :class:`llasm.chat.PromptCache`) lets the model skip the part of the conversation
+    it ran in the previous call; it is matched by content, so one cache can serve every visitor as
+    long as ``lock`` keeps the calls apart (a different conversation just finds nothing to reuse).
 
     The last history holds the finished reply (with ``"speech": (16000, wav)`` when the model
     spoke). Unusable audio (``AudioError``) or any other model failure ends the exchange with an
@@ -140,6 +145,8 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
                 lock.acquire()
             try:
                 kwargs = {"speak": True} if speak else {}
+                if cache is not None:
+                    kwargs["cache"] = cache
                 result["out"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer, **kwargs)
             finally:
                 if lock is not None:
@@ -201,11 +208,15 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
     """The Gradio Blocks page for ``model`` (which has ``model.processor``)."""
     import gradio as gr
 
+    from .chat import PromptCache
+
     lock = threading.Lock()  # one generation at a time on the shared model
+    cache = PromptCache()  # the last conversation's keys and values: the next turn of it runs only what is new
     speaks = can_speak(model)
 
     def submit(history, audio, text):
-        for updated in respond(history, audio, text, model=model, max_new_tokens=max_new_tokens, lock=lock):
+        for updated in respond(history, audio, text, model=model, max_new_tokens=max_new_tokens, lock=lock,
+                               cache=cache):
             speech = last_speech(updated) if speaks else None
             yield updated, to_chatbot(updated), speech
         # inputs are cleared by the .then() below once the reply is complete

@@ -173,3 +173,27 @@ def test_prompt_cache_reuses_the_shared_prefix_and_matches_a_fresh_run(tiny):
         assert lengths[0] == full - ids.index(patch)
     finally:
         hook.remove()
+
+
+def test_prompt_cache_is_cleared_when_generation_fails(tiny, monkeypatch):
+    """A failure inside generate (here: the streamer) may leave the keys and values cropped or half
+    extended, so the cache forgets everything and the next call runs the whole prompt correctly."""
+    from llasm.chat import PromptCache, user_turn
+
+    model, _ = tiny
+    cache, history = PromptCache(), [user_turn(tone(1.0, 1), "Say something.")]
+    history.append({"role": "assistant", "content": model.chat(history, max_new_tokens=4, cache=cache)})
+    history.append(user_turn(None, "More?"))
+    assert cache.ids
+
+    class Broken:
+        def put(self, value):
+            raise RuntimeError("client went away")
+
+        def end(self):
+            pass
+
+    with pytest.raises(RuntimeError, match="client went away"):
+        model.chat(history, max_new_tokens=4, cache=cache, streamer=Broken())
+    assert cache.past is None and cache.ids == [] and cache.chunks == []
+    assert model.chat(history, max_new_tokens=4, cache=cache) == model.chat(history, max_new_tokens=4)

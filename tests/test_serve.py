@@ -81,6 +81,31 @@ def test_multi_turn_history_is_sent_back(recorded, wav):
     assert _run(h3, None, "   ", model) == [h3] and len(calls) == 3
 
 
+def test_a_prompt_cache_gives_the_same_replies_with_fewer_tokens(tiny, wav):
+    """The page's shared PromptCache: the same streamed replies, later turns run only what is new,
+    and a second conversation in between (another visitor) is answered as if alone."""
+    from llasm.chat import PromptCache
+
+    model, _ = tiny
+    lengths = []
+    hook = model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    cache, plain, cached = PromptCache(), [], []
+    try:
+        for text in ("first", "second", "third"):
+            plain = _run(plain, str(wav), text, model)[-1]
+            lengths.clear()
+            cached = _run(cached, str(wav), text, model, cache=cache)[-1]
+            assert cached == plain
+            full = model.processor.apply_chat_template(model_messages(cached[:-1]), add_generation_prompt=True)
+            full = full["input_ids"].shape[1]
+            assert lengths[0] == full if text == "first" else lengths[0] < full  # prompt tokens run
+        other = _run([], None, "someone else", model, cache=cache)[-1]
+        assert other == _run([], None, "someone else", model)[-1]
+    finally:
+        hook.remove()
+
+
 def test_bad_audio_gives_a_message_and_is_left_out_of_the_conversation(recorded, tmp_path, wav):
     model, calls = recorded
     bad = tmp_path / "broken.wav"
