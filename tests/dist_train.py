@@ -13,5 +13,12 @@ cfg = load_config(sys.argv[1], sys.argv[2:])
 trainer = Trainer(cfg)
 trainer.fit()
 model = trainer.accelerator.unwrap_model(trainer.engine)
-state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+if trainer._zero_stage() == 3:  # each rank holds a slice of every weight: gather them to compare
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([p for _, p in trained]):
+        state = {n: p.detach().cpu().clone() for n, p in trained}
+else:
+    state = {n: p.detach().cpu().clone() for n, p in trained}
 save_file(state, os.path.join(cfg.output_dir, f"rank{trainer.accelerator.process_index}.safetensors"))
