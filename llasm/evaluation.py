@@ -288,19 +288,21 @@ def evaluate(
 # ------------------------------------------------------------------------------------- CLI
 
 
-def load_model(spec: str, device: str | None = None):
-    """A checkpoint dir (``from_pretrained``) or a model YAML (``build_model``), in eval mode."""
+def load_model(spec: str, device: str | None = None, dtype: str | None = None):
+    """A checkpoint dir (``from_pretrained``) or a model YAML (``build_model``), in eval mode.
+
+    ``dtype`` (float32 | bfloat16 | float16) overrides the float32 default (the YAML's ``dtype``)."""
     import torch
 
     path = Path(spec)
     if path.is_dir():
         from .modeling import LlasmForConditionalGeneration
 
-        model = LlasmForConditionalGeneration.from_pretrained(str(path))
+        model = LlasmForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
     elif path.suffix in (".yaml", ".yml"):
         from .builder import build_model
 
-        model, _ = build_model(str(path))
+        model, _ = build_model(str(path), **({"dtype": dtype} if dtype else {}))
     else:
         raise FileNotFoundError(f"--model {spec}: not a checkpoint directory or a .yaml model config")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -326,6 +328,8 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--cascade-whisper", default=None,
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights of the model and the cascade's Whisper (default float32; bfloat16 on GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     speech = p.add_argument_group("speech output (task 'speech', llasm.speech_eval; added when --vocoder is given)")
     speech.add_argument("--vocoder", default=None, help="unit HiFi-GAN dir (train/train_vocoder.py output)")
@@ -418,7 +422,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
 
     if model is None:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, args.dtype)
     prompts = load_prompts()
     llasm_sys = LlasmSystem(model, prompts, max_new_tokens=args.max_new_tokens)
     systems: dict[str, Any] = {"llasm": llasm_sys}
@@ -430,7 +434,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
             cascade_info = "injected transcriber -> same LLM (text-only chat)"
         elif whisper_path:
             try:
-                transcriber = WhisperTranscriber(whisper_path, device=str(model.device))
+                transcriber = WhisperTranscriber(whisper_path, device=str(model.device), dtype=model.dtype)
                 cascade_info = f"Whisper {whisper_path} -> same LLM (text-only chat of the llasm model)"
             except Exception as err:  # noqa: BLE001
                 cascade_info = f"skipped: could not load Whisper {whisper_path} ({type(err).__name__}: {err})"

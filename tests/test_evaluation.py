@@ -307,3 +307,23 @@ def test_asr_script_no_cascade_and_missing_audio(tmp_path, tiny):
     assert set(report["results"]) == {"llasm"} and set(report["results"]["llasm"]) == {"zh"}
     assert [e["id"] for e in report["errors"]] == ["a-en-1"] and "not found" in report["errors"][0]["error"]
     assert report["meta"]["cascade"].startswith("disabled")
+
+
+def test_dtype_option_loads_the_model_and_cascade_in_bfloat16(tmp_path, tiny):
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    tiny[0].save_pretrained(ckpt, merge=True)
+    for spec in (str(TINY_YAML), str(ckpt)):
+        model = E.load_model(spec, "cpu", "bfloat16")
+        assert model.dtype == torch.bfloat16 and model.language_model.dtype == torch.bfloat16
+    assert E.load_model(str(ckpt), "cpu").dtype == torch.float32
+    _, asr = write_data(tmp_path / "data")
+    whisper = make_tiny_whisper(tmp_path / "whisper")
+    out = tmp_path / "asr-out"
+    rc = load_script("asr").main(["--model", str(ckpt), "--asr-data", str(asr), "--output", str(out), "--dtype",
+                                  "bfloat16", "--cascade-whisper", str(whisper), "--max-new-tokens", "3",
+                                  "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["results"]) == {"llasm", "cascade"} and not report["errors"]
