@@ -59,6 +59,24 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
     return model
 
 
+def upcast_trainable_parts(model) -> list[str]:
+    """Fully trained small parts (adaptor, audio-marker rows, unit head) of a bf16/fp16 model to fp32.
+
+    Adam's updates shrink below bf16's resolution as the learning rate decays, so these parts keep
+    fp32 weights (as PEFT keeps LoRA weights); the forward casts their inputs and outputs. The
+    frozen parts and a fully trained LLM keep the model's dtype. Returns the parts upcast.
+    """
+    done = []
+    for part in ("adaptor", "audio_marker_embeddings", "unit_head"):
+        module = getattr(model, part, None)
+        params = list(module.parameters()) if module is not None else []
+        if params and all(p.requires_grad for p in params) and any(p.dtype in (torch.bfloat16, torch.float16)
+                                                                   for p in params):
+            module.float()
+            done.append(part)
+    return done
+
+
 def trainable_names(model) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -99,6 +117,10 @@ class Trainer:
             model.unit_head = CtcUnitHead(dict(cfg.unit_head), input_size=model.config.text_config.hidden_size)
         self.processor = processor
         apply_trainability(model, cfg.trainable, cfg.lora)
+        if plugin is None:  # DeepSpeed keeps its own fp32 master weights
+            upcast = upcast_trainable_parts(model)
+            if upcast and self.is_main:
+                log.info("trained in fp32 (the model is %s): %s", model.dtype, ", ".join(upcast))
         self.model = model
         self.cache = self._encoder_cache()
         self.dataset = self._dataset()

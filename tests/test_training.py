@@ -144,6 +144,30 @@ def run_trainer(cfg):
     return trainer, before, result
 
 
+def test_bf16_model_trains_its_small_parts_in_fp32(tmp_path, data):
+    """A bf16 model: the adaptor and marker rows train in fp32 (bf16 would drop Adam's small late
+    updates), the frozen parts stay bf16, and the trained model chats and saves/loads."""
+    import yaml
+
+    from llasm.io import load_yaml
+    from llasm.modeling import LlasmForConditionalGeneration
+
+    spec = load_yaml(TINY_YAML) | {"dtype": "bfloat16"}
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(spec))
+    trainer, before, result = run_trainer(config(tmp_path, data, model=str(tmp_path / "bf16.yaml")))
+    model = trainer.model
+    assert result["steps"] == 2 and all(np.isfinite(l) for _, l in result["losses"])
+    assert {p.dtype for p in model.adaptor.parameters()} == {torch.float32}
+    assert model.audio_marker_embeddings.weight.dtype == torch.float32
+    assert {p.dtype for p in model.language_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.audio_tower.parameters()} == {torch.bfloat16}
+    assert any(not torch.equal(p.float(), before[n].float()) for n, p in model.named_parameters() if p.requires_grad)
+    model.eval()
+    assert isinstance(model.chat(audio=tone(1.0), max_new_tokens=3), str)
+    loaded = LlasmForConditionalGeneration.from_pretrained(result["final"], dtype="bfloat16")
+    torch.testing.assert_close(loaded.adaptor.proj[1].weight, model.adaptor.proj[1].weight.bfloat16())
+
+
 def test_stage1_trains_only_adaptor_and_markers(tmp_path, data):
     trainer, before, result = run_trainer(config(tmp_path, data))
     assert result["steps"] == 2 and all(np.isfinite(l) for _, l in result["losses"])
