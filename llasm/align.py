@@ -3,19 +3,25 @@
 Stage 1 teaches the adaptor to produce audio tokens the frozen LLM can read, but every step costs
 a forward and backward pass through the LLM. This warm start needs no LLM pass at all: each audio
 token is scored against the LLM's own (frozen) input embeddings of the transcript's tokens, and a
-CTC loss (blank = one learned vector) makes the sequence of audio tokens spell the transcript in
+CTC loss (blank = one learned direction) makes the sequence of audio tokens spell the transcript in
 embedding space. Audio tokens (6.25 per second at ``stack_factor=8``) outnumber text tokens, as
-CTC needs. Afterwards stage 1's cross-entropy through the LLM starts from tokens that already sit
-near the right word embeddings, which is what makes a CPU-sized run learn ASR at all.
+CTC needs. Afterwards stage 1's cross-entropy through the LLM starts from tokens that already point
+at the right word embeddings.
+
+Scores are cosines around the mean embedding, not distances: with distances, a softmax over
+``-||x - e||^2`` rewards running away from every wrong embedding, and on Whisper-base + Qwen2.5-0.5B
+the audio tokens ended 8.1 away from their nearest embedding (tokens are 0.64 apart), decoding
+only "." after 800 steps (held-out en WER 95 %). Cosines learn (en WER 53 %, zh CER 79 % greedy
+CTC after 3 CPU-minutes), and one exact rescale of the adaptor's last layer afterwards puts the
+tokens at the embeddings' own distance from the mean, where the LLM expects its inputs.
 
 The classifier is restricted to the token ids that occur in the training transcripts (a few
-thousand rather than the LLM's 150k vocabulary): the scores are distances to embeddings, so the
-restriction changes which wrong tokens compete, not where the right one lies.
+thousand rather than the LLM's 150k vocabulary): it changes which wrong tokens compete, not where
+the right one lies.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -34,20 +40,29 @@ class AlignConfig:
 
 
 class EmbeddingCTC(nn.Module):
-    """Scores ``(N, T, D)`` audio tokens against a fixed set of embeddings plus a learned blank."""
+    """Scores ``(N, T, D)`` audio tokens by cosine to fixed embeddings (around ``center``) plus a blank."""
 
-    def __init__(self, embeddings: torch.Tensor):
+    def __init__(self, embeddings: torch.Tensor, center: torch.Tensor | None = None):
         super().__init__()
-        self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)  # (V', D)
-        scale = embeddings.float().norm(dim=-1).mean()
-        self.blank = nn.Parameter(torch.randn(embeddings.shape[1]) * scale / math.sqrt(embeddings.shape[1]))
-        # logits = -(||x - e||^2) / tau, up to a per-token constant: (2 x.e - ||e||^2) / tau
-        self.log_tau = nn.Parameter(torch.tensor(math.log(float(scale) ** 2 / 4 + 1e-6)))
+        embeddings = embeddings.detach().float()
+        center = embeddings.mean(0) if center is None else center.detach().float()
+        self.register_buffer("center", center, persistent=False)  # (D,)
+        self.register_buffer("directions", nn.functional.normalize(embeddings - center, dim=-1), persistent=False)
+        self.blank = nn.Parameter(torch.randn(embeddings.shape[1]))  # a learned direction, normalized in use
+        self.scale = nn.Parameter(torch.tensor(10.0))  # inverse temperature of the cosines
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([self.embeddings, self.blank[None]], dim=0)  # (V'+1, D); blank is last
-        logits = 2 * tokens.float() @ table.T - (table * table).sum(-1)  # (N, T, V'+1)
-        return torch.log_softmax(logits / self.log_tau.exp(), dim=-1)
+        table = torch.cat([self.directions, nn.functional.normalize(self.blank, dim=0)[None]])  # (V'+1, D)
+        cosines = nn.functional.normalize(tokens.float() - self.center, dim=-1) @ table.T  # (N, T, V'+1)
+        return torch.log_softmax(self.scale * cosines, dim=-1)
+
+
+def rescale_adaptor_output(adaptor: nn.Module, factor: float, center: torch.Tensor) -> None:
+    """Make the adaptor output ``center + factor * (x - center)`` by rewriting its last Linear (exact)."""
+    last = [m for m in adaptor.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.copy_(factor * (last.bias - center.to(last.bias)) + center.to(last.bias))
 
 
 def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], texts: list[str], tokenizer,
@@ -63,8 +78,10 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
     targets = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     vocab = sorted({i for ids in targets for i in ids})
     remap = {tok: i for i, tok in enumerate(vocab)}
-    table = model.get_input_embeddings().weight[torch.tensor(vocab)]
-    scorer = EmbeddingCTC(table)
+    embeddings = model.get_input_embeddings().weight.detach()
+    center = embeddings.float().mean(0)  # (D_llm,) the centre of the whole vocabulary
+    table = embeddings[torch.tensor(vocab)]
+    scorer = EmbeddingCTC(table, center)
     blank = len(vocab)
     params = [p for p in model.adaptor.parameters()] + list(scorer.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -73,18 +90,20 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
     n_tokens = [audio_token_lengths([f], model.config)[0] for f in frames]
     usable = [i for i in range(len(states)) if 0 < len(targets[i]) <= n_tokens[i]]
     losses, start = [], time.time()
+
+    def project(pick):  # cached states of clips ``pick`` -> (B, T_tok, D_llm) audio tokens
+        batch = torch.zeros(len(pick), max(states[i].shape[0] for i in pick), states[pick[0]].shape[1])
+        for row, i in enumerate(pick):
+            batch[row, : states[i].shape[0]] = states[i].float()
+        return model.adaptor(batch.to(model.adaptor_dtype))
+
     model.adaptor.train()
     for step in range(config.steps):
         if config.max_minutes and time.time() - start > 60 * config.max_minutes:
             log(f"[align] stopped at step {step}: {config.max_minutes} min budget")
             break
         pick = [usable[int(i)] for i in torch.randint(len(usable), (config.batch_size,), generator=generator)]
-        longest = max(states[i].shape[0] for i in pick)
-        batch = torch.zeros(len(pick), longest, states[pick[0]].shape[1])
-        for row, i in enumerate(pick):
-            batch[row, : states[i].shape[0]] = states[i].float()
-        tokens = model.adaptor(batch.to(model.adaptor_dtype))  # (B, T_tok, D_llm)
-        log_probs = scorer(tokens).transpose(0, 1)  # (T_tok, B, V'+1)
+        log_probs = scorer(project(pick)).transpose(0, 1)  # (T_tok, B, V'+1)
         flat = torch.tensor([remap[t] for i in pick for t in targets[i]])
         loss = nn.functional.ctc_loss(log_probs, flat, torch.tensor([n_tokens[i] for i in pick]),
                                       torch.tensor([len(targets[i]) for i in pick]), blank=blank, zero_infinity=True)
@@ -97,4 +116,14 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
         if config.log_every and (step + 1) % config.log_every == 0:
             log(f"[align] step {step + 1}/{config.steps} ctc {sum(losses[-config.log_every:]) / config.log_every:.3f}")
     model.adaptor.eval()
+    # cosines ignore the norm, which grows far past the embeddings' (~350x on the starter models); bring the
+    # tokens' mean distance from the centre to the transcript embeddings' own
+    with torch.no_grad():
+        pick = usable[:64]
+        tokens = project(pick).float()
+        real = torch.arange(tokens.shape[1])[None] < torch.tensor([n_tokens[i] for i in pick])[:, None]
+        spread = (tokens[real] - center).norm(dim=-1).mean()
+        target = (table.float() - center).norm(dim=-1).mean()
+        rescale_adaptor_output(model.adaptor, float(target / spread), center)
+    log(f"[align] audio tokens rescaled by {float(target / spread):.4g} to the embeddings' spread {float(target):.3f}")
     return losses

@@ -57,6 +57,9 @@ class OptimConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
+    # per-part learning rates overriding lr, e.g. {adaptor: 1e-5} (LLaVA's mm_projector_lr); the
+    # <au_start>/<au_end> rows follow the adaptor's unless audio_marker_embeddings is given
+    part_lr: dict = field(default_factory=dict)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     scheduler: str = "cosine"  # any transformers get_scheduler name

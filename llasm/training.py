@@ -59,6 +59,21 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
     return model
 
 
+def param_groups(model, lr: float, part_lr: dict) -> list[dict]:
+    """Trainable parameters grouped by learning rate: ``part_lr`` overrides ``lr`` per top-level part."""
+    parts = {name for name, _ in model.named_children()}
+    unknown = sorted(set(part_lr) - parts)
+    if unknown:
+        raise ValueError(f"train.part_lr: unknown part(s) {unknown}; parts are {sorted(parts)}")
+    rates = {part: float(rate) for part, rate in part_lr.items()}  # YAML reads 1e-5 as a string
+    rates.setdefault("audio_marker_embeddings", rates.get("adaptor", lr))
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(rates.get(name.split(".", 1)[0], lr), []).append(param)
+    return [{"params": params, "lr": rate} for rate, params in groups.items()]
+
+
 def upcast_trainable_parts(model) -> list[str]:
     """Fully trained small parts (adaptor, audio-marker rows, unit head) of a bf16/fp16 model to fp32.
 
@@ -131,8 +146,8 @@ class Trainer:
         self.batches_per_epoch = len(self.sampler.epoch_batches(0))
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
+                                           weight_decay=cfg.train.weight_decay)
         from transformers import get_scheduler
 
         # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank)

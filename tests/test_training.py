@@ -202,6 +202,24 @@ def test_stage2_full_and_lora(tmp_path, data):
             assert torch.equal(param, before[name]), name
 
 
+def test_part_lr_sets_each_parts_learning_rate(tmp_path, data):
+    """``train.part_lr`` (LLaVA's mm_projector_lr): here the adaptor and, following it, the marker
+    rows get LR 0 while LoRA learns at ``lr``; given as dotted overrides, as on the command line."""
+    from llasm.training import Trainer, load_config
+
+    cfg = config(tmp_path, data, **{"trainable.language_model": "lora",
+                                    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}})
+    trainer = Trainer(load_config(cfg, ["train.part_lr.adaptor=0.0"]))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    assert sorted(g["lr"] for g in trainer.optimizer.param_groups) == [0.0, 1e-3]
+    trainer.fit()
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n for n in moved)
+
+    with pytest.raises(ValueError, match=r"train.part_lr: unknown part\(s\) \['projector'\]"):
+        Trainer(load_config(config(tmp_path, data), ["train.part_lr.projector=1e-5"]))
+
+
 def test_encoder_cache_hits_on_second_epoch_and_run(tmp_path, data):
     from llasm.training import Trainer, load_config
 
