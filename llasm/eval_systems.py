@@ -43,7 +43,14 @@ class LlasmSystem:
         return self.model.chat([_user(content)], max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
 
     def transcribe(self, audio, lang: str) -> tuple[str, dict]:
-        return self._chat([{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]), {}
+        from .audio import load_audio
+
+        audio = load_audio(audio)  # 16 kHz
+        # at most 12 tokens per second of audio, as for the Whisper cascade: bounds repetition loops
+        # ("把把把…"), which otherwise run to max_new_tokens and count as insertions
+        limit = min(self.max_new_tokens, 10 + int(12 * len(audio) / 16000))
+        content = [{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]
+        return self.model.chat([_user(content)], max_new_tokens=limit, **self.generate_kwargs), {}
 
     def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
         """``(reply, the user content used as prompt, extra info)``."""

@@ -327,3 +327,22 @@ def test_dtype_option_loads_the_model_and_cascade_in_bfloat16(tmp_path, tiny):
     assert rc == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["results"]) == {"llasm", "cascade"} and not report["errors"]
+
+
+def test_llasm_transcription_is_capped_by_audio_length():
+    """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does."""
+    import numpy as np
+
+    from llasm.eval_systems import LlasmSystem
+
+    class Recorder:
+        def chat(self, messages, max_new_tokens, **kwargs):
+            self.limit = max_new_tokens
+            return "x"
+
+    model = Recorder()
+    system = LlasmSystem(model, max_new_tokens=40)
+    system.transcribe(np.zeros(16000, dtype=np.float32) + 0.01, "en")
+    assert model.limit == 22
+    system.transcribe(np.zeros(16000 * 10, dtype=np.float32) + 0.01, "zh")
+    assert model.limit == 40
