@@ -198,7 +198,7 @@ def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, 
         "data": {"sources": sources, "group_size": 8},
         "encoder_cache": {"enabled": True, "dir": str(out / "encoder_cache")},
         "train": {"epochs": 100, "max_steps": max_steps, "max_minutes": minutes, "batch_size": plan.batch_size,
-                  "lr": lr, "part_lr": {"adaptor": adaptor_lr or lr}, "warmup_steps": 3, "scheduler": "constant_with_warmup",
+                  "lr": lr, "part_lr": {"adaptor": lr if adaptor_lr is None else adaptor_lr}, "warmup_steps": 3, "scheduler": "constant_with_warmup",
                   "save_every": 10_000, "log_every": 5,
                   # bf16 autocast (AVX512-BF16): a stage-1 step of 8 on Qwen2.5-0.5B takes 3.6 s instead of
                   # 7.0 s here, with the same losses to 0.02; the weights and the evaluation stay fp32

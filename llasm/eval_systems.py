@@ -28,6 +28,15 @@ def _user(content: list[dict]) -> dict:
     return {"role": "user", "content": content}
 
 
+def transcript_token_limit(seconds: float) -> int:
+    """At most 12 tokens per second of audio (+10; speech needs 3-6) for any transcriber.
+
+    Bounds repetition loops on unclear audio (Whisper's "哎呀, 哎呀, …", llasm's "把把把…"), which
+    otherwise run to the generation limit: slow, and a huge insertion count.
+    """
+    return 10 + int(12 * seconds)
+
+
 class LlasmSystem:
     """The model under test: audio goes in as audio."""
 
@@ -39,18 +48,16 @@ class LlasmSystem:
         self.max_new_tokens = max_new_tokens
         self.generate_kwargs = generate_kwargs
 
-    def _chat(self, content: list[dict]) -> str:
-        return self.model.chat([_user(content)], max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
+    def _chat(self, content: list[dict], max_new_tokens: int | None = None) -> str:
+        return self.model.chat([_user(content)], max_new_tokens=max_new_tokens or self.max_new_tokens,
+                               **self.generate_kwargs)
 
     def transcribe(self, audio, lang: str) -> tuple[str, dict]:
         from .audio import load_audio
 
         audio = load_audio(audio)  # 16 kHz
-        # at most 12 tokens per second of audio, as for the Whisper cascade: bounds repetition loops
-        # ("把把把…"), which otherwise run to max_new_tokens and count as insertions
-        limit = min(self.max_new_tokens, 10 + int(12 * len(audio) / 16000))
         content = [{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]
-        return self.model.chat([_user(content)], max_new_tokens=limit, **self.generate_kwargs), {}
+        return self._chat(content, min(self.max_new_tokens, transcript_token_limit(len(audio) / 16000))), {}
 
     def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
         """``(reply, the user content used as prompt, extra info)``."""
@@ -118,9 +125,7 @@ class WhisperTranscriber:
         else:
             inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
         features = inputs.input_features.to(self.model.device, self.model.dtype)
-        # at most 12 tokens per second of audio (speech needs 3-6): bounds Whisper's repetition loops on
-        # unclear audio, which otherwise run to its 448-token limit (slow, and a huge insertion count)
-        kwargs["max_length"] = min(448, 14 + int(12 * len(audio) / sr))  # (+4 prompt tokens)
+        kwargs["max_length"] = min(448, 4 + transcript_token_limit(len(audio) / sr))  # (+4 prompt tokens)
         with torch.inference_mode():
             ids = self.model.generate(features, **kwargs)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
