@@ -38,18 +38,32 @@ class DemoPlan:
     stage2_max_steps: int | None
     batch_size: int
     eval_limit: int  # held-out items per task
+    asr_eval_limit: int  # held-out ASR clips (both languages)
     max_new_tokens: int
     workers: int = 2
+    # With a budget, stage 1 gets what is left of it after the warm start, less the time kept for
+    # stage 2, the evaluation and the two answers (``reserve_minutes``); ``stage1_minutes`` at least.
+    budget_minutes: float | None = None
+    reserve_minutes: float = 0.0
+
+    def stage1_budget(self, elapsed_minutes: float) -> float:
+        if self.budget_minutes is None:
+            return self.stage1_minutes
+        return max(self.stage1_minutes, self.budget_minutes - elapsed_minutes - self.reserve_minutes)
 
 
 PLANS = {
     "starter": DemoPlan(model="configs/model/starter.yaml", starter=("whisper-base", "qwen2.5-0.5b-instruct"),
                         extra_sentences=600, seed_limit=None, align_steps=800, align_minutes=5.0,
                         stage1_minutes=5.0, stage1_max_steps=None, stage2_minutes=3.5, stage2_max_steps=None,
-                        batch_size=8, eval_limit=12, max_new_tokens=40),
+                        batch_size=8, eval_limit=12, asr_eval_limit=24, max_new_tokens=40,
+                        # a fresh machine (2 cores): set-up 1.5 min, starter models 1.2, TTS 0.9, warm start
+                        # with encoding 7.0, stage 2 3.5, evaluation 2.8, answers 0.2 -> stage 1 gets ~9 min
+                        budget_minutes=26.0, reserve_minutes=7.5),
     "tiny": DemoPlan(model="configs/model/tiny.yaml", starter=(), extra_sentences=10, seed_limit=12,
                      align_steps=20, align_minutes=0.5, stage1_minutes=0.5, stage1_max_steps=4,
-                     stage2_minutes=0.5, stage2_max_steps=4, batch_size=4, eval_limit=2, max_new_tokens=8),
+                     stage2_minutes=0.5, stage2_max_steps=4, batch_size=4, eval_limit=2, asr_eval_limit=2,
+                     max_new_tokens=8),
 }
 
 
@@ -220,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     print(f"llasm demo: mode={mode}, model={plan.model}, output={out}")
-    print(f"budget: warm start <= {plan.align_minutes} min, stage 1 <= {plan.stage1_minutes} min, "
-          f"stage 2 <= {plan.stage2_minutes} min (training is bounded by wall time on this machine)")
+    stage1 = (f"what is left of {plan.budget_minutes:g} min after the warm start, less {plan.reserve_minutes:g} min "
+              f"for stage 2 and the evaluation (>= {plan.stage1_minutes:g} min)" if plan.budget_minutes
+              else f"<= {plan.stage1_minutes:g} min")
+    print(f"budget: warm start <= {plan.align_minutes:g} min, stage 1 {stage1}, stage 2 <= {plan.stage2_minutes:g} min "
+          "(training is bounded by wall time on this machine)")
 
     if plan.starter:
         with clock.step("starter models"):
@@ -236,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     with clock.step("warm start: CTC alignment of the adaptor"):
         losses = warm_start(model, processor, files["asr_train"], plan, out / "encoder_cache")
         print(f"[align] ctc loss {losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps")
-    with clock.step("stage 1: ASR alignment (adaptor)"):
+    stage1_minutes = plan.stage1_budget(clock.elapsed())
+    with clock.step(f"stage 1: ASR alignment (adaptor, {stage1_minutes:.1f} min)"):
         run_stage("stage1", model, processor, [{"path": str(files["asr_train"]), "weight": 1.0, "name": "asr"}],
-                  plan, out, lora=False, minutes=plan.stage1_minutes, max_steps=plan.stage1_max_steps,
+                  plan, out, lora=False, minutes=stage1_minutes, max_steps=plan.stage1_max_steps,
                   lr=ADAPTOR_LR)
     with clock.step("stage 2: spoken instructions (adaptor + LoRA)"):
         result = run_stage("stage2", model, processor,
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluation import main as evaluate_main
 
         evaluate_main(["--model", str(final), "--data", str(files["instruct_test"]), "--asr-data", str(files["asr_test"]),
-                       "--split", "all", "--limit", str(plan.eval_limit), "--max-new-tokens", str(plan.max_new_tokens),
+                       "--split", "all", "--limit", str(plan.eval_limit), "--asr-limit", str(plan.asr_eval_limit),
+                       "--max-new-tokens", str(plan.max_new_tokens),
                        "--output", str(out / "eval"), "--no-progress"]
                       + (["--no-cascade"] if not plan.starter else []))
     with clock.step("two spoken questions"):

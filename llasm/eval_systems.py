@@ -37,6 +37,27 @@ def transcript_token_limit(seconds: float) -> int:
     return 10 + int(12 * seconds)
 
 
+_LOOP = re.compile(r"(\S.{0,19}?)(?:\s*\1){3,}", re.DOTALL)
+
+
+def collapse_loops(text: str) -> str:
+    """One copy of any unit (1-20 characters, not only digits) repeated 4+ times in a row.
+
+    A decoding loop guard for transcripts, in the spirit of Whisper's compression-ratio check: a
+    model that loses the audio repeats itself ("把把把…", "請問,請問,…") until the token limit.
+    Applied alike to every system's ASR hypotheses by :mod:`llasm.evaluation` (``--keep-loops``
+    turns it off); the report keeps the raw hypothesis wherever it changed.
+
+    >>> collapse_loops("基本我们把把把把把把把把")
+    '基本我们把'
+    >>> collapse_loops("請問,請問,請問,請問,請問,")
+    '請問,'
+    >>> collapse_loops("It costs 10000 dollars, really really.")
+    'It costs 10000 dollars, really really.'
+    """
+    return _LOOP.sub(lambda m: m.group(0) if m.group(1).isdigit() else m.group(1), text)
+
+
 class LlasmSystem:
     """The model under test: audio goes in as audio."""
 

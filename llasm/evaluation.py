@@ -58,7 +58,7 @@ from .eval_data import (ASSETS, JUDGE_PROMPT_PATH, PROMPTS_PATH, SPEECH_TOKEN, A
                         load_instruct_items, load_prompts, prompt_info)
 from .eval_report import METRIC_HELP, _fmt, _json_safe, render_markdown, summary_tables, write_report
 from .eval_systems import (LANG_NAMES, CascadeSystem, Judge, JudgeError, LlasmSystem, WhisperTranscriber, _user,
-                           make_ppl_scorer)
+                           collapse_loops, make_ppl_scorer)
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,15 @@ def evaluate(
     errors: list[dict] | None = None,
     notes: list[str] | None = None,
     progress: bool = True,
+    keep_loops: bool = False,
 ) -> dict:
     """Run the tasks over the items for every system; returns the report dict (no files written).
 
     ``systems``: ``{name: system}`` with ``transcribe(audio, lang) -> (text, info)`` and
     ``answer_spoken(item, audio) -> (reply, user_content, info)``. ``text_system`` (default: the
     first system) answers the text questions through ``answer_text(text)``. ``scorer`` scores a
-    reply under a prompt for ``ppl_text_reply`` (skipped with a note when ``None``).
+    reply under a prompt for ``ppl_text_reply`` (skipped with a note when ``None``). ASR
+    hypotheses go through :func:`collapse_loops` unless ``keep_loops`` (raw ones kept per item).
     """
     from .audio import load_audio
 
@@ -160,6 +162,9 @@ def evaluate(
                 except Exception as err:  # noqa: BLE001
                     errors.append(_error("asr", name, item.id, err))
                     continue
+                if not keep_loops and collapse_loops(hyp) != hyp:
+                    row.setdefault("raw_hypotheses", {})[name] = hyp
+                    hyp = collapse_loops(hyp)
                 row["hypotheses"][name] = hyp
                 hyps.setdefault((name, item.lang), []).append((item.text, hyp))
         details["asr"] = {}
@@ -319,11 +324,14 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--output", required=True, help="output directory for report.json/.md/.png")
     p.add_argument("--tasks", default=",".join(default_tasks), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--limit", type=int, default=None, help="at most N items per data file")
+    p.add_argument("--asr-limit", type=int, default=None, help="at most N ASR items (default: --limit)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1)")
     p.add_argument("--judge-model", default=None, help="judge model name sent to the endpoint")
     p.add_argument("--judge-api-key-env", default="LLASM_JUDGE_API_KEY",
                    help="environment variable holding the judge API key (optional)")
+    p.add_argument("--keep-loops", action="store_true",
+                   help="score ASR hypotheses as generated (default: a unit repeated 4+ times in a row counts once)")
     p.add_argument("--no-cascade", action="store_true", help="skip the Whisper -> LLM cascade baseline")
     p.add_argument("--cascade-whisper", default=None,
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
@@ -416,7 +424,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     if "asr" in tasks:
         asr_path = data_path(args.asr_data, DEFAULT_ASR_DATA, "asr")
         if asr_path:
-            asr_items, errs = load_asr_items(asr_path, split, args.limit)
+            asr_items, errs = load_asr_items(asr_path, split, args.limit if args.asr_limit is None else args.asr_limit)
             errors += errs
     if not instruct_items and not asr_items and not speech_items and not errors:
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
@@ -458,7 +466,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
 
     report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items,
                       tasks=[t for t in tasks if t != "speech"], scorer=make_ppl_scorer(model), judge=judge,
-                      errors=errors, notes=notes, progress=not args.no_progress)
+                      errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops)
     if "speech" in tasks:
         speech_judge = speech_transcriber or transcriber
         judge_path = args.judge or args.cascade_whisper or getattr(model.config, "audio_model_name_or_path", None)
@@ -477,8 +485,9 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "asr_data": asr_path,
         "split": split or "all",
         "limit": args.limit,
+        "asr_limit": args.limit if args.asr_limit is None else args.asr_limit,
         "max_new_tokens": args.max_new_tokens,
-        "decoding": "greedy",
+        "decoding": "greedy" + ("" if args.keep_loops else "; ASR hypotheses: a unit repeated 4+ times in a row kept once"),
         "tasks": tasks,
         "systems": list(report["results"]),
         "cascade": cascade_info,

@@ -27,3 +27,14 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "eval" / "report.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "stage2" / "final" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "stage1" / "loss_curve.png").exists()
+
+
+def test_stage1_gets_what_is_left_of_the_budget():
+    from dataclasses import replace
+
+    from llasm.demo import PLANS
+
+    plan = replace(PLANS["starter"], budget_minutes=26.0, reserve_minutes=7.5, stage1_minutes=5.0)
+    assert plan.stage1_budget(9.0) == pytest.approx(9.5)  # 26 - 9 - 7.5
+    assert plan.stage1_budget(16.0) == 5.0  # a slow machine still gets the floor
+    assert replace(plan, budget_minutes=None).stage1_budget(9.0) == 5.0  # no budget: the fixed minutes

@@ -227,6 +227,20 @@ def test_metrics_wired_exactly_with_fake_systems(tmp_path):
     assert any("judge: skipped" in n for n in report["notes"])
 
 
+def test_asr_loops_count_once_unless_kept(tmp_path):
+    _, asr = write_data(tmp_path)
+    asr_items, _ = E.load_asr_items(asr)
+    looping = FakeSystem(transcripts={"en": "the cat sat on the mat mat mat mat mat", "zh": "今天天气很好好好好好好"})
+    report = E.evaluate({"llasm": looping}, asr_items=asr_items, tasks=["asr"], progress=False)
+    assert report["results"]["llasm"]["en"]["wer"] == 0 and report["results"]["llasm"]["zh"]["cer"] == 0
+    raw = {row["lang"]: row["raw_hypotheses"]["llasm"] for row in report["items"]["asr"]}
+    assert raw == looping.transcripts  # what the model said stays in the report
+    kept = E.evaluate({"llasm": looping}, asr_items=asr_items, tasks=["asr"], progress=False, keep_loops=True)
+    assert kept["results"]["llasm"]["en"]["wer"] == pytest.approx(4 / 6)
+    assert kept["results"]["llasm"]["zh"]["cer"] == pytest.approx(5 / 6)
+    assert E.collapse_loops("It cost 10000 yuan, 哈哈哈.") == "It cost 10000 yuan, 哈哈哈."  # digits, 3 repeats kept
+
+
 def test_run_all_tiny_model_with_whisper_cascade(tmp_path, capsys):
     instruct, asr = write_data(tmp_path / "data", missing={"q-zh-1"})
     whisper = make_tiny_whisper(tmp_path / "whisper")
@@ -279,6 +293,17 @@ def test_judge_through_local_openai_server(tmp_path, tiny, monkeypatch):
     assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "judge-x"
     assert req["auth"] == "Bearer test-key" and req["body"]["temperature"] == 0
     assert "What is the capital of France?" in req["body"]["messages"][0]["content"]
+
+
+def test_asr_limit_is_separate_from_limit(tmp_path, tiny):
+    instruct, asr = write_data(tmp_path)
+    out = tmp_path / "out"
+    E.main(["--model", "injected", "--data", str(instruct), "--asr-data", str(asr), "--output", str(out),
+            "--tasks", "asr,instruct", "--limit", "2", "--asr-limit", "1", "--max-new-tokens", "2", "--no-cascade",
+            "--no-progress"], model=tiny[0])
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [r["id"] for r in report["items"]["asr"]] == [ASR[0][0]] and len(report["items"]["instruct"]) == 2
+    assert report["meta"]["limit"] == 2 and report["meta"]["asr_limit"] == 1
 
 
 def test_judge_bad_reply_is_an_item_error(tmp_path):
