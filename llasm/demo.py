@@ -57,8 +57,9 @@ PLANS = {
                         extra_sentences=600, seed_limit=None, align_steps=800, align_minutes=5.0,
                         stage1_minutes=5.0, stage1_max_steps=None, stage2_minutes=3.5, stage2_max_steps=None,
                         batch_size=8, eval_limit=12, asr_eval_limit=24, max_new_tokens=40,
-                        # a fresh machine (2 cores): set-up 1.5 min, starter models 1.2, TTS 0.9, warm start
-                        # with encoding 7.0, stage 2 3.5, evaluation 2.8, answers 0.2 -> stage 1 gets ~9 min
+                        # a fresh 2-core machine: set-up 1.3 min, starter models 1.1, TTS 0.9, warm start with
+                        # encoding 6.4-7.0, stage 2 3.5, evaluation 3.7, answers 0.2 -> stage 1 gets 10 min,
+                        # `make demo` takes 27.3 min
                         budget_minutes=26.0, reserve_minutes=7.5),
     "tiny": DemoPlan(model="configs/model/tiny.yaml", starter=(), extra_sentences=10, seed_limit=12,
                      align_steps=20, align_minutes=0.5, stage1_minutes=0.5, stage1_max_steps=4,
