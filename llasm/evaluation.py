@@ -421,10 +421,11 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
 
         speech_items, errs = load_speech_items(instruct_path, split, args.limit)
         errors += errs
+    asr_limit = args.limit if args.asr_limit is None else args.asr_limit
     if "asr" in tasks:
         asr_path = data_path(args.asr_data, DEFAULT_ASR_DATA, "asr")
         if asr_path:
-            asr_items, errs = load_asr_items(asr_path, split, args.limit if args.asr_limit is None else args.asr_limit)
+            asr_items, errs = load_asr_items(asr_path, split, asr_limit)
             errors += errs
     if not instruct_items and not asr_items and not speech_items and not errors:
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
@@ -485,7 +486,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "asr_data": asr_path,
         "split": split or "all",
         "limit": args.limit,
-        "asr_limit": args.limit if args.asr_limit is None else args.asr_limit,
+        "asr_limit": asr_limit,
         "max_new_tokens": args.max_new_tokens,
         "decoding": "greedy" + ("" if args.keep_loops else "; ASR hypotheses: a unit repeated 4+ times in a row kept once"),
         "tasks": tasks,
