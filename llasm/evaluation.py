@@ -162,9 +162,10 @@ def evaluate(
                 except Exception as err:  # noqa: BLE001
                     errors.append(_error("asr", name, item.id, err))
                     continue
-                if not keep_loops and collapse_loops(hyp) != hyp:
+                collapsed = hyp if keep_loops else collapse_loops(hyp)
+                if collapsed != hyp:
                     row.setdefault("raw_hypotheses", {})[name] = hyp
-                    hyp = collapse_loops(hyp)
+                    hyp = collapsed
                 row["hypotheses"][name] = hyp
                 hyps.setdefault((name, item.lang), []).append((item.text, hyp))
         details["asr"] = {}
