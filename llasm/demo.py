@@ -61,9 +61,9 @@ PLANS = {
                         # lost the whole fresh-machine demo (stage 2 at batch 4 too): en WER 74.1 vs 52.8 %, zh
                         # CER 90.4 vs 91.7 %, spoken accuracy en 17 vs 33 %, English questions answered in Chinese
                         batch_size=8, eval_limit=12, asr_eval_limit=24, max_new_tokens=40,
-                        # a fresh 2-core machine: set-up 1.3 min, starter models 1.1, TTS 0.9, warm start with
-                        # encoding 6.4-7.0, stage 2 3.5, evaluation 3.7, answers 0.2 -> stage 1 gets 10 min,
-                        # `make demo` takes 27.3 min
+                        # a fresh 2-core machine: set-up 1.3 min, starter models 1.1, TTS 2.0 (0.9 when Chinese was
+                        # espeak's), warm start with encoding 5.2-7.0, stage 2 3.5, evaluation 3.1-3.7, answers 0.2
+                        # -> stage 1 gets 10-11 min, the demo itself 25.4-25.9 min
                         budget_minutes=26.0, reserve_minutes=7.5),
     "tiny": DemoPlan(model="configs/model/tiny.yaml", starter=(), extra_sentences=10, seed_limit=12,
                      align_steps=20, align_minutes=0.5, stage1_minutes=0.5, stage1_max_steps=4,
