@@ -58,6 +58,8 @@ bench: setup
 	$(PY) bench/chat_turns.py
 	$(PY) bench/speech_latency.py
 	$(PY) bench/train_throughput.py
+	@if [ -f outputs/demo-starter/data/asr_train.jsonl ]; then $(PY) bench/warm_start.py --data outputs/demo-starter/data; \
+	else echo "bench/warm_start.py needs a demo's data: run make demo first"; fi
 
 starter: $(STAMP)
 	$(PY) -m llasm.cli starter-models

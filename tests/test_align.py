@@ -1,8 +1,9 @@
 """CTC embedding alignment (the adaptor's warm start) learns on cached encoder states."""
 
+import pytest
 import torch
 
-from llasm.align import AlignConfig, EmbeddingCTC, ctc_align_adaptor, rescale_adaptor_output
+from llasm.align import AlignConfig, EmbeddingCTC, ctc_align_adaptor, rescale_adaptor_output, time_mask
 from tests.conftest import build_tiny, tone
 
 
@@ -15,6 +16,15 @@ def test_embedding_ctc_scores_nearest_embedding_highest():
     # cosines around the centre: a token far out along an embedding's direction still scores it highest
     center = table.mean(0)
     assert scorer(center + 50 * (table[None, [3, 1]] - center))[0, :, :5].argmax(-1).tolist() == [3, 1]
+
+
+def test_greedy_decoding_collapses_repeats_and_drops_blanks():
+    table = torch.randn(5, 8)
+    scorer = EmbeddingCTC(table)
+    blank = scorer.center + torch.nn.functional.normalize(scorer.blank.detach(), dim=0)  # scores the blank highest
+    tokens = torch.stack([table[3], table[3], blank, table[3], table[1], table[1], table[2]])[None]
+    assert scorer.greedy(tokens, [7]) == [[3, 3, 1, 2]]  # a blank separates a repeated token
+    assert scorer.greedy(tokens.repeat(2, 1, 1), [7, 2]) == [[3, 3, 1, 2], [3]]  # only the first 2 of row 2
 
 
 def test_rescale_adaptor_output_is_exact_and_keeps_the_scores_order():
@@ -30,15 +40,49 @@ def test_rescale_adaptor_output_is_exact_and_keeps_the_scores_order():
     assert torch.equal(scorer(before).argmax(-1), scorer(after).argmax(-1))
 
 
-def test_ctc_alignment_lowers_the_loss_and_only_moves_the_adaptor():
+def test_time_mask_masks_spans_up_to_the_fraction():
+    generator = torch.Generator().manual_seed(0)
+    mask = time_mask(200, 0.2, 10, generator)
+    assert mask.dtype == torch.bool and mask.shape == (200,)
+    assert 10 <= int(mask.sum()) <= 40  # 4 spans of 10, which may overlap
+    # a union of whole spans: every masked frame lies in 10 masked frames in a row
+    assert all(any(mask[s : s + 10].all() for s in range(max(0, i - 9), min(i, 190) + 1)) for i in mask.nonzero().flatten().tolist())
+    assert not time_mask(200, 0.0, 10, generator).any()
+    assert time_mask(5, 0.5, 10, generator).shape == (5,)  # a clip shorter than a span
+
+
+def _tiny_states(texts):
     model, processor = build_tiny()
-    texts = ["hello world", "你好世界", "the quick brown fox", "今天天气很好"]
     states, frames = [], []
     with torch.no_grad():
         for i, _ in enumerate(texts):
             hidden, f = model.encode_audio(**processor.pad_features(processor.audio_features(tone(3.0, seed=i, freq=150 + 80 * i))))
             states.append(hidden[0])
             frames.append(f[0])
+    return model, processor, states, frames
+
+
+def test_ctc_alignment_with_augmentation_and_bf16_learns():
+    texts = ["hello world", "你好世界", "the quick brown fox", "今天天气很好"]
+    model, processor, states, frames = _tiny_states(texts)
+    losses, scorer, vocab = ctc_align_adaptor(model, states, frames, texts, processor.tokenizer,
+                                              AlignConfig(steps=60, batch_size=4, lr=5e-3, log_every=0, time_mask=0.2,
+                                                          mask_span=4, channel_dropout=0.1, mixed_precision="bf16"),
+                                              return_scorer=True)
+    assert vocab == sorted({i for t in texts for i in processor.tokenizer(t, add_special_tokens=False).input_ids})
+    with torch.no_grad():
+        decoded = scorer.greedy(model.adaptor(states[0][None]), [model.project_audio(states[0][None], [frames[0]]).shape[0]])
+    assert len(decoded) == 1 and all(0 <= i < len(vocab) for i in decoded[0])
+    assert len(losses) == 60 and all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    assert next(model.adaptor.parameters()).dtype == torch.float32  # autocast only; the weights stay fp32
+    with pytest.raises(ValueError, match="AlignConfig.mixed_precision must be 'no' or 'bf16', got 'fp8'"):
+        ctc_align_adaptor(model, states, frames, texts, processor.tokenizer, AlignConfig(steps=1, mixed_precision="fp8"))
+
+
+def test_ctc_alignment_lowers_the_loss_and_only_moves_the_adaptor():
+    texts = ["hello world", "你好世界", "the quick brown fox", "今天天气很好"]
+    model, processor, states, frames = _tiny_states(texts)
     before = {n: p.clone() for n, p in model.language_model.named_parameters()}
     losses = ctc_align_adaptor(model, states, frames, texts, processor.tokenizer,
                                AlignConfig(steps=60, batch_size=4, lr=5e-3, log_every=0))

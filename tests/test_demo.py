@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "eval" / "report.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "stage2" / "final" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "stage1" / "loss_curve.png").exists()
+    # bench/warm_start.py on the demo's data: both variants train from the same start and are scored
+    bench = subprocess.run([sys.executable, "bench/warm_start.py", "--data", str(tmp_path / "demo" / "data"),
+                            "--model", "configs/model/tiny.yaml", "--steps", "5"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+    assert re.search(r"^base +5 steps .* held-out en WER +[0-9.]+ % zh CER +[0-9.]+ %", bench.stdout, re.M)
+    assert re.search(r"^demo +5 steps ", bench.stdout, re.M)
+    assert re.search(r"^demo vs base: time [0-9.]+x, held-out en WER [0-9.]+x", bench.stdout, re.M)
+    missing = subprocess.run([sys.executable, "bench/warm_start.py", "--data", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and f"{tmp_path / 'asr_train.jsonl'} is missing: run `make demo` first" in missing.stderr
 
 
 def test_stage1_gets_what_is_left_of_the_budget():
