@@ -23,7 +23,7 @@ A few thousand TTS clips are learned by heart long before the adaptor reads spee
 (greedy CTC on the demo's 1,832 clips: 18 % WER on training clips, 62 % on held-out ones), so the
 cached states are augmented SpecAugment-style as they are drawn: spans of frames zeroed
 (``time_mask``) and channel dropout (``channel_dropout``). bf16 autocast (``mixed_precision``)
-halves a step's time on CPUs with AVX512-BF16 / AMX; the measurements are in ``llasm/demo.py``.
+nearly halves a step's time on CPUs with AVX512-BF16 / AMX; the measurements are in ``llasm/demo.py``.
 """
 
 from __future__ import annotations
