@@ -225,11 +225,14 @@ def warm_start_config(plan: DemoPlan):
     #   800 steps fp32, no augmentation (the old warm start, 3.0-3.3 min)    60.4 / 70.0 %  (18 / 19 %)
     #   1600 steps bf16, time_mask 0.2 + channel_dropout 0.1 (3.9-4.2 min)   49.8 / 66.9 %  (7 / 10 %)
     #   the same with 3,000 more generated sentences (4,832 clips)           50.2 / 73.0 %
+    #   1600 steps as above, Chinese spelled by characters (``cjk_chars``)   47.6 / 43.2 %  (4.5 / 3.4 %)
+    #   + BPE-dropout 0.1 on English targets (5 segmentations per sentence)  49.3 / 40.3 %  (dropped: no gain)
     # 70 ASR clips only: no augmentation 62.1 / 65.3 %, the augmentation 57.6 / 64.9 %, 0.3 dropout inside the
     # adaptor + weight decay 0.05 73.4 / 68.4 % (all 800 steps fp32); at 800 steps 3,000 more sentences gave
     # 66.2 / 74.4 % and wordfreq's top-5000 words instead of Faker's 63.1 / 70.9 %. bf16 autocast: 800 steps in
     # 106 s instead of 198 s. Steps, not clips, are what this budget lacks.
-    # (bench/warm_start.py measures these on a demo's data)
+    # On a fresh demo's data (bench/warm_start.py), against 800 fp32 steps with word targets (63.7 / 72.4 %):
+    # characters alone 48.7 / 41.7 % in the same time, these settings 48.3 / 42.0 % in 1.25x the time.
     return AlignConfig(steps=plan.align_steps, batch_size=16, lr=2e-3, max_minutes=plan.align_minutes,
                        time_mask=0.2, channel_dropout=0.1, mixed_precision="bf16")
 

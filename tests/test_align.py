@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llasm.align import AlignConfig, EmbeddingCTC, ctc_align_adaptor, rescale_adaptor_output, time_mask
+from llasm.align import AlignConfig, EmbeddingCTC, ctc_align_adaptor, ctc_targets, rescale_adaptor_output, time_mask
 from tests.conftest import build_tiny, tone
 
 
@@ -51,6 +51,39 @@ def test_time_mask_masks_spans_up_to_the_fraction():
     assert time_mask(5, 0.5, 10, generator).shape == (5,)  # a clip shorter than a span
 
 
+def _byte_level_tokenizer():
+    """A Qwen-like byte-level BPE, trained here so that Chinese words become single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["今天天气很好。", "公园里的树。", "我用Python写了3个程序。", "the quick brown fox"] * 50
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level"])
+def test_ctc_targets_spell_chinese_words_one_character_at_a_time(kind):
+    tok = build_tiny()[1].tokenizer if kind == "sentencepiece" else _byte_level_tokenizer()
+    plain = lambda t: tok(t, add_special_tokens=False).input_ids  # noqa: E731
+    def chinese_word(i):  # a token of several Chinese characters
+        piece = tok.decode([i]).strip()
+        return len(piece) > 1 and all("\u4e00" <= c <= "\u9fff" for c in piece)
+
+    merged = 0
+    for text in ["今天天气很好。", "公园里的树。", "我用Python写了3个程序。", "the quick brown fox"]:
+        ids = ctc_targets(text, tok)
+        assert tok.decode(ids) == tok.decode(plain(text))
+        assert ctc_targets(text, tok, cjk_chars=False) == plain(text)
+        merged += sum(map(chinese_word, plain(text)))
+        # the only Chinese words left start a word (sentencepiece's dummy prefix)
+        assert not [i for i in ids if chinese_word(i) and not tok.convert_ids_to_tokens(i).startswith("\u2581")]
+    assert merged > 0  # the plain tokenization did merge Chinese words
+    assert ctc_targets("the quick brown fox", tok) == plain("the quick brown fox")  # no Chinese: unchanged
+
+
 def _tiny_states(texts):
     model, processor = build_tiny()
     states, frames = [], []
@@ -69,7 +102,7 @@ def test_ctc_alignment_with_augmentation_and_bf16_learns():
                                               AlignConfig(steps=60, batch_size=4, lr=5e-3, log_every=0, time_mask=0.2,
                                                           mask_span=4, channel_dropout=0.1, mixed_precision="bf16"),
                                               return_scorer=True)
-    assert vocab == sorted({i for t in texts for i in processor.tokenizer(t, add_special_tokens=False).input_ids})
+    assert vocab == sorted({i for t in texts for i in ctc_targets(t, processor.tokenizer)})
     with torch.no_grad():
         decoded = scorer.greedy(model.adaptor(states[0][None]), [model.project_audio(states[0][None], [frames[0]]).shape[0]])
     assert len(decoded) == 1 and all(0 <= i < len(vocab) for i in decoded[0])
