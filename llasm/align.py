@@ -33,9 +33,9 @@ word, and a wrong character is usually a homophone it can correct.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +81,18 @@ def ctc_targets(text: str, tokenizer, cjk_chars: bool = True) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=65536)
+_CHAR_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {char: ids}; dies with it
+
+
 def _char_ids(tokenizer, char: str) -> tuple[int, ...] | None:
     """The ids of ``char`` in the middle of a text (no word-start marker), or None."""
-    anchor = tokenizer("\n", add_special_tokens=False).input_ids
-    ids = tokenizer("\n" + char, add_special_tokens=False).input_ids
-    if ids[: len(anchor)] != anchor or tokenizer.decode(ids[len(anchor):]) != char:
-        return None
-    return tuple(ids[len(anchor):])
+    known = _CHAR_IDS.setdefault(tokenizer, {})
+    if char not in known:
+        anchor = tokenizer("\n", add_special_tokens=False).input_ids
+        ids = tokenizer("\n" + char, add_special_tokens=False).input_ids
+        ok = ids[: len(anchor)] == anchor and tokenizer.decode(ids[len(anchor):]) == char
+        known[char] = tuple(ids[len(anchor):]) if ok else None
+    return known[char]
 
 
 class EmbeddingCTC(nn.Module):
