@@ -612,5 +612,15 @@ def main(argv: list[str]) -> int:
     except NonFiniteLoss as err:
         print(f"stopped: {err}", file=sys.stderr)
         return 1
+    finally:
+        end_distributed()
     print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
     return 0
+
+
+def end_distributed() -> None:
+    """Shut the process group down before exit: left to interpreter teardown, its background threads can
+    abort the process (``terminate called without an active exception``) after a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -6,7 +6,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from llasm.training import Trainer, load_config
+from llasm.training import Trainer, end_distributed, load_config
 
 torch.set_num_threads(1)
 cfg = load_config(sys.argv[1], sys.argv[2:])
@@ -22,3 +22,4 @@ if trainer._zero_stage() == 3:  # each rank holds a slice of every weight: gathe
 else:
     state = {n: p.detach().cpu().clone() for n, p in trained}
 save_file(state, os.path.join(cfg.output_dir, f"rank{trainer.accelerator.process_index}.safetensors"))
+end_distributed()
