@@ -611,16 +611,18 @@ def main(argv: list[str]) -> int:
         result = train(cfg)
     except NonFiniteLoss as err:
         print(f"stopped: {err}", file=sys.stderr)
+        end_distributed(barrier=False)
         return 1
-    finally:
-        end_distributed()
+    end_distributed()
     print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
     return 0
 
 
-def end_distributed() -> None:
+def end_distributed(barrier: bool = True) -> None:
     """Shut the process group down before exit: left to interpreter teardown, its background threads can
-    abort the process (``terminate called without an active exception``) after a finished run."""
+    abort the process (``terminate called without an active exception``) after a finished run. No barrier
+    on an error path, where another rank may never arrive."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if barrier:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()

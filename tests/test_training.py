@@ -394,6 +394,17 @@ def test_deepspeed_zero2_and_zero3_two_processes(tmp_path, data):
         assert torch.equal(loaded[name], value), name
 
 
+@pytest.mark.parametrize("barrier", [True, False])
+def test_end_distributed_destroys_the_process_group(tmp_path, barrier):
+    from llasm.training import end_distributed
+
+    end_distributed(barrier)  # no group: nothing to do
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    end_distributed(barrier)
+    assert not torch.distributed.is_initialized()
+
+
 def test_fast_loss_equals_plain_loss(tmp_path, data):
     """LM head on answer positions only + the frozen LLM's shared prefix from a KV cache: same loss."""
     from llasm.training import Trainer, load_config
