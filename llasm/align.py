@@ -27,8 +27,9 @@ nearly halves a step's time on CPUs with AVX512-BF16 / AMX; the measurements are
 
 Chinese transcripts are spelled one character at a time (``cjk_chars``). Qwen's tokenizer merges
 frequent words (时候, 公园) into single tokens, so a few hundred sentences leave a third of the held-out
-tokens never seen in training; as characters, 9 %. The LLM reads a word's characters as easily as the
-word, and a wrong character is usually a homophone it can correct.
+tokens never seen in training; as characters, 9 %. The frozen LLM does not read that spelling (the
+demo's model after stage 1: zh CER 91 % on 70 held-out clips, where greedy CTC reads 42 %); the LoRA
+of stage 2 learns to (57 %), so the characters pay off only once the LLM trains.
 """
 
 from __future__ import annotations
