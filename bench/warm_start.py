@@ -2,6 +2,7 @@
 
     python bench/warm_start.py --data outputs/demo-starter/data        # after `make demo`
     python bench/warm_start.py --data outputs/demo-starter/data --variants demo --steps 2400
+    python bench/warm_start.py --data outputs/demo-starter/data --variants demo --clips 229 458 916 --plot curve.png
 
 Each variant starts from the same freshly initialized adaptor, runs ``ctc_align_adaptor`` on the
 demo's training clips (``asr_train.jsonl``; encoder states from the demo's cache) and decodes the
@@ -11,6 +12,11 @@ gap is memorization), the time of the training loop, and each variant's ratios a
 (the first warm start: 800 steps, fp32, no augmentation, Chinese targets as the tokenizer's words),
 all run in this process. ``augment``, ``bf16`` and ``chars`` (Chinese spelled by characters) each
 change one thing of ``base``; ``demo`` is what ``make demo`` runs.
+
+``--clips N ...`` is the data curve: each variant also runs on random subsets of N training clips
+(same steps, so fewer clips are seen more often), and a power law ``error = a * clips^-b`` fitted
+to each language's held-out error says how many clips of this kind the demo's goals (en WER 25 %,
+zh CER 35 %) would take, if the trend held. ``--plot`` draws the curve (PNG).
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="encoder cache (default: the demo's, <data>/../encoder_cache)")
     parser.add_argument("--variants", nargs="+", default=["base", "demo"], choices=sorted(VARIANTS))
     parser.add_argument("--steps", type=int, help="override every variant's steps")
+    parser.add_argument("--clips", type=int, nargs="+", default=[],
+                        help="also train on random subsets of this many training clips (the data curve)")
+    parser.add_argument("--extra-train", type=Path, nargs="+", default=[],
+                        help="more spoken ASR JSONL files (one clip per row) added to the training clips")
+    parser.add_argument("--plot", type=Path, help="PNG of held-out error against training clips (with --clips)")
     args = parser.parse_args(argv)
 
     import torch
@@ -57,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     initial = {k: v.clone() for k, v in model.adaptor.state_dict().items()}
     cache = args.cache or args.data.parent / "encoder_cache"
     train = encode_clips(model, processor, args.data / "asr_train.jsonl", cache, desc="encode train")
+    for path in args.extra_train:
+        extra = encode_clips(model, processor, path, cache, desc=f"encode {path.name}")
+        train = tuple(a + b for a, b in zip(train, extra))
     asr = encode_clips(model, processor, args.data / "asr_test.jsonl", cache, desc="encode held-out")
     spoken = encode_clips(model, processor, args.data / "instruct_test.jsonl", cache,
                           text=lambda row: row["conversations"][0]["transcript"], desc="encode questions")
     held_out = [a + b for a, b in zip(asr, spoken)]
-    seen = list(range(0, len(train[0]), max(1, len(train[0]) // 140)))[:140]
-    train_sample = [[column[i] for i in seen] for column in train]
 
     def error_rates(scorer, vocab, states, frames, texts, langs) -> dict:
         hyps = []
@@ -78,32 +90,81 @@ def main(argv: list[str] | None = None) -> int:
                 for lang in ("en", "zh")}
 
     results = {}
+    sizes = sorted({n for n in args.clips if 0 < n < len(train[0])}) + [len(train[0])]
     for name in args.variants:
         settings = VARIANTS[name]
-        config = warm_start_config(PLANS["starter"]) if settings is None else AlignConfig(batch_size=16, lr=2e-3, **settings)
-        config.max_minutes, config.log_every = None, 0
-        if args.steps:
-            config.steps = args.steps
-        model.adaptor.load_state_dict(initial)
-        start = time.time()
-        with torch.enable_grad():
-            losses, scorer, vocab = ctc_align_adaptor(model, *train[:3], processor.tokenizer, config,
-                                                      log=lambda *_: None, return_scorer=True)
-        seconds = time.time() - start
-        results[name] = {"seconds": seconds, "steps": len(losses), "held_out": error_rates(scorer, vocab, *held_out),
-                         "train": error_rates(scorer, vocab, *train_sample)}
-        r = results[name]
-        print(f"{name:8s} {r['steps']:5d} steps {seconds:6.0f} s  held-out en WER {100 * r['held_out']['en']:5.1f} % "
-              f"zh CER {100 * r['held_out']['zh']:5.1f} %  (training clips {100 * r['train']['en']:.1f} / "
-              f"{100 * r['train']['zh']:.1f} %)", flush=True)
+        for n in sizes:
+            config = warm_start_config(PLANS["starter"]) if settings is None else AlignConfig(batch_size=16, lr=2e-3, **settings)
+            config.max_minutes, config.log_every = None, 0
+            if args.steps:
+                config.steps = args.steps
+            subset = sorted(torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:n].tolist())
+            model.adaptor.load_state_dict(initial)
+            start = time.time()
+            with torch.enable_grad():
+                losses, scorer, vocab = ctc_align_adaptor(model, *[[column[i] for i in subset] for column in train[:3]],
+                                                          processor.tokenizer, config, log=lambda *_: None,
+                                                          return_scorer=True)
+            seconds = time.time() - start
+            seen = subset[:: max(1, n // 140)][:140]  # training clips this run learned from
+            train_sample = [[column[i] for i in seen] for column in train]
+            key = name if n == len(train[0]) else f"{name}@{n}"
+            results[key] = {"seconds": seconds, "steps": len(losses), "clips": n,
+                            "held_out": error_rates(scorer, vocab, *held_out), "train": error_rates(scorer, vocab, *train_sample)}
+            r = results[key]
+            print(f"{key:12s} {r['steps']:5d} steps {seconds:6.0f} s  held-out en WER {100 * r['held_out']['en']:5.1f} % "
+                  f"zh CER {100 * r['held_out']['zh']:5.1f} %  (training clips {100 * r['train']['en']:.1f} / "
+                  f"{100 * r['train']['zh']:.1f} %)", flush=True)
     if "base" in results:
         base = results["base"]
         for name, r in results.items():
-            if name != "base":
+            if name != "base" and "@" not in name:
                 print(f"{name} vs base: time {r['seconds'] / base['seconds']:.2f}x, held-out en WER "
                       f"{r['held_out']['en'] / base['held_out']['en']:.2f}x, zh CER {r['held_out']['zh'] / base['held_out']['zh']:.2f}x")
+    if len(sizes) > 1:
+        for name in args.variants:
+            curve = {r["clips"]: r["held_out"] for key, r in results.items() if key.split("@")[0] == name}
+            for lang, goal in (("en", 0.25), ("zh", 0.35)):
+                a, b = power_law(list(curve), [curve[n][lang] for n in curve])
+                need = (a / goal) ** (1 / b) if b > 0 else float("inf")
+                print(f"{name} {lang}: held-out error ~ {a:.2f} * clips^-{b:.3f}; the goal ({100 * goal:.0f} %) "
+                      f"would take ~{need:,.0f} clips ({need / len(train[0]):.1f}x these {len(train[0])})" if b > 0 else
+                      f"{name} {lang}: held-out error does not fall with more clips here")
+            if args.plot:
+                plot_curve(curve, args.plot, f"{name}: held-out error of the CTC warm start ({len(held_out[0])} clips)")
+                print(f"plot: {args.plot}")
     print(f"({len(held_out[0])} held-out clips, {len(train[0])} training clips)")
     return 0
+
+
+def power_law(x: list[float], y: list[float]) -> tuple[float, float]:
+    """``(a, b)`` of the least-squares fit ``log y = log a - b log x``."""
+    import numpy as np
+
+    slope, intercept = np.polyfit(np.log(x), np.log(np.maximum(y, 1e-6)), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def plot_curve(curve: dict[int, dict[str, float]], path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    clips = sorted(curve)
+    for lang, label, goal in (("en", "en WER", 0.25), ("zh", "zh CER", 0.35)):
+        line, = ax.plot(clips, [100 * curve[n][lang] for n in clips], "o-", label=label)
+        ax.axhline(100 * goal, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training clips")
+    ax.set_ylabel("held-out error, % (dotted: the goals)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
