@@ -63,9 +63,7 @@ def test_stage1_gets_what_is_left_of_the_budget():
 
 
 def test_generated_sentences_are_clean_and_bundled():
-    sys.path.insert(0, str(ROOT / "data_prep"))
-    from generate_sentences import keep, key
-
+    from llasm.data.sentences import keep, key
     from llasm.io import read_jsonl
 
     rows = read_jsonl(ROOT / "data" / "seed" / "generated_sentences.jsonl")
