@@ -74,3 +74,11 @@ def test_generated_sentences_are_clean_and_bundled():
     assert not seed & {key(r["text"]) for r in rows}  # nothing of the seed corpus (its held-out half included)
     assert keep("It is raining today in the park.", "en") and not keep("It rained 3 times.", "en")
     assert keep("今天公园里有很多人。", "zh") and not keep("今天有 AI 课。", "zh")
+
+
+def test_sentence_generator_names_its_missing_word_lists(monkeypatch):
+    from llasm.data.sentences import topic_words
+
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # as if not installed
+    with pytest.raises(SystemExit, match=r"needs wordfreq's word lists: pip install wordfreq==3.1.1"):
+        topic_words(10)

@@ -26,8 +26,10 @@ _CJK, _LATIN = re.compile("[\u4e00-\u9fff]"), re.compile("[A-Za-z]")
 
 
 def topic_words(per_language: int) -> dict[str, list[str]]:
-    from wordfreq import top_n_list
-
+    try:
+        from wordfreq import top_n_list
+    except ImportError:
+        raise SystemExit("generating sentences needs wordfreq's word lists: pip install wordfreq==3.1.1") from None
     return {"en": [w for w in top_n_list("en", 6000)[150:] if w.isalpha() and len(w) >= 3][:per_language],
             "zh": [w for w in top_n_list("zh", 6000)[100:] if len(w) >= 2 and all(_CJK.match(c) for c in w)][:per_language]}
 
@@ -58,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from llasm.io import read_jsonl, write_jsonl
 
+    prompts = [(lang, word) for lang, words in topic_words(args.words).items() for word in words]  # fails fast
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.bfloat16).eval()
-    prompts = [(lang, word) for lang, words in topic_words(args.words).items() for word in words]
     seed = read_jsonl(SEED / "asr_sentences.jsonl")
     seen = {key(r["text"]) for r in seed} | {key(r[f]) for r in read_jsonl(SEED / "instructions.jsonl")
                                              for f in ("question", "answer")}
