@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
-from llasm.builder import load_whisper_encoder
+from llasm.audio_tower import LlasmWhisperEncoder, load_whisper_encoder
 from llasm.io import llasm_home
-from llasm.modeling import LlasmWhisperEncoder
 
 SHAPES = {
     "whisper-base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),

@@ -16,25 +16,16 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperConfig, WhisperFeatureExtractor
-from transformers import WhisperModel
+from transformers import AutoConfig, AutoTokenizer, WhisperConfig, WhisperFeatureExtractor
 
+from .checkpoint import torch_dtype
 from .configuration import LlasmConfig
 from .io import load_yaml
-from .modeling import LlasmForConditionalGeneration, LlasmWhisperEncoder
+from .modeling import LlasmForConditionalGeneration
 from .processing import AUDIO_TOKENS, LLASM_SYSTEM_PROMPT, LlasmProcessor
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny-llama-tokenizer"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _dtype(name) -> torch.dtype:
-    if isinstance(name, torch.dtype) or name is None:
-        return name or torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
 
 
 def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGeneration, LlasmProcessor]:
@@ -91,7 +82,7 @@ def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGe
         bos_token_id=tokenizer.bos_token_id,
         unit_head=dict(spec["unit_head"]) if spec.get("unit_head") else None,  # speech output (stage 3)
     )
-    model = from_base_models(config, dtype=_dtype(spec.get("dtype")))
+    model = LlasmForConditionalGeneration.from_base_models(config, dtype=torch_dtype(spec.get("dtype")))
     model.processor = processor
     return model, processor
 
@@ -105,52 +96,3 @@ def load_tokenizer(name_or_path):
     if tokenizer.pad_token is None:  # Llama has none: <unk> never appears in real text
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
-
-
-def from_base_models(config: LlasmConfig, dtype: torch.dtype = torch.float32) -> LlasmForConditionalGeneration:
-    """A model whose audio tower and LLM come from ``config``'s base ids/paths (random if none)."""
-    model = LlasmForConditionalGeneration(config)
-    if config.audio_model_name_or_path:
-        if config.audio_source == "whisper_decoder_queries":
-            model.audio_tower = WhisperModel.from_pretrained(config.audio_model_name_or_path, dtype=dtype)
-        else:
-            model.audio_tower = load_whisper_encoder(config.audio_model_name_or_path, dtype)
-    if config.text_model_name_or_path:
-        model.language_model = AutoModelForCausalLM.from_pretrained(config.text_model_name_or_path, dtype=dtype)
-        # LLaSM initialises the new token rows to the mean embedding
-        mean = model.get_input_embeddings().weight.detach().float().mean(0)
-        model.audio_marker_embeddings.weight.data.copy_(mean.expand_as(model.audio_marker_embeddings.weight))
-    model.to(dtype)
-    for part in (model.audio_tower, model.language_model):
-        part.requires_grad_(False)
-    model.audio_tower.eval()
-    return model
-
-
-def load_whisper_encoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> LlasmWhisperEncoder:
-    """Only the encoder weights of a Whisper checkpoint (hub id or dir), read with safetensors."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    config = WhisperConfig.from_pretrained(name_or_path)
-    encoder = LlasmWhisperEncoder(config)
-    index = cached_file(name_or_path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
-    if index:
-        import json
-
-        files = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        files = [cached_file(name_or_path, f) for f in files]
-    else:
-        files = [cached_file(name_or_path, "model.safetensors")]
-    state = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                for prefix in ("model.encoder.", "encoder."):
-                    if key.startswith(prefix):
-                        state[key[len(prefix):]] = f.get_tensor(key)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "embed_positions.weight"] if "embed_positions.weight" in state else missing
-    if missing or unexpected:
-        raise ValueError(f"{name_or_path}: not a Whisper checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return encoder.to(dtype)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .configuration import audio_token_lengths
+from .processing import COM_ANSWER, answer_text
+from .unit_head import UnitStreamer, answer_hidden_states
+from .unit_head import speak as speak_units
+from .vocoder import VocoderStream
+
 
 def user_turn(audio=None, text=None) -> dict:
     """A user message with an optional audio part followed by an optional text part."""
@@ -38,8 +44,6 @@ class PromptCache:
     def split(self, model, inputs: dict) -> tuple[dict, int]:
         """Crop the cache to what ``inputs`` shares with it; returns the generate inputs (audio
         chunks only for the part not cached) and the number of cached tokens."""
-        from .configuration import audio_token_lengths
-
         ids = inputs["input_ids"][0].tolist()
         n = 0
         for a, b in zip(ids, self.ids[: len(ids) - 1]):  # at least one token left to run
@@ -126,13 +130,9 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
     text = processor.decode(reply_ids, skip_special_tokens=True).strip()
     chain = getattr(processor, "chain_of_modality", False)
     if chain:
-        from .processing import answer_text
-
         text = answer_text(text)
     if not speak:
         return text
-    from .unit_head import answer_hidden_states, speak as speak_units
-
     hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids),  # (n, D), one per reply token
                                   state=model.unit_head.config.state)
     if chain:  # speak only the answer: the tokens after the "[ta]" marker
@@ -142,8 +142,6 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
 
 def _answer_start(processor, reply_ids) -> int:
     """Index of the first reply token after ``[ta]`` (0 when the reply has no marker)."""
-    from .processing import COM_ANSWER
-
     for end in range(1, len(reply_ids) + 1):
         if COM_ANSWER in processor.decode(reply_ids[:end], skip_special_tokens=True):
             return end
@@ -163,8 +161,6 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
     The vocoder runs in line: it costs a few ms per chunk against hundreds for an LLM step on a CPU.
     """
-    from .vocoder import VocoderStream
-
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
         raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
     voice = VocoderStream(model.vocoder, chunk_units=chunk_units, first_chunk_units=first_chunk_units,
@@ -183,8 +179,6 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
 def _decode_speaking(model, messages, max_new_tokens):
     """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
     units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
-    from .unit_head import UnitStreamer
-
     processor = model.processor
     inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
     ends = processor.end_of_turn_ids

@@ -13,10 +13,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
+from transformers.utils import cached_file
+
+from .configuration import LlasmConfig
+from .lora import add_lora
+from .processing import LlasmProcessor
 
 WEIGHTS_NAME = "model.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name) -> torch.dtype:
+    """``"bfloat16"`` (or a ``torch.dtype``, or ``None`` for float32) -> the ``torch.dtype``."""
+    if isinstance(name, torch.dtype) or name is None:
+        return name or torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def save_checkpoint(model, save_directory, merge: bool = False) -> Path:
@@ -63,22 +79,17 @@ def _save_full(model, directory: Path) -> None:
 
 
 def load_checkpoint(cls, path, *, dtype=None, config=None, **kwargs):
-    """Load either checkpoint format; attaches ``model.processor`` when the directory has one."""
-    from .builder import _dtype, from_base_models
-    from .configuration import LlasmConfig
-
+    """Load either checkpoint format into ``cls`` (the model class); attaches ``model.processor`` when
+    the directory has one. A ``trained_parts`` checkpoint rebuilds the bases with
+    ``cls.from_base_models`` and loads the trained tensors over them."""
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     config = config or LlasmConfig.from_pretrained(path, **hub_kwargs)
-    torch_dtype = _dtype(dtype if dtype not in (None, "auto") else None)
+    dtype = torch_dtype(dtype if dtype not in (None, "auto") else None)
     if config.checkpoint_format == "full":
-        model = PreTrainedModel.from_pretrained.__func__(cls, path, config=config, dtype=torch_dtype, **kwargs)
+        model = PreTrainedModel.from_pretrained.__func__(cls, path, config=config, dtype=dtype, **kwargs)
     else:
-        from transformers.utils import cached_file
-
-        model = from_base_models(config, dtype=torch_dtype)
+        model = cls.from_base_models(config, dtype=dtype)
         if config.lora:
-            from .lora import add_lora
-
             add_lora(model, config.lora)
         state = load_file(cached_file(path, WEIGHTS_NAME, **hub_kwargs))
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -90,8 +101,6 @@ def load_checkpoint(cls, path, *, dtype=None, config=None, **kwargs):
 
 
 def _load_processor(path, hub_kwargs):
-    from .processing import LlasmProcessor
-
     if Path(path).is_dir() and not (Path(path) / "processor_config.json").exists():
         return None
     try:

@@ -40,8 +40,9 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
     """Build a llasm model from a LinkSoul LLaSM checkpoint dir and save it (full) to ``output``."""
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
 
-    from .builder import DTYPES, from_base_models
+    from .checkpoint import DTYPES
     from .configuration import LlasmConfig
+    from .modeling import LlasmForConditionalGeneration
     from .processing import AUDIO_TOKENS, LlasmProcessor
 
     source = Path(_local_dir(source))
@@ -80,7 +81,7 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
     if proj_w.shape != (text_config.hidden_size, config.audio_config.d_model):
         raise ValueError(f"{source}: mm_projector is {tuple(proj_w.shape)}, expected "
                          f"({text_config.hidden_size}, {config.audio_config.d_model}) for {whisper}")
-    model = from_base_models(config, dtype=DTYPES[dtype])
+    model = LlasmForConditionalGeneration.from_base_models(config, dtype=DTYPES[dtype])
     language_model = LlamaForCausalLM(text_config)
     missing, unexpected = language_model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:

@@ -12,44 +12,14 @@ import os
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
-from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from . import chat as chat_lib
+from .audio_tower import LlasmWhisperEncoder, load_whisper_encoder
+from .checkpoint import load_checkpoint, save_checkpoint
 from .configuration import LlasmConfig, audio_token_lengths, encoder_frames
-
-
-class LlasmWhisperEncoder(WhisperEncoder):
-    """Whisper's encoder for any length up to 30 s, with padding masked out.
-
-    HF's encoder insists on exactly 3000 mel frames and always adds all 1500 positions. Here the
-    position table is sliced to the input length and padded frames are zeroed before each conv
-    and masked in attention, so a clip in a padded batch encodes exactly as it does alone.
-    """
-
-    def forward(self, input_features, attention_mask=None, **kwargs) -> BaseModelOutput:
-        # input_features: (B, n_mels, T_mel), T_mel <= 3000; attention_mask: (B, T_mel), 1 = real frame
-        max_frames = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
-        if input_features.shape[-1] > max_frames:
-            raise ValueError(f"at most {max_frames} mel frames per chunk, got {input_features.shape[-1]}")
-        mask = None if attention_mask is None else attention_mask.to(input_features.dtype)[:, None, :]
-        if mask is not None:
-            input_features = input_features * mask
-        hidden = nn.functional.gelu(self.conv1(input_features))  # (B, D, T_mel)
-        if mask is not None:  # conv2 must see zeros past the end, like the zero padding of a lone clip
-            hidden = hidden * mask
-        hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)  # (B, T_enc, D), T_enc = ceil(T_mel/2)
-        hidden = hidden + self.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
-        hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
-
-        attn_mask = None
-        if attention_mask is not None:
-            # encoder position j covers mel frame 2j, so it is real iff frame 2j is
-            keep = attention_mask[:, ::2].bool()  # (B, T_enc)
-            attn_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-            attn_mask = attn_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None, :]
-        for layer in self.layers:
-            hidden = layer(hidden, attn_mask, **kwargs)
-        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+from .vocoder import UnitHifiGan
+from .unit_head import CtcUnitHead
 
 
 class AudioAdaptor(nn.Module):
@@ -118,8 +88,6 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         # speech output (LLaMA-Omni): answer hidden states -> CTC units; trained in stage 3
         self.unit_head = None
         if config.unit_head:
-            from .unit_head import CtcUnitHead
-
             self.unit_head = CtcUnitHead(dict(config.unit_head), input_size=config.text_config.hidden_size)
         self.processor = None  # set by build_model / from_pretrained, used by chat()
         self.__dict__["vocoder"] = None  # a unit HiFi-GAN; not a submodule, so never in checkpoints
@@ -256,8 +224,6 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def _unit_head_loss(self, rows, keep, unit_targets):
         """Stage 3: answer states ``rows (B, L_ans, D)`` (``keep`` marks real ones) -> unit head -> CTC
         against ``unit_targets`` (``(B, U)``, -100 padded)."""
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
         return CausalLMOutputWithPast(loss=self.unit_head(rows, keep, units=unit_targets)["loss"])
 
     def answer_states(self, inputs_embeds, attention_mask, unit_mask):
@@ -278,8 +244,6 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def set_vocoder(self, vocoder):
         """Attach a :class:`llasm.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
         if isinstance(vocoder, (str, os.PathLike)):
-            from .vocoder import UnitHifiGan
-
             vocoder = UnitHifiGan.from_pretrained(vocoder)
         self.__dict__["vocoder"] = vocoder
         return self
@@ -293,19 +257,39 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         ``cache=llasm.chat.PromptCache()``, passed turn after turn, runs only what a conversation
         does not share with the previous call (multi-turn chat: the new reply and turn).
         """
-        from .chat import chat
-
-        return chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
+        return chat_lib.chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
                     streamer=streamer, **generate_kwargs)
 
     def chat_stream(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, chunk_units: int = 40,
                     first_chunk_units: int | None = None, first_chunk_context: int | None = 0):
         """Streaming speech reply: yields ``("text", str)`` and ``("audio", np.ndarray)`` events."""
-        from .chat import chat_stream
-
-        return chat_stream(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens,
+        return chat_lib.chat_stream(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens,
                            chunk_units=chunk_units, first_chunk_units=first_chunk_units,
                            first_chunk_context=first_chunk_context)
+
+    # -- construction and checkpoints --------------------------------------------------------
+    @classmethod
+    def from_base_models(cls, config: LlasmConfig, dtype: torch.dtype = torch.float32) -> "LlasmForConditionalGeneration":
+        """A model whose audio tower and LLM come from ``config``'s base ids/paths (random if none).
+
+        The bases are frozen; the adaptor, the audio-marker rows and the unit head start random.
+        """
+        model = cls(config)
+        if config.audio_model_name_or_path:
+            if config.audio_source == "whisper_decoder_queries":
+                model.audio_tower = WhisperModel.from_pretrained(config.audio_model_name_or_path, dtype=dtype)
+            else:
+                model.audio_tower = load_whisper_encoder(config.audio_model_name_or_path, dtype)
+        if config.text_model_name_or_path:
+            model.language_model = AutoModelForCausalLM.from_pretrained(config.text_model_name_or_path, dtype=dtype)
+            # LLaSM initialises the new token rows to the mean embedding
+            mean = model.get_input_embeddings().weight.detach().float().mean(0)
+            model.audio_marker_embeddings.weight.data.copy_(mean.expand_as(model.audio_marker_embeddings.weight))
+        model.to(dtype)
+        for part in (model.audio_tower, model.language_model):
+            part.requires_grad_(False)
+        model.audio_tower.eval()
+        return model
 
     # -- checkpoints ------------------------------------------------------------------------
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -320,15 +304,11 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         A model whose base weights have no id/path (random tiny models) is always saved whole.
         """
-        from .checkpoint import save_checkpoint
-
         save_checkpoint(self, save_directory, merge=merge)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a checkpoint written by :meth:`save_pretrained` (either format) and its processor."""
-        from .checkpoint import load_checkpoint
-
         return load_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
 
 

@@ -77,7 +77,7 @@ class WhisperLayerFeatures:
                  feature_extractor=None):
         from transformers import WhisperFeatureExtractor
 
-        from llasm.builder import load_whisper_encoder
+        from llasm.audio_tower import load_whisper_encoder
 
         self.name_or_path = str(name_or_path)
         self.encoder = (encoder if encoder is not None else load_whisper_encoder(name_or_path)).to(device).eval()
