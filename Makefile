@@ -43,12 +43,12 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not starter" $(PYTEST_ARGS) tests
 
 demo: setup
-	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.demo
+	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.apps.demo
 
 # Speech output: units, vocoder_cpu and a stage-3 unit head trained for bounded minutes, then judged
 # by Whisper-base (source / resynthesis / round trip). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
 speech-demo: setup
-	$(PY) -m llasm.speech_demo
+	$(PY) -m llasm.apps.speech_demo
 
 bench: setup
 	$(PY) bench/encoder_length.py

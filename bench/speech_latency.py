@@ -46,7 +46,7 @@ def main() -> None:
     import llasm
     from llasm.io import llasm_home
     from llasm.unit_head import CtcUnitHead
-    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
 
     trained = Path(args.model).is_dir() and Path(args.vocoder).is_dir()
     if trained:

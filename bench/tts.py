@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llasm.data.tts import BACKENDS, TTSUnavailable, load_tts_config, per_worker_config, to_16k  # noqa: E402
+from llasm.prep.tts import BACKENDS, TTSUnavailable, load_tts_config, per_worker_config, to_16k  # noqa: E402
 
 SENTENCES = {
     "en": [

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from llasm.vocoder import FRAME_RATE, UnitHifiGan, UnitVocoderConfig
+from llasm.speech.vocoder import FRAME_RATE, UnitHifiGan, UnitVocoderConfig
 
 GOAL_RTF = 0.1
 

@@ -34,7 +34,7 @@ VARIANTS = {  # base and one change each, then the demo's settings (all the chan
     "augment": dict(steps=800, cjk_chars=False, time_mask=0.2, channel_dropout=0.1),
     "bf16": dict(steps=800, cjk_chars=False, mixed_precision="bf16"),
     "chars": dict(steps=800, cjk_chars=True),
-    "demo": None,  # llasm.demo.warm_start_config of the starter plan
+    "demo": None,  # llasm.apps.demo.warm_start_config of the starter plan
 }
 
 
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llasm.align import AlignConfig, ctc_align_adaptor
+    from llasm.training.align import AlignConfig, ctc_align_adaptor
     from llasm.builder import build_model
     from llasm.configuration import audio_token_lengths
-    from llasm.demo import PLANS, encode_clips, warm_start_config
-    from llasm.metrics import asr_error_rate
+    from llasm.apps.demo import PLANS, encode_clips, warm_start_config
+    from llasm.evaluation.metrics import asr_error_rate
 
     for name in ("asr_train.jsonl", "asr_test.jsonl", "instruct_test.jsonl"):
         if not (args.data / name).is_file():

@@ -3,12 +3,12 @@
     python data_prep/asr.py --format librispeech --input LibriSpeech/train-clean-100 --output data/libri.jsonl
     python data_prep/asr.py --help
 
-The logic lives in :mod:`llasm.data.asr`.
+The logic lives in :mod:`llasm.prep.asr`.
 """
 
 import sys
 
-from llasm.data.asr import main
+from llasm.prep.asr import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,12 +4,12 @@
     python data_prep/units.py annotate --kmeans units/km500 --input data/conv.jsonl --output data/conv.units.jsonl
     python data_prep/units.py manifest --kmeans units/km500 --input wavs/ --output data/vocoder.jsonl
 
-The logic lives in :mod:`llasm.units`.
+The logic lives in :mod:`llasm.speech.units`.
 """
 
 import sys
 
-from llasm.units import main
+from llasm.speech.units import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
     python eval/speech.py --model STAGE3_DIR --vocoder VOCODER_DIR --kmeans KMEANS_DIR \
         --data conversations_with_spoken_answers.jsonl --output runs/eval_speech [--judge WHISPER_DIR] [--limit N]
 
-Systems (see :mod:`llasm.speech_eval`): ``speech_source`` (the judge on the reference answer audio),
+Systems (see :mod:`llasm.evaluation.speech`): ``speech_source`` (the judge on the reference answer audio),
 ``speech_resynthesis`` (its units -> vocoder -> judge, vs the answer text) and ``speech_round_trip``
 (``model.chat(question, speak=True)``; the judge's transcript of the speech vs the text the model
 wrote). ``eval/run_all.py ... --vocoder DIR`` adds the same columns to the full report.

@@ -7,11 +7,11 @@
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from .audio import AudioError, load_audio
-from .builder import build_model
-from .configuration import LlasmConfig
-from .modeling import LlasmForConditionalGeneration
-from .processing import LlasmProcessor
+from llasm.audio import AudioError, load_audio
+from llasm.builder import build_model
+from llasm.configuration import LlasmConfig
+from llasm.modeling import LlasmForConditionalGeneration
+from llasm.processing import LlasmProcessor
 
 __version__ = "0.1.0"
 __all__ = ["AudioError", "LlasmConfig", "LlasmForConditionalGeneration", "LlasmProcessor", "build_model", "load_audio"]

@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, WhisperConfig, WhisperFeatureExtractor
 
-from .checkpoint import torch_dtype
-from .configuration import LlasmConfig
-from .io import load_yaml
-from .modeling import LlasmForConditionalGeneration
-from .processing import AUDIO_TOKENS, LLASM_SYSTEM_PROMPT, LlasmProcessor
+from llasm.checkpoint import torch_dtype
+from llasm.configuration import LlasmConfig
+from llasm.io import ASSETS, load_yaml
+from llasm.modeling import LlasmForConditionalGeneration
+from llasm.processing import AUDIO_TOKENS, LLASM_SYSTEM_PROMPT, LlasmProcessor
 
-ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny-llama-tokenizer"
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .configuration import audio_token_lengths
-from .processing import COM_ANSWER, answer_text
-from .unit_head import UnitStreamer, answer_hidden_states
-from .unit_head import speak as speak_units
-from .vocoder import VocoderStream
+from llasm.configuration import audio_token_lengths
+from llasm.processing import COM_ANSWER, answer_text
+from llasm.unit_head import UnitStreamer, answer_hidden_states
+from llasm.unit_head import speak as speak_units
+from llasm.speech.vocoder import VocoderStream
 
 
 def user_turn(audio=None, text=None) -> dict:
@@ -155,7 +155,7 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
     hidden state — with ``unit_head.state: input`` from the next forward pass (which chooses the next
     token), with ``output`` from the pass that chose it (one LLM step sooner) — goes to the unit head
-    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the vocoder's streaming synthesis (:class:`llasm.vocoder.VocoderStream`):
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the vocoder's streaming synthesis (:class:`llasm.speech.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
     earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
-from .configuration import LlasmConfig
-from .lora import add_lora
-from .processing import LlasmProcessor
+from llasm.configuration import LlasmConfig
+from llasm.lora import add_lora
+from llasm.processing import LlasmProcessor
 
 WEIGHTS_NAME = "model.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -17,16 +17,16 @@ import sys
 
 # subcommand -> (module, help); each module has main(argv) -> int
 COMMANDS = {
-    "chat": ("llasm.chat_cli", "chat with a model (audio and text turns, streamed)"),
-    "serve": ("llasm.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
-    "train": ("llasm.training", "train one stage from a YAML (train/train.py)"),
-    "export": ("llasm.export", "write a full (merged) checkpoint from a trained-parts one"),
-    "convert-llasm": ("llasm.convert", "convert a LinkSoul LLaSM checkpoint"),
-    "starter-models": ("llasm.starter", "install, verify and convert the offline starter models"),
-    "prepare-asr": ("llasm.data.asr", "ASR corpora -> llasm JSONL"),
-    "synthesize": ("llasm.data.synthesize", "text instructions -> spoken conversations (TTS)"),
-    "units": ("llasm.units", "fit k-means speech units / annotate answers with units"),
-    "eval": ("llasm.evaluation", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
+    "chat": ("llasm.apps.chat_cli", "chat with a model (audio and text turns, streamed)"),
+    "serve": ("llasm.apps.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
+    "train": ("llasm.training.trainer", "train one stage from a YAML (train/train.py)"),
+    "export": ("llasm.apps.export", "write a full (merged) checkpoint from a trained-parts one"),
+    "convert-llasm": ("llasm.weights.llasm_checkpoint", "convert a LinkSoul LLaSM checkpoint"),
+    "starter-models": ("llasm.weights.starter", "install, verify and convert the offline starter models"),
+    "prepare-asr": ("llasm.prep.asr", "ASR corpora -> llasm JSONL"),
+    "synthesize": ("llasm.prep.synthesize", "text instructions -> spoken conversations (TTS)"),
+    "units": ("llasm.speech.units", "fit k-means speech units / annotate answers with units"),
+    "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
 }
 
 

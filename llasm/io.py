@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+# The package's bundled files, and the checkout it sits in (configs/, data/seed/: present in a clone
+# or an editable install, which is how the demo, the stage YAMLs and the scripts run).
+ASSETS = Path(__file__).resolve().parent / "assets"
+REPO = Path(__file__).resolve().parents[1]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -90,6 +95,12 @@ def relative_path(path, base) -> str:
         return path.relative_to(Path(os.path.abspath(base))).as_posix()
     except ValueError:
         return str(path)
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """A path as given, or relative to the repository (``configs/...`` from anywhere)."""
+    path = str(path)
+    return path if os.path.exists(path) or os.path.isabs(path) else str(REPO / path)
 
 
 def llasm_home() -> str:

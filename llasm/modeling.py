@@ -14,12 +14,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from . import chat as chat_lib
-from .audio_tower import LlasmWhisperEncoder, load_whisper_encoder
-from .checkpoint import load_checkpoint, save_checkpoint
-from .configuration import LlasmConfig, audio_token_lengths, encoder_frames
-from .vocoder import UnitHifiGan
-from .unit_head import CtcUnitHead
+from llasm import chat as chat_lib
+from llasm.audio_tower import LlasmWhisperEncoder, load_whisper_encoder
+from llasm.checkpoint import load_checkpoint, save_checkpoint
+from llasm.configuration import LlasmConfig, audio_token_lengths, encoder_frames
+from llasm.speech.vocoder import UnitHifiGan
+from llasm.unit_head import CtcUnitHead
 
 
 class AudioAdaptor(nn.Module):
@@ -242,7 +242,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return rows, keep
 
     def set_vocoder(self, vocoder):
-        """Attach a :class:`llasm.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
+        """Attach a :class:`llasm.speech.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
         if isinstance(vocoder, (str, os.PathLike)):
             vocoder = UnitHifiGan.from_pretrained(vocoder)
         self.__dict__["vocoder"] = vocoder

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from transformers import ProcessorMixin
 
-from .audio import SAMPLING_RATE, load_audio
-from .configuration import CHUNK_FRAMES, audio_token_lengths, chunk_frames, mel_frames
+from llasm.audio import SAMPLING_RATE, load_audio
+from llasm.configuration import CHUNK_FRAMES, audio_token_lengths, chunk_frames, mel_frames
 
 AUDIO_PATCH, AUDIO_START, AUDIO_END = "<au_patch>", "<au_start>", "<au_end>"
 AUDIO_TOKENS = [AUDIO_PATCH, AUDIO_START, AUDIO_END]

@@ -13,8 +13,8 @@ import numpy as np
 import soundfile as sf
 
 from llasm.audio import load_audio
-from llasm.data import asr
-from llasm.data.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value, detect_lang
+from llasm.prep import asr
+from llasm.prep.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value, detect_lang
 from llasm.io import read_jsonl
 
 

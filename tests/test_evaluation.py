@@ -15,6 +15,7 @@ import soundfile as sf
 
 from conftest import ROOT, SR, TINY_YAML, tone
 from llasm import evaluation as E
+from llasm.evaluation.items import JUDGE_PROMPT_PATH
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -181,7 +182,7 @@ def test_prompts_are_pinned_and_versioned():
     assert prompts["version"] and prompts["asr"]["en"] == "Transcribe the audio."
     info = E.prompt_info()
     assert info["prompts_version"] == prompts["version"] and len(info["judge_prompt_sha256"]) == 64
-    text = E.JUDGE_PROMPT_PATH.read_text(encoding="utf-8")
+    text = JUDGE_PROMPT_PATH.read_text(encoding="utf-8")
     assert "Score: N" in text and E.Judge("http://x/v1", "m").prompt("Q?", "R.", "A.", "en").count("Q?") == 1
 
 
@@ -358,7 +359,7 @@ def test_llasm_transcription_is_capped_by_audio_length():
     """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does."""
     import numpy as np
 
-    from llasm.eval_systems import LlasmSystem
+    from llasm.evaluation.systems import LlasmSystem
 
     class Recorder:
         def chat(self, messages, max_new_tokens, **kwargs):

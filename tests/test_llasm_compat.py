@@ -7,7 +7,7 @@ from transformers import AutoConfig, LlamaForCausalLM, WhisperConfig, WhisperFea
 
 import llasm
 from llasm.builder import TINY_TOKENIZER, load_tokenizer
-from llasm.convert import convert_llasm
+from llasm.weights.llasm_checkpoint import convert_llasm
 from llasm.io import load_yaml
 from tests.conftest import TINY_YAML, tone
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for llasm.metrics (normalizers, WER/CER, instruction following, NLL, plot)."""
+"""Known-answer tests for llasm.evaluation.metrics (normalizers, WER/CER, instruction following, NLL, plot)."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from llasm import metrics as M
+from llasm.evaluation import metrics as M
 
 
 # ------------------------------------------------------------------ normalizers

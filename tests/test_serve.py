@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llasm.serve import describe_error, last_speech, model_messages, respond, to_chatbot, user_message
+from llasm.apps.serve import describe_error, last_speech, model_messages, respond, to_chatbot, user_message
 from tests.conftest import ROOT, tone
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -180,7 +180,7 @@ def test_speech_reply_is_kept_for_the_player(tiny):
 
 
 def test_a_unit_head_without_vocoder_replies_in_text(tiny):
-    from llasm.serve import can_speak
+    from llasm.apps.serve import can_speak
 
     model, _ = tiny
     speaker = _Speaker(model.processor)
@@ -194,7 +194,7 @@ def test_user_message_and_app_builds(tiny):
     model, _ = tiny
     assert user_message(None, "  ") is None and user_message("", None) is None
     assert user_message(None, "x") == {"role": "user", "content": [{"type": "text", "text": "x"}]}
-    from llasm.serve import build_app
+    from llasm.apps.serve import build_app
 
     app = build_app(model, max_new_tokens=4)
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
@@ -203,7 +203,7 @@ def test_user_message_and_app_builds(tiny):
 
 def test_cli_arguments(monkeypatch, tmp_path, tiny):
     """main() parses its flags and binds to 127.0.0.1 with the upload cap by default."""
-    import llasm.serve as serve
+    import llasm.apps.serve as serve
 
     model, _ = tiny
     model.save_pretrained(tmp_path / "m")
@@ -250,7 +250,7 @@ def test_page_end_to_end_in_chromium(tiny, tmp_path):
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llasm.serve", "--model", str(tmp_path / "m"), "--port", str(port),
+        [sys.executable, "-m", "llasm.apps.serve", "--model", str(tmp_path / "m"), "--port", str(port),
          "--max-upload-mb", "1", "--max-new-tokens", "12"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"

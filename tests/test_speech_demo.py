@@ -19,7 +19,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
         pytest.skip("starter models not converted (run `make starter`)")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
-    from llasm import speech_demo
+    from llasm.apps import speech_demo
 
     for key, value in {"LLASM_SPEECH_DIR": str(tmp_path), "LLASM_SPEECH_DATA_LIMIT": "16", "LLASM_VOCODER_MINUTES": "0.1",
                        "LLASM_HEAD_MINUTES": "0.1", "LLASM_SPEECH_EVAL_LIMIT": "1"}.items():

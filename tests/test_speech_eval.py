@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from conftest import SR, tone
-from llasm.speech_eval import evaluate_speech, load_speech_items
+from llasm.evaluation.speech import evaluate_speech, load_speech_items
 
 HEAD = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
         "intermediate_size": 64}
@@ -38,8 +38,8 @@ def write_items(root):
 def parts(tmp_path_factory, tiny_bases):
     """A tiny model with a unit head, a tiny vocoder and a k-means unit model on the tiny Whisper."""
     import llasm
-    from llasm.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
-    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
 
     root = tmp_path_factory.mktemp("speech_eval")
     data = write_items(root)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llasm import ct2, starter
+from llasm.weights import ct2, starter
 from llasm.io import llasm_home
 
 
@@ -276,7 +276,7 @@ def test_gguf_round_trip(tmp_path):
 def test_whisper_base_transcribes_espeak_sentence(tmp_path):
     home = Path(llasm_home())
     if not starter.is_installed("whisper-base", home):
-        pytest.skip(f"whisper-base starter model not converted under {home} (run `python -m llasm.starter`)")
+        pytest.skip(f"whisper-base starter model not converted under {home} (run `python -m llasm.weights.starter`)")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
     import soundfile as sf

@@ -269,7 +269,7 @@ def test_final_checkpoint_loads_and_chats(tmp_path, data):
 # -- objectives ---------------------------------------------------------------------------------
 def test_self_reply_and_kl_objectives(tmp_path, data, tiny):
     from llasm.io import read_jsonl
-    from llasm.objectives import kl_loss, precompute_self_replies
+    from llasm.training.objectives import kl_loss, precompute_self_replies
 
     model, processor = tiny
     rows = read_jsonl(data)

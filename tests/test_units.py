@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from conftest import SR, tone
-from llasm.units import (
+from llasm.speech.units import (
     HubertLayerFeatures,
     UnitExtractor,
     WhisperLayerFeatures,
@@ -168,8 +168,8 @@ def test_manifest_mode(fitted, audio_dir, tmp_path):
     rejects = [json.loads(line) for line in (out.parent / "manifest.rejects.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rejects] == ["y"] and "empty" in rejects[0]["reason"]
     # the vocoder's dataset reads it
-    from llasm.vocoder import UnitVocoderConfig
-    from llasm.vocoder_train import UnitAudioDataset
+    from llasm.speech.vocoder import UnitVocoderConfig
+    from llasm.speech.vocoder_training import UnitAudioDataset
 
     ds = UnitAudioDataset(out, UnitVocoderConfig(num_units=K, segment_size=3200))
     assert len(ds) == 4

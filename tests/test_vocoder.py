@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from llasm.vocoder import UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, load_vocoder_configs
-from llasm.vocoder_train import (
+from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, load_vocoder_configs
+from llasm.speech.vocoder_training import (
     MelSpectrogram,
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
@@ -117,7 +117,7 @@ def test_stream_concatenates_to_full_synthesis(with_predictor):
 
 def test_stream_first_chunk_comes_early():
     """The first chunk needs only ``first_chunk_units`` final units; the audio is unchanged."""
-    from llasm.vocoder import VocoderStream
+    from llasm.speech.vocoder import VocoderStream
 
     model = tiny_model(duration_predictor=False)
     units = np.random.default_rng(1).integers(0, 20, size=80)
@@ -145,7 +145,7 @@ def test_stream_first_chunk_comes_early():
 
 def test_stream_first_chunk_without_right_context():
     """first_chunk_context=0: the first chunk comes sooner; only its last receptive field may differ."""
-    from llasm.vocoder import VocoderStream
+    from llasm.speech.vocoder import VocoderStream
 
     model = tiny_model(duration_predictor=False)
     units = np.random.default_rng(2).integers(0, 20, size=60)
@@ -307,7 +307,7 @@ def test_configs_load_with_overrides():
 
 
 def test_no_unsafe_torch_load():
-    for path in [ROOT / "llasm" / "vocoder.py", ROOT / "llasm" / "vocoder_train.py", ROOT / "train" / "train_vocoder.py",
+    for path in [*sorted((ROOT / "llasm").rglob("*.py")), ROOT / "train" / "train_vocoder.py",
                  ROOT / "bench" / "vocoder_rtf.py"]:
         for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
             assert "weights_only=True" in call, f"{path}: {call}"

@@ -9,15 +9,15 @@ Overrides are ``section.key=value`` (or a bare ``key=value``), values parsed as 
 is a JSONL of ``{"id", "audio": 16 kHz wav/flac, "units": [deduplicated ids], "durations": [50 Hz
 frames per unit]}``. Re-running the same command resumes from the newest checkpoint in
 ``output_dir`` (``train.resume=auto``). The result, ``output_dir/vocoder.safetensors`` +
-``vocoder_config.json``, loads with ``llasm.vocoder.UnitHifiGan.from_pretrained(output_dir)``.
+``vocoder_config.json``, loads with ``llasm.speech.vocoder.UnitHifiGan.from_pretrained(output_dir)``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from llasm.vocoder import load_vocoder_configs
-from llasm.vocoder_train import VocoderTrainer
+from llasm.speech.vocoder import load_vocoder_configs
+from llasm.speech.vocoder_training import VocoderTrainer
 
 
 def main(argv: list[str]) -> int:

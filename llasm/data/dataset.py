@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import AudioError, load_audio
-from ..io import read_jsonl
+from llasm.audio import AudioError, load_audio
+from llasm.io import read_jsonl
 
 log = logging.getLogger(__name__)
 SPEECH = "<speech>"
@@ -171,7 +171,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         if units is not None:  # stage 3 targets: the spoken answer's units
             item["unit_targets"] = list(units)
         if self.with_teacher:  # kl objective: the same conversation with the transcript as text
-            from ..objectives import teacher_row
+            from llasm.training.objectives import teacher_row
 
             text_row = teacher_row(row)
             if text_row is None:
@@ -182,7 +182,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
 
 def _chunks_per_clip(audios: list[np.ndarray], processor) -> list[int]:
-    from ..configuration import chunk_frames, mel_frames
+    from llasm.configuration import chunk_frames, mel_frames
 
     return [len(chunk_frames(mel_frames(len(a)), processor.pad_to_30s)) for a in audios]
 

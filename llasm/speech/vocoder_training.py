@@ -1,7 +1,7 @@
 """Training the unit vocoder: HiFi-GAN's discriminators and losses, the log-mel, the unit/audio
 dataset and :class:`VocoderTrainer` (``train/train_vocoder.py`` is the thin script around it).
 
-The model, its configuration and streaming synthesis live in :mod:`llasm.vocoder`.
+The model, its configuration and streaming synthesis live in :mod:`llasm.speech.vocoder`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from .vocoder import FRAME_RATE, LRELU_SLOPE, UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, _padding
+from llasm.speech.vocoder import FRAME_RATE, LRELU_SLOPE, UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, _padding
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Systems (``results[system][lang]``, corpus ``wer`` for English, ``cer`` for Chin
     the judge on the reference answer recording itself (the TTS audio): the judge's own error on
     this speech, the floor for the two below.
 ``resynthesis``
-    units of the reference recording (k-means, :class:`llasm.units.UnitExtractor`) -> the unit
+    units of the reference recording (k-means, :class:`llasm.speech.units.UnitExtractor`) -> the unit
     vocoder with its *predicted* durations (as in generation) -> judge; scored against the answer
     text. Measures units + vocoder.
 ``round_trip``
@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import metrics as M
+from llasm.evaluation import metrics as M
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class SpeechItem:
 
 def load_speech_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[SpeechItem], list[dict]]:
     """First human turn + first gpt turn of each conversation (``split`` filter, ``limit`` per language)."""
-    from .eval_data import _lang
-    from .io import read_jsonl
+    from llasm.evaluation.items import _lang
+    from llasm.io import read_jsonl
 
     path = Path(path)
     items, errors, per_lang = [], [], {}
@@ -98,7 +98,7 @@ def evaluate_speech(
     """
     from tqdm import tqdm
 
-    from .audio import SAMPLING_RATE, load_audio, save_audio
+    from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 
     if model is not None and vocoder is not None and getattr(model, "vocoder", None) is None:
         model.set_vocoder(vocoder)

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from llasm.io import REPO
+
 SEED = REPO / "data" / "seed"
 
 
@@ -128,8 +129,8 @@ def generated_sentences(n: int, seed: int = 0) -> list[dict]:
 
 def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
     """Speak the seed corpus and generated sentences; write train / held-out JSONL files."""
-    from .data.synthesize import synthesize_dataset
-    from .io import read_jsonl, write_jsonl
+    from llasm.prep.synthesize import synthesize_dataset
+    from llasm.io import read_jsonl, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     sources = {"asr_seed": SEED / "asr_sentences.jsonl", "instruct_seed": SEED / "instructions.jsonl"}
@@ -187,10 +188,10 @@ def encode_clips(model, processor, path: Path, cache_dir: Path, text=lambda row:
     import torch
     from tqdm import tqdm
 
-    from .audio import load_audio
-    from .data.dataset import audio_key
-    from .encoder_cache import EncoderCache, model_key
-    from .io import read_jsonl
+    from llasm.audio import load_audio
+    from llasm.data.dataset import audio_key
+    from llasm.training.encoder_cache import EncoderCache, model_key
+    from llasm.io import read_jsonl
 
     cache, mkey = EncoderCache(cache_dir), model_key(model, processor)
     rows = [r for r in read_jsonl(path) if len(r.get("audios", [])) == 1]
@@ -219,7 +220,7 @@ def warm_start(model, processor, asr_train: Path, plan: DemoPlan, cache_dir: Pat
     """Encode the training clips once (into stage 1's encoder cache) and run the CTC alignment."""
     import torch
 
-    from .align import ctc_align_adaptor
+    from llasm.training.align import ctc_align_adaptor
 
     states, frames, texts, _ = encode_clips(model, processor, asr_train, cache_dir)
     with torch.enable_grad():
@@ -227,7 +228,7 @@ def warm_start(model, processor, asr_train: Path, plan: DemoPlan, cache_dir: Pat
 
 
 def warm_start_config(plan: DemoPlan):
-    from .align import AlignConfig
+    from llasm.training.align import AlignConfig
 
     # Greedy CTC decoding of held-out seed clips after the warm start on the demo's 1,832 clips, en WER / zh CER
     # (on training clips in brackets). 118 clips = 35 + 35 ASR sentences + 24 + 24 spoken questions:
@@ -255,7 +256,7 @@ def warm_start_config(plan: DemoPlan):
 
 def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, out: Path, *, lora: bool,
               minutes: float, max_steps: int | None, lr: float, adaptor_lr: float | None = None):
-    from .training import train
+    from llasm.training.trainer import train
 
     config = {
         "model": plan.model,
@@ -297,12 +298,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if plan.starter:
         with clock.step("starter models"):
-            from .starter import ensure_starter_models
+            from llasm.weights.starter import ensure_starter_models
 
             ensure_starter_models(list(plan.starter))
     with clock.step("speak the seed corpus (TTS)"):
         files = prepare_data(out / "data", plan)
-    from .builder import build_model
+    from llasm.builder import build_model
 
     model, processor = build_model(REPO / plan.model)
     with clock.step("warm start: CTC alignment of the adaptor"):
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                            lr=2e-4, adaptor_lr=ADAPTOR_LR)
     final = Path(result["final"]) if isinstance(result, dict) and result.get("final") else out / "stage2" / "final"
     with clock.step("evaluation (held-out seed items, llasm vs cascade)"):
-        from .evaluation import main as evaluate_main
+        from llasm.evaluation.run import main as evaluate_main
 
         evaluate_main(["--model", str(final), "--data", str(files["instruct_test"]), "--asr-data", str(files["asr_test"]),
                        "--split", "all", "--limit", str(plan.eval_limit), "--asr-limit", str(plan.asr_eval_limit),
@@ -338,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def answer_examples(final: Path, instruct_test: Path) -> None:
-    from .io import read_jsonl
-    from .modeling import LlasmForConditionalGeneration
+    from llasm.io import read_jsonl
+    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(final)
     rows = read_jsonl(instruct_test)

@@ -1,6 +1,6 @@
 """Training library: typed config, per-component trainability, the accelerate loop, checkpoints.
 
-A stage is a YAML (``configs/stage*.yaml``) read into :class:`TrainConfig` (``llasm/train_config.py``),
+A stage is a YAML (``configs/stage*.yaml``) read into :class:`TrainConfig` (``llasm/training/config.py``),
 with dotted command-line overrides (``train.lr=1e-4``). Stages differ only there: which parts train
 (``trainable``), the data mixture, the objective. ``train/train.py`` is the thin entry point.
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
-from .io import llasm_home, read_jsonl, write_jsonl
-from .train_config import TrainConfig, load_config, load_model, resolve_path  # noqa: F401 (re-exported)
+from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
+from llasm.io import llasm_home, read_jsonl, write_jsonl
+from llasm.io import resolve_path
+from llasm.training.config import TrainConfig, load_config, load_model
 
 log = logging.getLogger(__name__)
 PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
@@ -50,7 +51,7 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
         if mode == "lora":
             if part != "language_model":
                 raise ValueError(f"trainable.{part}: lora is only supported for the language_model")
-            from .lora import add_lora
+            from llasm.lora import add_lora
 
             model.language_model.requires_grad_(False)
             add_lora(model, lora)
@@ -126,7 +127,7 @@ class Trainer:
         if model is None:
             model, processor = load_model(cfg.model)
         if cfg.unit_head and model.unit_head is None:
-            from .unit_head import CtcUnitHead
+            from llasm.unit_head import CtcUnitHead
 
             model.config.unit_head = dict(cfg.unit_head)
             model.unit_head = CtcUnitHead(dict(cfg.unit_head), input_size=model.config.text_config.hidden_size)
@@ -189,12 +190,12 @@ class Trainer:
         tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
         if not self.cfg.encoder_cache.enabled or tower_trains or self.model.config.audio_source != "whisper_encoder":
             return None
-        from .encoder_cache import EncoderCache
+        from llasm.training.encoder_cache import EncoderCache
 
         return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"))
 
     def _dataset(self) -> ConversationDataset:
-        from .encoder_cache import model_key
+        from llasm.training.encoder_cache import model_key
 
         sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
                    for s in self.cfg.data.sources]
@@ -212,7 +213,7 @@ class Trainer:
 
     def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
         """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
-        from .objectives import precompute_self_replies
+        from llasm.training.objectives import precompute_self_replies
 
         out = []
         for i, source in enumerate(sources):
@@ -240,7 +241,7 @@ class Trainer:
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
         inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
         if self.cfg.objective.type == "kl":
-            from .objectives import kl_loss
+            from llasm.training.objectives import kl_loss
 
             output = self.engine(**inputs)
             teacher = self._teacher_logits(batch)

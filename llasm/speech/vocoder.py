@@ -15,9 +15,9 @@ fairseq vocoder (e.g. SpeechGPT's mHuBERT-1000 one) loads with :meth:`UnitHifiGa
 
 Library entry points: :class:`UnitVocoderConfig`, :class:`UnitHifiGan` (``forward``,
 ``synthesize``, ``stream``, ``save_pretrained`` / ``from_pretrained``) and :class:`VocoderStream`;
-training (discriminators, losses, :class:`~llasm.vocoder_train.MelSpectrogram`,
-:class:`~llasm.vocoder_train.UnitAudioDataset`, :class:`~llasm.vocoder_train.VocoderTrainer`) lives
-in :mod:`llasm.vocoder_train` (``train/train_vocoder.py`` is the thin script around it).
+training (discriminators, losses, :class:`~llasm.speech.vocoder_training.MelSpectrogram`,
+:class:`~llasm.speech.vocoder_training.UnitAudioDataset`, :class:`~llasm.speech.vocoder_training.VocoderTrainer`) lives
+in :mod:`llasm.speech.vocoder_training` (``train/train_vocoder.py`` is the thin script around it).
 """
 
 from __future__ import annotations

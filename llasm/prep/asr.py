@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llasm.audio import AudioError, load_audio, save_audio
-from llasm.data.prompts import asr_human_value, detect_lang
+from llasm.prep.prompts import asr_human_value, detect_lang
 from llasm.io import relative_path as _relative
 from llasm.io import write_jsonl
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration import encoder_frames
-from .io import atomic_path
+from llasm.configuration import encoder_frames
+from llasm.io import atomic_path
 
 
 def model_key(model, processor) -> str:

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from . import metrics as M
-from .eval_data import JUDGE_PROMPT_PATH, InstructItem, load_prompts
+from llasm.evaluation import metrics as M
+from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
 
 LANG_NAMES = {"en": "English", "zh": "Chinese (简体中文)"}
 
@@ -74,7 +74,7 @@ class LlasmSystem:
                                **self.generate_kwargs)
 
     def transcribe(self, audio, lang: str) -> tuple[str, dict]:
-        from .audio import load_audio
+        from llasm.audio import load_audio
 
         audio = load_audio(audio)  # 16 kHz
         content = [{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]
@@ -132,7 +132,7 @@ class WhisperTranscriber:
     def __call__(self, audio, lang: str) -> str:
         import torch
 
-        from .audio import load_audio
+        from llasm.audio import load_audio
 
         audio = load_audio(audio)
         sr = self.processor.feature_extractor.sampling_rate

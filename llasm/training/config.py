@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import load_yaml
+from llasm.io import load_yaml, resolve_path
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -147,15 +146,10 @@ def load_model(path: str):
     """A model YAML (``configs/model/*.yaml``) or a checkpoint directory -> ``(model, processor)``."""
     path = resolve_path(path)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
-        from .modeling import LlasmForConditionalGeneration
+        from llasm.modeling import LlasmForConditionalGeneration
 
         model = LlasmForConditionalGeneration.from_pretrained(path)
         return model, model.processor
-    from .builder import build_model
+    from llasm.builder import build_model
 
     return build_model(path)
-
-
-def resolve_path(path: str) -> str:
-    """A path as given, or relative to the repository (configs/... from anywhere)."""
-    return path if os.path.exists(path) or os.path.isabs(path) else str(REPO / path)

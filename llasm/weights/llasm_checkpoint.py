@@ -40,10 +40,10 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
     """Build a llasm model from a LinkSoul LLaSM checkpoint dir and save it (full) to ``output``."""
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
 
-    from .checkpoint import DTYPES
-    from .configuration import LlasmConfig
-    from .modeling import LlasmForConditionalGeneration
-    from .processing import AUDIO_TOKENS, LlasmProcessor
+    from llasm.checkpoint import DTYPES
+    from llasm.configuration import LlasmConfig
+    from llasm.modeling import LlasmForConditionalGeneration
+    from llasm.processing import AUDIO_TOKENS, LlasmProcessor
 
     source = Path(_local_dir(source))
     state = read_state_dict(source)

@@ -17,7 +17,9 @@ import json
 import re
 from pathlib import Path
 
-SEED = Path(__file__).resolve().parents[2] / "data" / "seed"
+from llasm.io import REPO
+
+SEED = REPO / "data" / "seed"
 PROMPTS = {
     "en": 'Write one simple everyday English sentence (8 to 14 words) that uses the word "{}". Reply with the sentence only.',
     "zh": "请用“{}”写一个简单的日常中文句子（10到20个字）。只回答这个句子。",

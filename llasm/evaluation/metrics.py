@@ -57,9 +57,11 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from llasm.io import ASSETS
+
 NORMALIZER_VERSION = "1"
 
-ENGLISH_SPELLING_PATH = Path(__file__).resolve().parent / "assets" / "eval" / "english_spelling.json"
+ENGLISH_SPELLING_PATH = ASSETS / "eval" / "english_spelling.json"
 
 LANGUAGES = ("zh", "en")
 

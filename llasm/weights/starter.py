@@ -11,7 +11,7 @@ starter model this module
 4. writes it atomically to ``<home>/<name>/`` (staged in a temp dir beside it, then renamed) with a
    ``starter.json`` marker holding the sha256, so a rerun says "already there" and does nothing.
 
-Run ``python -m llasm.starter [--home DIR] [--only NAME[,NAME]] [--force] [--keep-packages]``.
+Run ``python -m llasm.weights.starter [--home DIR] [--only NAME[,NAME]] [--force] [--keep-packages]``.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def convert_whisper_ct2(model_bin: str | os.PathLike, src_dir: str | os.PathLike
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from llasm import ct2
+    from llasm.weights import ct2
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

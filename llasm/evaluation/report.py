@@ -1,5 +1,5 @@
 """The evaluation report: the metric legend, the per-language summary tables, ``report.md`` and the
-files ``report.{json,md,png}`` (:func:`write_report`; the PNG is :func:`llasm.metrics.plot_metrics`).
+files ``report.{json,md,png}`` (:func:`write_report`; the PNG is :func:`llasm.evaluation.metrics.plot_metrics`).
 Used by :mod:`llasm.evaluation`, which re-exports every name here.
 """
 
@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from . import metrics as M
+from llasm.evaluation import metrics as M
 
 
 # ----------------------------------------------------------------------------------- report
@@ -103,7 +103,7 @@ def _json_safe(obj):
 
 def write_report(report: dict, output_dir) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.png`` (when there are results) into ``output_dir``."""
-    from .io import write_text
+    from llasm.io import write_text
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

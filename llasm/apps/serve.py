@@ -182,7 +182,7 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
 
 def describe_error(err: BaseException) -> str:
     """A one-line, user-facing reason (no stack trace)."""
-    from .audio import AudioError
+    from llasm.audio import AudioError
 
     if isinstance(err, AudioError):
         return f"Unusable audio: {_short_paths(str(err))}"
@@ -208,7 +208,7 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
     """The Gradio Blocks page for ``model`` (which has ``model.processor``)."""
     import gradio as gr
 
-    from .chat import PromptCache
+    from llasm.chat import PromptCache
 
     lock = threading.Lock()  # one generation at a time on the shared model
     cache = PromptCache()  # the last conversation's keys and values: the next turn of it runs only what is new
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from .modeling import LlasmForConditionalGeneration
+    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
     model.eval()

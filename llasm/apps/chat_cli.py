@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 
-    from .audio import AudioError
-    from .chat import PromptCache, user_turn
-    from .modeling import LlasmForConditionalGeneration
+    from llasm.audio import AudioError
+    from llasm.chat import PromptCache, user_turn
+    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
     if args.vocoder:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         messages.append(user_turn(args.audio, args.text))
         try:
             if args.speak:
-                from .audio import save_audio
+                from llasm.audio import save_audio
 
                 text, wav = model.chat(messages, max_new_tokens=args.max_new_tokens, speak=True)
                 print(text)

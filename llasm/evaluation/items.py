@@ -14,9 +14,10 @@ import os
 import re
 from pathlib import Path
 
-from . import metrics as M
+from llasm.evaluation import metrics as M
+from llasm.io import ASSETS as PACKAGE_ASSETS
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "eval"
+ASSETS = PACKAGE_ASSETS / "eval"
 PROMPTS_PATH = ASSETS / "prompts.json"
 JUDGE_PROMPT_PATH = ASSETS / "judge_prompt.txt"
 SPEECH_TOKEN = "<speech>"
@@ -162,7 +163,7 @@ def load_asr_items(path, split: str | None = "test", limit: int | None = None) -
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from .io import read_jsonl
+    from llasm.io import read_jsonl
 
     return read_jsonl(path)
 

