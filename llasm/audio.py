@@ -6,6 +6,7 @@ names the file and the reason, so batch jobs can log it and move on.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
+
+from llasm.io import atomic_path
 
 SAMPLING_RATE = 16_000
 # One Whisper STFT window (25 ms): anything shorter gives no mel frame worth encoding.
@@ -42,8 +45,6 @@ def load_audio(source: Any, sampling_rate: int | None = None, *, name: str | Non
         if source.get("array") is not None:
             return load_audio(source["array"], source.get("sampling_rate"), name=name or source.get("path"))
         if source.get("bytes"):
-            import io
-
             return _decode(io.BytesIO(source["bytes"]), label)
         if source.get("path"):
             return load_audio(source["path"], name=name)
@@ -106,9 +107,7 @@ def _finish(data: np.ndarray, rate: int, label: str) -> np.ndarray:
 def save_audio(path: str | os.PathLike, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
     """Write ``audio`` atomically (temp file + rename); the format follows the file suffix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fmt = path.suffix.lstrip(".").upper() or "WAV"
-    sf.write(tmp, np.asarray(audio, dtype=np.float32), sampling_rate, format=fmt)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.asarray(audio, dtype=np.float32), sampling_rate, format=fmt)
     return path

@@ -8,9 +8,6 @@ paths recorded in the config. A ``full`` checkpoint is a plain HF model director
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from llasm.configuration import LlasmConfig
+from llasm.io import atomic_dir
 from llasm.lora import add_lora
 from llasm.processing import LlasmProcessor
 
@@ -38,10 +36,8 @@ def torch_dtype(name) -> torch.dtype:
 def save_checkpoint(model, save_directory, merge: bool = False) -> Path:
     """Write ``model`` (and its processor, when attached) into ``save_directory`` atomically."""
     target = Path(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     bases_known = bool(model.config.audio_model_name_or_path and model.config.text_model_name_or_path)
-    try:
+    with atomic_dir(target) as tmp:
         if merge or not bases_known:
             _save_full(model, tmp)
         else:
@@ -53,12 +49,6 @@ def save_checkpoint(model, save_directory, merge: bool = False) -> Path:
             model.generation_config.save_pretrained(tmp)
         if getattr(model, "processor", None) is not None:
             model.processor.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+import yaml
 
 # The package's bundled files, and the checkout it sits in (configs/, data/seed/: present in a clone
 # or an editable install, which is how the demo, the stage YAMLs and the scripts run).
@@ -28,6 +32,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, temp: str | os.PathLike | None = None, owner: bool = True) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` whole (never half-written).
+
+    An existing ``path`` is first moved aside, then removed, so a reader sees the old directory or the
+    new one. ``temp`` names the temp directory when several processes write into it (each rank of a
+    distributed save passes the same name; only the ``owner`` creates, renames and cleans it up, the
+    others just get the path). On an error the temp directory is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if not owner:
+        yield Path(temp) if temp is not None else path.with_name(f".{path.name}.tmp")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if temp is None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        tmp = Path(temp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -63,16 +100,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def load_yaml(path: str | os.PathLike) -> dict:
     """Load YAML, expanding ``${VAR}`` / ``${VAR:-default}`` from the environment in strings."""
-    import yaml
-
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     return expand_env(data)
 
 
 def expand_env(obj: Any) -> Any:
-    import re
-
     def sub(match: re.Match) -> str:
         name, _, default = match.group(1).partition(":-")
         if name == "LLASM_HOME":

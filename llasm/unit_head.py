@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from llasm.processing import IGNORE_INDEX
 
 
 @dataclass

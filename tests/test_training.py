@@ -269,7 +269,8 @@ def test_final_checkpoint_loads_and_chats(tmp_path, data):
 # -- objectives ---------------------------------------------------------------------------------
 def test_self_reply_and_kl_objectives(tmp_path, data, tiny):
     from llasm.io import read_jsonl
-    from llasm.training.objectives import kl_loss, precompute_self_replies
+    from llasm.training.losses import kl_loss
+    from llasm.training.objectives import precompute_self_replies
 
     model, processor = tiny
     rows = read_jsonl(data)
@@ -411,11 +412,12 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
 
     trainer = Trainer(load_config(config(tmp_path, data, **{"encoder_cache.enabled": False})))
     from llasm.data.dataset import Collator
+    from llasm.training.losses import drop_unused_tail
 
     batch = Collator(trainer.processor, trainer.dataset)([trainer.dataset[i] for i in range(4)])
     with torch.no_grad():
         fast = trainer.loss(batch)
-        assert trainer._prefix_key is not None and len(trainer._prefix_key) >= 8  # the prefix path ran
+        assert trainer.prefix.key is not None and len(trainer.prefix.key) >= 8  # the prefix path ran
         trainer.cfg.train.fast_loss = False
         plain = trainer.loss(batch)
     assert abs(float(fast) - float(plain)) < 1e-5
@@ -424,7 +426,7 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
     length = inputs["input_ids"].shape[1]
     targets = batch["labels"][:, 1:]
     keep = int((targets != -100).any(0).nonzero().max()) + 1
-    trainer._drop_unused_tail(inputs, keep)
+    drop_unused_tail(inputs, keep, trainer.model.config)
     assert keep < length and inputs["input_ids"].shape[1] == inputs["attention_mask"].shape[1] == keep
 
 

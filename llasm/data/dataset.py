@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from llasm.audio import AudioError, load_audio
+from llasm.configuration import chunk_frames, mel_frames
 from llasm.io import read_jsonl
+from llasm.processing import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 SPEECH = "<speech>"
@@ -135,8 +138,6 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def _estimate_length(self, row: dict, root: str) -> int:
         """Token count without decoding audio (header duration) — only used to group batches."""
-        import soundfile as sf
-
         n = sum(len(t["value"]) // 3 + 4 for t in row["conversations"])
         for path in row.get("audios", []):
             try:
@@ -171,8 +172,6 @@ class ConversationDataset(torch.utils.data.Dataset):
         if units is not None:  # stage 3 targets: the spoken answer's units
             item["unit_targets"] = list(units)
         if self.with_teacher:  # kl objective: the same conversation with the transcript as text
-            from llasm.training.objectives import teacher_row
-
             text_row = teacher_row(row)
             if text_row is None:
                 return {"id": row_id, "rejected": "kl objective needs one audio and a transcript"}
@@ -181,9 +180,26 @@ class ConversationDataset(torch.utils.data.Dataset):
         return item
 
 
-def _chunks_per_clip(audios: list[np.ndarray], processor) -> list[int]:
-    from llasm.configuration import chunk_frames, mel_frames
+def transcript_of(row: dict) -> str | None:
+    """A row's transcript: its ``transcript`` field, or the answer of a one-audio ASR row."""
+    if row.get("transcript"):
+        return row["transcript"]
+    answers = [t["value"] for t in row.get("conversations", []) if t["from"] in ("gpt", "assistant")]
+    if len(row.get("audios", [])) == 1 and len(answers) == 1:
+        return answers[0]
+    return None
 
+
+def teacher_row(row: dict) -> dict | None:
+    """The row with its (single) ``<speech>`` replaced by the transcript, for the text-only teacher."""
+    transcript = transcript_of(row)
+    if not transcript or len(row.get("audios", [])) != 1:
+        return None
+    turns = [{"from": t["from"], "value": t["value"].replace("<speech>", transcript)} for t in row["conversations"]]
+    return {k: v for k, v in row.items() if k in ("id", "system")} | {"audios": [], "conversations": turns}
+
+
+def _chunks_per_clip(audios: list[np.ndarray], processor) -> list[int]:
     return [len(chunk_frames(mel_frames(len(a)), processor.pad_to_30s)) for a in audios]
 
 
@@ -262,9 +278,9 @@ class Collator:
         batch["ids"] = [g["id"] for g in good]
         batch["audio_keys"] = [k for g in good for k in g["audio_keys"]]
         batch["chunk_frames"] = [c.shape[1] for g in good for c in g["audio_chunks"]]
-        if all("unit_targets" in g for g in good):  # -100 padded, as the CTC loss expects
+        if all("unit_targets" in g for g in good):  # IGNORE_INDEX padded, as the CTC loss expects
             longest = max(len(g["unit_targets"]) for g in good)
-            batch["unit_targets"] = torch.tensor([g["unit_targets"] + [-100] * (longest - len(g["unit_targets"]))
+            batch["unit_targets"] = torch.tensor([g["unit_targets"] + [IGNORE_INDEX] * (longest - len(g["unit_targets"]))
                                                   for g in good])
         if "teacher_input_ids" in good[0]:
             teacher = self.processor.collate(

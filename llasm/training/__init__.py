@@ -5,9 +5,10 @@
 """
 
 from llasm.training.config import TrainConfig, load_config, load_model
-from llasm.training.trainer import (NonFiniteLoss, Trainer, apply_trainability, end_distributed, latest_checkpoint,
-                                    list_checkpoints, main, param_groups, plot_losses, train, upcast_trainable_parts)
+from llasm.training.parts import DEFAULT_TRAINABLE, apply_trainability, param_groups, upcast_trainable_parts
+from llasm.training.resume import latest_checkpoint, list_checkpoints, plot_losses
+from llasm.training.trainer import NonFiniteLoss, Trainer, end_distributed, main, train
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "apply_trainability", "end_distributed", "latest_checkpoint",
+__all__ = ["DEFAULT_TRAINABLE", "NonFiniteLoss", "TrainConfig", "Trainer", "apply_trainability", "end_distributed", "latest_checkpoint",
            "list_checkpoints", "load_config", "load_model", "main", "param_groups", "plot_losses", "train",
            "upcast_trainable_parts"]

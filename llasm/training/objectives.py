@@ -7,25 +7,15 @@ training, by :func:`precompute_self_replies`.
 
 ``kl`` (Ultravox's knowledge distillation): cross-entropy plus
 ``KL(p_LLM(. | transcript) || p_model(. | speech))`` over the assistant tokens, the teacher being
-the frozen LLM reading the transcript as text.
+the frozen LLM reading the transcript as text: its rows come from :func:`llasm.data.dataset.teacher_row`, the loss is
+:func:`llasm.training.losses.kl_loss`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
-IGNORE_INDEX = -100
-
-
-def transcript_of(row: dict) -> str | None:
-    """A row's transcript: its ``transcript`` field, or the answer of a one-audio ASR row."""
-    if row.get("transcript"):
-        return row["transcript"]
-    answers = [t["value"] for t in row.get("conversations", []) if t["from"] in ("gpt", "assistant")]
-    if len(row.get("audios", [])) == 1 and len(answers) == 1:
-        return answers[0]
-    return None
+from llasm.data.dataset import transcript_of
 
 
 @torch.no_grad()
@@ -51,31 +41,3 @@ def precompute_self_replies(rows: list[dict], model, processor, max_new_tokens: 
         out.append(new)
     model.train(was_training)
     return out
-
-
-def teacher_row(row: dict) -> dict | None:
-    """The row with its (single) ``<speech>`` replaced by the transcript, for the text-only teacher."""
-    transcript = transcript_of(row)
-    if not transcript or len(row.get("audios", [])) != 1:
-        return None
-    turns = [{"from": t["from"], "value": t["value"].replace("<speech>", transcript)} for t in row["conversations"]]
-    return {k: v for k, v in row.items() if k in ("id", "system")} | {"audios": [], "conversations": turns}
-
-
-def answer_positions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Logits that predict supervised tokens: ``(B, L, V) -> (N_answer, V)``."""
-    keep = labels[:, 1:] != IGNORE_INDEX  # (B, L-1): position t predicts token t+1
-    return logits[:, :-1][keep]
-
-
-def kl_loss(student_logits, labels, teacher_logits, teacher_labels, temperature: float = 1.0) -> torch.Tensor:
-    """Mean over answer tokens of ``KL(teacher || student)`` at ``temperature`` (scaled by T²)."""
-    student = answer_positions(student_logits, labels).float() / temperature  # (N, V)
-    teacher = answer_positions(teacher_logits, teacher_labels).float() / temperature
-    if student.shape != teacher.shape:
-        raise ValueError(f"kl objective: {student.shape[0]} answer tokens with speech but {teacher.shape[0]} "
-                         "with the transcript; the assistant turns must be identical")
-    log_teacher = F.log_softmax(teacher, -1)
-    log_student = F.log_softmax(student, -1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)  # (N,)
-    return kl.mean() * temperature**2

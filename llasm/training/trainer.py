@@ -1,8 +1,15 @@
-"""Training library: typed config, per-component trainability, the accelerate loop, checkpoints.
+"""The training loop: one stage from a :class:`~llasm.training.config.TrainConfig`, on one process,
+under ``torchrun``/``accelerate`` (DDP) or ``deepspeed`` (ZeRO-2/3).
 
-A stage is a YAML (``configs/stage*.yaml``) read into :class:`TrainConfig` (``llasm/training/config.py``),
-with dotted command-line overrides (``train.lr=1e-4``). Stages differ only there: which parts train
-(``trainable``), the data mixture, the objective. ``train/train.py`` is the thin entry point.
+Where things are:
+
+* devices and precision: :class:`Trainer` builds one ``accelerate.Accelerator`` (``self.accelerator``;
+  CPU when no CUDA, gloo for DeepSpeed on CPU, ``mixed_precision`` from the YAML); batches go to
+  ``self.accelerator.device`` in :meth:`Trainer.model_inputs`;
+* collectives: every cross-rank step is a named method or an ``accelerator`` call in :meth:`fit` and the
+  checkpoint methods (``_mean_across_ranks``, ``_check_finite``, ``wait_for_everyone``);
+* the loss per objective: :mod:`llasm.training.losses`; trainability and learning rates:
+  :mod:`llasm.training.parts`; resume state and RNG: :mod:`llasm.training.resume`.
 """
 
 from __future__ import annotations
@@ -11,104 +18,42 @@ import dataclasses
 import json
 import logging
 import os
-import random
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
-from llasm.io import llasm_home, read_jsonl, write_jsonl
-from llasm.io import resolve_path
+from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
+from llasm.training import losses
 from llasm.training.config import TrainConfig, load_config, load_model
+from llasm.training.encoder_cache import EncoderCache, model_key
+from llasm.training.objectives import precompute_self_replies
+from llasm.training.parts import (apply_trainability, freeze_frozen_parts, param_groups, trainability,
+                                  trainable_names, upcast_trainable_parts)
+from llasm.training.resume import latest_checkpoint, list_checkpoints, plot_losses, rng_state, seed_everything, set_rng_state
+from llasm.unit_head import CtcUnitHead
 
 log = logging.getLogger(__name__)
-PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
-
-
-# -- model parts --------------------------------------------------------------------------------
-def apply_trainability(model, trainable: dict, lora: dict | None = None):
-    """Set ``requires_grad`` per part: ``frozen`` | ``full`` | ``lora`` (language_model only).
-
-    The ``<au_start>``/``<au_end>`` rows train with the adaptor unless ``audio_marker_embeddings``
-    says otherwise.
-    """
-    modes = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen", **trainable}
-    modes.setdefault("audio_marker_embeddings", modes["adaptor"])
-    if getattr(model, "unit_head", None) is not None:
-        modes.setdefault("unit_head", "frozen")
-    elif modes.get("unit_head", "frozen") != "frozen":
-        raise ValueError("trainable.unit_head is set but the model has no unit head (give unit_head: {...})")
-    else:
-        modes.pop("unit_head", None)
-    for part, mode in modes.items():
-        if mode not in ("frozen", "full", "lora"):
-            raise ValueError(f"trainable.{part} must be frozen, full or lora, got {mode!r}")
-        if mode == "lora":
-            if part != "language_model":
-                raise ValueError(f"trainable.{part}: lora is only supported for the language_model")
-            from llasm.lora import add_lora
-
-            model.language_model.requires_grad_(False)
-            add_lora(model, lora)
-        else:
-            getattr(model, part).requires_grad_(mode == "full")
-    return model
-
-
-def param_groups(model, lr: float, part_lr: dict) -> list[dict]:
-    """Trainable parameters grouped by learning rate: ``part_lr`` overrides ``lr`` per top-level part."""
-    parts = {name for name, _ in model.named_children()}
-    unknown = sorted(set(part_lr) - parts)
-    if unknown:
-        raise ValueError(f"train.part_lr: unknown part(s) {unknown}; parts are {sorted(parts)}")
-    rates = {part: float(rate) for part, rate in part_lr.items()}  # YAML reads 1e-5 as a string
-    rates.setdefault("audio_marker_embeddings", rates.get("adaptor", lr))
-    groups: dict[float, list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault(rates.get(name.split(".", 1)[0], lr), []).append(param)
-    return [{"params": params, "lr": rate} for rate, params in groups.items()]
-
-
-def upcast_trainable_parts(model) -> list[str]:
-    """Fully trained small parts (adaptor, audio-marker rows, unit head) of a bf16/fp16 model to fp32.
-
-    Adam's updates shrink below bf16's resolution as the learning rate decays, so these parts keep
-    fp32 weights (as PEFT keeps LoRA weights); the forward casts their inputs and outputs. The
-    frozen parts and a fully trained LLM keep the model's dtype. Returns the parts upcast.
-    """
-    done = []
-    for part in ("adaptor", "audio_marker_embeddings", "unit_head"):
-        module = getattr(model, part, None)
-        params = list(module.parameters()) if module is not None else []
-        if params and all(p.requires_grad for p in params) and any(p.dtype in (torch.bfloat16, torch.float16)
-                                                                   for p in params):
-            module.float()
-            done.append(part)
-    return done
-
-
-def trainable_names(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+OBJECTIVES = ("ce", "self_reply", "kl", "units")
 
 
 # -- the loop -----------------------------------------------------------------------------------
 class NonFiniteLoss(FloatingPointError):
-    pass
+    """A loss that is NaN or infinite on some rank; the message names the step, rank and batch item ids."""
 
 
 class Trainer:
     """One training run: build everything from a :class:`TrainConfig`, then :meth:`fit`."""
 
     def __init__(self, cfg: TrainConfig, model=None, processor=None):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         if cfg.objective.cache_states:
@@ -123,12 +68,10 @@ class Trainer:
                                        gradient_accumulation_steps=cfg.train.grad_accum,
                                        mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
         self.is_main = self.accelerator.is_main_process
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         if model is None:
             model, processor = load_model(cfg.model)
         if cfg.unit_head and model.unit_head is None:
-            from llasm.unit_head import CtcUnitHead
-
             model.config.unit_head = dict(cfg.unit_head)
             model.unit_head = CtcUnitHead(dict(cfg.unit_head), input_size=model.config.text_config.hidden_size)
         self.processor = processor
@@ -149,23 +92,23 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
                                            weight_decay=cfg.train.weight_decay)
-        from transformers import get_scheduler
-
         # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank)
         self.scheduler = get_scheduler(cfg.train.scheduler, self.optimizer, cfg.train.warmup_steps, self.total_steps)
         self.model.train()
-        for part in PARTS:  # frozen parts stay in eval mode (no dropout)
-            module = getattr(model, part)
-            if module is not None and not any(p.requires_grad for p in module.parameters()):
-                module.eval()
+        freeze_frozen_parts(model)
         self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.losses: list[tuple[int, float]] = []
-        self.state_cache: dict[tuple, torch.Tensor] = {}  # objective.cache_states: (id, tokens) -> (n_answer, D)
+        # objective.cache_states: the frozen LLM's answer states, kept after their first use
+        self.state_cache = losses.AnswerStateCache() if cfg.objective.cache_states else None
+        # ce with a frozen LLM: the shared prompt prefix's keys and values, computed once (ZeRO partitions
+        # the LLM, so not under DeepSpeed)
+        lm_frozen = not any(p.requires_grad for p in model.language_model.parameters())
+        self.prefix = losses.SharedPrefix() if lm_frozen and not cfg.deepspeed and cfg.objective.type == "ce" else None
 
     # -- setup helpers ---------------------------------------------------------------------
     def _check_cache_states(self) -> None:
-        modes = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen", **self.cfg.trainable}
+        modes = trainability(self.cfg.trainable)
         if self.cfg.objective.type != "units" or any(modes[p] != "frozen" for p in ("audio_tower", "adaptor", "language_model")):
             raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
                              "language_model frozen (it reuses their outputs across epochs)")
@@ -174,8 +117,6 @@ class Trainer:
                              "whose parameters are partitioned (use zero2.json)")
 
     def _deepspeed_plugin(self):
-        from accelerate.utils import DeepSpeedPlugin
-
         ds = json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text())
         world = int(os.environ.get("WORLD_SIZE", "1"))
         t = self.cfg.train
@@ -190,18 +131,14 @@ class Trainer:
         tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
         if not self.cfg.encoder_cache.enabled or tower_trains or self.model.config.audio_source != "whisper_encoder":
             return None
-        from llasm.training.encoder_cache import EncoderCache
-
         return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"))
 
     def _dataset(self) -> ConversationDataset:
-        from llasm.training.encoder_cache import model_key
-
         sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
                    for s in self.cfg.data.sources]
         if not sources:
             raise ValueError("data.sources is empty: give at least one JSONL")
-        if self.cfg.objective.type not in ("ce", "self_reply", "kl", "units"):
+        if self.cfg.objective.type not in OBJECTIVES:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
             sources = self._self_reply_sources(sources)
@@ -213,8 +150,6 @@ class Trainer:
 
     def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
         """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
-        from llasm.training.objectives import precompute_self_replies
-
         out = []
         for i, source in enumerate(sources):
             target = self.out / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
@@ -230,7 +165,9 @@ class Trainer:
         return out
 
     # -- one step --------------------------------------------------------------------------
-    def loss(self, batch: dict) -> torch.Tensor:
+    def model_inputs(self, batch: dict) -> dict:
+        """The model's keyword inputs for a collated batch, on this rank's device; with the encoder
+        cache, the frozen tower's states replace the mel features."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
         if "input_features" in batch:
             if self.cache is not None:
@@ -239,112 +176,19 @@ class Trainer:
             else:
                 inputs["input_features"] = batch["input_features"]
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
-        inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
-        if self.cfg.objective.type == "kl":
-            from llasm.training.objectives import kl_loss
+        return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
 
-            output = self.engine(**inputs)
-            teacher = self._teacher_logits(batch)
-            return output.loss + self.cfg.objective.kl_weight * kl_loss(
-                output.logits, inputs["labels"], teacher, batch["teacher_labels"].to(teacher.device),
-                self.cfg.objective.temperature)
-        if self.cfg.objective.type == "units":
-            labels = inputs.pop("labels")
-            ends = torch.tensor(sorted(self.processor.end_of_turn_ids), device=labels.device)
-            inputs["unit_mask"] = (labels != -100) & ~torch.isin(labels, ends)
-            inputs["unit_targets"] = batch["unit_targets"].to(labels.device)
-            if self.cfg.objective.cache_states:
-                rows, keep = self._answer_states(batch["ids"], inputs)
-                return self.engine(answer_states=rows, answer_mask=keep, unit_targets=inputs["unit_targets"]).loss
-            return self.engine(**inputs).loss
+    def loss(self, batch: dict) -> torch.Tensor:
+        """This rank's loss on ``batch`` for ``objective.type`` (see :mod:`llasm.training.losses`)."""
+        inputs, objective = self.model_inputs(batch), self.cfg.objective
+        if objective.type == "kl":
+            return losses.ce_plus_kl(self.engine, self.model, inputs, batch, objective.kl_weight, objective.temperature)
+        if objective.type == "units":
+            return losses.unit_ctc(self.engine, self.model, inputs, batch, self.processor.end_of_turn_ids,
+                                   self.state_cache)
         if not self.cfg.train.fast_loss:
             return self.engine(**inputs).loss
-        # The LM head (a vocabulary-sized matmul) runs only where an answer token is predicted:
-        # positions p whose next label is supervised, in any row of the batch.
-        labels = inputs.pop("labels")
-        targets = labels[:, 1:]
-        positions = (targets != -100).any(0).nonzero().squeeze(-1)  # (P,)
-        if positions.numel() == 0:
-            raise ValueError(f"batch {batch['ids']} has no supervised answer token (all labels are -100)")
-        self._drop_unused_tail(inputs, int(positions.max()) + 1)
-        start = self._shared_prefix(inputs, int(positions.min()))
-        logits = self.engine(**inputs, logits_to_keep=positions - start).logits  # (B, P, V)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, positions].flatten(),
-                                                 ignore_index=-100)
-
-    def _drop_unused_tail(self, inputs: dict, keep: int) -> None:
-        """Positions after the last one that predicts a label (the final end token as input, padding)
-        cannot change the loss under causal attention: cut them, unless audio sits there. Exact."""
-        ids = inputs["input_ids"]
-        if keep >= ids.shape[1]:
-            return
-        cfg = self.model.config
-        audio = torch.tensor([cfg.audio_start_token_id, cfg.audio_patch_token_id, cfg.audio_end_token_id],
-                             device=ids.device)
-        if torch.isin(ids[:, keep:], audio).any():
-            return
-        inputs["input_ids"], inputs["attention_mask"] = ids[:, :keep], inputs["attention_mask"][:, :keep]
-
-    @torch.no_grad()
-    def _shared_prefix(self, inputs: dict, limit: int) -> int:
-        """With a frozen LLM, the tokens every row starts with (system prompt, template) before any
-        audio give the same keys and values at every step: compute them once, reuse them as the
-        KV cache, and run the trainable part on the rest. Exact; returns the prefix length."""
-        lm_frozen = not any(p.requires_grad for p in self.model.language_model.parameters())
-        if not lm_frozen or self.cfg.deepspeed or self.cfg.objective.type != "ce":
-            return 0
-        ids = inputs["input_ids"]  # (B, L), right padded
-        cfg = self.model.config
-        same = (ids == ids[:1]).all(0) & ~torch.isin(ids[0], torch.tensor(
-            [cfg.audio_start_token_id, cfg.audio_patch_token_id, cfg.audio_end_token_id], device=ids.device))
-        n = min(int(same.long().cumprod(0).sum()), limit)
-        if n < 8:
-            return 0
-        key = tuple(ids[0, :n].tolist())
-        if getattr(self, "_prefix_key", None) != key:  # one prefix per run in practice
-            lm = self.model.language_model
-            self._prefix_key, self._prefix_kv = key, lm(input_ids=ids[:1, :n], use_cache=True).past_key_values
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for index, layer in enumerate(self._prefix_kv.layers):  # (1, H, n, d) -> (B, H, n, d), views
-            cache.update(layer.keys.expand(len(ids), -1, -1, -1), layer.values.expand(len(ids), -1, -1, -1), index)
-        inputs["input_ids"] = ids[:, n:]
-        inputs["past_key_values"] = cache  # attention_mask keeps its full length: prefix + rest
-        return n
-
-    @torch.no_grad()
-    def _answer_states(self, ids: list[str], inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 3 with ``objective.cache_states``: the frozen LLM's answer states of each
-        conversation, computed at its first batch and kept; ``(rows (B, L_ans, D), keep (B, L_ans))``."""
-        keys = [(i, hash(tuple(row[mask.bool()].tolist())))  # the id and the tokens: ids may repeat across files
-                for i, row, mask in zip(ids, inputs["input_ids"], inputs["attention_mask"])]
-        cache = self.state_cache
-        if any(k not in cache for k in keys):
-            model = self.model
-            embeds = model.embed_inputs(inputs["input_ids"], inputs.get("input_features"),
-                                        inputs.get("feature_attention_mask"), None, inputs.get("audio_encoder_outputs"))
-            rows, keep = model.answer_states(embeds, inputs["attention_mask"], inputs["unit_mask"])
-            for key, row, mask in zip(keys, rows, keep):
-                cache[key] = row[mask].clone()
-        states = [cache[k] for k in keys]
-        lengths = torch.tensor([len(s) for s in states], device=states[0].device)
-        rows = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
-        return rows, torch.arange(rows.shape[1], device=rows.device)[None] < lengths[:, None]
-
-    @torch.no_grad()
-    def _teacher_logits(self, batch) -> torch.Tensor:
-        """The frozen LLM reading the transcript (LoRA switched off when present)."""
-        llm = self.model.language_model
-        lora = hasattr(llm, "disable_adapter_layers")
-        if lora:
-            llm.disable_adapter_layers()
-        try:
-            return llm(input_ids=batch["teacher_input_ids"].to(self.accelerator.device),
-                       attention_mask=batch["teacher_attention_mask"].to(self.accelerator.device)).logits
-        finally:
-            if lora:
-                llm.enable_adapter_layers()
+        return losses.answer_ce(self.engine, self.model, inputs, self.prefix, batch["ids"])
 
     def _check_finite(self, loss: torch.Tensor, ids: list[str]) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
@@ -356,8 +200,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         resumed = self.maybe_resume()
         writer = self._tensorboard()
@@ -425,7 +267,7 @@ class Trainer:
     def _tensorboard(self):
         if not self.is_main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard), only on rank 0
 
         return SummaryWriter(str(self.out / "tensorboard"))
 
@@ -444,32 +286,30 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """``output_dir/checkpoint-N`` via a temp dir + rename, so a killed run never leaves half of one."""
-        from safetensors.torch import save_file
+        """``output_dir/checkpoint-N`` via a temp dir + rename, so a killed run never leaves half of one.
 
+        Every rank writes its RNG state (and, under DeepSpeed, its shard) into the same temp dir; rank 0
+        creates it, writes the rest and renames it once all ranks are done.
+        """
         final = self.out / f"checkpoint-{self.step}"
-        tmp = self.out / f".tmp-checkpoint-{self.step}"
         acc = self.accelerator
+        with atomic_dir(final, temp=self.out / f".tmp-checkpoint-{self.step}", owner=self.is_main) as tmp:
+            acc.wait_for_everyone()  # rank 0 made tmp
+            if self.cache is not None:
+                self.cache.flush()
+            if acc.distributed_type.name == "DEEPSPEED":
+                self.engine.save_checkpoint(str(tmp / "deepspeed"))
+            elif self.is_main:
+                state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+                save_file(state, str(tmp / "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
+            acc.wait_for_everyone()  # every rank wrote its part
+            if self.is_main:
+                torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                            "scheduler": self.scheduler.state_dict(), "losses": self.losses,
+                            "config": dataclasses.asdict(self.cfg)}, tmp / "trainer_state.pt")
         if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        if self.cache is not None:
-            self.cache.flush()
-        if acc.distributed_type.name == "DEEPSPEED":
-            self.engine.save_checkpoint(str(tmp / "deepspeed"))
-        elif self.is_main:
-            state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-            save_file(state, str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if self.is_main:
-            torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                        "scheduler": self.scheduler.state_dict(), "losses": self.losses,
-                        "config": dataclasses.asdict(self.cfg)}, tmp / "trainer_state.pt")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # the checkpoint appears whole or not at all
             self._prune()
         acc.wait_for_everyone()
         return final
@@ -485,8 +325,6 @@ class Trainer:
         path = latest_checkpoint(self.out) if self.cfg.resume == "auto" else Path(self.cfg.resume)
         if path is None:
             return None
-        from safetensors.torch import load_file
-
         acc = self.accelerator
         if acc.distributed_type.name == "DEEPSPEED":
             self.engine.load_checkpoint(str(path / "deepspeed"))
@@ -507,7 +345,7 @@ class Trainer:
         self.losses = [tuple(x) for x in trainer["losses"]]
         rng = path / f"rng-{acc.process_index}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(torch.load(rng, weights_only=True))
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
         return str(path)
@@ -517,7 +355,7 @@ class Trainer:
         final = self.out / "final"
         self.accelerator.wait_for_everyone()
         if self._zero_stage() == 3:  # ZeRO-3 partitions every weight: gather them on all ranks to save
-            import deepspeed
+            import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
 
             with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
                 if self.is_main:
@@ -533,64 +371,6 @@ class Trainer:
         if not self.cfg.deepspeed:
             return 0
         return int(json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text()).get("zero_optimization", {}).get("stage", 0))
-
-
-def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints (temp dirs start with a dot and never match), oldest first."""
-    found = []
-    for p in Path(out).glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.pt").exists():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = list_checkpoints(out)
-    return found[-1] if found else None
-
-
-def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if losses:
-        steps, values = zip(*losses)
-        ax.plot(steps, values)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """RNG states as plain tensors and tuples, so they load with ``weights_only=True`` (no unpickling)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, model=None, processor=None) -> dict:

@@ -1,0 +1,94 @@
+"""The model's parts in training: which train (``trainable`` in a stage YAML), their learning rates,
+and the small ones kept in fp32.
+
+Parts are the model's top-level children: ``audio_tower``, ``adaptor``, ``audio_marker_embeddings``,
+``language_model`` and, from stage 3, ``unit_head``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llasm.lora import add_lora
+
+PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
+# stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
+DEFAULT_TRAINABLE = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"}
+
+
+def trainability(trainable: dict) -> dict:
+    """``trainable`` over :data:`DEFAULT_TRAINABLE`: the mode of every named part."""
+    return {**DEFAULT_TRAINABLE, **trainable}
+
+
+def apply_trainability(model, trainable: dict, lora: dict | None = None):
+    """Set ``requires_grad`` per part: ``frozen`` | ``full`` | ``lora`` (language_model only).
+
+    The ``<au_start>``/``<au_end>`` rows train with the adaptor unless ``audio_marker_embeddings``
+    says otherwise. Raises ``ValueError`` naming the part for an unknown mode, LoRA outside the LLM,
+    or a trained ``unit_head`` on a model without one.
+    """
+    modes = trainability(trainable)
+    modes.setdefault("audio_marker_embeddings", modes["adaptor"])
+    if getattr(model, "unit_head", None) is not None:
+        modes.setdefault("unit_head", "frozen")
+    elif modes.get("unit_head", "frozen") != "frozen":
+        raise ValueError("trainable.unit_head is set but the model has no unit head (give unit_head: {...})")
+    else:
+        modes.pop("unit_head", None)
+    for part, mode in modes.items():
+        if mode not in ("frozen", "full", "lora"):
+            raise ValueError(f"trainable.{part} must be frozen, full or lora, got {mode!r}")
+        if mode == "lora":
+            if part != "language_model":
+                raise ValueError(f"trainable.{part}: lora is only supported for the language_model")
+            model.language_model.requires_grad_(False)
+            add_lora(model, lora)
+        else:
+            getattr(model, part).requires_grad_(mode == "full")
+    return model
+
+
+def param_groups(model, lr: float, part_lr: dict) -> list[dict]:
+    """Trainable parameters grouped by learning rate: ``part_lr`` overrides ``lr`` per top-level part."""
+    parts = {name for name, _ in model.named_children()}
+    unknown = sorted(set(part_lr) - parts)
+    if unknown:
+        raise ValueError(f"train.part_lr: unknown part(s) {unknown}; parts are {sorted(parts)}")
+    rates = {part: float(rate) for part, rate in part_lr.items()}  # YAML reads 1e-5 as a string
+    rates.setdefault("audio_marker_embeddings", rates.get("adaptor", lr))
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(rates.get(name.split(".", 1)[0], lr), []).append(param)
+    return [{"params": params, "lr": rate} for rate, params in groups.items()]
+
+
+def upcast_trainable_parts(model) -> list[str]:
+    """Fully trained small parts (adaptor, audio-marker rows, unit head) of a bf16/fp16 model to fp32.
+
+    Adam's updates shrink below bf16's resolution as the learning rate decays, so these parts keep
+    fp32 weights (as PEFT keeps LoRA weights); the forward casts their inputs and outputs. The
+    frozen parts and a fully trained LLM keep the model's dtype. Returns the parts upcast.
+    """
+    done = []
+    for part in ("adaptor", "audio_marker_embeddings", "unit_head"):
+        module = getattr(model, part, None)
+        params = list(module.parameters()) if module is not None else []
+        if params and all(p.requires_grad for p in params) and any(p.dtype in (torch.bfloat16, torch.float16)
+                                                                   for p in params):
+            module.float()
+            done.append(part)
+    return done
+
+
+def trainable_names(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def freeze_frozen_parts(model) -> None:
+    """Frozen parts stay in eval mode while the rest trains (no dropout in a frozen LLM or tower)."""
+    for part in PARTS:
+        module = getattr(model, part, None)
+        if module is not None and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
