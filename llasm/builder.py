@@ -1,4 +1,5 @@
-"""Build a model + processor from a model YAML (``configs/model/*.yaml``) or a dict.
+"""Build a model + processor from a model YAML (``configs/model/*.yaml``) or a dict, and load a
+model from either a YAML or a checkpoint directory (:func:`load_model`).
 
 ```yaml
 audio:    {name_or_path: openai/whisper-large-v2, source: whisper_encoder, pad_to_30s: false}
@@ -8,68 +9,133 @@ template: llama2          # llama2 | chatml | tokenizer | auto
 ```
 Either part may give ``config: {...}`` instead of ``name_or_path`` for a random model (tests);
 ``text.tokenizer`` names a tokenizer dir (``builtin:tiny`` is the bundled tiny sentencepiece one).
+``audio_tower: path/to/base.pt`` takes the audio tower from an openai-whisper checkpoint instead of
+``audio.name_or_path`` (its dims give the architecture). The YAML is read into :class:`ModelSpec`
+by :mod:`llasm.settings`: an unknown key is an error naming the key and the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, WhisperConfig, WhisperFeatureExtractor
 
+from llasm import settings
+from llasm.audio_tower import whisper_config
 from llasm.checkpoint import torch_dtype
 from llasm.configuration import LlasmConfig
-from llasm.io import ASSETS, load_yaml
+from llasm.io import ASSETS, load_yaml, resolve_path
 from llasm.modeling import LlasmForConditionalGeneration
 from llasm.processing import AUDIO_TOKENS, LLASM_SYSTEM_PROMPT, LlasmProcessor
 
 TINY_TOKENIZER = ASSETS / "tiny-llama-tokenizer"
 
 
-def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGeneration, LlasmProcessor]:
-    """Return ``(model, processor)`` for a model YAML path or dict.
+@dataclass
+class AudioSpec:
+    name_or_path: str | None = None  # HF Whisper id or dir (weights, config, feature extractor)
+    source: str = "whisper_encoder"  # whisper_encoder | whisper_decoder_queries (LLaSM)
+    pad_to_30s: bool = False
+    num_query_tokens: int = 64  # whisper_decoder_queries only
+    config: dict | None = None  # WhisperConfig fields of a random tower (tests)
 
-    The audio tower and the LLM are frozen, the adaptor and the audio-token rows trainable
-    (stage 1); training recipes change that per component.
+
+@dataclass
+class TextSpec:
+    name_or_path: str | None = None  # causal LM id or dir
+    tokenizer: str | None = None  # a tokenizer dir when not the LM's own; builtin:tiny for tests
+    config: dict | None = None  # config fields of a random LM (tests); model_type defaults to llama
+
+
+@dataclass
+class AdaptorSpec:
+    type: str = "mlp"  # mlp | linear (LLaSM)
+    stack_factor: int = 8  # encoder frames per audio token: 6.25 tokens per second
+    hidden_size: int | None = None  # mlp width; default 2 x the LLM width
+
+
+@dataclass
+class ModelSpec:
+    """A model YAML: the base models, the adaptor, the chat template and the precision."""
+
+    audio: AudioSpec = field(default_factory=AudioSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    adaptor: AdaptorSpec = field(default_factory=AdaptorSpec)
+    audio_tower: str | None = None  # an openai-whisper .pt for the tower, instead of audio.name_or_path
+    template: str = "auto"  # llama2 | chatml | tokenizer | auto
+    system_prompt: str = LLASM_SYSTEM_PROMPT
+    chain_of_modality: bool = False  # answers start with the transcript ([tq] ... [ta] ...)
+    dtype: str | None = None  # float32 (default) | bfloat16 | float16
+    seed: int | None = None  # seeds the random parts (adaptor, random towers)
+    unit_head: dict | None = None  # speech output (stage 3), UnitHeadConfig fields
+
+    def __post_init__(self):
+        if self.audio_tower and (self.audio.name_or_path or self.audio.config):
+            raise ValueError("give the audio tower once: audio_tower (an openai-whisper .pt) or audio.name_or_path / "
+                             "audio.config")
+        if self.audio_tower and self.audio.source != "whisper_encoder":
+            raise ValueError("audio_tower (an openai-whisper .pt) holds only what source whisper_encoder needs")
+
+
+def load_spec(source, overrides: Sequence[str] = (), **fields) -> ModelSpec:
+    """A model YAML path, a dict or a :class:`ModelSpec`, plus dotted ``overrides`` and top-level
+    ``fields`` -> :class:`ModelSpec`."""
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "<model spec>"
+    if isinstance(source, ModelSpec):
+        source = dataclasses.asdict(source)
+    elif isinstance(source, (str, os.PathLike)):
+        source = load_yaml(source)
+    return settings.load(ModelSpec, {**source, **fields}, overrides, where=where)
+
+
+def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) -> tuple[LlasmForConditionalGeneration,
+                                                                                     LlasmProcessor]:
+    """Return ``(model, processor)`` for a model YAML path, a dict or a :class:`ModelSpec`.
+
+    ``overrides`` are dotted ``key=value`` strings (``adaptor.stack_factor=4``); ``fields`` replace
+    top-level keys (``dtype="bfloat16"``). The audio tower and the LLM are frozen, the adaptor and
+    the audio-token rows trainable (stage 1); training recipes change that per component.
     """
-    spec = load_yaml(config_path_or_dict) if isinstance(config_path_or_dict, (str, os.PathLike)) else dict(config_path_or_dict)
-    spec.update(overrides)
-    audio, text, adaptor = spec.get("audio", {}), spec.get("text", {}), spec.get("adaptor", {})
-    if "seed" in spec:
-        torch.manual_seed(int(spec["seed"]))
-    source = audio.get("source", "whisper_encoder")
+    spec = load_spec(config_path_or_dict, overrides, **fields)
+    audio, text, adaptor = spec.audio, spec.text, spec.adaptor
+    if spec.seed is not None:
+        torch.manual_seed(spec.seed)
 
-    audio_path = audio.get("name_or_path")
-    audio_config = WhisperConfig.from_pretrained(audio_path) if audio_path else WhisperConfig(**audio.get("config", {}))
-    text_path = text.get("name_or_path")
-    text_config = AutoConfig.from_pretrained(text_path) if text_path else AutoConfig.for_model(**{"model_type": "llama", **text.get("config", {})})
+    audio_path = spec.audio_tower or audio.name_or_path
+    audio_config = whisper_config(audio_path) if audio_path else WhisperConfig(**(audio.config or {}))
+    text_path = text.name_or_path
+    text_config = (AutoConfig.from_pretrained(text_path) if text_path
+                   else AutoConfig.for_model(**{"model_type": "llama", **(text.config or {})}))
 
-    tokenizer = load_tokenizer(text.get("tokenizer") or text_path)
-    if audio_path:
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(audio_path)
-    else:
+    tokenizer = load_tokenizer(text.tokenizer or text_path)
+    if audio.name_or_path:
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(audio.name_or_path)
+    else:  # openai-whisper's front end is HF's default one: 25 ms windows, 10 ms hop, 30 s chunks
         feature_extractor = WhisperFeatureExtractor(feature_size=audio_config.num_mel_bins)
     processor = LlasmProcessor(
         feature_extractor,
         tokenizer,
-        template=spec.get("template", "auto"),
-        system_prompt=spec.get("system_prompt", LLASM_SYSTEM_PROMPT),
-        audio_source=source,
-        stack_factor=int(adaptor.get("stack_factor", 8)),
-        pad_to_30s=bool(audio.get("pad_to_30s", False)),
-        num_query_tokens=int(audio.get("num_query_tokens", 64)),
-        chain_of_modality=bool(spec.get("chain_of_modality", False)),
+        template=spec.template,
+        system_prompt=spec.system_prompt,
+        audio_source=audio.source,
+        stack_factor=adaptor.stack_factor,
+        pad_to_30s=audio.pad_to_30s,
+        num_query_tokens=audio.num_query_tokens,
+        chain_of_modality=spec.chain_of_modality,
     )
     ids = processor.audio_token_ids
     config = LlasmConfig(
         audio_config=audio_config,
         text_config=text_config,
-        audio_source=source,
+        audio_source=audio.source,
         pad_to_30s=processor.pad_to_30s,
-        adaptor_type=adaptor.get("type", "mlp"),
+        adaptor_type=adaptor.type,
         stack_factor=processor.stack_factor,
-        adaptor_hidden_size=adaptor.get("hidden_size"),
+        adaptor_hidden_size=adaptor.hidden_size,
         num_query_tokens=processor.num_query_tokens,
         audio_patch_token_id=ids[AUDIO_TOKENS[0]],
         audio_start_token_id=ids[AUDIO_TOKENS[1]],
@@ -79,11 +145,26 @@ def build_model(config_path_or_dict, **overrides) -> tuple[LlasmForConditionalGe
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        unit_head=dict(spec["unit_head"]) if spec.get("unit_head") else None,  # speech output (stage 3)
+        unit_head=dict(spec.unit_head) if spec.unit_head else None,  # speech output (stage 3)
     )
-    model = LlasmForConditionalGeneration.from_base_models(config, dtype=torch_dtype(spec.get("dtype")))
+    model = LlasmForConditionalGeneration.from_base_models(config, dtype=torch_dtype(spec.dtype))
     model.processor = processor
     return model, processor
+
+
+def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[LlasmForConditionalGeneration,
+                                                                         LlasmProcessor | None]:
+    """A checkpoint directory (``from_pretrained``, either format) or a model YAML (``build_model``)
+    -> ``(model, processor)``. A relative path that does not exist here is tried below the repository
+    (``configs/model/tiny.yaml`` from anywhere). ``dtype`` overrides the float32 default. Raises
+    ``FileNotFoundError`` naming ``path`` when it is neither."""
+    resolved = resolve_path(path)
+    if os.path.isdir(resolved) and os.path.exists(os.path.join(resolved, "config.json")):
+        model = LlasmForConditionalGeneration.from_pretrained(resolved, dtype=dtype)
+        return model, model.processor
+    if str(resolved).endswith((".yaml", ".yml")) and os.path.isfile(resolved):
+        return build_model(resolved, **({"dtype": dtype} if dtype else {}))
+    raise FileNotFoundError(f"{path}: not a checkpoint directory (with config.json) or a model YAML")
 
 
 def load_tokenizer(name_or_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llasm.evaluation import metrics as M
+from llasm.evaluation.report import plot_metrics
 
 
 # ------------------------------------------------------------------ normalizers
@@ -213,7 +214,7 @@ def test_plot_metrics_writes_png(tmp_path):
         "llasm": {"zh": {"cer": 0.12, "chrf": 55.0}, "en": {"wer": {"value": 0.08}, "chrf": 60.2}},
         "cascade": {"zh": {"cer": 0.10, "chrf": 50.1}, "en": {"wer": 0.07, "chrf": 58.0}},
     }
-    out = M.plot_metrics(results, tmp_path / "sub" / "metrics.png", title="test")
+    out = plot_metrics(results, tmp_path / "sub" / "metrics.png", title="test")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.png"]  # no temp files left

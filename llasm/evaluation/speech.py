@@ -27,8 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.evaluation import metrics as M
+from llasm.evaluation.items import _lang
+from llasm.io import read_jsonl
+from llasm.speech.units import UnitExtractor
+from llasm.speech.vocoder import UnitHifiGan
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +54,6 @@ class SpeechItem:
 
 def load_speech_items(path, split: str | None = "test", limit: int | None = None) -> tuple[list[SpeechItem], list[dict]]:
     """First human turn + first gpt turn of each conversation (``split`` filter, ``limit`` per language)."""
-    from llasm.evaluation.items import _lang
-    from llasm.io import read_jsonl
-
     path = Path(path)
     items, errors, per_lang = [], [], {}
     for n, row in enumerate(read_jsonl(path)):
@@ -96,10 +99,6 @@ def evaluate_speech(
     ``source`` needs answer audio; ``resynthesis`` needs answer audio, ``extractor`` and ``vocoder``;
     ``round_trip`` needs ``model`` with a unit head and a vocoder (``vocoder`` is attached when given).
     """
-    from tqdm import tqdm
-
-    from llasm.audio import SAMPLING_RATE, load_audio, save_audio
-
     if model is not None and vocoder is not None and getattr(model, "vocoder", None) is None:
         model.set_vocoder(vocoder)
     run = {"source": any(i.answer_audio for i in items),
@@ -161,3 +160,33 @@ def evaluate_speech(
         results.setdefault(name, {}).setdefault(lang, {})[rate["metric"]] = rate["value"]
         counts.setdefault(name, {}).setdefault(lang, {})["speech"] = len(scored)
     return {"results": results, "counts": counts, "details": {"speech": records}, "errors": errors, "notes": notes}
+
+
+# -- the speech task on the command line (``llasm eval --vocoder ...``) ------------------------------
+def speech_meta(args, judge) -> dict:
+    """The report's ``meta.speech``: which vocoder, unit k-means and Whisper judge were used."""
+    return {"vocoder": args.vocoder, "kmeans": args.kmeans, "judge_whisper": str(judge),
+            "durations": "predicted by the vocoder (as in generation)"}
+
+
+def run_speech(args, model, items, judge) -> dict:
+    """The speech-output task (:mod:`llasm.evaluation.speech`) with the parts named on the command line."""
+    vocoder = extractor = None
+    if args.vocoder:
+        vocoder = UnitHifiGan.from_pretrained(args.vocoder).eval()
+    if args.kmeans:
+        extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
+    return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,
+                           max_new_tokens=args.max_new_tokens, samples_dir=Path(args.output) / "speech_samples",
+                           progress=not args.no_progress)
+
+
+def merge_speech(report: dict, speech: dict) -> None:
+    """Speech systems join the report as ``speech_<name>`` columns."""
+    for name, langs in speech["results"].items():
+        report["results"][f"speech_{name}"] = langs
+    for name, langs in speech["counts"].items():
+        report.setdefault("counts", {})[f"speech_{name}"] = langs
+    report.setdefault("details", {}).update(speech["details"])
+    report["errors"] += speech["errors"]
+    report["notes"] += speech["notes"]

@@ -4,7 +4,8 @@
 :class:`TrainConfig`, and stages differ only there.
 """
 
-from llasm.training.config import TrainConfig, load_config, load_model
+from llasm.builder import load_model
+from llasm.training.config import TrainConfig, load_config
 from llasm.training.parts import DEFAULT_TRAINABLE, apply_trainability, param_groups, upcast_trainable_parts
 from llasm.training.resume import latest_checkpoint, list_checkpoints, plot_losses
 from llasm.training.trainer import NonFiniteLoss, Trainer, end_distributed, main, train

@@ -6,18 +6,12 @@ overrides change single keys, and unknown keys or unreadable values fail with th
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from llasm.io import load_yaml, resolve_path
-
+from llasm import settings
+from llasm.training.parts import DEFAULT_TRAINABLE
 
 
-# -- config -------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
     sources: list[dict] = field(default_factory=list)  # [{path, weight}]
@@ -75,8 +69,7 @@ class TrainConfig:
     seed: int = 0
     resume: str = "auto"  # auto | none | a checkpoint dir
     deepspeed: str | None = None  # configs/deepspeed/zero2.json
-    trainable: dict = field(default_factory=lambda: {"audio_tower": "frozen", "adaptor": "full",
-                                                     "language_model": "frozen"})
+    trainable: dict = field(default_factory=lambda: dict(DEFAULT_TRAINABLE))
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
     unit_head: dict | None = None  # stage 3: add a CTC unit head with these settings when the model has none
     data: DataConfig = field(default_factory=DataConfig)
@@ -85,71 +78,6 @@ class TrainConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text) if text != "" else ""
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """YAML reads ``1e-4`` as a string: convert scalars to the field's declared type."""
-    import typing
-
-    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    if value is None or not isinstance(value, str) or str in kinds:
-        return value
-    for kind in (int, float, bool):
-        if kind in kinds:
-            if kind is bool:
-                return value.lower() in ("1", "true", "yes", "on")
-            try:
-                return kind(value)
-            except ValueError:
-                continue
-    raise ValueError(f"config {where}: cannot read {value!r} as {hint}")
-
-
-def _from_dict(cls, data: dict, where: str = ""):
-    import typing
-
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in (data or {}).items():
-        if key not in fields:
-            raise ValueError(f"unknown config key '{where}{key}'; known: {sorted(fields)}")
-        factory = fields[key].default_factory
-        default = factory() if factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[key] = _from_dict(type(default), value, f"{where}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
-    return cls(**kwargs)
-
-
 def load_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig`."""
-    data = load_yaml(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else json.loads(json.dumps(path_or_dict))
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = _parse_value(value)
-    return _from_dict(TrainConfig, data)
-
-
-def load_model(path: str):
-    """A model YAML (``configs/model/*.yaml``) or a checkpoint directory -> ``(model, processor)``."""
-    path = resolve_path(path)
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
-        from llasm.modeling import LlasmForConditionalGeneration
-
-        model = LlasmForConditionalGeneration.from_pretrained(path)
-        return model, model.processor
-    from llasm.builder import build_model
-
-    return build_model(path)
+    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig` (via :mod:`llasm.settings`)."""
+    return settings.load(TrainConfig, path_or_dict, overrides or ())

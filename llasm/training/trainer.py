@@ -33,7 +33,8 @@ from transformers import get_scheduler
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
 from llasm.training import losses
-from llasm.training.config import TrainConfig, load_config, load_model
+from llasm.builder import load_model
+from llasm.training.config import TrainConfig, load_config
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
 from llasm.training.parts import (apply_trainability, freeze_frozen_parts, param_groups, trainability,

@@ -1,0 +1,158 @@
+"""The one typed config reader: a YAML file (or a dict) -> a dataclass, with dotted overrides.
+
+Every config in ``configs/`` goes through here: model YAMLs (:class:`llasm.builder.ModelSpec`), stage
+YAMLs (:class:`llasm.training.config.TrainConfig`), vocoder YAMLs and the warm start's
+:class:`llasm.training.align.AlignConfig`. The rules are the same everywhere:
+
+* a key the dataclass does not have is an error that names the key's path and the file;
+* a nested dataclass field reads a nested mapping (``train: {lr: 1e-4}``);
+* YAML 1.1 reads ``1e-4`` as a string: strings are converted to the field's declared int/float/bool;
+* overrides are ``dotted.key=value`` (value parsed as YAML); a number selects a list element
+  (``data.sources.0.path=x.jsonl``; the index one past the end appends).
+
+Design follows torchtune's / LitGPT's typed configs with command-line overrides (STYLE 6).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+from llasm.io import load_yaml
+
+T = TypeVar("T")
+
+
+def parse_value(text: str) -> Any:
+    """An override's value as YAML would read it (``1e-4`` stays a string; the field type converts it)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict, overrides: Sequence[str] = (), where: str = "overrides") -> dict:
+    """A deep copy of ``data`` with every ``dotted.key=value`` of ``overrides`` set.
+
+    Missing sections are created; a number selects a list element (one past the end appends).
+    Raises ``ValueError`` naming the override and ``where`` when it is not ``key=value``, an index is
+    out of range, or a path runs through a value that is neither a mapping nor a list.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{where}: override {item!r} is not key=value")
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parents):
+            node = _child(node, part, item, where, create=True)
+            if not isinstance(node, (dict, list)):
+                path = ".".join(parents[: depth + 1])
+                raise ValueError(f"{where}: override {item!r}: {path} is a {type(node).__name__}, not a section or list")
+        value = parse_value(text)
+        if isinstance(node, list):
+            index = _index(node, leaf, item, where)
+            node[index:index + 1] = [value]
+        else:
+            node[leaf] = value
+    return data
+
+
+def _child(node, part: str, item: str, where: str, create: bool):
+    if isinstance(node, list):
+        index = _index(node, part, item, where)
+        if index == len(node):
+            node.append({})
+        return node[index]
+    if node.get(part) is None and create:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list, part: str, item: str, where: str) -> int:
+    if not part.isdigit() or int(part) > len(node):
+        raise ValueError(f"{where}: override {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "<dict>", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; ``where`` (a file name) and ``prefix`` (the key path so
+    far) name the place in errors. Raises ``ValueError`` for an unknown key or an unreadable value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"{where}: unknown config key '{prefix}{key}'; known: {sorted(fields)}")
+        nested = _dataclass_of(hints[key])
+        if nested is not None and isinstance(value, dict):
+            kwargs[key] = from_dict(nested, value, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hints[key], where, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def load(cls: type[T], source: str | os.PathLike | dict, overrides: Sequence[str] = (),
+         section: str | None = None, where: str | None = None) -> T:
+    """A YAML file (``${ENV}`` expanded) or a dict, plus ``overrides``, as dataclass ``cls``.
+
+    ``section`` reads one top-level key of the file (``vocoder:``) instead of the whole file;
+    ``where`` names a dict's origin in errors (a file's own name is used otherwise).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        where, data = where or str(source), load_yaml(source)
+    else:
+        where, data = where or "<dict>", source
+    data = apply_overrides(data, overrides, where)
+    if section is not None:
+        return from_dict(cls, data.get(section), where, f"{section}.")
+    return from_dict(cls, data, where)
+
+
+def to_dict(obj) -> dict:
+    """A dataclass as plain dicts and lists (what :func:`from_dict` reads back)."""
+    return dataclasses.asdict(obj)
+
+
+def _dataclass_of(hint) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), else ``None``."""
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if _is_union(hint) else [hint]
+    found = [t for t in kinds if dataclasses.is_dataclass(t)]
+    return found[0] if found else None
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """YAML reads ``1e-4`` as a string: convert strings to the field's declared int/float/bool."""
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if _is_union(hint) else [hint]
+    if value is None or not isinstance(value, str) or str in kinds or Any in kinds:
+        return value
+    for kind in (int, float, bool):
+        if kind in kinds:
+            if kind is bool:
+                if value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    return value.lower() in ("1", "true", "yes", "on")
+                continue
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    raise ValueError(f"{where}: config key '{key}': cannot read {value!r} as {_name(hint)}")
+
+
+def _name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
