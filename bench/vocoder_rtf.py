@@ -17,7 +17,9 @@ import time
 import numpy as np
 import torch
 
-from llasm.speech.vocoder import FRAME_RATE, UnitHifiGan, UnitVocoderConfig
+from llasm.speech.vocoder import UnitHifiGan
+
+from llasm.speech.vocoder_config import FRAME_RATE, UnitVocoderConfig
 
 GOAL_RTF = 0.1
 

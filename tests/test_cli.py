@@ -57,7 +57,8 @@ def test_chat_speak_writes_a_wav(tmp_path, capsys):
     import llasm
     from llasm import load_audio
     from llasm.io import load_yaml
-    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
     from tests.conftest import TINY_YAML
 
     spec = load_yaml(TINY_YAML)

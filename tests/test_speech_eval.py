@@ -39,7 +39,8 @@ def parts(tmp_path_factory, tiny_bases):
     """A tiny model with a unit head, a tiny vocoder and a k-means unit model on the tiny Whisper."""
     import llasm
     from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
-    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
 
     root = tmp_path_factory.mktemp("speech_eval")
     data = write_items(root)

@@ -112,7 +112,8 @@ def test_streaming_equals_full(sizes):
 
 
 def test_speak_with_vocoder():
-    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
 
     torch.manual_seed(0)
     vocoder = UnitHifiGan(UnitVocoderConfig(num_units=20, **_tiny_vocoder_kwargs()))
@@ -164,7 +165,8 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path):
 
     import llasm
     from llasm.io import load_yaml
-    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
     from tests.conftest import TINY_YAML
 
     model, _ = llasm.build_model(load_yaml(TINY_YAML))
@@ -211,7 +213,8 @@ def test_chat_stream_speaks_as_it_generates(state):
 
     import llasm
     from llasm.io import load_yaml
-    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
     from tests.conftest import TINY_YAML
 
     model, processor = llasm.build_model(load_yaml(TINY_YAML))

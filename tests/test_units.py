@@ -168,7 +168,7 @@ def test_manifest_mode(fitted, audio_dir, tmp_path):
     rejects = [json.loads(line) for line in (out.parent / "manifest.rejects.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rejects] == ["y"] and "empty" in rejects[0]["reason"]
     # the vocoder's dataset reads it
-    from llasm.speech.vocoder import UnitVocoderConfig
+    from llasm.speech.vocoder_config import UnitVocoderConfig
     from llasm.speech.vocoder_training import UnitAudioDataset
 
     ds = UnitAudioDataset(out, UnitVocoderConfig(num_units=K, segment_size=3200))

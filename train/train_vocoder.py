@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from llasm.speech.vocoder import load_vocoder_configs
+from llasm.speech.vocoder_config import load_vocoder_configs
 from llasm.speech.vocoder_training import VocoderTrainer
 
 

@@ -120,7 +120,7 @@ def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, P
 
 
 def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
-    from llasm.speech.vocoder import load_vocoder_configs
+    from llasm.speech.vocoder_config import load_vocoder_configs
     from llasm.speech.vocoder_training import VocoderTrainer
 
     config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [

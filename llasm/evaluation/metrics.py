@@ -53,7 +53,7 @@ import re
 import unicodedata
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 NORMALIZER_VERSION = "1"
 

@@ -13,7 +13,7 @@ Design (fairseq ``codehifigan.py`` + speech-resynthesis ``DurationCodeGenerator`
 Module names follow fairseq's (``conv_pre``, ``ups``, ``resblocks``, ``conv_post``) so a released
 fairseq vocoder (e.g. SpeechGPT's mHuBERT-1000 one) loads with :meth:`UnitHifiGan.from_fairseq`.
 
-Library entry points: :class:`UnitVocoderConfig`, :class:`UnitHifiGan` (``forward``,
+Library entry points: :class:`~llasm.speech.vocoder_config.UnitVocoderConfig`, :class:`UnitHifiGan` (``forward``,
 ``synthesize``, ``stream``, ``save_pretrained`` / ``from_pretrained``) and :class:`VocoderStream`;
 training (discriminators, losses, :class:`~llasm.speech.vocoder_training.MelSpectrogram`,
 :class:`~llasm.speech.vocoder_training.UnitAudioDataset`, :class:`~llasm.speech.vocoder_training.VocoderTrainer`) lives
@@ -23,11 +23,9 @@ in :mod:`llasm.speech.vocoder_training` (``train/train_vocoder.py`` is the thin 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -36,156 +34,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.nn.utils.parametrizations import weight_norm
 
+from llasm.io import atomic_path, write_json
+from llasm.speech.vocoder_config import UnitVocoderConfig
+
 LRELU_SLOPE = 0.1
-FRAME_RATE = 50  # unit frames per second (HuBERT / Whisper-encoder units)
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UnitVocoderConfig:
-    """Model, mel and optimiser settings of the unit vocoder (paper size by default: SpeechGPT's)."""
-
-    num_units: int = 1000  # K of the unit k-means (500 or 1000)
-    embedding_dim: int = 128
-    upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2, 2])
-    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [11, 8, 8, 4, 4])
-    upsample_initial_channel: int = 512
-    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
-    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
-    duration_predictor: bool = True
-    duration_predictor_kernel_size: int = 3
-    duration_predictor_dropout: float = 0.5
-    sampling_rate: int = 16_000
-    segment_size: int = 8960  # training crop in samples (28 unit frames)
-    # log-mel for the L1 loss and the sample plots (HiFi-GAN's meldataset settings)
-    n_fft: int = 1024
-    hop_size: int = 256
-    win_size: int = 1024
-    num_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    # 1 = HiFi-GAN's discriminators; 8 divides every channel count by 8 (CPU training)
-    discriminator_channel_divisor: int = 1
-    learning_rate: float = 2e-4
-    adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
-    weight_decay: float = 0.01  # HiFi-GAN / speech-resynthesis use AdamW with its default decay
-    lr_decay: float = 0.999  # per epoch, as in HiFi-GAN
-    mel_loss_weight: float = 45.0
-    duration_loss_weight: float = 1.0
-    # steps of generator-only training on mel L1 (+ duration) before the GAN losses start
-    # (ParallelWaveGAN's discriminator_train_start_steps): intelligible speech sooner on a small budget
-    gan_start_step: int = 0
-
-    def __post_init__(self) -> None:
-        self.resblock_dilation_sizes = [list(d) for d in self.resblock_dilation_sizes]
-        problems = []
-        if self.num_units <= 0:
-            problems.append(f"num_units={self.num_units} must be positive")
-        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            problems.append("upsample_rates and upsample_kernel_sizes differ in length")
-        for u, k in zip(self.upsample_rates, self.upsample_kernel_sizes):
-            if k < u or (k - u) % 2:  # otherwise a stage does not output exactly u samples per input
-                problems.append(f"upsample kernel {k} with rate {u}: need kernel >= rate and (kernel - rate) even")
-        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            problems.append("resblock_kernel_sizes and resblock_dilation_sizes differ in length")
-        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            problems.append(f"upsample_initial_channel must be divisible by {2 ** len(self.upsample_rates)}")
-        if self.sampling_rate != self.samples_per_frame * FRAME_RATE:
-            problems.append(
-                f"prod(upsample_rates)={self.samples_per_frame} samples per frame does not give "
-                f"{FRAME_RATE} Hz units at {self.sampling_rate} Hz"
-            )
-        if self.segment_size % self.samples_per_frame:
-            problems.append(f"segment_size={self.segment_size} is not a multiple of {self.samples_per_frame}")
-        if problems:
-            raise ValueError("UnitVocoderConfig: " + "; ".join(problems))
-
-    @property
-    def samples_per_frame(self) -> int:
-        return math.prod(self.upsample_rates)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "UnitVocoderConfig":
-        return _dataclass_from_dict(cls, data, "vocoder")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "UnitVocoderConfig":
-        return load_vocoder_configs(path, overrides)[0]
-
-
-@dataclass
-class VocoderTrainConfig:
-    """Run control for :class:`VocoderTrainer` (the ``train:`` section of a vocoder YAML)."""
-
-    train_manifest: str = "data/vocoder/train.jsonl"  # JSONL: id, audio, units, durations
-    output_dir: str = "runs/vocoder"
-    batch_size: int = 16
-    max_steps: int | None = None
-    max_minutes: float | None = None  # wall-clock bound of this run (a resumed run gets a fresh one)
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    sample_every: int = 1000  # wav + mel PNG; 0 disables
-    sample_seconds: float = 5.0
-    log_every: int = 10
-    resume: str | None = "auto"  # "auto" (latest checkpoint in output_dir), "never", or a checkpoint dir
-    seed: int = 1234
-    num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VocoderTrainConfig":
-        return _dataclass_from_dict(cls, data, "train")
-
-
-def _dataclass_from_dict(cls, data: dict, section: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {section} setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**data)
-
-
-def load_vocoder_configs(
-    path: str | os.PathLike, overrides: Sequence[str] = ()
-) -> tuple[UnitVocoderConfig, VocoderTrainConfig]:
-    """Read a vocoder YAML (sections ``vocoder:`` and ``train:``) plus ``key=value`` overrides.
-
-    An override is ``vocoder.upsample_initial_channel=64``, ``train.max_steps=100`` or a bare
-    ``max_steps=100`` (the section is found from the field name); values are parsed as YAML.
-    """
-    import yaml
-
-    from llasm.io import load_yaml
-
-    data = load_yaml(path)
-    sections = {"vocoder": dict(data.get("vocoder") or {}), "train": dict(data.get("train") or {})}
-    stray = sorted(set(data) - set(sections))
-    if stray:
-        raise ValueError(f"{path}: unknown top-level key(s) {stray}; expected 'vocoder' and 'train'")
-    fields = {
-        "vocoder": {f.name for f in dataclasses.fields(UnitVocoderConfig)},
-        "train": {f.name for f in dataclasses.fields(VocoderTrainConfig)},
-    }
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        section, _, name = key.rpartition(".")
-        if not section:
-            section = next((s for s, names in fields.items() if name in names), "")
-        if section not in sections or name not in fields[section]:
-            raise ValueError(f"override {item!r}: no setting {key!r} (sections: vocoder, train)")
-        sections[section][name] = yaml.safe_load(value)
-    return UnitVocoderConfig.from_dict(sections["vocoder"]), VocoderTrainConfig.from_dict(sections["train"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,10 +294,6 @@ class UnitHifiGan(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``vocoder.safetensors`` + ``vocoder_config.json`` (atomic; weights as they are)."""
-        from safetensors.torch import save_file
-
-        from llasm.io import atomic_path, write_json
-
         directory = Path(directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(directory / "vocoder.safetensors") as tmp:
@@ -454,9 +306,6 @@ class UnitHifiGan(nn.Module):
         cls, directory: str | os.PathLike, for_inference: bool = True, device: str = "cpu"
     ) -> "UnitHifiGan":
         """Load a :meth:`save_pretrained` directory; ``for_inference`` removes weight norm and sets eval."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         weights, config_path = directory / "vocoder.safetensors", directory / "vocoder_config.json"
         for path in (weights, config_path):

@@ -1,159 +1,34 @@
-"""Training the unit vocoder: HiFi-GAN's discriminators and losses, the log-mel, the unit/audio
-dataset and :class:`VocoderTrainer` (``train/train_vocoder.py`` is the thin script around it).
+"""Training the unit vocoder: the log-mel, the unit/audio dataset and :class:`VocoderTrainer`
+(``train/train_vocoder.py`` is the thin script around it).
 
-The model, its configuration and streaming synthesis live in :mod:`llasm.speech.vocoder`.
+The model and streaming synthesis live in :mod:`llasm.speech.vocoder`, its settings in
+:mod:`llasm.speech.vocoder_config`, the discriminators and GAN losses in
+:mod:`llasm.speech.discriminators`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
 
-from llasm.speech.vocoder import FRAME_RATE, LRELU_SLOPE, UnitHifiGan, UnitVocoderConfig, VocoderTrainConfig, _padding
-
-
-# --------------------------------------------------------------------------------------------
-# Discriminators and losses (HiFi-GAN)
-# --------------------------------------------------------------------------------------------
-
-
-def _width(channels: int, divisor: int) -> int:
-    return max(4, channels // divisor)
-
-
-def _run_convs(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Leaky-ReLU conv stack + output conv: (flattened scores, every layer's feature map)."""
-    feature_maps = []
-    for conv in convs:
-        x = F.leaky_relu(conv(x), LRELU_SLOPE)
-        feature_maps.append(x)
-    x = conv_post(x)
-    feature_maps.append(x)
-    return torch.flatten(x, 1, -1), feature_maps
-
-
-class PeriodDiscriminator(nn.Module):
-    """Reshapes audio to (T / p, p) and runs 2-D convs over time: sees one phase of period p."""
-
-    def __init__(self, period: int, divisor: int = 1, kernel_size: int = 5, stride: int = 3):
-        super().__init__()
-        self.period = period
-        widths = [1] + [_width(c, divisor) for c in (32, 128, 512, 1024, 1024)]
-        self.convs = nn.ModuleList(
-            weight_norm(
-                nn.Conv2d(widths[i], widths[i + 1], (kernel_size, 1), (stride if i < 4 else 1, 1),
-                          padding=(_padding(5), 0))
-            )
-            for i in range(5)
-        )  # fmt: skip
-        self.conv_post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        batch, channels, length = x.shape
-        if length % self.period:
-            x = F.pad(x, (0, self.period - length % self.period), mode="reflect")
-        x = x.view(batch, channels, -1, self.period)  # (B, 1, S) -> (B, 1, S / p, p)
-        return _run_convs(self.convs, self.conv_post, x)
-
-
-class ScaleDiscriminator(nn.Module):
-    """Strided grouped 1-D convs over the waveform (MelGAN's discriminator)."""
-
-    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1):
-        super().__init__()
-        norm = spectral_norm if use_spectral_norm else weight_norm
-        specs = [  # (out channels, kernel, stride, groups)
-            (128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16),
-            (1024, 41, 4, 16), (1024, 41, 1, 16), (1024, 5, 1, 1),
-        ]  # fmt: skip
-        self.convs = nn.ModuleList()
-        in_channels = 1
-        for out, kernel, stride, groups in specs:
-            out = _width(out, divisor)
-            groups = math.gcd(groups, math.gcd(in_channels, out))  # narrow widths need fewer groups
-            conv = nn.Conv1d(in_channels, out, kernel, stride, groups=groups, padding=(kernel - 1) // 2)
-            self.convs.append(norm(conv))
-            in_channels = out
-        self.conv_post = norm(nn.Conv1d(in_channels, 1, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return _run_convs(self.convs, self.conv_post, x)
-
-
-class _PairDiscriminator(nn.Module):
-    """Runs every sub-discriminator on real and generated audio: (scores_real, scores_fake, fmaps...)."""
-
-    discriminators: nn.ModuleList
-
-    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
-        real_scores, fake_scores, real_maps, fake_maps = [], [], [], []
-        for i, discriminator in enumerate(self.discriminators):
-            y, y_hat = self._inputs(i, y), self._inputs(i, y_hat)
-            score, maps = discriminator(y)
-            real_scores.append(score)
-            real_maps.append(maps)
-            score, maps = discriminator(y_hat)
-            fake_scores.append(score)
-            fake_maps.append(maps)
-        return real_scores, fake_scores, real_maps, fake_maps
-
-
-class MultiPeriodDiscriminator(_PairDiscriminator):
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), divisor: int = 1):
-        super().__init__()
-        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, divisor) for p in periods)
-
-
-class MultiScaleDiscriminator(_PairDiscriminator):
-    """3 scales: raw audio (spectral norm), then x1/2 and x1/4 by average pooling."""
-
-    def __init__(self, divisor: int = 1):
-        super().__init__()
-        self.discriminators = nn.ModuleList(
-            [ScaleDiscriminator(True, divisor), ScaleDiscriminator(False, divisor), ScaleDiscriminator(False, divisor)]
-        )
-        self.pool = nn.AvgPool1d(4, 2, padding=2)
-
-    def _inputs(self, index: int, y: torch.Tensor) -> torch.Tensor:
-        return y if index == 0 else self.pool(y)  # each scale halves the previous one
-
-
-def feature_loss(real_maps: list[list[torch.Tensor]], fake_maps: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Feature matching: 2 x sum of L1 distances between discriminator activations."""
-    loss = sum(torch.mean(torch.abs(r - g)) for rs, gs in zip(real_maps, fake_maps) for r, g in zip(rs, gs))
-    return 2 * loss
-
-
-def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.Tensor]) -> torch.Tensor:
-    """LSGAN: real -> 1, generated -> 0, summed over sub-discriminators."""
-    return sum(torch.mean((1 - r) ** 2) + torch.mean(g**2) for r, g in zip(real_scores, fake_scores))
-
-
-def generator_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
-    """LSGAN: generated -> 1."""
-    return sum(torch.mean((1 - g) ** 2) for g in fake_scores)
-
-
-def duration_loss(log_durations: torch.Tensor, durations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted log(d + 1) and the true one over ``mask`` (whole units only)."""
-    target = torch.log(durations.float() + 1)
-    if not mask.any():
-        return log_durations.sum() * 0.0
-    return F.mse_loss(log_durations[mask], target[mask])
+from llasm.audio import load_audio, save_audio
+from llasm.io import atomic_dir, read_jsonl
+from llasm.speech.discriminators import (MultiPeriodDiscriminator, MultiScaleDiscriminator, discriminator_loss,
+                                         duration_loss, feature_loss, generator_loss)
+from llasm.speech.vocoder import UnitHifiGan
+from llasm.speech.vocoder_config import FRAME_RATE, UnitVocoderConfig, VocoderTrainConfig
 
 
 class MelSpectrogram(nn.Module):
@@ -161,8 +36,6 @@ class MelSpectrogram(nn.Module):
 
     def __init__(self, config: UnitVocoderConfig):
         super().__init__()
-        from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
-
         c = config
         if c.fmax > c.sampling_rate / 2:
             raise ValueError(f"fmax={c.fmax} above the Nyquist frequency {c.sampling_rate / 2}")
@@ -200,8 +73,6 @@ class UnitAudioDataset:
     """
 
     def __init__(self, manifest: str | os.PathLike, config: UnitVocoderConfig, seed: int = 0):
-        from llasm.io import read_jsonl
-
         self.manifest = Path(manifest)
         if not self.manifest.exists():
             raise FileNotFoundError(f"{manifest}: vocoder training manifest not found")
@@ -286,8 +157,6 @@ class UnitAudioDataset:
 
     def _read(self, row: dict, begin: int, end: int) -> np.ndarray:
         import soundfile as sf
-
-        from llasm.audio import load_audio
 
         path = row["audio"]
         try:
@@ -425,8 +294,6 @@ class VocoderTrainer:
 
     def train(self) -> list[dict]:
         """Run until ``max_steps`` or ``max_minutes``; returns the per-step losses of this run."""
-        from tqdm.auto import tqdm
-
         t = self.train_config
         started = time.monotonic()
         history: list[dict] = []
@@ -477,8 +344,6 @@ class VocoderTrainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from llasm.audio import save_audio
-
         row = self.dataset.rows[0]
         max_frames = max(1, int(self.train_config.sample_seconds * FRAME_RATE))
         durations = np.asarray(row["durations"], dtype=np.int64)
@@ -523,8 +388,7 @@ class VocoderTrainer:
         return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
 
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
+        """``step_N/`` (weights, optimisers, schedulers, RNG) written whole or not at all; older ones pruned."""
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
@@ -537,13 +401,9 @@ class VocoderTrainer:
         tensors["rng.torch"] = torch.get_rng_state()
 
         final = self.checkpoint_root / f"step_{self.step:08d}"
-        temporary = self.checkpoint_root / f".tmp_{final.name}_{os.getpid()}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-        save_file(tensors, str(temporary / "state.safetensors"))
-        (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)  # a checkpoint folder appears complete or not at all
+        with atomic_dir(final) as temporary:
+            save_file(tensors, str(temporary / "state.safetensors"))
+            (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         older = sorted(
             (p for p in self.checkpoint_root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1])
         )
@@ -552,8 +412,6 @@ class VocoderTrainer:
         return final
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import load_file
-
         path = Path(path)
         tensors = load_file(str(path / "state.safetensors"))
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
