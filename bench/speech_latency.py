@@ -45,9 +45,9 @@ def main() -> None:
 
     import llasm
     from llasm.io import llasm_home
-    from llasm.unit_head import CtcUnitHead
     from llasm.speech.vocoder import UnitHifiGan
     from llasm.speech.vocoder_config import UnitVocoderConfig
+    from llasm.unit_head import CtcUnitHead
 
     trained = Path(args.model).is_dir() and Path(args.vocoder).is_dir()
     if trained:

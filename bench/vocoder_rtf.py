@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from llasm.speech.vocoder import UnitHifiGan
-
 from llasm.speech.vocoder_config import FRAME_RATE, UnitVocoderConfig
 
 GOAL_RTF = 0.1

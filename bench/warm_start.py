@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llasm.training.align import AlignConfig, ctc_align_adaptor
+    from llasm.apps.demo import PLANS, encode_clips, warm_start_config
     from llasm.builder import build_model
     from llasm.configuration import audio_token_lengths
-    from llasm.apps.demo import PLANS, encode_clips, warm_start_config
     from llasm.evaluation.metrics import asr_error_rate
+    from llasm.training.align import AlignConfig, ctc_align_adaptor
 
     for name in ("asr_train.jsonl", "asr_test.jsonl", "instruct_test.jsonl"):
         if not (args.data / name).is_file():

@@ -6,9 +6,9 @@ import torch
 
 from llasm.configuration import audio_token_lengths
 from llasm.processing import COM_ANSWER, answer_text
+from llasm.speech.vocoder import VocoderStream
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
-from llasm.speech.vocoder import VocoderStream
 
 
 def user_turn(audio=None, text=None) -> dict:

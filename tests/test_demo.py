@@ -63,8 +63,8 @@ def test_stage1_gets_what_is_left_of_the_budget():
 
 
 def test_generated_sentences_are_clean_and_bundled():
-    from llasm.prep.sentences import keep, key
     from llasm.io import read_jsonl
+    from llasm.prep.sentences import keep, key
 
     rows = read_jsonl(ROOT / "data" / "seed" / "generated_sentences.jsonl")
     assert {r["lang"] for r in rows} == {"en", "zh"} and len(rows) > 2000

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
 from conftest import ROOT, SR, TINY_YAML, tone
+
 from llasm import evaluation as E
 from llasm.evaluation.items import JUDGE_PROMPT_PATH
-
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -91,8 +90,14 @@ def load_script(name: str):
 def make_tiny_whisper(path: Path) -> Path:
     """A tiny random WhisperForConditionalGeneration + WhisperProcessor (offline, a 64-token vocab)."""
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
     path.mkdir(parents=True, exist_ok=True)
     chars = list("abcdefghijklmnopqrstuvwxyz") + ["Ġ"]

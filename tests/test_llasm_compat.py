@@ -7,8 +7,8 @@ from transformers import AutoConfig, LlamaForCausalLM, WhisperConfig, WhisperFea
 
 import llasm
 from llasm.builder import TINY_TOKENIZER, load_tokenizer
-from llasm.weights.llasm_checkpoint import convert_llasm
 from llasm.io import load_yaml
+from llasm.weights.llasm_checkpoint import convert_llasm
 from tests.conftest import TINY_YAML, tone
 
 

@@ -9,7 +9,6 @@ import torch
 from llasm.evaluation import metrics as M
 from llasm.evaluation.report import plot_metrics
 
-
 # ------------------------------------------------------------------ normalizers
 
 

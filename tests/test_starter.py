@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llasm.weights import ct2, starter
 from llasm.io import llasm_home
+from llasm.weights import ct2, starter
 
 
 def _tiny_whisper(seed: int = 0):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import ROOT, TINY_YAML, build_tiny, tone
 
 TRAIN = ROOT / "train" / "train.py"

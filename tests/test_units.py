@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import SR, tone
+
 from llasm.speech.units import (
     HubertLayerFeatures,
     UnitExtractor,

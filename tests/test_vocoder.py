@@ -11,8 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from llasm.speech.discriminators import (MultiPeriodDiscriminator, MultiScaleDiscriminator, discriminator_loss,
-                                         duration_loss, feature_loss, generator_loss)
+from llasm.speech.discriminators import (
+    MultiPeriodDiscriminator,
+    MultiScaleDiscriminator,
+    discriminator_loss,
+    duration_loss,
+    feature_loss,
+    generator_loss,
+)
 from llasm.speech.vocoder import UnitHifiGan
 from llasm.speech.vocoder_config import UnitVocoderConfig, VocoderTrainConfig, load_vocoder_configs
 from llasm.speech.vocoder_training import MelSpectrogram, UnitAudioDataset, VocoderTrainer

@@ -129,8 +129,8 @@ def generated_sentences(n: int, seed: int = 0) -> list[dict]:
 
 def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
     """Speak the seed corpus and generated sentences; write train / held-out JSONL files."""
-    from llasm.prep.synthesize import synthesize_dataset
     from llasm.io import read_jsonl, write_jsonl
+    from llasm.prep.synthesize import synthesize_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     sources = {"asr_seed": SEED / "asr_sentences.jsonl", "instruct_seed": SEED / "instructions.jsonl"}
@@ -190,8 +190,8 @@ def encode_clips(model, processor, path: Path, cache_dir: Path, text=lambda row:
 
     from llasm.audio import load_audio
     from llasm.data.dataset import audio_key
-    from llasm.training.encoder_cache import EncoderCache, model_key
     from llasm.io import read_jsonl
+    from llasm.training.encoder_cache import EncoderCache, model_key
 
     cache, mkey = EncoderCache(cache_dir), model_key(model, processor)
     rows = [r for r in read_jsonl(path) if len(r.get("audios", [])) == 1]

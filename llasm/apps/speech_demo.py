@@ -36,9 +36,9 @@ REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
     """Questions + answers of the instruction seed (answers spoken too) and the ASR seed sentences
     (``limit``: a balanced subset of each, for quick runs)."""
-    from llasm.prep.synthesize import synthesize_dataset
     from llasm.apps.demo import balanced_subset
     from llasm.io import read_jsonl, write_jsonl
+    from llasm.prep.synthesize import synthesize_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"instruct": out / "instruct_spoken.jsonl", "asr": out / "asr_spoken.jsonl"}

@@ -9,8 +9,8 @@ line, ``tasks`` runs the tasks, ``items`` reads the data, ``systems`` the system
 from llasm.evaluation.items import AsrItem, InstructItem, load_asr_items, load_instruct_items, load_prompts, prompt_info
 from llasm.evaluation.report import plot_metrics, render_markdown, summary_tables, write_report
 from llasm.evaluation.run import DEFAULT_ASR_DATA, DEFAULT_DATA, build_parser, load_model, main, run
-from llasm.evaluation.tasks import TASKS, TEXT_TASKS, evaluate
 from llasm.evaluation.systems import CascadeSystem, Judge, JudgeError, LlasmSystem, WhisperTranscriber, collapse_loops
+from llasm.evaluation.tasks import TASKS, TEXT_TASKS, evaluate
 
 __all__ = ["AsrItem", "CascadeSystem", "DEFAULT_ASR_DATA", "DEFAULT_DATA", "InstructItem", "Judge", "JudgeError",
            "LlasmSystem", "TASKS", "TEXT_TASKS", "WhisperTranscriber", "build_parser", "collapse_loops", "evaluate",

@@ -12,7 +12,6 @@ from typing import Any, Mapping
 from llasm.evaluation import metrics as M
 from llasm.io import atomic_path, write_text
 
-
 # ----------------------------------------------------------------------------------- report
 
 

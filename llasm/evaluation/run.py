@@ -55,8 +55,16 @@ import torch
 
 from llasm import __version__, builder
 from llasm.evaluation import metrics as M
-from llasm.evaluation.items import (ASSETS, JUDGE_PROMPT_PATH, AsrItem, InstructItem, load_asr_items, load_instruct_items,
-                                    load_prompts, prompt_info)
+from llasm.evaluation.items import (
+    ASSETS,
+    JUDGE_PROMPT_PATH,
+    AsrItem,
+    InstructItem,
+    load_asr_items,
+    load_instruct_items,
+    load_prompts,
+    prompt_info,
+)
 from llasm.evaluation.report import summary_tables, write_report
 from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
 from llasm.evaluation.systems import CascadeSystem, Judge, LlasmSystem, WhisperTranscriber, make_ppl_scorer

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llasm.audio import AudioError, load_audio, save_audio
-from llasm.prep.prompts import asr_human_value, detect_lang
+from llasm.io import rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
-from llasm.io import write_jsonl
+from llasm.prep.prompts import asr_human_value, detect_lang
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +190,6 @@ def join_chinese_words(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- building
-
-
-def rejects_path(output: str | os.PathLike) -> Path:
-    """``out.jsonl`` -> ``out.rejects.jsonl`` (beside the output)."""
-    output = Path(output)
-    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
-    return output.with_name(f"{stem}.rejects.jsonl")
 
 
 def _inspect(audio: Any, check_audio: bool) -> tuple[str | None, str | None]:

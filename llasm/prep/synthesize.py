@@ -39,12 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from llasm.audio import save_audio
+from llasm.io import ProgressLog, rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
-from llasm.prep.asr import rejects_path
 from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value, detect_lang
-from llasm.prep.tts import (TTSError, TTSRouter, TTSUnavailable, config_fingerprint, load_tts_config,
-                            per_worker_config, to_16k)
-from llasm.io import write_jsonl
+from llasm.prep.tts import (
+    TTSError,
+    TTSRouter,
+    TTSUnavailable,
+    config_fingerprint,
+    load_tts_config,
+    per_worker_config,
+    to_16k,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -337,47 +343,6 @@ def _init_worker(config: dict, output_dir: str, parent: int) -> None:
 
 def _work(plan: Plan) -> dict:
     return synthesize_plan(plan, _WORKER["router"], _WORKER["output_dir"], _WORKER["config"])
-
-
-class ProgressLog:
-    """Append-only JSONL of finished items; each record is fsynced before the next item counts.
-
-    A record cut short by a crash (no final newline / bad JSON) is dropped and the file truncated
-    back to the last complete record before anything is appended.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.records: dict[str, dict] = {}
-        good_end = 0
-        if self.path.exists():
-            data = self.path.read_bytes()
-            pos = 0
-            while pos < len(data):
-                end = data.find(b"\n", pos)
-                if end < 0:
-                    break
-                try:
-                    record = json.loads(data[pos:end])
-                    self.records[record["id"]] = record  # the last record of an id wins
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break
-                pos = good_end = end + 1
-            if good_end < len(data):
-                logger.warning("%s: dropping %d bytes of an unfinished record", self.path, len(data) - good_end)
-                with open(self.path, "r+b") as f:
-                    f.truncate(good_end)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")
-
-    def append(self, record: dict) -> None:
-        self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.records[record["id"]] = record
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _is_done(record: dict | None, plan: Plan, output_dir: Path) -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
-from llasm.io import atomic_path, read_jsonl, write_json, write_jsonl
+from llasm.io import atomic_path, read_jsonl, rejects_path, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -276,12 +276,6 @@ def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: in
 # --------------------------------------------------------------------------------------------
 # Batch jobs
 # --------------------------------------------------------------------------------------------
-
-
-def rejects_path(output: str | os.PathLike) -> Path:
-    output = Path(output)
-    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
-    return output.with_name(f"{stem}.rejects.jsonl")
 
 
 def _resolve(path: str, base: Path) -> Path:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from llasm.io import atomic_path, write_json

@@ -25,8 +25,14 @@ from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterb
 
 from llasm.audio import load_audio, save_audio
 from llasm.io import atomic_dir, read_jsonl
-from llasm.speech.discriminators import (MultiPeriodDiscriminator, MultiScaleDiscriminator, discriminator_loss,
-                                         duration_loss, feature_loss, generator_loss)
+from llasm.speech.discriminators import (
+    MultiPeriodDiscriminator,
+    MultiScaleDiscriminator,
+    discriminator_loss,
+    duration_loss,
+    feature_loss,
+    generator_loss,
+)
 from llasm.speech.vocoder import UnitHifiGan
 from llasm.speech.vocoder_config import FRAME_RATE, UnitVocoderConfig, VocoderTrainConfig
 

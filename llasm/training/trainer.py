@@ -30,16 +30,29 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from llasm.builder import load_model
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
 from llasm.training import losses
-from llasm.builder import load_model
 from llasm.training.config import TrainConfig, load_config
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
-from llasm.training.parts import (apply_trainability, freeze_frozen_parts, param_groups, trainability,
-                                  trainable_names, upcast_trainable_parts)
-from llasm.training.resume import latest_checkpoint, list_checkpoints, plot_losses, rng_state, seed_everything, set_rng_state
+from llasm.training.parts import (
+    apply_trainability,
+    freeze_frozen_parts,
+    param_groups,
+    trainability,
+    trainable_names,
+    upcast_trainable_parts,
+)
+from llasm.training.resume import (
+    latest_checkpoint,
+    list_checkpoints,
+    plot_losses,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from llasm.unit_head import CtcUnitHead
 
 log = logging.getLogger(__name__)
