@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from llasm.io import llasm_home
-from llasm.weights import ct2, starter
+from llasm.weights import ct2, starter, whisper_ct2
 
 
 def _tiny_whisper(seed: int = 0):
@@ -39,7 +39,7 @@ def _tiny_whisper(seed: int = 0):
 
 
 def _write_ct2(model, path: Path, dtype) -> dict[str, np.ndarray]:
-    variables, aliases = ct2.whisper_ct2_variables(
+    variables, aliases = whisper_ct2.whisper_ct2_variables(
         model.state_dict(), (model.config.encoder_attention_heads, model.config.decoder_attention_heads)
     )
     variables = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in variables.items()}
@@ -57,7 +57,7 @@ def test_ct2_whisper_round_trip_is_exact(tmp_path, dtype):
     assert (read.binary_version, read.spec_name, read.spec_revision) == (6, "WhisperSpec", 3)
     assert read.aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
     assert read["decoder/projection/weight"] is read["decoder/embeddings/weight"]
-    assert ct2.whisper_dims(read)["encoder_layers"] == 2
+    assert whisper_ct2.whisper_dims(read)["encoder_layers"] == 2
 
     out = starter.convert_whisper_ct2(tmp_path / "model.bin", None, tmp_path / "hf", dtype=dtype)
     got = load_file(out / "model.safetensors")

