@@ -14,8 +14,9 @@ import soundfile as sf
 
 from llasm.audio import load_audio
 from llasm.io import read_jsonl
+from llasm.lang import detect_lang
 from llasm.prep import asr
-from llasm.prep.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value, detect_lang
+from llasm.prep.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value
 
 
 def tone(path, seconds=0.5, freq=220.0, sr=16_000, fmt=None):

@@ -11,11 +11,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 from llasm.evaluation import metrics as M
 from llasm.io import ASSETS as PACKAGE_ASSETS
+from llasm.lang import detect_lang
 
 ASSETS = PACKAGE_ASSETS / "eval"
 PROMPTS_PATH = ASSETS / "prompts.json"
@@ -99,7 +99,7 @@ def _resolve_audio(record: dict, index: int, base: Path) -> str:
 
 
 def _lang(record: dict, text: str) -> str:
-    lang = record.get("lang") or ("zh" if re.search(r"[\u4e00-\u9fff]", text) else "en")
+    lang = record.get("lang") or detect_lang(text)
     if lang not in M.LANGUAGES:
         raise ValueError(f"unsupported lang {lang!r} (expected one of {M.LANGUAGES})")
     return lang

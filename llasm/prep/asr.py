@@ -29,7 +29,8 @@ from typing import Any, Iterable, Iterator
 from llasm.audio import AudioError, load_audio, save_audio
 from llasm.io import rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
-from llasm.prep.prompts import asr_human_value, detect_lang
+from llasm.lang import detect_lang
+from llasm.prep.prompts import asr_human_value
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ job's output is reproducible from its seed.
 from __future__ import annotations
 
 import random
-import re
 
 SPEECH_TOKEN = "<speech>"
 
@@ -150,14 +149,6 @@ ASR_INSTRUCTIONS_ZH: tuple[str, ...] = (
 )
 
 ASR_INSTRUCTIONS: dict[str, tuple[str, ...]] = {"en": ASR_INSTRUCTIONS_EN, "zh": ASR_INSTRUCTIONS_ZH}
-
-# CJK Unified Ideographs (+ extension A and compatibility block): enough to tell zh from en.
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def detect_lang(text: str) -> str:
-    """``"zh"`` when ``text`` contains any Chinese character, else ``"en"`` (the two languages we serve)."""
-    return "zh" if _CJK.search(text or "") else "en"
 
 
 def asr_instruction(rng: random.Random, lang: str) -> str:

@@ -18,13 +18,14 @@ import re
 from pathlib import Path
 
 from llasm.io import REPO
+from llasm.lang import CJK
 
 SEED = REPO / "data" / "seed"
 PROMPTS = {
     "en": 'Write one simple everyday English sentence (8 to 14 words) that uses the word "{}". Reply with the sentence only.',
     "zh": "请用“{}”写一个简单的日常中文句子（10到20个字）。只回答这个句子。",
 }
-_CJK, _LATIN = re.compile("[\u4e00-\u9fff]"), re.compile("[A-Za-z]")
+_LATIN = re.compile("[A-Za-z]")
 
 
 def topic_words(per_language: int) -> dict[str, list[str]]:
@@ -33,15 +34,15 @@ def topic_words(per_language: int) -> dict[str, list[str]]:
     except ImportError:
         raise SystemExit("generating sentences needs wordfreq's word lists: pip install wordfreq==3.1.1") from None
     return {"en": [w for w in top_n_list("en", 6000)[150:] if w.isalpha() and len(w) >= 3][:per_language],
-            "zh": [w for w in top_n_list("zh", 6000)[100:] if len(w) >= 2 and all(_CJK.match(c) for c in w)][:per_language]}
+            "zh": [w for w in top_n_list("zh", 6000)[100:] if len(w) >= 2 and all(CJK.match(c) for c in w)][:per_language]}
 
 
 def keep(text: str, lang: str) -> bool:
     if re.search("[0-9]", text):
         return False
     if lang == "en":
-        return not _CJK.search(text) and 5 <= len(text.split()) <= 20
-    return not _LATIN.search(text) and 6 <= len(_CJK.findall(text)) <= 40
+        return not CJK.search(text) and 5 <= len(text.split()) <= 20
+    return not _LATIN.search(text) and 6 <= len(CJK.findall(text)) <= 40
 
 
 def key(text: str) -> str:

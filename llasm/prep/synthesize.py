@@ -41,7 +41,8 @@ from typing import Any
 from llasm.audio import save_audio
 from llasm.io import ProgressLog, rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
-from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value, detect_lang
+from llasm.lang import detect_lang
+from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value
 from llasm.prep.tts import (
     TTSError,
     TTSRouter,

@@ -34,13 +34,14 @@ of stage 2 learns to (57 %), so the characters pay off only once the LLM trains.
 
 from __future__ import annotations
 
-import re
 import time
 import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from llasm.lang import CJK_RUN
 
 
 @dataclass
@@ -58,9 +59,6 @@ class AlignConfig:
     cjk_chars: bool = True  # spell Chinese words one character at a time (``ctc_targets``)
 
 
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-
-
 def ctc_targets(text: str, tokenizer, cjk_chars: bool = True) -> list[int]:
     """The LLM token ids the audio tokens of ``text`` should spell: ``text``'s own tokens, except that with
     ``cjk_chars`` a token of several CJK ideographs (公园) becomes one token per character (公, 园).
@@ -74,7 +72,7 @@ def ctc_targets(text: str, tokenizer, cjk_chars: bool = True) -> list[int]:
     out = []
     for token, name in zip(ids, tokenizer.convert_ids_to_tokens(ids)):
         piece = tokenizer.decode([token])
-        chars = [_char_ids(tokenizer, c) for c in piece] if len(piece) > 1 and _CJK.fullmatch(piece) else None
+        chars = [_char_ids(tokenizer, c) for c in piece] if len(piece) > 1 and CJK_RUN.fullmatch(piece) else None
         if chars and all(chars) and not name.startswith("\u2581"):
             out += [i for ids_of_char in chars for i in ids_of_char]
         else:
