@@ -2,13 +2,58 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Iterator
+
 import torch
+from transformers import TextIteratorStreamer
 
 from llasm.configuration import audio_token_lengths
 from llasm.processing import COM_ANSWER, answer_text
 from llasm.speech.vocoder import VocoderStream
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
+
+
+class ReplyStream:
+    """``model.chat(messages, ...)`` run in a worker thread, its reply text yielded piece by piece.
+
+    Iterate to get the text as it is generated; afterwards :attr:`result` holds what ``model.chat``
+    returned (a string, or ``(text, waveform)`` with ``speak=True``) and :attr:`error` the exception it
+    raised (``None`` on success; the stream then ends early, it never hangs). ``lock`` is held around
+    the generation, so one model serves one request at a time. Used by ``llasm chat`` and ``llasm serve``.
+    """
+
+    def __init__(self, model, messages: list[dict], *, max_new_tokens: int = 128, lock: threading.Lock | None = None,
+                 **chat_kwargs):
+        self.model, self.messages, self.max_new_tokens = model, messages, max_new_tokens
+        self.lock, self.chat_kwargs = lock, chat_kwargs
+        self.result = None
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        streamer = TextIteratorStreamer(self.model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def run():
+            try:
+                if self.lock is not None:
+                    self.lock.acquire()
+                try:
+                    self.result = self.model.chat(self.messages, max_new_tokens=self.max_new_tokens, streamer=streamer,
+                                                  **self.chat_kwargs)
+                finally:
+                    if self.lock is not None:
+                        self.lock.release()
+            except BaseException as err:  # noqa: BLE001 - handed to the caller; end the stream so it stops waiting
+                self.error = err
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        worker.join()
 
 
 def user_turn(audio=None, text=None) -> dict:

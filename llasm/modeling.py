@@ -249,7 +249,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return self
 
     def chat(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, speak: bool = False,
-             streamer=None, **generate_kwargs):
+             streamer=None, cache=None, **generate_kwargs):
         """Answer a conversation (HF-style ``messages``) or one user turn given as ``audio``/``text``.
 
         Returns the reply text (greedy by default; pass ``do_sample=True`` etc. to sample), or
@@ -258,7 +258,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         does not share with the previous call (multi-turn chat: the new reply and turn).
         """
         return chat_lib.chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
-                    streamer=streamer, **generate_kwargs)
+                             streamer=streamer, cache=cache, **generate_kwargs)
 
     def chat_stream(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, chunk_units: int = 40,
                     first_chunk_units: int | None = None, first_chunk_context: int | None = 0):

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import ProcessorMixin
 
 from llasm.audio import SAMPLING_RATE, load_audio
@@ -53,9 +55,6 @@ _SENTINEL = re.compile("\ue000(\\d+)\ue001")
 
 @functools.lru_cache(maxsize=16)
 def _compile(template: str):
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message):
         raise TemplateError(message)
 

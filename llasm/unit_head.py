@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from llasm.processing import IGNORE_INDEX
 
@@ -70,8 +72,6 @@ class UnitHeadConfig:
 class CtcUnitHead(nn.Module):
     def __init__(self, config: UnitHeadConfig | dict, input_size: int | None = None):
         super().__init__()
-        from transformers import LlamaConfig
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
         config = UnitHeadConfig.from_dict(config) if isinstance(config, dict) else config
         if input_size is not None:

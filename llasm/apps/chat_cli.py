@@ -12,32 +12,22 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import threading
+
+from llasm.audio import AudioError, save_audio
+from llasm.chat import PromptCache, ReplyStream, user_turn
+from llasm.modeling import LlasmForConditionalGeneration
 
 
 def _reply(model, messages, max_new_tokens: int, out=sys.stdout, cache=None) -> str:
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result = {}
-
-    def run():
-        try:
-            result["text"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer, cache=cache)
-        except Exception as err:  # hand it to the caller; end the stream so it does not wait forever
-            result["error"] = err
-            streamer.end()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    for piece in streamer:
+    """Stream the reply to ``out`` as it is generated; returns its text (raises what generation raised)."""
+    stream = ReplyStream(model, messages, max_new_tokens=max_new_tokens, cache=cache)
+    for piece in stream:
         out.write(piece)
         out.flush()
-    worker.join()
-    if "error" in result:
-        raise result["error"]
+    if stream.error is not None:
+        raise stream.error
     out.write("\n")
-    return result["text"]
+    return stream.result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 
-    from llasm.audio import AudioError
-    from llasm.chat import PromptCache, user_turn
-    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
     if args.vocoder:
@@ -63,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         messages.append(user_turn(args.audio, args.text))
         try:
             if args.speak:
-                from llasm.audio import save_audio
-
                 text, wav = model.chat(messages, max_new_tokens=args.max_new_tokens, speak=True)
                 print(text)
                 save_audio(args.speak, wav)

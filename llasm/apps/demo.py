@@ -20,7 +20,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llasm.io import REPO
+import torch
+from tqdm import tqdm
+
+from llasm.audio import load_audio
+from llasm.builder import build_model
+from llasm.data.dataset import audio_key
+from llasm.evaluation.run import main as evaluate_main
+from llasm.io import REPO, read_jsonl, write_jsonl
+from llasm.modeling import LlasmForConditionalGeneration
+from llasm.prep.synthesize import synthesize_dataset
+from llasm.training.align import AlignConfig, ctc_align_adaptor
+from llasm.training.encoder_cache import EncoderCache, model_key
+from llasm.training.trainer import train
+from llasm.weights.starter import ensure_starter_models
 
 SEED = REPO / "data" / "seed"
 
@@ -129,9 +142,6 @@ def generated_sentences(n: int, seed: int = 0) -> list[dict]:
 
 def prepare_data(out: Path, plan: DemoPlan) -> dict[str, Path]:
     """Speak the seed corpus and generated sentences; write train / held-out JSONL files."""
-    from llasm.io import read_jsonl, write_jsonl
-    from llasm.prep.synthesize import synthesize_dataset
-
     out.mkdir(parents=True, exist_ok=True)
     sources = {"asr_seed": SEED / "asr_sentences.jsonl", "instruct_seed": SEED / "instructions.jsonl"}
     if plan.seed_limit:  # tiny: a balanced handful of each language and split
@@ -185,14 +195,6 @@ def encode_clips(model, processor, path: Path, cache_dir: Path, text=lambda row:
 
     Returns ``(states, frames, texts, langs)``: ``(T_enc, D)`` fp16 states, mel frames, ``text(row)``, languages.
     """
-    import torch
-    from tqdm import tqdm
-
-    from llasm.audio import load_audio
-    from llasm.data.dataset import audio_key
-    from llasm.io import read_jsonl
-    from llasm.training.encoder_cache import EncoderCache, model_key
-
     cache, mkey = EncoderCache(cache_dir), model_key(model, processor)
     rows = [r for r in read_jsonl(path) if len(r.get("audios", [])) == 1]
     states, frames, texts, langs = [], [], [], []
@@ -218,18 +220,12 @@ def encode_clips(model, processor, path: Path, cache_dir: Path, text=lambda row:
 
 def warm_start(model, processor, asr_train: Path, plan: DemoPlan, cache_dir: Path) -> list[float]:
     """Encode the training clips once (into stage 1's encoder cache) and run the CTC alignment."""
-    import torch
-
-    from llasm.training.align import ctc_align_adaptor
-
     states, frames, texts, _ = encode_clips(model, processor, asr_train, cache_dir)
     with torch.enable_grad():
         return ctc_align_adaptor(model, states, frames, texts, processor.tokenizer, warm_start_config(plan))
 
 
 def warm_start_config(plan: DemoPlan):
-    from llasm.training.align import AlignConfig
-
     # Greedy CTC decoding of held-out seed clips after the warm start on the demo's 1,832 clips, en WER / zh CER
     # (on training clips in brackets). 118 clips = 35 + 35 ASR sentences + 24 + 24 spoken questions:
     #   800 steps fp32, no augmentation (the old warm start, 3.0-3.3 min)    60.4 / 70.0 %  (18 / 19 %)
@@ -256,8 +252,6 @@ def warm_start_config(plan: DemoPlan):
 
 def run_stage(name: str, model, processor, sources: list[dict], plan: DemoPlan, out: Path, *, lora: bool,
               minutes: float, max_steps: int | None, lr: float, adaptor_lr: float | None = None):
-    from llasm.training.trainer import train
-
     config = {
         "model": plan.model,
         "output_dir": str(out / name),
@@ -286,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS[mode]
     out = Path(os.environ.get("LLASM_DEMO_DIR", REPO / "outputs" / f"demo-{mode}"))
     clock = Clock()
-    import torch
-
     torch.manual_seed(0)
     print(f"llasm demo: mode={mode}, model={plan.model}, output={out}")
     stage1 = (f"what is left of {plan.budget_minutes:g} min after the warm start, less {plan.reserve_minutes:g} min "
@@ -298,12 +290,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if plan.starter:
         with clock.step("starter models"):
-            from llasm.weights.starter import ensure_starter_models
-
             ensure_starter_models(list(plan.starter))
     with clock.step("speak the seed corpus (TTS)"):
         files = prepare_data(out / "data", plan)
-    from llasm.builder import build_model
 
     model, processor = build_model(REPO / plan.model)
     with clock.step("warm start: CTC alignment of the adaptor"):
@@ -322,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
                            lr=2e-4, adaptor_lr=ADAPTOR_LR)
     final = Path(result["final"]) if isinstance(result, dict) and result.get("final") else out / "stage2" / "final"
     with clock.step("evaluation (held-out seed items, llasm vs cascade)"):
-        from llasm.evaluation.run import main as evaluate_main
-
         evaluate_main(["--model", str(final), "--data", str(files["instruct_test"]), "--asr-data", str(files["asr_test"]),
                        "--split", "all", "--limit", str(plan.eval_limit), "--asr-limit", str(plan.asr_eval_limit),
                        "--max-new-tokens", str(plan.max_new_tokens),
@@ -339,9 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def answer_examples(final: Path, instruct_test: Path) -> None:
-    from llasm.io import read_jsonl
-    from llasm.modeling import LlasmForConditionalGeneration
-
     model = LlasmForConditionalGeneration.from_pretrained(final)
     rows = read_jsonl(instruct_test)
     for lang in ("en", "zh"):

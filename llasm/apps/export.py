@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llasm.modeling import LlasmForConditionalGeneration
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llasm export", description=__doc__)
@@ -11,7 +13,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.source, dtype=args.dtype)
     model.save_pretrained(args.output, merge=True)

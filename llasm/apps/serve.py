@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from llasm.audio import AudioError
+from llasm.chat import PromptCache, ReplyStream
+from llasm.modeling import LlasmForConditionalGeneration
 
 # The conversation ("history") is a list of llasm/HF-style messages, the model's own view:
 #   {"role": "user", "content": [{"type": "audio", "audio": path}, {"type": "text", "text": "..."}]}
@@ -122,8 +127,6 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
     spoke). Unusable audio (``AudioError``) or any other model failure ends the exchange with an
     ``"error"`` assistant turn whose text says why; that exchange is not sent to the model again.
     """
-    from transformers import TextIteratorStreamer
-
     history = list(history or [])
     turn = user_message(audio, text)
     if turn is None:
@@ -135,43 +138,21 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
     yield list(history)  # a fresh list per update: earlier updates stay as they were
 
     speak = can_speak(model) if speak is None else speak
-    streamer = TextIteratorStreamer(model.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result: dict = {}
-    messages = model_messages(history[:-1])
-
-    def run():
-        try:
-            if lock is not None:
-                lock.acquire()
-            try:
-                kwargs = {"speak": True} if speak else {}
-                if cache is not None:
-                    kwargs["cache"] = cache
-                result["out"] = model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer, **kwargs)
-            finally:
-                if lock is not None:
-                    lock.release()
-        except BaseException as err:  # noqa: BLE001 - reported in the page; end the stream so it stops waiting
-            result["error"] = err
-            streamer.end()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
+    kwargs = {"speak": True} if speak else {}
+    if cache is not None:
+        kwargs["cache"] = cache
+    stream = ReplyStream(model, model_messages(history[:-1]), max_new_tokens=max_new_tokens, lock=lock, **kwargs)
     streamed = ""
-    for piece in streamer:
-        if not piece:
-            continue
+    for piece in stream:
         streamed += piece
-        reply = {"role": "assistant", "content": streamed.lstrip()}
-        history[-1] = reply
+        history[-1] = {"role": "assistant", "content": streamed.lstrip()}
         yield list(history)
-    worker.join()
 
-    if "error" in result:
-        history[-1] = {"role": "assistant", "content": ERROR_PREFIX + describe_error(result["error"]), "error": True}
+    if stream.error is not None:
+        history[-1] = {"role": "assistant", "content": ERROR_PREFIX + describe_error(stream.error), "error": True}
         yield list(history)
         return
-    text_out, wav = _split_spoken(result["out"])
+    text_out, wav = _split_spoken(stream.result)
     final: dict = {"role": "assistant", "content": text_out.strip() or streamed.strip()}
     wav = _as_waveform(wav)
     if wav is not None:
@@ -182,8 +163,6 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
 
 def describe_error(err: BaseException) -> str:
     """A one-line, user-facing reason (no stack trace)."""
-    from llasm.audio import AudioError
-
     if isinstance(err, AudioError):
         return f"Unusable audio: {_short_paths(str(err))}"
     name = type(err).__name__
@@ -208,7 +187,6 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
     """The Gradio Blocks page for ``model`` (which has ``model.processor``)."""
     import gradio as gr
 
-    from llasm.chat import PromptCache
 
     lock = threading.Lock()  # one generation at a time on the shared model
     cache = PromptCache()  # the last conversation's keys and values: the next turn of it runs only what is new
@@ -273,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
     model.eval()
@@ -287,6 +264,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

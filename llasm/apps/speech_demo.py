@@ -23,8 +23,18 @@ import os
 import sys
 from pathlib import Path
 
-from llasm.apps.demo import SEED, Clock
-from llasm.io import REPO
+import torch
+from tqdm import tqdm
+
+from llasm.apps.demo import SEED, Clock, balanced_subset
+from llasm.evaluation.run import main as evaluate_main
+from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
+from llasm.prep.synthesize import synthesize_dataset
+from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+from llasm.speech.vocoder_config import load_vocoder_configs
+from llasm.speech.vocoder_training import VocoderTrainer
+from llasm.training.trainer import train
+from llasm.weights.starter import ensure_starter_models
 
 NUM_UNITS = 500
 # state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
@@ -36,10 +46,6 @@ REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
     """Questions + answers of the instruction seed (answers spoken too) and the ASR seed sentences
     (``limit``: a balanced subset of each, for quick runs)."""
-    from llasm.apps.demo import balanced_subset
-    from llasm.io import read_jsonl, write_jsonl
-    from llasm.prep.synthesize import synthesize_dataset
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"instruct": out / "instruct_spoken.jsonl", "asr": out / "asr_spoken.jsonl"}
     for name, source in (("instruct", SEED / "instructions.jsonl"), ("asr", SEED / "asr_sentences.jsonl")):
@@ -53,8 +59,6 @@ def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
 
 def training_audio(files: dict[str, Path]) -> list[Path]:
     """Answer audio of the training conversations and the training ASR sentences (held-out items excluded)."""
-    from llasm.io import read_jsonl
-
     paths = []
     for name, path in files.items():
         for row in read_jsonl(path):
@@ -69,8 +73,6 @@ def training_audio(files: dict[str, Path]) -> list[Path]:
 
 
 def fit_units(audio: list[Path], whisper: str, out: Path):
-    from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
-
     if (out / "kmeans.safetensors").exists():
         return UnitExtractor.load(out, encoder=whisper)
     features = load_feature_encoder(whisper, "whisper")
@@ -82,14 +84,10 @@ def fit_units(audio: list[Path], whisper: str, out: Path):
 
 def extract_units(extractor, audio: list[Path]) -> dict[Path, tuple[list[int], list[int]]]:
     """Deduplicated units and durations of each clip, extracted once for the vocoder and the head."""
-    from tqdm import tqdm
-
     return {clip: extractor.extract(clip) for clip in tqdm(audio, desc="units", unit="clip")}
 
 
 def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path) -> Path:
-    from llasm.io import write_jsonl
-
     return write_jsonl(path, [{"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": u, "durations": d}
                               for clip, (u, d) in units.items()])
 
@@ -97,8 +95,6 @@ def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path)
 def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, Path], path: Path) -> Path:
     """Training conversations with the question as text and the answer's units on the gpt turn: the
     spoken seed answers, and the ASR sentences as answers to "repeat after me" (more text -> units)."""
-    from llasm.io import read_jsonl, write_jsonl
-
     rows = []
     for name, source in files.items():
         for row in read_jsonl(source):
@@ -120,9 +116,6 @@ def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, P
 
 
 def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
-    from llasm.speech.vocoder_config import load_vocoder_configs
-    from llasm.speech.vocoder_training import VocoderTrainer
-
     config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [
         f"vocoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
         f"train.max_minutes={minutes}", "train.num_threads=2", "train.sample_every=1000"])
@@ -133,8 +126,6 @@ def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
-    from llasm.training.trainer import train
-
     result = train({
         "model": model_spec, "output_dir": str(out), "resume": "none",
         "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
@@ -157,14 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "12"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     clock = Clock()
-    import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
     print(f"llasm speech demo: model={model_spec}, output={out}; vocoder <= {vocoder_minutes} min, "
           f"unit head <= {head_minutes} min (bounded by wall time)")
-    from llasm.io import llasm_home
-    from llasm.weights.starter import ensure_starter_models
 
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
@@ -185,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     with clock.step("stage 3: unit head (everything else frozen)"):
         final = train_head(model_spec, head_train, out / "stage3", head_minutes)
     with clock.step("evaluation: Whisper-base judges the speech"):
-        from llasm.evaluation.run import main as evaluate_main
-
         evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade", "--vocoder", str(out / "vocoder"), "--kmeans", str(out / "kmeans"),
                        "--data", str(files["instruct"]), "--judge", whisper, "--limit", str(eval_limit),
                        "--max-new-tokens", "40", "--output", str(out / "eval")])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llasm.evaluation import metrics as M
 from llasm.io import ASSETS as PACKAGE_ASSETS
+from llasm.io import read_jsonl
 from llasm.lang import detect_lang
 
 ASSETS = PACKAGE_ASSETS / "eval"
@@ -163,8 +164,6 @@ def load_asr_items(path, split: str | None = "test", limit: int | None = None) -
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from llasm.io import read_jsonl
-
     return read_jsonl(path)
 
 

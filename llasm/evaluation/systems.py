@@ -15,6 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from llasm.audio import load_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
 
@@ -74,8 +78,6 @@ class LlasmSystem:
                                **self.generate_kwargs)
 
     def transcribe(self, audio, lang: str) -> tuple[str, dict]:
-        from llasm.audio import load_audio
-
         audio = load_audio(audio)  # 16 kHz
         content = [{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]
         return self._chat(content, min(self.max_new_tokens, transcript_token_limit(len(audio) / 16000))), {}
@@ -119,9 +121,6 @@ class WhisperTranscriber:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
         self.path = str(path)
         self.processor = WhisperProcessor.from_pretrained(self.path)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.path, dtype=dtype or torch.float32)
@@ -130,9 +129,6 @@ class WhisperTranscriber:
         self.multilingual = bool(getattr(gc, "lang_to_id", None)) and getattr(gc, "is_multilingual", True) is not False
 
     def __call__(self, audio, lang: str) -> str:
-        import torch
-
-        from llasm.audio import load_audio
 
         audio = load_audio(audio)
         sr = self.processor.feature_extractor.sampling_rate
@@ -154,8 +150,6 @@ class WhisperTranscriber:
 
 def make_ppl_scorer(model) -> Callable[[list[dict], str], tuple[float, int]]:
     """``scorer(user_content, reply) -> (sum_nll, n_tokens)`` of ``reply`` (+ end token) after the prompt."""
-    import torch
-
     def score(content: list[dict], reply: str) -> tuple[float, int]:
         messages = [_user(content), {"role": "assistant", "content": reply}]
         batch = model.processor.apply_chat_template(messages, add_generation_prompt=False)

@@ -26,6 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tqdm import tqdm
+
 from llasm.audio import AudioError, load_audio, save_audio
 from llasm.io import rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
@@ -244,8 +246,6 @@ def build_asr_items(
     The instruction and its position are drawn from a RNG seeded by ``seed`` and the item id, so an
     item's prompt does not change when other items are added or removed.
     """
-    from tqdm import tqdm
-
     base = Path(output).parent
     audio_dir = Path(audio_dir) if audio_dir else base / "wavs"
     items: list[dict] = []

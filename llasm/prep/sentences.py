@@ -17,7 +17,11 @@ import json
 import re
 from pathlib import Path
 
-from llasm.io import REPO
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llasm.io import REPO, read_jsonl, write_jsonl
 from llasm.lang import CJK
 
 SEED = REPO / "data" / "seed"
@@ -57,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=SEED / "generated_sentences.jsonl")
     args = parser.parse_args(argv)
 
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llasm.io import read_jsonl, write_jsonl
 
     prompts = [(lang, word) for lang, words in topic_words(args.words).items() for word in words]  # fails fast
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")

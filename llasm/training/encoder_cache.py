@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from llasm.configuration import encoder_frames
 from llasm.io import atomic_path
@@ -37,8 +39,6 @@ class EncoderCache:
     """``(C, T_enc, D)`` encoder states for a batch's chunks, from disk or by running the tower once."""
 
     def __init__(self, directory: str | os.PathLike, flush_every: int = 256):
-        from safetensors import safe_open
-
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
@@ -57,7 +57,6 @@ class EncoderCache:
         shard = self.where.get(key)
         if shard is None:
             return None
-        from safetensors import safe_open
 
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(shard), framework="pt")
@@ -90,7 +89,6 @@ class EncoderCache:
         """Write pending states as one new shard (temp file + rename)."""
         if not self.pending:
             return
-        from safetensors.torch import save_file
 
         rank = os.environ.get("RANK", "0")
         shard = self.directory / f"shard-{rank}-{uuid.uuid4().hex[:12]}.safetensors"

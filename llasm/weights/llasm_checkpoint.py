@@ -16,6 +16,14 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
+
+from llasm.checkpoint import DTYPES
+from llasm.configuration import LlasmConfig
+from llasm.modeling import LlasmForConditionalGeneration
+from llasm.processing import AUDIO_TOKENS, LlasmProcessor
 
 PROJECTOR = "model.mm_projector."
 AUDIO_TOKEN_IDS = {"<au_patch>": 32000, "<au_start>": 32001, "<au_end>": 32002}
@@ -23,8 +31,6 @@ AUDIO_TOKEN_IDS = {"<au_patch>": 32000, "<au_start>": 32001, "<au_end>": 32002}
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """All tensors of a HF checkpoint dir: safetensors, or ``.bin`` read with ``weights_only=True``."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
@@ -38,13 +44,6 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
 
 def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtype: str = "bfloat16"):
     """Build a llasm model from a LinkSoul LLaSM checkpoint dir and save it (full) to ``output``."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
-
-    from llasm.checkpoint import DTYPES
-    from llasm.configuration import LlasmConfig
-    from llasm.modeling import LlasmForConditionalGeneration
-    from llasm.processing import AUDIO_TOKENS, LlasmProcessor
-
     source = Path(_local_dir(source))
     state = read_state_dict(source)
     proj_w, proj_b = state.pop(PROJECTOR + "weight"), state.pop(PROJECTOR + "bias")
@@ -98,7 +97,6 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
 def _local_dir(name_or_path) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
-    from huggingface_hub import snapshot_download
 
     return snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model"])
 
