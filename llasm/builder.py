@@ -126,6 +126,7 @@ def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) ->
         pad_to_30s=audio.pad_to_30s,
         num_query_tokens=audio.num_query_tokens,
         chain_of_modality=spec.chain_of_modality,
+        max_positions=getattr(text_config, "max_position_embeddings", None),
     )
     ids = processor.audio_token_ids
     config = LlasmConfig(

@@ -86,6 +86,9 @@ def load_checkpoint(cls, path, *, dtype=None, config=None, **kwargs):
         if unexpected:
             raise ValueError(f"{path}: checkpoint has weights this model does not: {unexpected[:5]}")
     model.processor = _load_processor(path, hub_kwargs)
+    if model.processor is not None and getattr(model.processor, "max_positions", None) is None:
+        # checkpoints written before the processor kept it: the LLM's own limit
+        model.processor.max_positions = getattr(config.text_config, "max_position_embeddings", None)
     model.eval()
     return model
 

@@ -1,34 +1,63 @@
 """`LlasmConfig`: a Whisper audio config + any causal-LM text config + adaptor settings.
 
-Also home of the one token-count function (:func:`audio_token_lengths`) that the processor uses to
-expand placeholders and the model uses to check them before scattering.
+Also home of the one count of a clip's chunks, mel frames and audio tokens (:func:`audio_chunks`,
+:func:`audio_token_lengths`, :func:`count_audio_tokens`): the processor cuts and expands with it,
+the model checks the placeholders against it, the training dataset keys its encoder cache with it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from transformers import AutoConfig, PretrainedConfig, WhisperConfig
 
 # Whisper front end: 10 ms mel hop at 16 kHz, conv2 stride 2, 30 s windows of 3000 mel frames.
+SAMPLING_RATE = 16_000
 HOP_LENGTH = 160
 CHUNK_FRAMES = 3000
+CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH  # 480,000 samples = 30 s
 AUDIO_SOURCES = ("whisper_encoder", "whisper_decoder_queries")
 ADAPTOR_TYPES = ("linear", "mlp")
 
 
 def mel_frames(num_samples: int) -> int:
-    """Mel frames `WhisperFeatureExtractor(truncation=False)` makes of ``num_samples`` at 16 kHz."""
+    """Mel frames `WhisperFeatureExtractor(truncation=False)` makes of ``num_samples`` at 16 kHz.
+
+    The last partial hop (``num_samples % 160`` samples, under 10 ms) makes no frame.
+    """
     return num_samples // HOP_LENGTH
 
 
-def chunk_frames(total_frames: int, pad_to_30s: bool = False) -> list[int]:
-    """Split a clip's mel frames into 30 s chunks: 6100 frames -> [3000, 3000, 100].
+class AudioChunk(NamedTuple):
+    """One 30 s window of a clip: the samples it reads ``[start, end)`` and the mel frames the
+    encoder gets from it (3000 with ``pad_to_30s``, the window's own frames otherwise)."""
 
-    With ``pad_to_30s`` every chunk is padded to a full window, as LLaSM does.
+    start: int
+    end: int
+    frames: int
+
+
+def audio_chunks(num_samples: int, pad_to_30s: bool = False) -> list[AudioChunk]:
+    """Cut a clip of ``num_samples`` (16 kHz) into 30 s windows: THE chunk count of llasm.
+
+    Windows hold whole mel frames only, so the samples past the last full hop belong to no window
+    (the same rule as :func:`mel_frames`): 480,159 samples are one window, 480,160 two. With
+    ``pad_to_30s`` (LLaSM) each window is padded with silence to 3000 frames.
+    61 s -> frames [3000, 3000, 100] (or [3000, 3000, 3000] padded).
     """
-    chunks = [min(CHUNK_FRAMES, total_frames - start) for start in range(0, total_frames, CHUNK_FRAMES)]
-    return [CHUNK_FRAMES] * len(chunks) if pad_to_30s else chunks
+    total = mel_frames(num_samples)
+    chunks = []
+    for first in range(0, total, CHUNK_FRAMES):
+        frames = min(CHUNK_FRAMES, total - first)
+        start = first * HOP_LENGTH
+        chunks.append(AudioChunk(start, start + frames * HOP_LENGTH, CHUNK_FRAMES if pad_to_30s else frames))
+    return chunks
+
+
+def chunk_frames(num_samples: int, pad_to_30s: bool = False) -> list[int]:
+    """Mel frames per chunk of a clip of ``num_samples`` (see :func:`audio_chunks`)."""
+    return [c.frames for c in audio_chunks(num_samples, pad_to_30s)]
 
 
 def encoder_frames(frames: int) -> int:
@@ -36,11 +65,18 @@ def encoder_frames(frames: int) -> int:
     return (frames - 1) // 2 + 1
 
 
-def audio_token_lengths(frames_per_chunk: list[int], config: "LlasmConfig") -> list[int]:
-    """Audio tokens each chunk becomes. The single source of truth for placeholder counts."""
+def audio_token_lengths(frames_per_chunk: list[int], config) -> list[int]:
+    """Audio tokens each chunk becomes, from its mel frames; ``config`` is a :class:`LlasmConfig` or
+    a processor (anything with ``audio_source``, ``stack_factor``, ``num_query_tokens``). The
+    adaptor type does not change the count. The single source of truth for placeholder counts."""
     if config.audio_source == "whisper_decoder_queries":
         return [config.num_query_tokens] * len(frames_per_chunk)
     return [math.ceil(encoder_frames(f) / config.stack_factor) for f in frames_per_chunk]
+
+
+def count_audio_tokens(num_samples: int, config) -> int:
+    """Audio tokens of a clip of ``num_samples`` at 16 kHz: the sum over its :func:`audio_chunks`."""
+    return sum(audio_token_lengths(chunk_frames(num_samples, config.pad_to_30s), config))
 
 
 class LlasmConfig(PretrainedConfig):
@@ -119,4 +155,4 @@ class LlasmConfig(PretrainedConfig):
 
     def num_audio_tokens(self, num_samples: int) -> int:
         """Audio tokens for a clip of ``num_samples`` at 16 kHz (sum over its 30 s chunks)."""
-        return sum(audio_token_lengths(chunk_frames(mel_frames(num_samples), self.pad_to_30s), self))
+        return count_audio_tokens(num_samples, self)

@@ -18,6 +18,7 @@ from llasm import chat as chat_lib
 from llasm.audio_tower import LlasmWhisperEncoder, load_whisper_encoder
 from llasm.checkpoint import load_checkpoint, save_checkpoint
 from llasm.configuration import LlasmConfig, audio_token_lengths, encoder_frames
+from llasm.processing import IGNORE_INDEX, SUPPORTED_CALL
 from llasm.speech.vocoder import UnitHifiGan
 from llasm.unit_head import CtcUnitHead
 
@@ -158,7 +159,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         end = input_ids == cfg.audio_end_token_id
         # audio ids may lie outside the LLM's vocabulary: look up a harmless id, then overwrite
         text_ids = input_ids.masked_fill(patch | start | end, 0)
-        embeds = self.get_input_embeddings()(text_ids)  # (B, L, D)
+        table = self.get_input_embeddings()
+        if input_ids.shape[1] > 1 and (text_ids >= table.num_embeddings).any():  # prompts; decoding feeds model ids
+            bad = int(text_ids[text_ids >= table.num_embeddings][0])
+            raise ValueError(f"input_ids hold id {bad} but the language model has {table.num_embeddings} embeddings: "
+                             "the tokenizer has tokens the model lacks (resize the model's token embeddings)")
+        embeds = table(text_ids)  # (B, L, D)
         markers = self.audio_marker_embeddings(torch.arange(2, device=embeds.device)).to(embeds.dtype)
         embeds = torch.where(start[..., None], markers[0], embeds)
         embeds = torch.where(end[..., None], markers[1], embeds)
@@ -175,8 +181,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if audio_embeds.shape[0] != n_slots:
             raise ValueError(
                 f"audio/token count mismatch: the audio gives {audio_embeds.shape[0]} tokens but input_ids have "
-                f"{n_slots} <au_patch> slots; build inputs with the LlasmProcessor of this model "
-                f"(stack_factor={cfg.stack_factor}, pad_to_30s={cfg.pad_to_30s})"
+                f"{n_slots} <au_patch> slots (stack_factor={cfg.stack_factor}, pad_to_30s={cfg.pad_to_30s}); "
+                f"make input_ids and input_features in one call of this model's processor: {SUPPORTED_CALL}"
             )
         return embeds.masked_scatter(patch[..., None], audio_embeds.to(embeds.dtype))
 
@@ -210,6 +216,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                                               audio_encoder_outputs)
         if unit_targets is not None:
             return self._unit_head_loss(*self.answer_states(inputs_embeds, attention_mask, unit_mask), unit_targets)
+        if labels is not None:
+            labels = self.loss_labels(labels, input_ids, attention_mask)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -220,6 +228,31 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def loss_labels(self, labels, input_ids=None, attention_mask=None) -> torch.Tensor:
+        """``labels (B, L)`` as the loss may read them: -100 wherever no text is predicted.
+
+        Positions holding audio ids (``<au_start>``, ``<au_patch>``, ``<au_end>``) and padding
+        (``attention_mask == 0``) are ignored, so ``labels=input_ids.clone()`` trains on the text
+        only — as Qwen2-Audio's ``_merge_input_ids_with_audio_features`` sets ``ignore_index`` at
+        audio positions. Raises ``ValueError`` naming the id and its position when any other label
+        lies outside the language model's vocabulary ``[0, vocab_size)`` (or is negative but not -100).
+        """
+        cfg = self.config
+        if input_ids is not None:
+            audio_ids = [cfg.audio_patch_token_id, cfg.audio_start_token_id, cfg.audio_end_token_id]
+            audio = torch.isin(input_ids, torch.tensor([i for i in audio_ids if i is not None], device=input_ids.device))
+            labels = labels.masked_fill(audio.to(labels.device), IGNORE_INDEX)
+        if attention_mask is not None and attention_mask.shape == labels.shape:
+            labels = labels.masked_fill(attention_mask.to(labels.device) == 0, IGNORE_INDEX)
+        vocab = self.get_output_embeddings().weight.shape[0]
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"labels[{row}, {col}] = {int(labels[row, col])} is outside the language model's vocabulary "
+                f"(ids 0..{vocab - 1}; {int(bad.sum())} such label(s)); use -100 for positions without a target")
+        return labels
 
     def _unit_head_loss(self, rows, keep, unit_targets):
         """Stage 3: answer states ``rows (B, L_ans, D)`` (``keep`` marks real ones) -> unit head -> CTC

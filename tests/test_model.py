@@ -71,6 +71,29 @@ def test_count_mismatch_raises_clear_error(tiny):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
+def test_labels_from_input_ids_ignore_audio_and_padding(tiny):
+    """The common fine-tuning pattern labels=input_ids.clone(): audio ids lie outside the LLM's vocabulary."""
+    model, processor = tiny
+    cfg = model.config
+    convs = [_user(tone(1.0), "Transcribe.") + [{"role": "assistant", "content": "hello"}],
+             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]
+    batch = processor.apply_chat_template(convs, padding_side="right")
+    labels = batch["input_ids"].clone()
+    out = model(**{**batch, "labels": labels})
+    audio = torch.isin(labels, torch.tensor([cfg.audio_patch_token_id, cfg.audio_start_token_id, cfg.audio_end_token_id]))
+    target = labels.masked_fill(audio | (batch["attention_mask"] == 0), -100)[:, 1:]
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), target.flatten(),
+                                                 ignore_index=-100)
+    assert audio.sum() == 13 + 2 and torch.isfinite(out.loss)
+    assert torch.allclose(out.loss, expected)
+    for bad in (600, -5):
+        wrong = labels.clone()
+        wrong[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"labels\[1, 2\] = {bad} is outside the language model's vocabulary "
+                                             r"\(ids 0\.\.511"):
+            model(**{**batch, "labels": wrong})
+
+
 @pytest.mark.parametrize("adaptor,stack", [("linear", 1), ("linear", 4), ("mlp", 8)])
 def test_adaptor_types(adaptor, stack):
     model, processor = build_tiny(**{"adaptor.type": adaptor, "adaptor.stack_factor": stack})

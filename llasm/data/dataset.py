@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from llasm.audio import AudioError, load_audio
-from llasm.configuration import chunk_frames, mel_frames
+from llasm.configuration import audio_chunks
 from llasm.io import read_jsonl
 from llasm.processing import IGNORE_INDEX
 
@@ -200,7 +200,8 @@ def teacher_row(row: dict) -> dict | None:
 
 
 def _chunks_per_clip(audios: list[np.ndarray], processor) -> list[int]:
-    return [len(chunk_frames(mel_frames(len(a)), processor.pad_to_30s)) for a in audios]
+    """Encoder-cache chunks of each clip: the processor's own windows (:func:`audio_chunks`)."""
+    return [len(audio_chunks(len(a), processor.pad_to_30s)) for a in audios]
 
 
 class MixtureBatchSampler(torch.utils.data.Sampler):

@@ -67,7 +67,8 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
         tokenizer.pad_token = tokenizer.unk_token
     processor = LlasmProcessor(WhisperFeatureExtractor.from_pretrained(whisper), tokenizer, template="llama2",
                                audio_source="whisper_decoder_queries", stack_factor=1, pad_to_30s=True,
-                               num_query_tokens=int(raw.get("audio_query_tokens", 64)))
+                               num_query_tokens=int(raw.get("audio_query_tokens", 64)),
+                               max_positions=getattr(text_config, "max_position_embeddings", None))
     ids = processor.audio_token_ids
     config = LlasmConfig(
         audio_config=WhisperConfig.from_pretrained(whisper), text_config=text_config,
