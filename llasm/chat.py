@@ -9,7 +9,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from llasm.configuration import audio_token_lengths
-from llasm.processing import COM_ANSWER, answer_text
+from llasm.processing import COM_ANSWER, PromptTooLongError, answer_text
 from llasm.speech.vocoder import VocoderStream
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
@@ -153,6 +153,7 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         messages = list(messages) + [user_turn(audio, text)]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
     generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
@@ -183,6 +184,18 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
     if chain:  # speak only the answer: the tokens after the "[ta]" marker
         hidden = hidden[_answer_start(processor, reply_ids):]
     return text, speak_units(model, hidden, model.vocoder)
+
+
+def reply_room(processor, prompt_tokens: int, max_new_tokens: int) -> int:
+    """``max_new_tokens`` cut to the positions the language model has left after the prompt
+    (``processor.max_positions``); raises :class:`~llasm.processing.PromptTooLongError` when none are left."""
+    limit = getattr(processor, "max_positions", None)
+    if not limit:
+        return max_new_tokens
+    if prompt_tokens >= limit:
+        raise PromptTooLongError(f"prompt of {prompt_tokens} tokens fills the language model's {limit} positions "
+                                 "(text_config.max_position_embeddings): no room for a reply; shorten the conversation")
+    return min(max_new_tokens, limit - prompt_tokens)
 
 
 def _answer_start(processor, reply_ids) -> int:
@@ -226,6 +239,7 @@ def _decode_speaking(model, messages, max_new_tokens):
     units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
     processor = model.processor
     inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
+    max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     ends = processor.end_of_turn_ids
     producing = model.unit_head.config.state == "output"  # units from the state that chose the token
     out = model(**inputs, use_cache=True, output_hidden_states=producing, logits_to_keep=1)

@@ -1,5 +1,7 @@
 """Processor: the shared token count, exact ids, labels, templates and no placeholder injection."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -381,3 +383,69 @@ def test_render_then_process_refuses_with_the_supported_call(tiny):
         processor(text="hi", images=[1])
     plain = processor(text="hello")  # plain text: the tokenizer's BOS, once
     assert plain["input_ids"][0].tolist() == processor.tokenizer("hello").input_ids
+
+
+# -- prompts longer than the language model's positions ------------------------------------------
+@pytest.fixture(scope="module")
+def short_context():
+    """The tiny model with 256 positions: a 30 s clip (375 audio tokens) no longer fits."""
+    return build_tiny(**{"text.config.max_position_embeddings": 256})
+
+
+def _spoken(seconds):  # None: an audio part without its audio, as a model card renders it
+    audio = {"type": "audio"} if seconds is None else {"type": "audio", "audio": tone(seconds)}
+    return [{"role": "user", "content": [audio, {"type": "text", "text": "Transcribe."}]}]
+
+
+def test_prompt_past_the_context_names_tokens_seconds_and_limit(short_context):
+    from llasm.chat import reply_room
+    from llasm.processing import PromptTooLongError
+
+    model, processor = short_context
+    assert processor.max_positions == 256
+    short = processor.apply_chat_template(_spoken(1.0), add_generation_prompt=True)["input_ids"].shape[1]
+    total = short - 13 + 375  # the same prompt with 375 audio tokens (30 s at stack 4) instead of 13 (1 s)
+    message = (rf"prompt of {total} tokens \(377 audio tokens from 30\.00 s of audio, {total - 377} text tokens\) is "
+               r"longer than the language model's 256 positions \(text_config\.max_position_embeddings\); about "
+               r"(\d+\.\d) s of audio fit with this text")
+    with pytest.raises(PromptTooLongError, match=message) as caught:
+        processor.apply_chat_template(_spoken(30.0), add_generation_prompt=True)
+    with pytest.raises(PromptTooLongError, match=message):
+        model.chat(_spoken(30.0), max_new_tokens=2)
+    rendered = processor.apply_chat_template(_spoken(None), add_generation_prompt=True, tokenize=False)
+    with pytest.raises(PromptTooLongError, match=message):
+        processor(text=rendered, audio=[tone(30.0)])
+    fits = float(re.search(message, str(caught.value)).group(1))  # what the message promises does fit
+    assert processor.apply_chat_template(_spoken(fits), add_generation_prompt=True)["input_ids"].shape[1] <= 256
+    with pytest.raises(PromptTooLongError):
+        processor.apply_chat_template(_spoken(fits + 0.7), add_generation_prompt=True)
+    # a reply never runs past the positions left
+    assert reply_room(processor, 250, 128) == 6 and reply_room(processor, 10, 128) == 128
+    with pytest.raises(PromptTooLongError, match="fills the language model's 256 positions"):
+        reply_room(processor, 256, 8)
+
+
+def test_too_long_rows_are_skipped_and_reported_in_training_and_evaluation(short_context, tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from llasm.data.dataset import Collator, ConversationDataset, Source
+    from llasm.evaluation import AsrItem, LlasmSystem, evaluate
+
+    model, processor = short_context
+    for name, seconds in (("long", 30.0), ("short", 1.0)):
+        sf.write(tmp_path / f"{name}.wav", tone(seconds), 16000)
+    rows = [{"id": name, "audios": [f"{name}.wav"], "conversations": [
+        {"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "hello"}]} for name in ("long", "short")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = ConversationDataset([Source(str(tmp_path / "d.jsonl"))], processor, rejects_path=str(tmp_path / "rejects.jsonl"))
+    batch = Collator(processor, ds)([ds[0], ds[1]])
+    assert batch["ids"] == ["short"]
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "rejects.jsonl").read_text().splitlines())}
+    assert set(reasons) == {"long"} and re.search(r"30\.00 s of audio.*256 positions", reasons["long"])
+    items = [AsrItem("long", "en", str(tmp_path / "long.wav"), "hello"), AsrItem("short", "en", str(tmp_path / "short.wav"), "hello")]
+    report = evaluate({"llasm": LlasmSystem(model, max_new_tokens=2)}, asr_items=items, tasks=["asr"], progress=False)
+    errors = {e["id"]: e["error"] for e in report["errors"]}
+    assert set(errors) == {"long"} and errors["long"].startswith("PromptTooLongError: prompt of")
+    assert report["counts"]["llasm"]["en"]["asr"] == 1  # the short clip was still scored
