@@ -80,3 +80,38 @@ def test_chat_speak_writes_a_wav(tmp_path, capsys):
                      "--max-new-tokens", "4", "--speak", str(out)]) == 0
     assert "spoken reply" in capsys.readouterr().err
     assert out.exists() and len(load_audio(out)) % 320 == 0
+
+
+def test_audio_command_takes_the_first_word_as_path_and_the_rest_verbatim(tmp_path, monkeypatch):
+    import pytest
+
+    from llasm.apps.chat_cli import parse_audio_command
+
+    assert parse_audio_command("/audio clip.wav what's in this recording?") == ("clip.wav", "what's in this recording?")
+    assert parse_audio_command("/audio Bob's_question.wav") == ("Bob's_question.wav", None)
+    assert parse_audio_command('/audio "my clip.wav"  say  "hi"  ') == ("my clip.wav", 'say  "hi"')
+    assert parse_audio_command("/audio 'my clip.wav' it's") == ("my clip.wav", "it's")
+    assert parse_audio_command(r"/audio my\ clip.wav it's") == ("my clip.wav", "it's")
+    assert parse_audio_command("/audio 'tis.wav hi") == ("'tis.wav", "hi")  # an unclosed quote is part of the name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my clip.wav").write_bytes(b"")
+    assert parse_audio_command("/audio my clip.wav what's this") == ("my clip.wav", "what's this")
+    with pytest.raises(ValueError, match="usage: /audio FILE"):
+        parse_audio_command("/audio   ")
+
+
+def test_interactive_chat_survives_bad_lines(tiny, tmp_path, capsys, monkeypatch):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "m")
+    wav = tmp_path / "Bob's_question.wav"
+    sf.write(wav, tone(1.0), 16000)
+    lines = [f"/audio {wav} what's in this recording?", "/audio", "/frobnicate", f"/audio {tmp_path}/it's gone.wav ok",
+             '/audio "unclosed.wav', "/reset", "and now text", "/quit", "never read"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2  # the spoken turn and the text turn were answered
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: usage: /audio FILE [text]",
+                      "error: unknown command /frobnicate; type text, '/audio FILE [text]', '/reset', '/help' or '/quit'",
+                      f"error: {tmp_path}/it's: file not found", 'error: "unclosed.wav: file not found']

@@ -4,22 +4,32 @@
     llasm chat --model DIR                                 # interactive; type text, or
         /audio path.wav [text]                             #   a spoken turn (+ optional text)
         /reset                                             #   forget the conversation
-        /quit
+        /help, /quit
+
+In ``/audio`` the first word is the file and the rest of the line is the text, verbatim
+(``/audio Bob's_question.wav what's in this recording?``). A path with spaces is quoted
+(``"my clip.wav"`` or ``'my clip.wav'``), backslash-escaped (``my\\ clip.wav``) or typed as is when
+that file exists. A bad line or an unusable file prints an error; the conversation goes on.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import os
+import re
 import sys
 
 from llasm.audio import AudioError, save_audio
 from llasm.chat import PromptCache, ReplyStream, user_turn
 from llasm.modeling import LlasmForConditionalGeneration
 
+COMMANDS = "type text, '/audio FILE [text]', '/reset', '/help' or '/quit'"
 
-def _reply(model, messages, max_new_tokens: int, out=sys.stdout, cache=None) -> str:
-    """Stream the reply to ``out`` as it is generated; returns its text (raises what generation raised)."""
+
+def _reply(model, messages, max_new_tokens: int, out=None, cache=None) -> str:
+    """Stream the reply to ``out`` (default: the current ``sys.stdout``) as it is generated; returns its
+    text (raises what generation raised)."""
+    out = out or sys.stdout
     stream = ReplyStream(model, messages, max_new_tokens=max_new_tokens, cache=cache)
     for piece in stream:
         out.write(piece)
@@ -28,6 +38,25 @@ def _reply(model, messages, max_new_tokens: int, out=sys.stdout, cache=None) -> 
         raise stream.error
     out.write("\n")
     return stream.result
+
+
+def parse_audio_command(line: str) -> tuple[str, str | None]:
+    """``/audio FILE [text]`` -> ``(path, text or None)``: the first word is the path, the rest of the line
+    the text, verbatim. Raises ``ValueError`` (with the usage) when no path is given."""
+    rest = line[len("/audio"):].strip()
+    if not rest:
+        raise ValueError("usage: /audio FILE [text]")
+    end = rest.find(rest[0], 1) if rest[0] in "\"'" else -1
+    if end > 0:  # a quoted name (an unclosed quote is part of the name: 'tis.wav)
+        path, text = rest[1:end], rest[end + 1:]
+    else:
+        words = list(re.finditer(r"(?:\\\s|\S)+", rest))  # words; a backslash-escaped space stays inside one
+        path, cut = words[0].group(0).replace("\\ ", " "), words[0].end()
+        for word in words[1:]:  # an unquoted name with spaces, when that file exists
+            if os.path.isfile(rest[: word.end()]):
+                path, cut = rest[: word.end()], word.end()
+        text = rest[cut:]
+    return path, text.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,29 +89,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
-    print("llasm chat — type text, '/audio FILE [text]', '/reset' or '/quit'", file=sys.stderr)
+    print(f"llasm chat — {COMMANDS}", file=sys.stderr)
     cache = PromptCache()  # each turn runs only what is new since the last (earlier audio is not re-encoded)
     for line in sys.stdin:
         line = line.strip()
         if not line:
             continue
-        if line in ("/quit", "/exit"):
+        command = line.split(maxsplit=1)[0]
+        if command in ("/quit", "/exit"):
             break
-        if line == "/reset":
+        if command == "/reset":
             messages = []
             continue
-        if line.startswith("/audio"):
-            parts = shlex.split(line)[1:]
-            if not parts:
-                print("usage: /audio FILE [text]", file=sys.stderr)
-                continue
-            turn = user_turn(parts[0], " ".join(parts[1:]) or None)
-        else:
-            turn = user_turn(None, line)
+        if command in ("/help", "/?"):
+            print(COMMANDS, file=sys.stderr)
+            continue
         try:
+            if command == "/audio":
+                turn = user_turn(*parse_audio_command(line))
+            elif command.startswith("/") and len(command) > 1 and command[1:].isalpha():
+                raise ValueError(f"unknown command {command}; {COMMANDS}")
+            else:
+                turn = user_turn(None, line)
             text = _reply(model, messages + [turn], args.max_new_tokens, cache=cache)
-        except AudioError as err:  # unusable audio: say why, keep the conversation
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - one bad turn (file, command, too long) must not end the session
+            print(f"error: {err}" if isinstance(err, (AudioError, ValueError)) else f"error: {type(err).__name__}: {err}",
+                  file=sys.stderr)
             continue
         messages += [turn, {"role": "assistant", "content": text}]
     return 0
