@@ -247,6 +247,24 @@ def test_asr_loops_count_once_unless_kept(tmp_path):
     assert E.collapse_loops("It cost 10000 yuan, 哈哈哈.") == "It cost 10000 yuan, 哈哈哈."  # digits, 3 repeats kept
 
 
+def test_true_repetitions_score_zero_and_loops_stay_bounded(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(1.0), 16000)
+    refs = {"zh": "哈哈哈哈，太好笑了。", "en": "Ha ha ha ha, that is so funny."}
+    items = [E.AsrItem(f"{lang}-1", lang, str(tmp_path / "a.wav"), text) for lang, text in refs.items()]
+
+    def score(transcripts, **kw):
+        report = E.evaluate({"s": FakeSystem(transcripts=transcripts)}, asr_items=items, tasks=["asr"], progress=False, **kw)
+        return report["results"]["s"]["zh"]["cer"], report["results"]["s"]["en"]["wer"]
+
+    assert score(refs) == (0, 0)  # verbatim is perfect (version 1 of the guard gave CER 37.5 %, WER 20 %)
+    assert score({"zh": "哈哈哈哈哈哈哈哈哈哈，太好笑了。", "en": "ha ha ha ha ha ha ha ha that is so funny"}) == (0, 0)
+    runaway = {"zh": "哈" * 300, "en": "ha " * 300}
+    assert score(runaway) == pytest.approx((4 / 8, 4 / 8))  # cut to the reference's 4: the rest is missing
+    assert score(runaway, keep_loops=True) == pytest.approx((296 / 8, 296 / 8))  # 4 substituted, 292 inserted
+    assert E.collapse_loops("把把把把把把", reference="把") == "把"
+    assert E.collapse_loops("把把把把把把") == "把"  # no reference: one copy
+
+
 def test_run_all_tiny_model_with_whisper_cascade(tmp_path, capsys):
     instruct, asr = write_data(tmp_path / "data", missing={"q-zh-1"})
     whisper = make_tiny_whisper(tmp_path / "whisper")
@@ -258,6 +276,7 @@ def test_run_all_tiny_model_with_whisper_cascade(tmp_path, capsys):
     for name in ("report.json", "report.md", "report.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["meta"]["loop_guard_version"] == "2" and "loop guard v2" in report["meta"]["decoding"]
     res = report["results"]
     assert set(res) == {"llasm", "cascade", "text"}
     assert {"wer", "accuracy", "chrf", "lang_consistency", "agreement", "chrf_vs_text", "ppl_text_reply"} <= \

@@ -67,7 +67,8 @@ from llasm.evaluation.items import (
 )
 from llasm.evaluation.report import summary_tables, write_report
 from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
-from llasm.evaluation.systems import CascadeSystem, Judge, LlasmSystem, WhisperTranscriber, make_ppl_scorer
+from llasm.evaluation.systems import (LOOP_GUARD_RULE, LOOP_GUARD_VERSION, CascadeSystem, Judge, LlasmSystem,
+                                     WhisperTranscriber, make_ppl_scorer)
 from llasm.evaluation.tasks import TASKS, TEXT_TASKS, evaluate
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--judge-api-key-env", default="LLASM_JUDGE_API_KEY",
                    help="environment variable holding the judge API key (optional)")
     p.add_argument("--keep-loops", action="store_true",
-                   help="score ASR hypotheses as generated (default: a unit repeated 4+ times in a row counts once)")
+                   help="score ASR hypotheses as generated (default: a unit repeated 4+ times in a row is cut to the "
+                        "reference's own run of it, at least one copy; loop guard v2)")
     p.add_argument("--no-cascade", action="store_true", help="skip the Whisper -> LLM cascade baseline")
     p.add_argument("--cascade-whisper", default=None,
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
@@ -225,7 +227,8 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "limit": args.limit,
         "asr_limit": asr_limit,
         "max_new_tokens": args.max_new_tokens,
-        "decoding": "greedy" + ("" if args.keep_loops else "; ASR hypotheses: a unit repeated 4+ times in a row kept once"),
+        "decoding": "greedy" + ("" if args.keep_loops else f"; ASR hypotheses: {LOOP_GUARD_RULE}"),
+        "loop_guard_version": None if args.keep_loops else LOOP_GUARD_VERSION,
         "tasks": tasks,
         "systems": list(report["results"]),
         "cascade": cascade_info,

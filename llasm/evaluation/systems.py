@@ -41,25 +41,59 @@ def transcript_token_limit(seconds: float) -> int:
     return 10 + int(12 * seconds)
 
 
-_LOOP = re.compile(r"(\S.{0,19}?)(?:\s*\1){3,}", re.DOTALL)
+_LOOP = re.compile(r"(\S.{0,19}?)(?:\s*\1){3,}", re.DOTALL | re.IGNORECASE)
+LOOP_GUARD_VERSION = "2"
+LOOP_GUARD_RULE = (f"loop guard v{LOOP_GUARD_VERSION}: a unit of 1-20 characters (not all digits, any case) repeated 4+ "
+                   "times in a row in a hypothesis is cut to as many copies as the reference has in a row (at least one)")
 
 
-def collapse_loops(text: str) -> str:
-    """One copy of any unit (1-20 characters, not only digits) repeated 4+ times in a row.
+def _core(text: str) -> str:
+    """Letters and digits only, lowercased: how a unit is matched against the reference."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def _longest_run(unit: str, reference: str) -> int:
+    """Most copies of ``unit`` in a row in ``reference`` (both in :func:`_core` form)."""
+    if not unit:
+        return 0
+    return max((len(run) // len(unit) for run in re.findall(f"(?:{re.escape(unit)})+", reference)), default=0)
+
+
+def collapse_loops(text: str, reference: str | None = None) -> str:
+    """Cut runaway repetitions in a transcript; the rule is :data:`LOOP_GUARD_RULE` (version
+    :data:`LOOP_GUARD_VERSION`, recorded in every report).
 
     A decoding loop guard for transcripts, in the spirit of Whisper's compression-ratio check: a
-    model that loses the audio repeats itself ("把把把…", "請問,請問,…") until the token limit.
-    Applied alike to every system's ASR hypotheses by :mod:`llasm.evaluation` (``--keep-loops``
-    turns it off); the report keeps the raw hypothesis wherever it changed.
+    model that loses the audio repeats itself ("把把把…", "請問,請問,…") until the token limit. A
+    unit (1-20 characters, not only digits) repeated 4+ times in a row keeps as many copies as the
+    ``reference`` has of it in a row, compared on letters and digits, lowercased — so a verbatim
+    transcript of "哈哈哈哈" or "ha ha ha ha" is left whole, and a loop never scores more than the
+    reference's own run. Without a reference one copy is kept. Applied alike to every system's ASR
+    hypotheses by :mod:`llasm.evaluation` (``--keep-loops`` turns it off); the report keeps the raw
+    hypothesis wherever it changed. (Version 1 kept one copy even where the reference repeats.)
 
     >>> collapse_loops("基本我们把把把把把把把把")
     '基本我们把'
     >>> collapse_loops("請問,請問,請問,請問,請問,")
     '請問,'
+    >>> collapse_loops("哈哈哈哈，太好笑了。", reference="哈哈哈哈，太好笑了。")
+    '哈哈哈哈，太好笑了。'
+    >>> collapse_loops("Ha ha ha ha ha ha ha ha ha", reference="Ha, ha ha ha!")
+    'Ha ha ha ha'
     >>> collapse_loops("It costs 10000 dollars, really really.")
     'It costs 10000 dollars, really really.'
     """
-    return _LOOP.sub(lambda m: m.group(0) if m.group(1).isdigit() else m.group(1), text)
+    target = _core(reference or "")
+
+    def cut(m: re.Match) -> str:
+        unit, run = m.group(1), m.group(0)
+        if unit.isdigit():
+            return run
+        keep = max(1, _longest_run(_core(unit), target))
+        ends = [copy.end() for copy in re.finditer(re.escape(unit), run, re.IGNORECASE)]
+        return run[: ends[min(keep, len(ends)) - 1]]
+
+    return _LOOP.sub(cut, text)
 
 
 class LlasmSystem:

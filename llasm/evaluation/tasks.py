@@ -67,7 +67,8 @@ def evaluate(
     ``answer_spoken(item, audio) -> (reply, user_content, info)``. ``text_system`` (default: the
     first system) answers the text questions through ``answer_text(text)``. ``scorer`` scores a
     reply under a prompt for ``ppl_text_reply`` (skipped with a note when ``None``). ASR
-    hypotheses go through :func:`collapse_loops` unless ``keep_loops`` (raw ones kept per item).
+    hypotheses go through :func:`collapse_loops` (against the item's reference) unless ``keep_loops``
+    (raw ones kept per item).
     """
     tasks = set(tasks)
     unknown = tasks - set(TASKS)
@@ -116,7 +117,7 @@ def asr_task(out: Scores, systems: dict, asr_items: Sequence[AsrItem], *, progre
             except Exception as err:  # noqa: BLE001
                 out.errors.append(_error("asr", name, item.id, err))
                 continue
-            collapsed = hyp if keep_loops else collapse_loops(hyp)
+            collapsed = hyp if keep_loops else collapse_loops(hyp, reference=item.text)
             if collapsed != hyp:
                 row.setdefault("raw_hypotheses", {})[name] = hyp
                 hyp = collapsed
