@@ -245,6 +245,34 @@ def test_cache_gives_same_loss_as_no_cache(tmp_path, data):
         assert abs(x - y) < 1e-3  # fp16-rounded states vs fp32
 
 
+def test_encoder_cache_keys_follow_the_processors_windows_at_30s(tmp_path):
+    """pad_to_30s with clips of 30.00-30.01 s: the dataset's cache keys, the features and the placeholders
+    count the same windows, and the cached stage-1 loss is the live one."""
+    from llasm.data.dataset import Collator, ConversationDataset, Source
+    from llasm.training.encoder_cache import EncoderCache, model_key
+
+    model, processor = build_tiny(**{"audio.pad_to_30s": True})
+    rows = []
+    for n in (479_999, 480_001, 480_159, 480_160):
+        sf.write(tmp_path / f"{n}.wav", tone(31.0)[:n], 16000, subtype="FLOAT")
+        rows.append({"id": str(n), "audios": [f"{n}.wav"], "conversations": [
+            {"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "ok"}]})
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = ConversationDataset([Source(str(tmp_path / "d.jsonl"))], processor, model_key=model_key(model, processor))
+    items = [ds[i] for i in range(len(ds))]
+    assert [len(item["audio_keys"]) for item in items] == [1, 1, 1, 2]  # 480,160 samples hold a second whole hop
+    batch = Collator(processor, ds)(items)
+    assert len(batch["audio_keys"]) == batch["input_features"].shape[0] == 5
+    assert int((batch["input_ids"] == model.config.audio_patch_token_id).sum()) == 5 * processor.num_audio_tokens(16000)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "feature_attention_mask")}
+    cache = EncoderCache(tmp_path / "cache")
+    with torch.no_grad():
+        states = cache.encode(model, batch["audio_keys"], batch["input_features"], batch["feature_attention_mask"])
+        cached = model(**inputs, audio_encoder_outputs=states).loss
+        live = model(**inputs, input_features=batch["input_features"]).loss
+    assert abs(cached.item() - live.item()) < 1e-3  # fp16-rounded states vs fp32
+
+
 def test_nan_loss_stops_with_step_and_ids(tmp_path, data):
     from llasm.training import NonFiniteLoss, Trainer, load_config
 
