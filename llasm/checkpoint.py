@@ -17,7 +17,7 @@ from transformers.utils import cached_file
 
 from llasm.configuration import LlasmConfig
 from llasm.io import atomic_dir
-from llasm.lora import add_lora
+from llasm.lora import add_lora, merge_lora
 from llasm.processing import LlasmProcessor
 
 WEIGHTS_NAME = "model.safetensors"
@@ -56,9 +56,7 @@ def _save_full(model, directory: Path) -> None:
     """Everything in one HF directory; LoRA is merged into the LLM first."""
     lm = model.language_model
     if model.config.lora:
-        model = copy.deepcopy(model)
-        model.language_model = model.language_model.merge_and_unload()
-        model.config.lora = None
+        model = merge_lora(copy.deepcopy(model))
     original = model.config.checkpoint_format
     model.config.checkpoint_format = "full"
     try:

@@ -13,6 +13,9 @@ def add_lora(model, settings: dict | None = None):
     """
     from peft import LoraConfig, LoraModel
 
+    if has_lora(model):
+        raise ValueError("the language model already has LoRA adapters (a LoRA checkpoint): continue them "
+                         "(llasm.training.parts.apply_trainability does) or merge them first (merge_lora)")
     settings = dict(settings or {})
     lora_config = LoraConfig(
         r=int(settings.get("r", 16)),
@@ -28,4 +31,17 @@ def add_lora(model, settings: dict | None = None):
         "dropout": lora_config.lora_dropout,
         "target_modules": sorted(lora_config.target_modules),
     }
+    return model
+
+
+def has_lora(model) -> bool:
+    """Whether ``model.language_model`` carries LoRA adapters (a LoRA run's checkpoint does)."""
+    return any("lora_" in name for name, _ in model.language_model.named_parameters())
+
+
+def merge_lora(model):
+    """Fold the LoRA adapters into the language model's weights (``merge_and_unload``); ``config.lora`` -> None."""
+    if has_lora(model):
+        model.language_model = model.language_model.merge_and_unload()
+        model.config.lora = None
     return model

@@ -293,6 +293,80 @@ def test_final_checkpoint_loads_and_chats(tmp_path, data):
     assert isinstance(reply, str)
 
 
+def _lora_run(tmp_path, data, tiny_bases, name, model=None, **over):
+    """A LoRA run on the tiny model with base ids (so its checkpoints hold the adapter, not merged weights)."""
+    import yaml
+
+    spec = tmp_path / "model.yaml"
+    spec.write_text(yaml.safe_dump(tiny_bases))
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    return config(tmp_path / name, data, **{"model": str(model or spec), "trainable.language_model": "lora", "lora": lora,
+                                            "encoder_cache.enabled": False, "data.samples_per_epoch": 4,
+                                            "train.lr": 1e-2, **over})
+
+
+def test_lora_checkpoint_as_model_continues_its_adapter(tmp_path, data, tiny_bases):
+    from safetensors.torch import load_file
+
+    from llasm import LlasmForConditionalGeneration
+    from llasm.data.dataset import Collator
+    from llasm.training import Trainer, load_config
+
+    _, _, first = run_trainer(_lora_run(tmp_path, data, tiny_bases, "a"))
+    trainer = Trainer(load_config(_lora_run(tmp_path, data, tiny_bases, "b", model=first["final"],
+                                            **{"train.save_every": 1, "train.max_steps": 2})))
+    assert sum("lora_" in n for n in trainer.model.state_dict()) == sum("lora_" in n for n in load_file(
+        f"{first['final']}/model.safetensors"))  # the loaded adapter, not a second one around it
+    batch = Collator(trainer.processor, trainer.dataset)([trainer.dataset[i] for i in trainer.sampler.epoch_batches(0)[0]])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "input_features", "feature_attention_mask")
+              if k in batch}
+    loaded = LlasmForConditionalGeneration.from_pretrained(first["final"])
+    with torch.no_grad():
+        expected = loaded(**inputs).loss.item()
+        loaded.language_model.disable_adapter_layers()
+        base = loaded(**inputs).loss.item()
+    assert abs(base - expected) > 1e-3  # the first run's adapter matters, so the check below means something
+    result = trainer.fit()
+    assert result["losses"][0][1] == pytest.approx(expected, abs=1e-5)  # step 1 starts from the loaded adapter
+    # every checkpoint the run wrote loads: final/ with from_pretrained, checkpoint-1 by resuming
+    final = LlasmForConditionalGeneration.from_pretrained(result["final"])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(final(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5)
+    resumed = run_trainer(_lora_run(tmp_path, data, tiny_bases, "b", model=first["final"],
+                                    **{"train.save_every": 100, "train.max_steps": 3}))[2]
+    assert resumed["resumed_from"].endswith("checkpoint-1") and resumed["steps"] == 3
+
+
+def test_lora_checkpoint_frozen_or_fully_trained(tmp_path, tiny_bases):
+    from llasm import LlasmForConditionalGeneration, build_model
+    from llasm.lora import add_lora, has_lora
+    from llasm.training.parts import apply_trainability
+
+    model, processor = build_model(tiny_bases)
+    add_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    model.save_pretrained(tmp_path / "lora")
+    batch = processor.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    for mode in ("frozen", "full"):
+        loaded = LlasmForConditionalGeneration.from_pretrained(tmp_path / "lora")
+        with torch.no_grad():
+            before = loaded(**batch).logits
+        apply_trainability(loaded, {"language_model": mode})
+        trains = {n for n, p in loaded.language_model.named_parameters() if p.requires_grad}
+        if mode == "frozen":
+            assert has_lora(loaded) and not trains
+        else:  # merged first: plain weights train, no adapter left to save twice
+            assert not has_lora(loaded) and loaded.config.lora is None and trains
+        with torch.no_grad():
+            assert torch.allclose(loaded(**batch).logits, before, atol=1e-5)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        add_lora(loaded if has_lora(loaded) else LlasmForConditionalGeneration.from_pretrained(tmp_path / "lora"))
+
+
 # -- objectives ---------------------------------------------------------------------------------
 def test_self_reply_and_kl_objectives(tmp_path, data, tiny):
     from llasm.io import read_jsonl

@@ -7,9 +7,13 @@ Parts are the model's top-level children: ``audio_tower``, ``adaptor``, ``audio_
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from llasm.lora import add_lora
+from llasm.lora import add_lora, has_lora, merge_lora
+
+log = logging.getLogger(__name__)
 
 PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
 # stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
@@ -25,7 +29,9 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
     """Set ``requires_grad`` per part: ``frozen`` | ``full`` | ``lora`` (language_model only).
 
     The ``<au_start>``/``<au_end>`` rows train with the adaptor unless ``audio_marker_embeddings``
-    says otherwise. Raises ``ValueError`` naming the part for an unknown mode, LoRA outside the LLM,
+    says otherwise. A language model loaded with LoRA adapters (a LoRA run's checkpoint as ``model:``)
+    continues them under ``lora`` (no second adapter), keeps them frozen under ``frozen`` and is merged
+    first under ``full``. Raises ``ValueError`` naming the part for an unknown mode, LoRA outside the LLM,
     or a trained ``unit_head`` on a model without one.
     """
     modes = trainability(trainable)
@@ -43,10 +49,30 @@ def apply_trainability(model, trainable: dict, lora: dict | None = None):
             if part != "language_model":
                 raise ValueError(f"trainable.{part}: lora is only supported for the language_model")
             model.language_model.requires_grad_(False)
-            add_lora(model, lora)
+            if has_lora(model):  # a LoRA checkpoint: train its adapter on (peft's is_trainable=True)
+                continue_lora(model, lora)
+            else:
+                add_lora(model, lora)
         else:
+            if part == "language_model" and mode == "full" and has_lora(model):
+                merge_lora(model)  # full training of a LoRA checkpoint trains the merged weights
             getattr(model, part).requires_grad_(mode == "full")
     return model
+
+
+def continue_lora(model, lora: dict | None = None) -> None:
+    """Make the loaded LoRA adapter trainable again, unchanged; ``lora`` settings that differ from the
+    adapter's own (``model.config.lora``) are reported and not applied."""
+    for name, param in model.language_model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+    have = model.config.lora or {}
+    asked = {"r": (lora or {}).get("r"), "alpha": (lora or {}).get("alpha"),
+             "target_modules": sorted((lora or {}).get("target_modules") or []) or None}
+    differ = {k: v for k, v in asked.items() if v is not None and k in have and v != have[k]}
+    if differ:
+        log.warning("continuing the checkpoint's LoRA adapter (%s); the run's lora settings %s are not applied",
+                    ", ".join(f"{k}={have[k]}" for k in differ), differ)
 
 
 def param_groups(model, lr: float, part_lr: dict) -> list[dict]:
