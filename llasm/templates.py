@@ -61,19 +61,29 @@ def render(template: str, **context) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def template_markers(template: str) -> tuple[str, ...]:
-    """The control markers a template writes: every :data:`MARKER`-shaped piece of its literal text
-    (raw template text and string constants), e.g. ``('<</SYS>>', '<<SYS>>', '[/INST]', '[INST]')``."""
+def _literal_text(template: str) -> str:
+    """The literal strings of a template (raw text and string constants), joined by NULs so that no
+    search matches across two of them — transformers' ``_get_template_literal_text``."""
     ast = _compile(template).environment.parse(template)
-    literals = [n.data for n in ast.find_all(jinja2.nodes.TemplateData)]
-    literals += [n.value for n in ast.find_all(jinja2.nodes.Const) if isinstance(n.value, str)]
-    return tuple(sorted({m for text in literals for m in MARKER.findall(text)}))
+    literals = {n.data for n in ast.find_all(jinja2.nodes.TemplateData)}
+    literals |= {n.value for n in ast.find_all(jinja2.nodes.Const) if isinstance(n.value, str)}
+    return "\0".join(sorted(literals))
+
+
+def template_markers(template: str) -> tuple[str, ...]:
+    """The control markers a template writes: every :data:`MARKER`-shaped piece of its literal text,
+    e.g. ``('<</SYS>>', '<<SYS>>', '[/INST]', '[INST]')`` for :data:`LLAMA2_TEMPLATE`."""
+    return tuple(sorted(set(MARKER.findall(_literal_text(template)))))
 
 
 def control_markers(template: str, tokenizer) -> tuple[str, ...]:
-    """Markers to neutralise in message text: the template's own (:func:`template_markers`) and every
-    added token of the tokenizer (``<s>``, ``<au_patch>``, ``<|im_end|>``...) but whitespace ones."""
-    added = [t for t in getattr(tokenizer, "added_tokens_encoder", {}) if len(t.strip()) > 1]
+    """Markers to neutralise in message text, longest first: the template's own
+    (:func:`template_markers`) and, as transformers' ``sanitize_control_tokens`` picks them, the
+    tokenizer's added tokens that are special (``<s>``, ``<au_patch>``, ``<|im_end|>``) or that the
+    template writes (Qwen3's ``<think>``); whitespace tokens are ordinary text."""
+    literal = _literal_text(template)
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+             if len(t.content.strip()) > 1 and (t.special or t.content in literal)]
     return tuple(sorted(set(template_markers(template)) | set(added), key=len, reverse=True))
 
 
