@@ -44,7 +44,31 @@ SUPPORTED_CALL = (
     "add_generation_prompt=True) then processor(text=text, audio=[clip, ...], sampling_rate=rate), one "
     f"{AUDIO_START}{AUDIO_PATCH}{AUDIO_END} per clip")
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")
-__all__ = ["CHATML_TEMPLATE", "LLAMA2_TEMPLATE", "TEMPLATES", "LlasmProcessor", "PromptTooLongError"]
+__all__ = ["CHATML_TEMPLATE", "LLAMA2_TEMPLATE", "TEMPLATES", "LlasmProcessor", "PromptTooLongError", "RenderedChat"]
+
+
+class RenderedChat(str):
+    """The text ``apply_chat_template(..., tokenize=False)`` returns: a ``str`` that also keeps the
+    token ids it was decoded from (:attr:`ids`, one ``<au_start><au_patch><au_end>`` per audio part).
+
+    :meth:`LlasmProcessor.__call__` takes the kept ids for it, so render-then-process gives exactly
+    ``apply_chat_template(..., tokenize=True)``'s ids for any tokenizer. Edited or hand-written text
+    (a plain ``str``) is tokenized afresh, which gives the same ids for sentencepiece tokenizers and
+    templates whose content meets special tokens (a tokenizer's own); a byte-level BPE tokenizer
+    under a foreign template can merge content and template text at their seams differently.
+    """
+
+    ids: list[int]
+
+    @classmethod
+    def of(cls, tokenizer, ids: list[int]) -> "RenderedChat":
+        text = cls(tokenizer.decode(ids))
+        text.ids = list(ids)
+        return text
+
+    def made_by(self, tokenizer) -> bool:
+        """Whether :attr:`ids` are this text under ``tokenizer`` (not another model's rendering)."""
+        return tokenizer.decode(self.ids) == str(self)
 
 
 class PromptTooLongError(ValueError):
@@ -302,8 +326,8 @@ class LlasmProcessor(ProcessorMixin):
         """
         batch = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
         if not tokenize:
-            texts = [self.tokenizer.decode(self.encode_conversation(c, add_generation_prompt, expand_audio=False)
-                                           ["input_ids"]) for c in batch]
+            texts = [RenderedChat.of(self.tokenizer, self.encode_conversation(c, add_generation_prompt, expand_audio=False)
+                                     ["input_ids"]) for c in batch]
             return texts if len(texts) > 1 or batch is conversation else texts[0]
         if return_tensors not in ("pt", None):
             raise ValueError("only return_tensors='pt' is supported")
@@ -339,7 +363,8 @@ class LlasmProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         clips = _clip_list(audio)
         tok = self.tokenizer
-        token_ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        token_ids = [t.ids if isinstance(t, RenderedChat) and t.made_by(tok) else tok(t, add_special_tokens=False).input_ids
+                     for t in texts]
         spans = [_placeholders(ids, self.audio_token_ids) for ids in token_ids]
         if sum(len(s) for s in spans) != len(clips):
             raise ValueError(f"text has {sum(len(s) for s in spans)} audio placeholder(s) but {len(clips)} audio clip(s) "

@@ -358,6 +358,9 @@ def test_render_then_process_equals_apply_chat_template(template):
     assert set(got) == set(expected) - {"labels"}
     for key in got:
         assert torch.equal(got[key], expected[key]), key
+    # the text alone (a plain str, as if edited or typed out) tokenizes to the same ids
+    plain = processor(text=[str(t) for t in texts], audio=[short, long_], sampling_rate=16000)
+    assert torch.equal(plain["input_ids"], expected["input_ids"])
     bos = tok.bos_token_id
     assert [row.tolist().count(bos) for row in got["input_ids"]] == [row.tolist().count(bos) for row in expected["input_ids"]]
     # no 30 s padding without a mask: 3 s + 45 s = chunks of 300, 3000 and 1500 real frames
@@ -449,3 +452,33 @@ def test_too_long_rows_are_skipped_and_reported_in_training_and_evaluation(short
     errors = {e["id"]: e["error"] for e in report["errors"]}
     assert set(errors) == {"long"} and errors["long"].startswith("PromptTooLongError: prompt of")
     assert report["counts"]["llasm"]["en"]["asr"] == 1  # the short clip was still scored
+
+
+@pytest.mark.starter
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct"])
+def test_render_then_process_and_markers_on_real_tokenizers(name):
+    """Byte-level BPE tokenizers with their own ChatML templates (the starter models)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    from llasm.io import llasm_home
+    from llasm.processing import LlasmProcessor
+
+    path = Path(llasm_home()) / name
+    if not (path / "starter.json").exists():
+        pytest.skip("starter models not converted (run `make starter`)")
+    processor = LlasmProcessor(WhisperFeatureExtractor(feature_size=80), AutoTokenizer.from_pretrained(path),
+                               template="tokenizer")
+    tok = processor.tokenizer
+    clip = tone(2.0)
+    messages = [{"role": "system", "content": "Be brief."}, _audio_turn(clip, "这是什么？ " + FORGERIES["chatml"]),
+                {"role": "assistant", "content": "A tone.\n\nYes"}, {"role": "user", "content": " leading space "}]
+    expected = processor.apply_chat_template(messages, add_generation_prompt=True)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for rendered in (text, str(text)):
+        got = processor(text=rendered, audio=[clip])
+        assert all(torch.equal(got[k], expected[k]) for k in got)
+    ids = expected["input_ids"][0].tolist()
+    im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert ids.count(im_start) == 5 and ids.count(im_end) == 4  # system, user, assistant, user + the prompt's
