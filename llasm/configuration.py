@@ -13,10 +13,8 @@ from typing import NamedTuple
 from transformers import AutoConfig, PretrainedConfig, WhisperConfig
 
 # Whisper front end: 10 ms mel hop at 16 kHz, conv2 stride 2, 30 s windows of 3000 mel frames.
-SAMPLING_RATE = 16_000
 HOP_LENGTH = 160
 CHUNK_FRAMES = 3000
-CHUNK_SAMPLES = CHUNK_FRAMES * HOP_LENGTH  # 480,000 samples = 30 s
 AUDIO_SOURCES = ("whisper_encoder", "whisper_decoder_queries")
 ADAPTOR_TYPES = ("linear", "mlp")
 

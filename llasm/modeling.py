@@ -245,7 +245,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             labels = labels.masked_fill(audio.to(labels.device), IGNORE_INDEX)
         if attention_mask is not None and attention_mask.shape == labels.shape:
             labels = labels.masked_fill(attention_mask.to(labels.device) == 0, IGNORE_INDEX)
-        vocab = self.get_output_embeddings().weight.shape[0]
+        head = self.get_output_embeddings()
+        vocab = getattr(head, "out_features", None) or head.weight.shape[0]  # the attribute: ZeRO-3 empties .weight
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])

@@ -86,12 +86,16 @@ def test_labels_from_input_ids_ignore_audio_and_padding(tiny):
                                                  ignore_index=-100)
     assert audio.sum() == 13 + 2 and torch.isfinite(out.loss)
     assert torch.allclose(out.loss, expected)
+    from llasm.training.losses import answer_ce
+
     for bad in (600, -5):
         wrong = labels.clone()
         wrong[1, 2] = bad
-        with pytest.raises(ValueError, match=rf"labels\[1, 2\] = {bad} is outside the language model's vocabulary "
-                                             r"\(ids 0\.\.511"):
+        message = rf"labels\[1, 2\] = {bad} is outside the language model's vocabulary \(ids 0\.\.511"
+        with pytest.raises(ValueError, match=message):
             model(**{**batch, "labels": wrong})
+        with pytest.raises(ValueError, match=message):  # the trainer's answer-only loss checks them alike
+            answer_ce(model, model, {**batch, "labels": wrong}, None, ["a", "b"])
 
 
 @pytest.mark.parametrize("adaptor,stack", [("linear", 1), ("linear", 4), ("mlp", 8)])

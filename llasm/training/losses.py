@@ -65,7 +65,7 @@ def answer_ce(engine, model, inputs: dict, prefix: SharedPrefix | None, ids: lis
     """Cross-entropy over the answer tokens, the LM head (a vocabulary-sized matmul) run only at the
     positions ``p`` whose next label is supervised, in any row of the batch. ``engine`` is the
     (possibly wrapped) model the gradients flow through; ``ids`` name the batch's items in errors."""
-    labels = inputs.pop("labels")
+    labels = model.loss_labels(inputs.pop("labels"), inputs["input_ids"], inputs["attention_mask"])  # checked ids
     targets = labels[:, 1:]
     positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
     if positions.numel() == 0:
