@@ -258,7 +258,7 @@ def test_answer_start_finds_the_marker(tiny):
 # Lengths (samples at 16 kHz) around every boundary of the count: the shortest clip, each 10 ms hop,
 # the encoder's stride 2 and stack factors 1/3/4/8 (frames 2..20), and the 30 s windows (480,000 samples
 # = 3000 frames; a window needs one whole hop, so 480,159 is one window and 480,160 two).
-CHUNK_EDGES = [480_000 + d for d in (-160, -1, 0, 1, 159, 160, 161, 320)] + [960_000 + d for d in (-1, 0, 159, 160)]
+CHUNK_EDGES = [480_000 + d for d in (-1, 0, 1, 159, 160, 320)] + [960_000 + d for d in (159, 160)]
 SWEEP = sorted({400, 479, 480, 481, 15_999, 16_000, 16_159, 16_160, *CHUNK_EDGES,
                 *(f * 160 + d for f in range(2, 21) for d in (0, 159))})
 SETTINGS = [  # (pad_to_30s, stack_factor, adaptor_type, audio_source)
@@ -284,13 +284,14 @@ def _expected_tokens(samples: int, pad: bool, stack: int, source: str, queries: 
 
 @pytest.fixture(scope="module")
 def sweep_features(tiny):
-    """Each swept clip's features, as the processor cuts them (with and without pad_to_30s)."""
+    """Each swept clip's features, as the processor cuts them: every length without pad_to_30s; with it
+    (a 30 s mel per window) the lengths around the windows and two short ones."""
     _, processor = tiny
     clip = tone(61.0)
     out = {}
     for pad in (False, True):
         p = type(processor)(processor.feature_extractor, processor.tokenizer, pad_to_30s=pad)
-        out[pad] = {n: p.audio_features(clip[:n]) for n in SWEEP}
+        out[pad] = {n: p.audio_features(clip[:n]) for n in SWEEP if not pad or n > 400_000 or n in (400, 16_000)}
     return out
 
 
@@ -314,12 +315,13 @@ def test_one_count_everywhere_around_every_boundary(tiny, sweep_features, pad, s
     torch.manual_seed(0)
     model = LlasmForConditionalGeneration(config).eval()
     for n in SWEEP:
-        chunks = sweep_features[pad or source == "whisper_decoder_queries"][n]
-        expected = _expected_tokens(n, pad, stack, source)
-        assert [c.shape[1] for c in chunks] == _expected_frames(n, processor.pad_to_30s), n  # the processor's windows
-        assert [c.frames for c in audio_chunks(n, processor.pad_to_30s)] == _expected_frames(n, processor.pad_to_30s)
-        assert processor.num_audio_tokens(n) == config.num_audio_tokens(n) == expected, n
-        assert _chunks_per_clip([np.zeros(n)], processor) == [len(chunks)], n  # the encoder-cache keys
+        frames = _expected_frames(n, processor.pad_to_30s)
+        chunks = sweep_features[processor.pad_to_30s].get(n)
+        if chunks is not None:
+            assert [c.shape[1] for c in chunks] == frames, n  # the processor's windows
+        assert [c.frames for c in audio_chunks(n, processor.pad_to_30s)] == frames, n
+        assert processor.num_audio_tokens(n) == config.num_audio_tokens(n) == _expected_tokens(n, pad, stack, source), n
+        assert _chunks_per_clip([np.zeros(n)], processor) == [len(frames)], n  # the encoder-cache keys
     # the model's own count of each distinct chunk (chunks encode independently: test_batched_clips_encode_as_alone)
     feats = {c.shape[1]: c for n in SWEEP if n > 400_000 for c in sweep_features[processor.pad_to_30s][n]}
     batch = processor.pad_features(list(feats.values()))
