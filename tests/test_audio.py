@@ -170,6 +170,13 @@ def test_dicts_bytes_urls_base64_and_message_parts(tmp_path):
             np.testing.assert_allclose(load_audio(form), clip, atol=1e-7, err_msg=repr(form)[:80])
     finally:
         server.shutdown()
+    import types
+
+    import torch
+
+    decoder = types.SimpleNamespace(get_all_samples=lambda: types.SimpleNamespace(  # torchcodec's AudioDecoder API
+        data=torch.from_numpy(np.stack([clip, clip])), sample_rate=16000))  # (channels, samples), as it gives them
+    np.testing.assert_allclose(load_audio(decoder), clip, atol=1e-7)
     with pytest.raises(AudioError, match=r"has no audio: give one of the keys audio, url, path, base64"):
         audio_part_source({"type": "audio", "file": "x.wav"})
 
