@@ -8,7 +8,7 @@ EXTRAS ?= train,eval,tts,test,demo
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast demo speech-demo bench setup system-deps starter clean
+.PHONY: test test-fast lint demo speech-demo bench setup system-deps starter clean
 
 $(STAMP):
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,9 @@ test: setup starter
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not starter" $(PYTEST_ARGS) tests
+
+lint: setup
+	$(VENV)/bin/ruff check llasm tests bench train eval data_prep
 
 demo: setup
 	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.apps.demo

@@ -33,7 +33,7 @@ EXTRAS = {
     "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2", "numba==0.68.1", "tiktoken==0.14.0",
              "more-itertools==11.2.1"],
     "demo": ["gradio==6.31.0", "faker==40.54.0"],
-    "test": ["pytest==9.2.0", "selenium==4.51.0"],
+    "test": ["pytest==9.2.0", "selenium==4.51.0", "ruff==0.17.5"],
 }
 EXTRAS["all"] = sorted({p for v in EXTRAS.values() for p in v})
 

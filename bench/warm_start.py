@@ -29,12 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+DEMO_WARM_START = Path(__file__).resolve().parents[1] / "configs" / "demo" / "warm_start.yaml"
 VARIANTS = {  # base and one change each, then the demo's settings (all the changes, 1,600 steps)
     "base": dict(steps=800, cjk_chars=False),
     "augment": dict(steps=800, cjk_chars=False, time_mask=0.2, channel_dropout=0.1),
     "bf16": dict(steps=800, cjk_chars=False, mixed_precision="bf16"),
     "chars": dict(steps=800, cjk_chars=True),
-    "demo": None,  # llasm.apps.demo.warm_start_config of the starter plan
+    "demo": None,  # configs/demo/warm_start.yaml, what the starter demo runs
 }
 
 
@@ -54,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llasm.apps.demo import PLANS, encode_clips, warm_start_config
+    from llasm import settings as config_reader
     from llasm.builder import build_model
     from llasm.configuration import audio_token_lengths
     from llasm.evaluation.metrics import asr_error_rate
     from llasm.training.align import AlignConfig, ctc_align_adaptor
+    from llasm.training.encoder_cache import encode_clips
 
     for name in ("asr_train.jsonl", "asr_test.jsonl", "instruct_test.jsonl"):
         if not (args.data / name).is_file():
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         settings = VARIANTS[name]
         for n in sizes:
-            config = warm_start_config(PLANS["starter"]) if settings is None else AlignConfig(batch_size=16, lr=2e-3, **settings)
+            config = (config_reader.load(AlignConfig, DEMO_WARM_START) if settings is None
+                      else AlignConfig(batch_size=16, lr=2e-3, **settings))
             config.max_minutes, config.log_every = None, 0
             if args.steps:
                 config.steps = args.steps

@@ -146,6 +146,13 @@ def rejects_path(output: str | os.PathLike) -> Path:
     return output.with_name(f"{stem}.rejects.jsonl")
 
 
+def write_batch_output(output: str | os.PathLike, items: Iterable[dict], rejects: Iterable[dict]) -> Path:
+    """A batch job's result: ``items`` to ``output`` and ``rejects`` beside it (both atomically);
+    returns the rejects file."""
+    write_jsonl(output, items)
+    return write_jsonl(rejects_path(output), rejects)
+
+
 class ProgressLog:
     """Append-only JSONL of finished items; each record is fsynced before the next item counts.
 

@@ -35,9 +35,8 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str] = (), where: str = "overrides") -> dict:
-    """A deep copy of ``data`` with every ``dotted.key=value`` of ``overrides`` set.
+    """A deep copy of ``data`` with every ``dotted.key=value`` of ``overrides`` set (see :func:`set_dotted`).
 
-    Missing sections are created; a number selects a list element (one past the end appends).
     Raises ``ValueError`` naming the override and ``where`` when it is not ``key=value``, an index is
     out of range, or a path runs through a value that is neither a mapping nor a list.
     """
@@ -46,29 +45,35 @@ def apply_overrides(data: dict, overrides: Sequence[str] = (), where: str = "ove
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{where}: override {item!r} is not key=value")
-        *parents, leaf = key.split(".")
-        node: Any = data
-        for depth, part in enumerate(parents):
-            node = _child(node, part, item, where, create=True)
-            if not isinstance(node, (dict, list)):
-                path = ".".join(parents[: depth + 1])
-                raise ValueError(f"{where}: override {item!r}: {path} is a {type(node).__name__}, not a section or list")
-        value = parse_value(text)
-        if isinstance(node, list):
-            index = _index(node, leaf, item, where)
-            node[index:index + 1] = [value]
-        else:
-            node[leaf] = value
+        set_dotted(data, key, parse_value(text), where, item)
     return data
 
 
-def _child(node, part: str, item: str, where: str, create: bool):
+def set_dotted(data: dict, key: str, value: Any, where: str = "overrides", item: str | None = None) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, in place. Missing sections are created; a
+    number selects a list element (one past the end appends)."""
+    item = item or f"{key}={value!r}"
+    *parents, leaf = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parents):
+        node = _child(node, part, item, where)
+        if not isinstance(node, (dict, list)):
+            path = ".".join(parents[: depth + 1])
+            raise ValueError(f"{where}: override {item!r}: {path} is a {type(node).__name__}, not a section or list")
+    if isinstance(node, list):
+        index = _index(node, leaf, item, where)
+        node[index:index + 1] = [value]
+    else:
+        node[leaf] = value
+
+
+def _child(node, part: str, item: str, where: str):
     if isinstance(node, list):
         index = _index(node, part, item, where)
         if index == len(node):
             node.append({})
         return node[index]
-    if node.get(part) is None and create:
+    if node.get(part) is None:
         node[part] = {}
     return node[part]
 

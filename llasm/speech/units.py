@@ -35,7 +35,7 @@ from transformers import HubertModel, WhisperFeatureExtractor
 
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
 from llasm.audio_tower import load_whisper_encoder
-from llasm.io import atomic_path, read_jsonl, rejects_path, write_json, write_jsonl
+from llasm.io import atomic_path, read_jsonl, write_batch_output, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -392,9 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_jsonl(args.output, items)
-    write_jsonl(rejects_path(args.output), rejects)
-    logger.info("%s: %d rows, %d rejected (%s)", args.output, len(items), len(rejects), rejects_path(args.output))
+    rejected = write_batch_output(args.output, items, rejects)
+    logger.info("%s: %d rows, %d rejected (%s)", args.output, len(items), len(rejects), rejected)
     return 0
 
 

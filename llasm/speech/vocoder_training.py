@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
 
 from llasm.audio import load_audio, save_audio
-from llasm.io import atomic_dir, read_jsonl
+from llasm.io import atomic_dir, atomic_path, read_jsonl
 from llasm.speech.discriminators import (
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
@@ -372,7 +372,8 @@ class VocoderTrainer:
             figure.colorbar(image, ax=axis)
         figure.tight_layout()
         png = folder / f"{name}.png"
-        figure.savefig(png)
+        with atomic_path(png) as tmp:
+            figure.savefig(tmp, format="png")
         plt.close(figure)
         return png
 

@@ -9,27 +9,24 @@ CTC needs. Afterwards stage 1's cross-entropy through the LLM starts from tokens
 at the right word embeddings.
 
 Scores are cosines around the mean embedding, not distances: with distances, a softmax over
-``-||x - e||^2`` rewards running away from every wrong embedding, and on Whisper-base + Qwen2.5-0.5B
-the audio tokens ended 8.1 away from their nearest embedding (tokens are 0.64 apart), decoding
-only "." after 800 steps (held-out en WER 95 %). Cosines learn (en WER 53 %, zh CER 79 % greedy
-CTC after 3 CPU-minutes), and one exact rescale of the adaptor's last layer afterwards puts the
-tokens at the embeddings' own distance from the mean, where the LLM expects its inputs.
+``-||x - e||^2`` rewards running away from every wrong embedding, and the audio tokens end far from
+every embedding, decoding only ".". Cosines learn, and one exact rescale of the adaptor's last layer
+afterwards (:func:`rescale_adaptor_output`) puts the tokens at the embeddings' own distance from the
+mean, where the LLM expects its inputs.
 
 The classifier is restricted to the token ids that occur in the training transcripts (a few
 thousand rather than the LLM's 150k vocabulary): it changes which wrong tokens compete, not where
 the right one lies.
 
-A few thousand TTS clips are learned by heart long before the adaptor reads speech in general
-(greedy CTC on the demo's 1,832 clips: 18 % WER on training clips, 62 % on held-out ones), so the
-cached states are augmented SpecAugment-style as they are drawn: spans of frames zeroed
+A few thousand TTS clips are learned by heart long before the adaptor reads speech in general, so
+the cached states are augmented SpecAugment-style as they are drawn: spans of frames zeroed
 (``time_mask``) and channel dropout (``channel_dropout``). bf16 autocast (``mixed_precision``)
-nearly halves a step's time on CPUs with AVX512-BF16 / AMX; the measurements are in ``llasm/demo.py``.
+nearly halves a step's time on CPUs with AVX512-BF16 / AMX.
 
 Chinese transcripts are spelled one character at a time (``cjk_chars``). Qwen's tokenizer merges
-frequent words (时候, 公园) into single tokens, so a few hundred sentences leave a third of the held-out
-tokens never seen in training; as characters, 9 %. The frozen LLM does not read that spelling (the
-demo's model after stage 1: zh CER 91 % on 70 held-out clips, where greedy CTC reads 42 %); the LoRA
-of stage 2 learns to (57 %), so the characters pay off only once the LLM trains.
+frequent words (时候, 公园) into single tokens, so a few hundred sentences leave many held-out tokens
+never seen in training; as characters, few are. The frozen LLM does not read that spelling well; the
+LoRA of stage 2 learns to. Every measurement behind these choices: docs/experiments/warm-start.md.
 """
 
 from __future__ import annotations
@@ -201,7 +198,7 @@ def ctc_align_adaptor(model, states: list[torch.Tensor], frames: list[int], text
         if config.log_every and (step + 1) % config.log_every == 0:
             log(f"[align] step {step + 1}/{config.steps} ctc {sum(losses[-config.log_every:]) / config.log_every:.3f}")
     model.adaptor.eval()
-    # cosines ignore the norm, which grows far past the embeddings' (~350x on the starter models); bring the
+    # cosines ignore the norm, which grows far past the embeddings'; bring the
     # tokens' mean distance from the centre to the transcript embeddings' own
     with torch.no_grad():
         pick = usable[:64]

@@ -16,9 +16,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
+from llasm.audio import load_audio
 from llasm.configuration import encoder_frames
-from llasm.io import atomic_path
+from llasm.data.dataset import audio_key
+from llasm.io import atomic_path, read_jsonl
 
 
 def model_key(model, processor) -> str:
@@ -97,3 +100,32 @@ class EncoderCache:
         for key in self.pending:
             self.where[key] = shard
         self.pending = {}
+
+
+def encode_clips(model, processor, path: Path, cache_dir: Path, text=lambda row: row["conversations"][-1]["value"],
+                 desc: str = "encode"):
+    """Encoder states of the one-clip rows of a spoken JSONL file, through (and into) the encoder cache.
+
+    Returns ``(states, frames, texts, langs)``: ``(T_enc, D)`` fp16 states, mel frames, ``text(row)``, languages.
+    """
+    cache, mkey = EncoderCache(cache_dir), model_key(model, processor)
+    rows = [r for r in read_jsonl(path) if len(r.get("audios", [])) == 1]
+    states, frames, texts, langs = [], [], [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(rows), 8), desc=desc, unit="batch"):
+            group = rows[start : start + 8]
+            clips = [load_audio(path.parent / r["audios"][0]) for r in group]
+            chunks = [processor.audio_features(c) for c in clips]
+            keep = [i for i, c in enumerate(chunks) if len(c) == 1]  # clips under 30 s: one chunk each
+            if not keep:
+                continue
+            batch = processor.pad_features([chunks[i][0] for i in keep])
+            hidden = cache.encode(model, [f"{audio_key(clips[i], mkey)}-0" for i in keep], **batch)
+            for j, i in enumerate(keep):
+                f = int(batch["feature_attention_mask"][j].sum())
+                states.append(hidden[j, : encoder_frames(f)].half())
+                frames.append(f)
+                texts.append(text(group[i]))
+                langs.append(group[i].get("lang"))
+    cache.flush()
+    return states, frames, texts, langs

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llasm.io import atomic_path
+
 
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints (temp dirs start with a dot and never match), oldest first."""
@@ -66,5 +68,6 @@ def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title("training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from llasm.io import atomic_path
+
 CURRENT_BINARY_VERSION = 6
 
 # Order of the DataType enum in include/ctranslate2/types.h.
@@ -176,7 +178,7 @@ def write_ct2_model(
         f.write(struct.pack("<H", len(data) + 1))
         f.write(data + b"\0")
 
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<I", CURRENT_BINARY_VERSION))
         write_string(f, spec_name)
         f.write(struct.pack("<I", spec_revision))

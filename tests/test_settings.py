@@ -1,0 +1,69 @@
+"""llasm.settings, the one typed config reader: nested sections, type coercion, dotted overrides (list
+elements too), and errors that name the key and the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from llasm import settings
+from llasm.training import load_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int | None = None
+    on: bool = False
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    sources: list = field(default_factory=list)
+
+
+def test_from_dict_nested_sections_and_coercion():
+    got = settings.from_dict(Outer, {"name": "y", "inner": {"lr": "1e-4", "steps": "7", "on": "yes"}})
+    assert got == Outer("y", Inner(1e-4, 7, True))
+    assert settings.from_dict(Outer, None) == Outer()
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("inner: {lr: 0.1, stepz: 3}\n")
+    with pytest.raises(ValueError, match=rf"{path}: unknown config key 'inner.stepz'; known: \['lr', 'on', 'steps'\]"):
+        settings.load(Outer, path)
+    with pytest.raises(ValueError, match=rf"{path}: config key 'inner.lr': cannot read 'fast' as float"):
+        settings.load(Outer, {"inner": {"lr": "fast"}}, where=str(path))
+
+
+def test_overrides_reach_list_elements():
+    data = {"data": {"sources": [{"path": "a.jsonl", "weight": 1.0}]}}
+    out = settings.apply_overrides(data, ["data.sources.0.path=b.jsonl", "data.sources.1.path=c.jsonl",
+                                          "data.sources.1.weight=0.5", "train.lr=1e-4"])
+    assert out == {"data": {"sources": [{"path": "b.jsonl", "weight": 1.0}, {"path": "c.jsonl", "weight": 0.5}]},
+                   "train": {"lr": "1e-4"}}
+    assert data["data"]["sources"][0]["path"] == "a.jsonl"  # the input is left as it was
+    assert settings.apply_overrides({"ids": [1, 2]}, ["ids.1=5", "ids.2=6"]) == {"ids": [1, 5, 6]}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.sources.3.path=x", r"'3' is not an index of a list of 1"),
+    ("data.sources.first.path=x", r"'first' is not an index of a list of 1"),
+    ("data.sources.0.path.deeper=x", r"data.sources.0.path is a str, not a section or list"),
+    ("no_equals_sign", r"override 'no_equals_sign' is not key=value"),
+])
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(ValueError, match=rf"where.yaml: .*{message}"):
+        settings.apply_overrides({"data": {"sources": [{"path": "a"}]}}, [override], "where.yaml")
+
+
+def test_stage_yaml_list_override_that_failed_before():
+    """`data.sources.0.path=...` failed with AttributeError: 'list' object has no attribute 'setdefault'."""
+    cfg = load_config("configs/stage1_asr_align.yaml", ["data.sources.0.path=elsewhere.jsonl", "train.lr=2e-4"])
+    assert cfg.data.sources[0]["path"] == "elsewhere.jsonl" and cfg.train.lr == 2e-4
+    with pytest.raises(ValueError, match=r"configs/stage1_asr_align.yaml: unknown config key 'train.lrr'"):
+        load_config("configs/stage1_asr_align.yaml", ["train.lrr=1"])
