@@ -195,3 +195,16 @@ def test_hubert_code_path(tmp_path, audio_dir):
     assert isinstance(ext.features, HubertLayerFeatures) and ext.meta["layer"] == 2
     units, durations = ext.extract(audio_dir / "a0.wav")
     assert 48 <= sum(durations) <= 50 and all(0 <= u < 4 for u in units)  # HuBERT: 49 frames per second
+
+
+def test_manifest_in_two_shards_merges_to_the_single_run(fitted, audio_dir, tmp_path):
+    from llasm import sharding
+
+    single, out = tmp_path / "one" / "m.jsonl", tmp_path / "two" / "m.jsonl"
+    assert main(["manifest", "--kmeans", str(fitted), "--input", str(audio_dir), "--output", str(single)]) == 0
+    for index in range(2):
+        assert main(["manifest", "--kmeans", str(fitted), "--input", str(audio_dir), "--output", str(out),
+                     "--num-shards", "2", "--shard-index", str(index)]) == 0
+    assert len(out.with_name("m.shard-00000-of-00002.jsonl").read_text().splitlines()) == 2  # clips 0 and 2
+    assert sharding.merge(out, 2) == {"items": 3, "rejects": 0, "inputs": 3}
+    assert out.read_text() == single.read_text()

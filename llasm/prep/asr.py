@@ -28,11 +28,12 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
+from llasm import sharding
 from llasm.audio import AudioError, load_audio, save_audio
 from llasm.io import relative_path as _relative
-from llasm.io import write_batch_output
 from llasm.lang import detect_lang
 from llasm.prep.prompts import asr_human_value
+from llasm.sharding import Records, Shard, unique_id
 
 logger = logging.getLogger(__name__)
 
@@ -237,63 +238,68 @@ def build_asr_items(
     audio_dir: str | os.PathLike | None = None,
     workers: int = 1,
     progress: bool = True,
-) -> tuple[list[dict], list[dict]]:
-    """Turn utterances into ASR JSONL items; returns ``(items, rejects)`` (nothing is written here
-    except the audio of in-memory clips, which goes to ``audio_dir`` (default ``<output dir>/wavs``)
-    as flac).
+    shard: Shard = Shard(),
+) -> Records:
+    """Turn utterances into ASR JSONL items; returns the :class:`~llasm.sharding.Records` (unpacks as
+    ``(items, rejects)``). Nothing is written here except the audio of in-memory clips, which goes to
+    ``audio_dir`` (default ``<output dir>/wavs``) as flac.
 
     ``lang`` overrides the per-utterance language (else the reader's, else detected from the text).
     The instruction and its position are drawn from a RNG seeded by ``seed`` and the item id, so an
-    item's prompt does not change when other items are added or removed.
+    item's prompt does not change when other items are added or removed. ``limit`` keeps the first
+    input utterances only; ``shard`` makes only its share of them (duplicates across shards are
+    found by :func:`llasm.sharding.merge` from each item's content hash).
     """
     base = Path(output).parent
     audio_dir = Path(audio_dir) if audio_dir else base / "wavs"
-    items: list[dict] = []
-    rejects: list[dict] = []
+    records = Records()
     seen_paths: set[str] = set()
     seen_hashes: dict[str, str] = {}
     seen_ids: set[str] = set()
 
     # Cheap filters first (empty text, duplicate path); the survivors are decoded, in parallel.
     candidates = []
-    for utt in utterances:
-        if limit is not None and len(candidates) >= limit:
+    for position, utt in enumerate(utterances):
+        if limit is not None and position >= limit:
             break
-        audio, text, _ = utt
-        source = _label(audio) or utt.id
+        records.saw(utt.id)
+        # ids are made unique over the whole input, so that every shard names an item as one run would
+        audio, text, item_id = utt[0], utt[1], unique_id(utt.id, seen_ids)
+        if not shard.owns(position):
+            continue
+        source = _label(audio) or item_id
         if not text:
             reason = "no transcript for this audio" if text is None else "empty transcript"
-            rejects.append({"source": source, "id": utt.id, "reason": reason})
+            records.reject(position, {"source": source, "id": item_id, "reason": reason})
             continue
         if isinstance(audio, (str, os.PathLike)):
             key = os.path.abspath(audio)
             if key in seen_paths:
-                rejects.append({"source": source, "id": utt.id, "reason": "duplicate audio path"})
+                records.reject(position, {"source": source, "id": item_id, "reason": "duplicate audio path"})
                 continue
             seen_paths.add(key)
-        candidates.append(utt)
+        candidates.append((position, Utterance(audio, text, item_id, utt.lang)))
 
     bar = tqdm(total=len(candidates), desc="asr", unit="clip", disable=not progress)
     if workers > 1:
         pool = ProcessPoolExecutor(workers)
-        results = pool.map(_inspect, [u.audio for u in candidates], [check_audio] * len(candidates), chunksize=16)
+        results = pool.map(_inspect, [u.audio for _, u in candidates], [check_audio] * len(candidates), chunksize=16)
     else:
         pool = None
-        results = (_inspect(u.audio, check_audio) for u in candidates)
+        results = (_inspect(u.audio, check_audio) for _, u in candidates)
     try:
-        for utt, (digest, error) in zip(candidates, results):
+        for (position, utt), (digest, error) in zip(candidates, results):
             bar.update(1)
             audio, text, item_id = utt
             source = _label(audio) or item_id
             if error:
-                rejects.append({"source": source, "id": item_id, "reason": f"unreadable audio: {error}"})
+                records.reject(position, {"source": source, "id": item_id, "reason": f"unreadable audio: {error}"})
                 continue
             if digest in seen_hashes:
                 reason = f"duplicate audio content (same as {seen_hashes[digest]})"
-                rejects.append({"source": source, "id": item_id, "reason": reason})
+                records.reject(position, {"source": source, "id": item_id, "reason": reason})
                 continue
             seen_hashes[digest] = source
-            item_id = _unique(item_id, seen_ids)
             if isinstance(audio, (str, os.PathLike)):
                 audio_ref = _relative(Path(audio), base)
             else:  # in-memory (HF) audio: write it out beside the JSONL
@@ -302,7 +308,8 @@ def build_asr_items(
                 audio_ref = _relative(target, base)
             item_lang = lang or utt.lang or detect_lang(text)
             rng = random.Random(f"{seed}:{item_id}")
-            items.append(
+            records.item(
+                position,
                 {
                     "id": item_id,
                     "lang": item_lang,
@@ -311,22 +318,14 @@ def build_asr_items(
                         {"from": "human", "value": asr_human_value(rng, item_lang)},
                         {"from": "gpt", "value": text},
                     ],
-                }
+                },
+                dedup=[f"sha1:{digest}"],
             )
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown()
-    return items, rejects
-
-
-def _unique(item_id: str, seen: set[str]) -> str:
-    candidate, n = item_id, 1
-    while candidate in seen:
-        n += 1
-        candidate = f"{item_id}-{n}"
-    seen.add(candidate)
-    return candidate
+    return records
 
 
 def read_corpus(fmt: str, source: Any, split: str | None = None) -> Iterator[Utterance]:
@@ -355,11 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default=None, help="aishell: train/dev/test; commonvoice: <split>.tsv; hf: split")
     parser.add_argument("--lang", default=None, choices=("en", "zh"), help="override the detected language")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="keep at most this many candidate clips")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N input clips")
     parser.add_argument("--check-audio", action=argparse.BooleanOptionalAction, default=True,
                         help="decode every clip (rejects corrupt ones; hashes decoded samples)")
     parser.add_argument("--audio-dir", default=None, help="hf: where decoded clips go (default <output dir>/wavs)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding audio")
+    sharding.add_arguments(parser)
     return parser
 
 
@@ -367,16 +367,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        shard = sharding.from_args(args)
+        if shard.is_done(args.output):
+            logger.info("%s: already done", shard.path(args.output))
+            return 0
         utterances = read_corpus(args.format, args.input, args.split)
-        items, rejects = build_asr_items(
+        records = build_asr_items(
             utterances, args.output, lang=args.lang, seed=args.seed, limit=args.limit,
-            check_audio=args.check_audio, audio_dir=args.audio_dir, workers=args.workers,
+            check_audio=args.check_audio, audio_dir=args.audio_dir, workers=args.workers, shard=shard,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rejected = write_batch_output(args.output, items, rejects)
-    logger.info("%s: %d items, %d rejected (%s)", args.output, len(items), len(rejects), rejected)
+    rejected = sharding.write(args.output, shard, records)
+    logger.info("%s: %d items, %d rejected (%s)", shard.path(args.output), len(records.items), len(records.rejects),
+                rejected)
     return 0
 
 

@@ -42,8 +42,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llasm import sharding
 from llasm.audio import save_audio
-from llasm.io import ProgressLog, write_batch_output
+from llasm.io import ProgressLog
 from llasm.io import relative_path as _relative
 from llasm.lang import detect_lang
 from llasm.prep.prompts import SPEECH_TOKEN, asr_human_value
@@ -56,6 +57,7 @@ from llasm.prep.tts import (
     per_worker_config,
     to_16k,
 )
+from llasm.sharding import Records, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -358,15 +360,17 @@ def _is_done(record: dict | None, plan: Plan, output_dir: Path) -> bool:
     return all((Path(s.path) if os.path.isabs(s.path) else output_dir / s.path).exists() for s in plan.speeches)
 
 
-def _remove_stale_temp_files(audio_dir: Path) -> None:
-    """Drop the ``.<name>.<pid>.tmp`` files save_audio left behind when its process was killed.
+def _remove_stale_temp_files(audio_dir: Path, names: set[str] | None = None) -> None:
+    """Drop the ``.<name>.<random>.tmp`` files save_audio left behind when its process was killed.
 
-    Runs before this job starts its workers, so none of these belongs to it; one job per audio
+    Runs before this job starts its workers, so none of these belongs to it; ``names`` limits it to
+    the temp files of those audio files (shards of one job share the folder), else one job per audio
     folder at a time (a second job's temp files would be removed too).
     """
     if audio_dir.is_dir():
         for tmp in audio_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if names is None or tmp.name[1:].rsplit(".", 2)[0] in names:
+                tmp.unlink(missing_ok=True)
 
 
 def progress_path(output: str | os.PathLike) -> Path:
@@ -387,21 +391,27 @@ def synthesize_dataset(
     limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    shard: Shard = Shard(),
 ) -> dict:
-    """Run the whole job (resuming when a progress file exists); returns counts."""
+    """Run the whole job, or ``shard``'s share of it (resuming when a progress file exists); returns counts."""
     input_path, output = Path(input), Path(output)
     config = load_tts_config(config)
     ratio = float(config.get("text_turn_ratio", 0.2) if text_turn_ratio is None else text_turn_ratio)
     audio_dir = Path(audio_dir) if audio_dir else output.parent / f"{output.name.removesuffix('.jsonl')}_audio"
     plans = make_plans(read_records(input_path), input_path=input_path, output=output, audio_dir=audio_dir,
                        config=config, seed=seed, text_turn_ratio=ratio, speak_answers=speak_answers, limit=limit)
+    records = Records()
+    for plan in plans:
+        records.saw(plan.id)
+    plans = [p for p in plans if shard.owns(p.index)]
 
-    log = ProgressLog(progress_path(output))
+    log = ProgressLog(progress_path(shard.path(output)))
     try:
         todo = [p for p in plans if not _is_done(log.records.get(p.id), p, output.parent)]
         router = TTSRouter(config)
         router.require(sorted({s.lang for p in todo for s in p.speeches}))
-        _remove_stale_temp_files(audio_dir)
+        # shards share the audio folder: each removes only the temp files of its own items
+        _remove_stale_temp_files(audio_dir, {Path(s.path).name for p in plans for s in p.speeches} if shard.split else None)
         bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="synthesize", unit="item",
                    disable=not progress)
         if workers > 1 and len(todo) > 1:
@@ -419,16 +429,16 @@ def synthesize_dataset(
     finally:
         log.close()
 
-    items, rejects = [], []
     for plan in plans:  # input order
         record = log.records.get(plan.id) or {}
         if "item" in record:
-            items.append(record["item"])
+            records.item(plan.index, record["item"])
         else:
-            rejects.append({"source": f"{input_path}#{plan.index}", "id": plan.id,
-                            "reason": record.get("reject", "not processed")})
-    write_batch_output(output, items, rejects)
-    return {"items": len(items), "rejects": len(rejects), "synthesized": len(todo), "skipped": len(plans) - len(todo)}
+            records.reject(plan.index, {"source": f"{input_path}#{plan.index}", "id": plan.id,
+                                        "reason": record.get("reject", "not processed")})
+    sharding.write(output, shard, records)
+    return {"items": len(records.items), "rejects": len(records.rejects), "synthesized": len(todo),
+            "skipped": len(plans) - len(todo)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -444,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="only the first N input records")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharding.add_arguments(parser)
     return parser
 
 
@@ -451,10 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        shard = sharding.from_args(args)
+        if shard.is_done(args.output):
+            logger.info("%s: already done", shard.path(args.output))
+            return 0
         stats = synthesize_dataset(args.input, args.output, audio_dir=args.audio_dir, config=args.config,
                                    workers=args.workers, text_turn_ratio=args.text_turn_ratio,
                                    speak_answers=args.speak_answers, limit=args.limit, seed=args.seed,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, shard=shard)
     except (FileNotFoundError, ValueError, TTSUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

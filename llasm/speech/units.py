@@ -33,9 +33,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import HubertModel, WhisperFeatureExtractor
 
+from llasm import sharding
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
 from llasm.audio_tower import load_whisper_encoder
-from llasm.io import atomic_path, read_jsonl, write_batch_output, write_json, write_jsonl
+from llasm.io import atomic_path, read_jsonl, write_json, write_jsonl
+from llasm.sharding import Records, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -305,15 +307,19 @@ def collect_audio(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
 
 
 def annotate_conversations(extractor: UnitExtractor, input_path: str | os.PathLike,
-                           output_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+                           output_path: str | os.PathLike, shard: Shard = Shard()) -> Records:
     """Add ``units``/``durations`` to every gpt turn that has ``"audio"`` (relative to the JSONL).
 
     Audio paths are rewritten relative to the output file. An item whose answer audio is bad goes
-    to the rejects (with the reason) as a whole. Returns (items, rejects); the caller writes them.
+    to the rejects (with the reason) as a whole. Returns the :class:`~llasm.sharding.Records` of
+    ``shard``'s rows (unpacks as ``(items, rejects)``); the caller writes them.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    items, rejects = [], []
+    records = Records()
     for n, row in enumerate(read_jsonl(input_path)):
+        records.saw(row.get("id", n))
+        if not shard.owns(n):
+            continue
         row = json.loads(json.dumps(row))  # deep copy
         try:
             for turn in row.get("conversations") or []:
@@ -322,27 +328,32 @@ def annotate_conversations(extractor: UnitExtractor, input_path: str | os.PathLi
                     turn["units"], turn["durations"] = extractor.extract(path)
                     turn["audio"] = _relative(path, output_path.parent)
         except AudioError as err:
-            rejects.append({"id": row.get("id", n), "line": n + 1, "reason": str(err)})
+            records.reject(n, {"id": row.get("id", n), "line": n + 1, "reason": str(err)})
             logger.warning("reject %s: %s", row.get("id", n), err)
             continue
-        items.append(row)
-    return items, rejects
+        records.item(n, row)
+    return records
 
 
 def build_manifest(extractor: UnitExtractor, inputs: Sequence[str | os.PathLike],
-                   output_path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """Vocoder training rows ``{"id", "audio", "units", "durations"}`` (audio relative to the output)."""
+                   output_path: str | os.PathLike, shard: Shard = Shard()) -> Records:
+    """Vocoder training rows ``{"id", "audio", "units", "durations"}`` (audio relative to the output),
+    of ``shard``'s clips; unpacks as ``(rows, rejects)``."""
     output_path = Path(output_path)
-    rows, rejects = [], []
-    for rid, path in collect_audio(inputs):
+    records = Records()
+    for n, (rid, path) in enumerate(collect_audio(inputs)):
+        records.saw(rid)
+        if not shard.owns(n):
+            continue
         try:
             units, durations = extractor.extract(path)
         except AudioError as err:
-            rejects.append({"id": rid, "audio": str(path), "reason": str(err)})
+            records.reject(n, {"id": rid, "audio": str(path), "reason": str(err)})
             logger.warning("reject %s: %s", rid, err)
             continue
-        rows.append({"id": rid, "audio": _relative(path, output_path.parent), "units": units, "durations": durations})
-    return rows, rejects
+        records.item(n, {"id": rid, "audio": _relative(path, output_path.parent), "units": units,
+                         "durations": durations})
+    return records
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", nargs="+" if name == "manifest" else None, required=True)
         p.add_argument("--output", required=True)
         p.add_argument("--device", default="cpu")
+        sharding.add_arguments(p)
     return parser
 
 
@@ -384,16 +396,21 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s: K=%d on layer %d of %s (%d frames, %d rejected)", args.output, extractor.num_units,
                         extractor.meta["layer"], args.encoder, extractor.meta["num_frames"], len(rejects))
             return 0
+        shard = sharding.from_args(args)
+        if shard.is_done(args.output):
+            logger.info("%s: already done", shard.path(args.output))
+            return 0
         extractor = UnitExtractor.load(args.kmeans, device=args.device, encoder=args.encoder)
         if args.command == "annotate":
-            items, rejects = annotate_conversations(extractor, args.input, args.output)
+            records = annotate_conversations(extractor, args.input, args.output, shard)
         else:
-            items, rejects = build_manifest(extractor, args.input, args.output)
+            records = build_manifest(extractor, args.input, args.output, shard)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rejected = write_batch_output(args.output, items, rejects)
-    logger.info("%s: %d rows, %d rejected (%s)", args.output, len(items), len(rejects), rejected)
+    rejected = sharding.write(args.output, shard, records)
+    logger.info("%s: %d rows, %d rejected (%s)", shard.path(args.output), len(records.items), len(records.rejects),
+                rejected)
     return 0
 
 
