@@ -127,3 +127,26 @@ def test_synthesize_in_two_shards_share_the_audio_folder_and_merge(tmp_path):
         assert all((out.parent / a).exists() for a in item["audios"])
     again = synth.synthesize_dataset(source, out, config=config, progress=False, workers=1, shard=Shard(2, 0))
     assert again["synthesized"] == 0  # resumed item by item from the shard's own progress file
+
+
+def test_encoder_cache_built_in_shards_is_used_read_only(tmp_path):
+    from test_training import config, make_data
+
+    from llasm.training import Trainer, load_config
+    from llasm.training.cache_builder import main as cache_main
+
+    data = make_data(tmp_path / "data")
+    cfg_path = tmp_path / "stage.json"  # YAML is a superset of JSON
+    cfg_path.write_text(json.dumps(config(tmp_path, data)))
+    for index in range(2):
+        assert cache_main([str(cfg_path), "--num-shards", "2", "--shard-index", str(index), "--quiet"]) == 0
+    built = tmp_path / "cache" / "built.jsonl"
+    assert sharding.merge(built, 2) == {"items": 10, "rejects": 0, "inputs": 10}
+    files = sorted((tmp_path / "cache").glob("shard-*.safetensors"))
+    assert len(files) == 2  # one per process
+
+    cfg = load_config(str(cfg_path), ["encoder_cache.read_only=true", "train.max_steps=2"])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.cache.misses == 0 and trainer.cache.hits > 0
+    assert sorted((tmp_path / "cache").glob("shard-*.safetensors")) == files  # nothing written

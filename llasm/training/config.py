@@ -36,6 +36,7 @@ class ObjectiveConfig:
 class CacheConfig:
     enabled: bool = True  # only used while the audio tower is frozen
     dir: str | None = None  # default: $LLASM_HOME/encoder_cache
+    read_only: bool = False  # a cache built beforehand by `llasm encoder-cache` and shared: never written to
 
 
 @dataclass

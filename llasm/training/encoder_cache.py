@@ -41,9 +41,13 @@ def model_key(model, processor) -> str:
 class EncoderCache:
     """``(C, T_enc, D)`` encoder states for a batch's chunks, from disk or by running the tower once."""
 
-    def __init__(self, directory: str | os.PathLike, flush_every: int = 256):
+    def __init__(self, directory: str | os.PathLike, flush_every: int = 256, read_only: bool = False):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # read_only: a cache built beforehand (``llasm encoder-cache``) and shared, e.g. on a read-only
+        # mount; misses are encoded and kept only until the next flush, never written
+        self.read_only = read_only
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.where: dict[str, Path] = {}  # key -> shard
         self.pending: dict[str, torch.Tensor] = {}
@@ -89,8 +93,9 @@ class EncoderCache:
         return out
 
     def flush(self) -> None:
-        """Write pending states as one new shard (temp file + rename)."""
-        if not self.pending:
+        """Write pending states as one new shard (temp file + rename); read-only: forget them."""
+        if not self.pending or self.read_only:
+            self.pending = {}
             return
 
         rank = os.environ.get("RANK", "0")

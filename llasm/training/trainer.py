@@ -145,7 +145,8 @@ class Trainer:
         tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
         if not self.cfg.encoder_cache.enabled or tower_trains or self.model.config.audio_source != "whisper_encoder":
             return None
-        return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"))
+        return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"),
+                            read_only=self.cfg.encoder_cache.read_only)
 
     def _dataset(self) -> ConversationDataset:
         sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))

@@ -1,0 +1,112 @@
+"""Build the encoder cache before training, on many machines: ``llasm encoder-cache``.
+
+Reads a stage YAML (the same one training uses, so the model, its feature settings, the data
+sources and ``encoder_cache.dir`` agree), and runs the frozen Whisper tower once over every audio
+chunk of its rows, through :class:`~llasm.training.encoder_cache.EncoderCache` (keys are content
+hashes, written as atomic safetensors shards with unique names, so any number of processes may add
+to one directory at once). ``--num-shards N --shard-index i`` makes rows ``i, i+N, ...`` (see
+:mod:`llasm.sharding`); a rerun skips chunks already cached; each shard leaves
+``<cache>/built.shard-*-of-*.jsonl`` + its done marker, and ``llasm merge-shards --output
+<cache>/built.jsonl --num-shards N`` checks the shards covered every row exactly once. Training
+then reads the directory with ``encoder_cache.read_only: true`` (a shared, read-only mount)::
+
+    sbatch --array=0-63 --wrap "llasm encoder-cache configs/stage1_asr_align.yaml \\
+        --num-shards 64 --shard-index \\$SLURM_ARRAY_TASK_ID"
+    llasm merge-shards --output $CACHE/built.jsonl --num-shards 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llasm import sharding
+from llasm.builder import load_model
+from llasm.data.dataset import Collator, ConversationDataset, Source
+from llasm.io import llasm_home
+from llasm.sharding import Records, Shard
+from llasm.training.config import TrainConfig, load_config
+from llasm.training.encoder_cache import EncoderCache, model_key
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"))
+
+
+@torch.no_grad()
+def build_cache(cfg: TrainConfig, shard: Shard = Shard(), batch_size: int = 8, device: str | None = None,
+                progress: bool = True) -> Records:
+    """Encode ``shard``'s rows of ``cfg.data.sources`` into ``cfg.encoder_cache.dir``.
+
+    Returns the :class:`~llasm.sharding.Records`: one item ``{"id", "audio_keys"}`` per row that
+    decoded (``audio_keys``: its chunks' cache keys; ``[]`` for a text-only row), one reject
+    ``{"id", "reason"}`` per row that did not. ``device`` defaults to CUDA when present.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(cfg.model)
+    model.audio_tower.to(device).eval()
+    sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
+               for s in cfg.data.sources]
+    dataset = ConversationDataset(sources, processor, model_key=model_key(model, processor),
+                                  max_length=cfg.data.max_length)
+    cache = EncoderCache(cache_dir(cfg))
+    records = Records()
+    mine = []
+    for position, (row, _) in enumerate(dataset.rows):
+        records.saw(row.get("id", position))
+        if shard.owns(position):
+            mine.append(position)
+    collate = Collator(processor)
+    for start in tqdm(range(0, len(mine), batch_size), desc="encoder cache", unit="batch", disable=not progress):
+        positions = mine[start : start + batch_size]
+        items = [dataset[p] for p in positions]
+        good = []
+        for position, item in zip(positions, items):
+            if "rejected" in item:
+                records.reject(position, {"id": item["id"], "reason": item["rejected"]})
+            else:
+                records.item(position, {"id": item["id"], "audio_keys": item["audio_keys"]})
+                good.append(item)
+        audio = [g for g in good if g["audio_keys"]]
+        if audio:
+            batch = collate(audio)
+            cache.encode(model, batch["audio_keys"], batch["input_features"].to(device),
+                         batch["feature_attention_mask"].to(device))
+    cache.flush()
+    log.info("encoder cache %s: %d chunks encoded, %d already there", cache.directory, cache.misses, cache.hits)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llasm encoder-cache", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("config", help="the stage YAML training will use (configs/stage1_asr_align.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, as for llasm train")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharding.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        shard = sharding.from_args(args)
+        output = cache_dir(cfg) / "built.jsonl"
+        if shard.is_done(output):
+            log.info("%s: already done", shard.path(output))
+            return 0
+        records = build_cache(cfg, shard, args.batch_size, args.device, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sharding.write(output, shard, records)
+    log.info("%s: %d rows cached, %d rejected", shard.path(output), len(records.items), len(records.rejects))
+    return 0
