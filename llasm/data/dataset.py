@@ -23,6 +23,7 @@ import torch
 
 from llasm.audio import AudioError, load_audio
 from llasm.configuration import audio_chunks
+from llasm.data.packing import collate_packed
 from llasm.io import read_jsonl
 from llasm.processing import IGNORE_INDEX
 
@@ -259,11 +260,13 @@ class MixtureBatchSampler(torch.utils.data.Sampler):
 
 @dataclass
 class Collator:
-    """Pads a list of items into a batch; rejected items are dropped and logged."""
+    """Pads a list of items into a batch; rejected items are dropped and logged. ``pack_length``:
+    several conversations per row of at most that many tokens (:mod:`llasm.data.packing`)."""
 
     processor: Any
     dataset: ConversationDataset | None = None
     padding_side: str = "right"
+    pack_length: int | None = None
 
     def __call__(self, items: list[dict]) -> dict[str, Any]:
         good = []
@@ -275,7 +278,10 @@ class Collator:
             good.append(item)
         if not good:
             return {"ids": [], "empty": True}
-        batch = self.processor.collate(good, padding_side=self.padding_side)
+        if self.pack_length:
+            batch, good = collate_packed(self.processor, good, self.pack_length)
+        else:
+            batch = self.processor.collate(good, padding_side=self.padding_side)
         batch["ids"] = [g["id"] for g in good]
         batch["audio_keys"] = [k for g in good for k in g["audio_keys"]]
         batch["chunk_frames"] = [c.shape[1] for g in good for c in g["audio_chunks"]]

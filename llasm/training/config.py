@@ -19,6 +19,9 @@ class DataConfig:
     max_length: int | None = 4096
     group_size: int = 16  # batches are length-sorted within batch_size * group_size items
     num_workers: int = 0
+    # several conversations per row of at most max_length tokens, each attending only to itself
+    # (llasm/data/packing.py); objective ce only
+    packing: bool = False
 
 
 @dataclass
@@ -48,6 +51,9 @@ class OptimConfig:
     # LM head only on answer positions + a frozen LLM's shared prompt prefix computed once (exact);
     # false = the plain full-sequence HF loss (the LLaSM recipe in bench/train_throughput.py)
     fast_loss: bool = True
+    # recompute each LLM layer in the backward pass instead of keeping its activations: the layers keep
+    # only their inputs (bench/capacity.py); same losses, about one more forward pass of time
+    gradient_checkpointing: bool = False
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3

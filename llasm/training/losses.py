@@ -28,7 +28,9 @@ def drop_unused_tail(inputs: dict, keep: int, config) -> None:
     ids = inputs["input_ids"]
     if keep >= ids.shape[1] or torch.isin(ids[:, keep:], audio_ids(config, ids.device)).any():
         return
-    inputs["input_ids"], inputs["attention_mask"] = ids[:, :keep], inputs["attention_mask"][:, :keep]
+    for key in ("input_ids", "attention_mask", "position_ids"):  # packed rows: position_ids, no mask
+        if inputs.get(key) is not None:
+            inputs[key] = inputs[key][:, :keep]
 
 
 class SharedPrefix:
@@ -65,7 +67,7 @@ def answer_ce(engine, model, inputs: dict, prefix: SharedPrefix | None, ids: lis
     """Cross-entropy over the answer tokens, the LM head (a vocabulary-sized matmul) run only at the
     positions ``p`` whose next label is supervised, in any row of the batch. ``engine`` is the
     (possibly wrapped) model the gradients flow through; ``ids`` name the batch's items in errors."""
-    labels = model.loss_labels(inputs.pop("labels"), inputs["input_ids"], inputs["attention_mask"])  # checked ids
+    labels = model.loss_labels(inputs.pop("labels"), inputs["input_ids"], inputs.get("attention_mask"))  # checked ids
     targets = labels[:, 1:]
     positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
     if positions.numel() == 0:

@@ -118,3 +118,11 @@ def freeze_frozen_parts(model) -> None:
         module = getattr(model, part, None)
         if module is not None and not any(p.requires_grad for p in module.parameters()):
             module.eval()
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """``train.gradient_checkpointing``: the LLM's decoder layers keep only their inputs and recompute
+    their activations in the backward pass (transformers' ``activation_checkpointing_enable``,
+    non-reentrant: it works with frozen layers and LoRA and replays dropout's RNG, so the losses
+    equal a run without it). The frozen audio tower and the small adaptor are left as they are."""
+    model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -39,6 +39,7 @@ from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
 from llasm.training.parts import (
     apply_trainability,
+    enable_gradient_checkpointing,
     freeze_frozen_parts,
     param_groups,
     trainability,
@@ -94,6 +95,8 @@ class Trainer:
             upcast = upcast_trainable_parts(model)
             if upcast and self.is_main:
                 log.info("trained in fp32 (the model is %s): %s", model.dtype, ", ".join(upcast))
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.model = model
         self.cache = self._encoder_cache()
         self.dataset = self._dataset()
@@ -118,7 +121,9 @@ class Trainer:
         # ce with a frozen LLM: the shared prompt prefix's keys and values, computed once (ZeRO partitions
         # the LLM, so not under DeepSpeed)
         lm_frozen = not any(p.requires_grad for p in model.language_model.parameters())
-        self.prefix = losses.SharedPrefix() if lm_frozen and not cfg.deepspeed and cfg.objective.type == "ce" else None
+        # (nor with packed rows or checkpointed layers, which must not be handed a KV cache)
+        self.prefix = (losses.SharedPrefix() if lm_frozen and not cfg.deepspeed and cfg.objective.type == "ce"
+                       and not cfg.data.packing and not cfg.train.gradient_checkpointing else None)
 
     # -- setup helpers ---------------------------------------------------------------------
     def _check_cache_states(self) -> None:
@@ -157,6 +162,8 @@ class Trainer:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
             sources = self._self_reply_sources(sources)
+        if self.cfg.data.packing and (self.cfg.objective.type != "ce" or not self.cfg.data.max_length):
+            raise ValueError("data.packing needs objective.type ce and data.max_length (the row length)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
         return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
@@ -183,7 +190,8 @@ class Trainer:
     def model_inputs(self, batch: dict) -> dict:
         """The model's keyword inputs for a collated batch, on this rank's device; with the encoder
         cache, the frozen tower's states replace the mel features."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        # packed rows (data.packing) carry position_ids and no attention_mask
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "position_ids") if k in batch}
         if "input_features" in batch:
             if self.cache is not None:
                 inputs["audio_encoder_outputs"] = self.cache.encode(
@@ -191,7 +199,10 @@ class Trainer:
             else:
                 inputs["input_features"] = batch["input_features"]
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
-        return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        if "position_ids" in inputs:  # transformers reads packed rows' boundaries only without a KV cache
+            inputs["use_cache"] = False
+        return inputs
 
     def loss(self, batch: dict) -> torch.Tensor:
         """This rank's loss on ``batch`` for ``objective.type`` (see :mod:`llasm.training.losses`)."""
@@ -219,7 +230,7 @@ class Trainer:
         resumed = self.maybe_resume()
         writer = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
-        collate = Collator(self.processor, self.dataset)
+        collate = Collator(self.processor, self.dataset, pack_length=cfg.data.max_length if cfg.data.packing else None)
         micro_losses: list[float] = []
         started = time.time()
         out_of_time = False
