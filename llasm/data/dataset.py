@@ -82,15 +82,16 @@ class Source:
     name: str = ""
 
 
-class ConversationDataset(torch.utils.data.Dataset):
-    """Encoded conversations from several JSONL sources.
+class RowEncoder:
+    """Rows -> training items, and the log of rejected rows: what the in-memory JSONL dataset and the
+    streamed shards (:mod:`llasm.data.shards`) share.
 
-    ``dataset[i]`` is ``processor.encode_conversation(...)`` plus ``id``, ``length`` and
-    ``audio_keys`` (one content key per audio chunk, for the encoder cache), or
-    ``{"id", "rejected": reason}`` for a row that cannot be used.
+    An item is ``processor.encode_conversation(...)`` plus ``id``, ``length`` and ``audio_keys`` (one
+    content key per audio chunk, for the encoder cache), or ``{"id", "rejected": reason}`` for a row
+    that cannot be used.
     """
 
-    def __init__(self, sources: list[Source], processor, model_key: str = "", rejects_path: str | None = None,
+    def __init__(self, processor, model_key: str = "", rejects_path: str | None = None,
                  max_length: int | None = None, with_teacher: bool = False):
         self.processor = processor
         self.with_teacher = with_teacher  # kl objective: also encode the transcript-as-text conversation
@@ -98,33 +99,6 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.rejects_path = rejects_path
         self.max_length = max_length
         self._rejected: set[tuple] = set()
-        self.rows: list[tuple[dict, str]] = []  # (row, its JSONL's directory)
-        self.source_of: list[int] = []
-        self.sources = sources
-        for s_index, source in enumerate(sources):
-            root = str(Path(source.path).parent)
-            for row in read_jsonl(source.path):
-                reason = self._check(row, root)
-                if reason:
-                    self.reject(row.get("id"), reason, at_init=True)
-                    continue
-                self.rows.append((row, root))
-                self.source_of.append(s_index)
-        self.lengths = [self._estimate_length(row, root) for row, root in self.rows]
-
-    # -- checks and rejects -----------------------------------------------------------------
-    def _check(self, row: dict, root: str) -> str | None:
-        if not row.get("conversations"):
-            return "no conversations"
-        try:
-            row_to_messages(row, root)
-        except (ValueError, KeyError) as err:
-            return str(err)
-        for path in row.get("audios", []):
-            full = _resolve(path, root)
-            if not os.path.isfile(full):
-                return f"{full}: file not found"
-        return None
 
     def reject(self, row_id, reason: str, at_init: bool = False) -> None:
         """Log a skipped row once per process (init-time checks: only on rank 0, every rank makes them)."""
@@ -137,26 +111,17 @@ class ConversationDataset(torch.utils.data.Dataset):
             with open(self.rejects_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"id": row_id, "reason": reason}, ensure_ascii=False) + "\n")
 
-    def _estimate_length(self, row: dict, root: str) -> int:
-        """Token count without decoding audio (header duration) — only used to group batches."""
+    def estimate_length(self, row: dict, clip_samples: list[int]) -> int:
+        """Token count from the text and each clip's 16 kHz samples, without decoding audio — only used
+        to group batches."""
         n = sum(len(t["value"]) // 3 + 4 for t in row["conversations"])
-        for path in row.get("audios", []):
-            try:
-                info = sf.info(_resolve(path, root))
-                n += self.processor.num_audio_tokens(int(info.frames * 16000 / info.samplerate))
-            except Exception:  # noqa: BLE001 - undecodable headers are rejected at load time
-                pass
-        return n
+        return n + sum(self.processor.num_audio_tokens(samples) for samples in clip_samples)
 
-    # -- items ------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row, root = self.rows[index]
-        row_id = row.get("id", str(index))
+    def encode(self, row: dict, clips: list, row_id: str, root: str | None = None) -> dict[str, Any]:
+        """The item of ``row``; ``clips`` are its audios as :func:`~llasm.audio.load_audio` reads them
+        (paths, or ``{"bytes": ...}`` from shards); ``root`` is the JSONL's folder (text rows only)."""
         try:
-            audios = [load_audio(_resolve(p, root)) for p in row.get("audios", [])]
+            audios = [load_audio(c) for c in clips]
             item = self.processor.encode_conversation(row_to_messages(row, root, audios))
         except (AudioError, ValueError, OSError) as err:
             return {"id": row_id, "rejected": str(err)}
@@ -179,6 +144,66 @@ class ConversationDataset(torch.utils.data.Dataset):
             teacher = self.processor.encode_conversation(row_to_messages(text_row, root, []))
             item["teacher_input_ids"], item["teacher_labels"] = teacher["input_ids"], teacher["labels"]
         return item
+
+
+def check_row(row: dict, root: str | os.PathLike) -> str | None:
+    """Why ``row`` cannot be used (``None`` when it can), without decoding audio: no conversation,
+    ``<speech>`` marks that do not match ``audios``, or an audio file that is not there (paths are
+    relative to ``root``, the JSONL's folder)."""
+    if not row.get("conversations"):
+        return "no conversations"
+    try:
+        row_to_messages(row, root)
+    except (ValueError, KeyError) as err:
+        return str(err)
+    for path in row.get("audios", []):
+        full = _resolve(path, root)
+        if not os.path.isfile(full):
+            return f"{full}: file not found"
+    return None
+
+
+def clip_samples(path: str | os.PathLike) -> int | None:
+    """A clip's length in 16 kHz samples from its header (``None`` when unreadable)."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - undecodable headers are rejected at load time
+        return None
+    return int(info.frames * 16000 / info.samplerate)
+
+
+class ConversationDataset(RowEncoder, torch.utils.data.Dataset):
+    """Encoded conversations from several JSONL sources: ``dataset[i]`` is row ``i``'s item
+    (:class:`RowEncoder`)."""
+
+    def __init__(self, sources: list[Source], processor, model_key: str = "", rejects_path: str | None = None,
+                 max_length: int | None = None, with_teacher: bool = False):
+        super().__init__(processor, model_key, rejects_path, max_length, with_teacher)
+        self.rows: list[tuple[dict, str]] = []  # (row, its JSONL's directory)
+        self.source_of: list[int] = []
+        self.sources = sources
+        for s_index, source in enumerate(sources):
+            root = str(Path(source.path).parent)
+            for row in read_jsonl(source.path):
+                reason = check_row(row, root)
+                if reason:
+                    self.reject(row.get("id"), reason, at_init=True)
+                    continue
+                self.rows.append((row, root))
+                self.source_of.append(s_index)
+        self.lengths = [self._estimate_length(row, root) for row, root in self.rows]
+
+    def _estimate_length(self, row: dict, root: str) -> int:
+        samples = [clip_samples(_resolve(path, root)) for path in row.get("audios", [])]
+        return self.estimate_length(row, [n for n in samples if n is not None])
+
+    # -- items ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, root = self.rows[index]
+        return self.encode(row, [_resolve(p, root) for p in row.get("audios", [])], row.get("id", str(index)), root)
 
 
 def transcript_of(row: dict) -> str | None:

@@ -32,6 +32,7 @@ from transformers import get_scheduler
 
 from llasm.builder import load_model
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
+from llasm.data.shards import ShardedConversations, is_sharded
 from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
 from llasm.training import losses
 from llasm.training.config import TrainConfig, load_config
@@ -100,11 +101,15 @@ class Trainer:
         self.model = model
         self.cache = self._encoder_cache()
         self.dataset = self._dataset()
-        self.sampler = MixtureBatchSampler(
-            self.dataset, cfg.train.batch_size, seed=cfg.seed, group_size=cfg.data.group_size,
-            samples_per_epoch=cfg.data.samples_per_epoch, rank=self.accelerator.process_index,
-            world_size=self.accelerator.num_processes)
-        self.batches_per_epoch = len(self.sampler.epoch_batches(0))
+        if isinstance(self.dataset, ShardedConversations):  # streamed shards batch themselves
+            self.sampler = None
+            self.batches_per_epoch = self.dataset.batches_per_epoch()
+        else:
+            self.sampler = MixtureBatchSampler(
+                self.dataset, cfg.train.batch_size, seed=cfg.seed, group_size=cfg.data.group_size,
+                samples_per_epoch=cfg.data.samples_per_epoch, rank=self.accelerator.process_index,
+                world_size=self.accelerator.num_processes)
+            self.batches_per_epoch = len(self.sampler.epoch_batches(0))
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
@@ -153,11 +158,14 @@ class Trainer:
         return EncoderCache(self.cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache"),
                             read_only=self.cfg.encoder_cache.read_only)
 
-    def _dataset(self) -> ConversationDataset:
+    def _dataset(self) -> ConversationDataset | ShardedConversations:
         sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
                    for s in self.cfg.data.sources]
         if not sources:
             raise ValueError("data.sources is empty: give at least one JSONL")
+        sharded = [is_sharded(s.path) for s in sources]
+        if any(sharded):
+            return self._sharded_dataset(sources, sharded)
         if self.cfg.objective.type not in OBJECTIVES:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
@@ -169,6 +177,33 @@ class Trainer:
         return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
                                    rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
                                    with_teacher=self.cfg.objective.type == "kl")
+
+    def _sharded_dataset(self, sources: list[Source], sharded: list[bool]) -> ShardedConversations:
+        if not all(sharded):
+            raise ValueError("data.sources mixes shard folders and JSONL files: convert the JSONL ones with "
+                             "`llasm shards` (" + ", ".join(s.path for s, x in zip(sources, sharded) if not x) + ")")
+        if self.cfg.objective.type not in ("ce", "units"):
+            raise ValueError(f"objective.type {self.cfg.objective.type} reads JSONL sources, not shard folders")
+        cfg = self.cfg
+        return ShardedConversations(sources, self.processor, cfg.train.batch_size, seed=cfg.seed,
+                                    group_size=cfg.data.group_size, samples_per_epoch=cfg.data.samples_per_epoch,
+                                    rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
+                                    model_key=model_key(self.model, self.processor), max_length=cfg.data.max_length,
+                                    rejects_path=str(self.out / "rejects.jsonl"))
+
+    def _loader(self, collate) -> torch.utils.data.DataLoader:
+        """This epoch's batches from ``batch_in_epoch`` on (a resumed run starts mid-epoch)."""
+        # its own generator: starting an iterator must not draw from the global RNG (dropout), or a
+        # resumed run, which starts one mid-epoch, would diverge from an uninterrupted one
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.epoch)
+        workers = self.cfg.data.num_workers
+        if self.sampler is None:
+            self.dataset.set_epoch(self.epoch, self.batch_in_epoch)
+            self.dataset.collate = collate
+            return torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=workers, generator=generator)
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+                                           num_workers=workers, generator=generator)
 
     def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
         """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
@@ -235,13 +270,7 @@ class Trainer:
         started = time.time()
         out_of_time = False
         while self.step < self.total_steps and not out_of_time:
-            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-            # its own generator: starting an iterator must not draw from the global RNG (dropout), or a
-            # resumed run, which starts one mid-epoch, would diverge from an uninterrupted one
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
-            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                                                 num_workers=cfg.data.num_workers, generator=generator)
-            for batch in loader:
+            for batch in self._loader(collate):
                 self.batch_in_epoch += 1
                 if batch.get("empty"):  # every item rejected (already logged)
                     continue
