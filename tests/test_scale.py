@@ -1,14 +1,21 @@
-"""Memory and speed where the paper runs: sequence packing (loss and gradients equal to the padded
-batch) and gradient checkpointing (equal losses)."""
+"""Beyond one machine, in one process: sequence packing (loss and gradients equal to the padded
+batch), gradient checkpointing (equal losses), sharded streamed data (disjoint ranks, every row once
+per epoch, resume mid-epoch, DataLoader workers, stages 1 and 3)."""
 
 from __future__ import annotations
 
+import json
+
+import datasets
 import pytest
 import torch
-from test_training import config, make_data
+from conftest import build_tiny
+from test_training import _units_config, config, make_data
 
-from llasm.data.dataset import Collator
+from llasm.audio import load_audio
+from llasm.data.dataset import Collator, Source
 from llasm.data.packing import collate_packed, pack_rows
+from llasm.data.shards import ShardedConversations, read_index, write_shards
 from llasm.training import Trainer, load_config
 
 
@@ -84,10 +91,6 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, data, language_m
 # -- sharded, streamed data -------------------------------------------------------------------
 def shard_data(tmp_path, n: int = 6, num_shards: int = 4):
     """make_data's rows, plus one whose audio is missing, as ``num_shards`` Parquet shards."""
-    import json
-
-    from llasm.data.shards import write_shards
-
     jsonl = make_data(tmp_path / "jsonl", n=n)
     with open(jsonl, "a") as f:
         f.write(json.dumps({"id": "gone", "audios": ["wavs/nope.wav"], "conversations": [
@@ -96,11 +99,6 @@ def shard_data(tmp_path, n: int = 6, num_shards: int = 4):
 
 
 def test_write_shards_holds_every_usable_row_and_its_audio_bytes(tmp_path):
-    import datasets
-
-    from llasm.audio import load_audio
-    from llasm.data.shards import read_index
-
     jsonl, index = shard_data(tmp_path, n=9)  # 9 ASR + text + 2-audio rows usable, 1 rejected
     assert index["num_rows"] == [2, 3, 3, 3] and index["rejected"] == 1
     assert read_index(tmp_path / "shards") == index
@@ -115,11 +113,6 @@ def test_write_shards_holds_every_usable_row_and_its_audio_bytes(tmp_path):
 
 
 def _stream(tmp_path, rank, world, **kw):
-    from llasm.data.dataset import Source
-    from llasm.data.shards import ShardedConversations
-
-    from conftest import build_tiny
-
     _, processor = build_tiny()
     dataset = ShardedConversations([Source(str(tmp_path / "shards"))], processor, batch_size=2, seed=3, group_size=2,
                                    rank=rank, world_size=world, **kw)
@@ -153,11 +146,7 @@ def test_streamed_ranks_read_disjoint_rows_every_row_once_per_epoch(tmp_path):
 @pytest.mark.parametrize("stage", ["asr", "units"])
 def test_stages_train_from_shards(tmp_path, stage):
     """Stage 1 (ce, encoder cache) and stage 3 (units: the rows keep their unit targets) from shards."""
-    from llasm.data.shards import write_shards
-
     if stage == "units":
-        from test_training import _units_config
-
         cfg = _units_config(tmp_path, make_data(tmp_path / "data"), "run")
         source = cfg["data"]["sources"][0]["path"]
     else:
