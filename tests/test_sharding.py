@@ -4,11 +4,15 @@ coverage check, for prepare-asr, synthesize and (in test_units.py) units."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import SR, tone
+from conftest import ROOT, SR, tone
 
 from llasm import sharding
 from llasm.io import read_jsonl
@@ -150,3 +154,21 @@ def test_encoder_cache_built_in_shards_is_used_read_only(tmp_path):
     trainer.fit()
     assert trainer.cache.misses == 0 and trainer.cache.hits > 0
     assert sorted((tmp_path / "cache").glob("shard-*.safetensors")) == files  # nothing written
+
+
+@pytest.mark.slow
+def test_slurm_array_script_runs_each_task_then_the_merge(tmp_path):
+    """data_prep/slurm/prepare_array.sbatch as Slurm would run it: one process per array task."""
+    tsv = make_tsv_corpus(tmp_path / "corpus")
+    out = tmp_path / "out" / "asr.jsonl"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+           "SLURM_ARRAY_TASK_COUNT": "2"}
+    for task in range(2):
+        subprocess.run(["bash", str(ROOT / "data_prep" / "slurm" / "prepare_array.sbatch"), "prepare-asr", "--format",
+                        "tsv", "--input", str(tsv), "--output", str(out), "--lang", "en"],
+                       env=env | {"SLURM_ARRAY_TASK_ID": str(task)}, check=True, capture_output=True)
+    subprocess.run(["llasm", "merge-shards", "--output", str(out), "--num-shards", "2"], env=env, check=True,
+                   capture_output=True)
+    assert len(read_jsonl(out)) == 7
+    for script in ("train/slurm/multinode.sbatch", "data_prep/slurm/prepare_array.sbatch"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)  # srun is not here: syntax only
