@@ -67,8 +67,15 @@ from llasm.evaluation.items import (
 )
 from llasm.evaluation.report import summary_tables, write_report
 from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
-from llasm.evaluation.systems import (LOOP_GUARD_RULE, LOOP_GUARD_VERSION, CascadeSystem, Judge, LlasmSystem,
-                                     WhisperTranscriber, make_ppl_scorer)
+from llasm.evaluation.systems import (
+    LOOP_GUARD_RULE,
+    LOOP_GUARD_VERSION,
+    CascadeSystem,
+    Judge,
+    LlasmSystem,
+    WhisperTranscriber,
+    make_ppl_scorer,
+)
 from llasm.evaluation.tasks import TASKS, TEXT_TASKS, evaluate
 
 logger = logging.getLogger(__name__)
