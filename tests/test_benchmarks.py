@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_YAML
 from llasm.benchmarks import BenchmarkError, load_benchmark
 from llasm.benchmarks import main as bench_main
-from llasm.benchmarks.fixtures import build_fixtures, build_urobench, tts_synth
+from llasm.benchmarks.fixtures import build_fixtures, tts_synth
 from llasm.benchmarks.items import load_item_audio
 from test_evaluation import FakeJudgeServer
 
@@ -171,8 +171,9 @@ def test_urobench_speech_to_speech_side_by_side(fixtures, tmp_path, speaker):
 
 def test_fixture_audio_from_the_project_tts(tmp_path):
     synth = tts_synth({"languages": {"en": ["espeak"], "zh": ["espeak"]}})
-    root = build_urobench(tmp_path / "uro", synth, "espeak-ng")
-    items, errors = load_benchmark("urobench:Repeat-zh", str(root))
+    paths = build_fixtures(tmp_path, synth)
+    items, errors = load_benchmark("urobench:Repeat-zh", str(paths["urobench"]))
     audio = load_item_audio(items[0].audio)
     assert not errors and audio.size > 16000 * 0.5 and float(np.abs(audio).max()) > 0.1
-    assert "espeak-ng" in (root / "LLASM_FIXTURE.txt").read_text(encoding="utf-8")
+    note = (paths["fleurs"] / "LLASM_FIXTURE.txt").read_text(encoding="utf-8")
+    assert "en: espeak; zh: espeak" in note and "not the official" in note

@@ -49,9 +49,11 @@ def tts_synth(config=None) -> Synth:
     router = TTSRouter(config)
 
     def synth(text: str, lang: str) -> np.ndarray:
-        audio, rate, _ = router.synthesize(text, lang, voice_seed=0)
+        audio, rate, name = router.synthesize(text, lang, voice_seed=0)
+        synth.backends.setdefault(lang, set()).add(name)
         return to_16k(audio, rate)
 
+    synth.backends = {}  # lang -> the TTS backends that spoke it, named in LLASM_FIXTURE.txt
     return synth
 
 
@@ -76,7 +78,7 @@ def _marker(root: Path, source: str) -> None:
     (root / FIXTURE_MARKER).write_text(NOTE.format(source=source) + "\n", encoding="utf-8")
 
 
-def build_voicebench(root: Path, synth: Synth, source: str) -> Path:
+def build_voicebench(root: Path, synth: Synth) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -98,11 +100,10 @@ def build_voicebench(root: Path, synth: Synth, source: str) -> Path:
             folder = root / subset
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(table), folder / f"{split}-00000-of-00001.parquet")
-    _marker(root, source)
     return root
 
 
-def build_urobench(root: Path, synth: Synth, source: str) -> Path:
+def build_urobench(root: Path, synth: Synth) -> Path:
     from .urobench import BASIC
 
     spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["urobench"]
@@ -114,11 +115,10 @@ def build_urobench(root: Path, synth: Synth, source: str) -> Path:
             wav = _write(folder / "wav" / f"{i:04d}.wav", synth(row["source_text"], lang))
             lines.append(json.dumps({"source_wav": f"wav/{wav}", **row}, ensure_ascii=False))
         (folder / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _marker(root, source)
     return root
 
 
-def build_asr_sets(root: Path, synth: Synth, source: str) -> dict[str, Path]:
+def build_asr_sets(root: Path, synth: Synth) -> dict[str, Path]:
     spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["asr"]
     en, zh = spec["en"], spec["zh"]
     out = {}
@@ -164,8 +164,6 @@ def build_asr_sets(root: Path, synth: Synth, source: str) -> dict[str, Path]:
                                   encoding="utf-8")
     (net / "text").write_text(f"TEST_NET_0001 {zh[0]}\nTEST_NET_0002 {zh[1]}\n", encoding="utf-8")
     out["wenetspeech"] = root / "wenetspeech"
-    for path in out.values():
-        _marker(path, source)
     return out
 
 
@@ -173,10 +171,14 @@ def build_fixtures(root: str | Path, synth: Synth | None = None, source: str | N
     """Every miniature copy under ``root``; returns ``{benchmark name: --data folder}``."""
     root = Path(root)
     synth = synth or tone_synth
-    source = source or ("test tones" if synth is tone_synth else "llasm's TTS")
-    paths = {"voicebench": build_voicebench(root / "voicebench", synth, source),
-             "urobench": build_urobench(root / "urobench", synth, source)}
-    paths.update(build_asr_sets(root, synth, source))
+    paths = {"voicebench": build_voicebench(root / "voicebench", synth),
+             "urobench": build_urobench(root / "urobench", synth)}
+    paths.update(build_asr_sets(root, synth))
+    if source is None and hasattr(synth, "backends"):
+        source = "llasm's TTS (" + "; ".join(f"{lang}: {', '.join(sorted(names))}"
+                                             for lang, names in sorted(synth.backends.items())) + ")"
+    for path in paths.values():
+        _marker(path, source or ("test tones" if synth is tone_synth else "a TTS"))
     return paths
 
 
