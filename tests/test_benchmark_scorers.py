@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llasm.benchmarks import asr_norm, judging
-from llasm.benchmarks import scorers as S
+from llasm.evaluation.benchmarks import asr_norm, judging
+from llasm.evaluation.benchmarks import scorers as S
 
 
 @pytest.mark.parametrize("reply, letter", [

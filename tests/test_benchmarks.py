@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY_YAML
-from llasm.benchmarks import BenchmarkError, load_benchmark
-from llasm.benchmarks import main as bench_main
-from llasm.benchmarks.fixtures import build_fixtures, tts_synth
-from llasm.benchmarks.items import load_item_audio
+from llasm.evaluation.benchmarks import BenchmarkError, load_benchmark
+from llasm.evaluation import main as eval_main
+from llasm.evaluation.benchmarks.fixtures import build_fixtures, tts_synth
+from llasm.evaluation.benchmarks.items import load_item_audio
 from test_evaluation import FakeJudgeServer
 
 HEAD = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
@@ -74,7 +74,7 @@ def test_loader_errors_are_clear(fixtures, tmp_path, monkeypatch):
 
 def _run(fixtures, tmp_path, spec, data, *extra, **kwargs):
     out = tmp_path / spec.replace(":", "_").replace(",", "+")
-    rc = bench_main(["--benchmark", spec, "--data", str(fixtures[data]), "--model", str(TINY_YAML), "--output",
+    rc = eval_main(["--benchmark", spec, "--data", str(fixtures[data]), "--model", str(TINY_YAML), "--output",
                      str(out), "--max-new-tokens", "6", "--no-progress", "--device", "cpu", *extra], **kwargs)
     assert rc == 0
     return json.loads((out / "report.json").read_text(encoding="utf-8")), (out / "report.md").read_text(encoding="utf-8")
@@ -136,7 +136,7 @@ def test_judge_subsets_use_the_pinned_prompt_and_three_samples(fixtures, tmp_pat
 @pytest.fixture(scope="module")
 def speaker(tiny_bases):
     import llasm
-    from llasm.vocoder import UnitHifiGan, UnitVocoderConfig
+    from llasm.speech.vocoder import UnitHifiGan, UnitVocoderConfig
 
     model, _ = llasm.build_model(dict(tiny_bases, unit_head=HEAD))
     torch.manual_seed(0)
@@ -177,3 +177,15 @@ def test_fixture_audio_from_the_project_tts(tmp_path):
     assert not errors and audio.size > 16000 * 0.5 and float(np.abs(audio).max()) > 0.1
     note = (paths["fleurs"] / "LLASM_FIXTURE.txt").read_text(encoding="utf-8")
     assert "en: espeak; zh: espeak" in note and "not the official" in note
+
+
+def test_llasm_eval_command_loads_the_model_yaml(fixtures, tmp_path, capsys):
+    from llasm.cli import main as llasm_main
+
+    out = tmp_path / "cli"
+    rc = llasm_main(["eval", "--benchmark", "fleurs:en_us", "--data", str(fixtures["fleurs"]), "--model", str(TINY_YAML),
+                     "--output", str(out), "--max-new-tokens", "4", "--no-progress", "--device", "cpu"])
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert rc == 0 and set(report["results"]["llasm"]["fleurs:en_us"]) == {"wer", "wer_peer"}
+    assert report["meta"]["cascade"].startswith("skipped: no Whisper")  # the tiny model names no base Whisper
+    assert "| fleurs:en_us | wer |" in capsys.readouterr().out

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +56,7 @@ import torch
 
 from llasm import __version__, builder
 from llasm.evaluation import metrics as M
+from llasm.evaluation.benchmarks.cli import main as benchmark_main
 from llasm.evaluation.items import (
     ASSETS,
     JUDGE_PROMPT_PATH,
@@ -101,7 +103,10 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None):
 
 def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Evaluate an llasm model (ASR, spoken instruction following, "
-                                "modal invariance) against a Whisper -> LLM cascade; writes report.{json,md,png}.")
+                                "modal invariance) against a Whisper -> LLM cascade; writes report.{json,md,png}.",
+                                epilog="The field's benchmarks (VoiceBench, URO-Bench, LibriSpeech, AISHELL-1, Fleurs, "
+                                "WenetSpeech): llasm eval --benchmark NAME[:subset] --data DIR ... "
+                                "(llasm eval --benchmark x --help lists their options).")
     p.add_argument("--model", required=True, help="checkpoint directory or model YAML (configs/model/*.yaml)")
     p.add_argument("--data", default=None, help=f"spoken instruction JSONL (default {DEFAULT_DATA})")
     p.add_argument("--asr-data", default=None, help=f"ASR JSONL (default {DEFAULT_ASR_DATA})")
@@ -255,7 +260,15 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS,
          model=None, transcriber=None, speech_transcriber=None) -> int:
-    """Parse ``argv``, evaluate, write the report files and print the summary table."""
+    """Parse ``argv``, evaluate, write the report files and print the summary table.
+
+    With ``--benchmark NAME[:subset]`` it runs one of the field's benchmarks instead
+    (:mod:`llasm.evaluation.benchmarks`: VoiceBench, URO-Bench, LibriSpeech, AISHELL-1, Fleurs, WenetSpeech).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--benchmark" or a.startswith("--benchmark=") for a in argv):
+        return benchmark_main(argv, prog=prog, model=model, transcriber=transcriber,
+                              speech_transcriber=speech_transcriber, load_model=load_model)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog, default_tasks).parse_args(argv)
     report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)

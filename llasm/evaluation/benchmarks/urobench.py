@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .items import BenchItem, BenchmarkError
+from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError
 
 HUB_ID = "Honggao/URO-Bench"
 # dataset -> (mode, lang); the modes are URO-Bench's mark.py modes

@@ -23,10 +23,11 @@ import os
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Sequence
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "benchmarks"
+from llasm.io import ASSETS
+
+PROMPTS_DIR = ASSETS / "benchmarks"
 # scorer -> (prompt file, sha256 of its bytes, system message)
 VB_SYSTEM = "You are a helpful assistant who tries to help answer the user's question."
 URO_SYSTEM = "You are a helpful assistant."

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .items import BenchItem, BenchmarkError, hub_dataset, iter_parquet_rows, parquet_files
+from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError, hub_dataset, iter_parquet_rows, parquet_files
 
 HUB_ID = "hlt-lab/voicebench"
 MMSU_SPLITS = ("law", "engineering", "other", "biology", "business", "economics", "health", "philosophy",

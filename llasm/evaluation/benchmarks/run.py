@@ -13,10 +13,11 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Sequence
 
-from .asr_norm import PEER_NORMALIZER, peer_error_rate
-from .items import BenchItem, load_item_audio
-from .judging import JUDGE_SCORERS, ChatJudge, score_with_judge
-from .scorers import RULE_SCORERS, uro_error_rate
+from llasm.evaluation import metrics as M
+from llasm.evaluation.benchmarks.asr_norm import PEER_NORMALIZER, peer_error_rate
+from llasm.evaluation.benchmarks.items import BenchItem, load_item_audio
+from llasm.evaluation.benchmarks.judging import JUDGE_SCORERS, ChatJudge, score_with_judge
+from llasm.evaluation.benchmarks.scorers import RULE_SCORERS, uro_error_rate
 
 SPEECH = "llasm-speech"
 MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make only milliseconds
@@ -44,8 +45,6 @@ def _speak(model, audio, lang: str, judge: Callable, max_new_tokens: int) -> tup
 
 
 def _score_asr(rows: list[dict]) -> dict:
-    from llasm import metrics as M
-
     lang = rows[0]["lang"]
     refs, hyps = [r["reference"] for r in rows], [r["response"] for r in rows]
     ours = M.asr_error_rate(refs, hyps, lang)

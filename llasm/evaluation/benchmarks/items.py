@@ -24,7 +24,7 @@ class BenchItem:
     ``audio``: path / ``{"bytes", "path"}`` / ``{"path", "start", "end"}`` (seconds). ``prompt``:
     the words spoken (VoiceBench's ``prompt``, URO-Bench's ``source_text``, the ASR transcript).
     ``reference``: what the scorer compares with (``None`` for open questions). ``scorer``: a key of
-    :data:`llasm.benchmarks.scorers.PRIMARY_METRIC`. ``meta``: the benchmark's extra columns
+    :data:`llasm.evaluation.benchmarks.scorers.PRIMARY_METRIC`. ``meta``: the benchmark's extra columns
     (IFEval's ``instruction_id_list`` / ``kwargs``, ...).
     """
 

@@ -5,9 +5,9 @@
         --judge-url http://localhost:8000/v1 --judge-model gpt-4o-mini --speech-judge ~/whisper-large-v3
     llasm eval --benchmark librispeech:test-clean --data ~/LibriSpeech --model DIR --output out/ls
 
-Names: ``voicebench:<subset>`` (:mod:`llasm.benchmarks.voicebench`), ``urobench:<dataset|basic-en|
-basic-zh>`` (:mod:`llasm.benchmarks.urobench`), ``librispeech``, ``aishell1``, ``fleurs``,
-``wenetspeech`` (:mod:`llasm.benchmarks.asr_sets`); several comma-separated. Writes
+Names: ``voicebench:<subset>`` (:mod:`llasm.evaluation.benchmarks.voicebench`), ``urobench:<dataset|basic-en|
+basic-zh>`` (:mod:`llasm.evaluation.benchmarks.urobench`), ``librispeech``, ``aishell1``, ``fleurs``,
+``wenetspeech`` (:mod:`llasm.evaluation.benchmarks.asr_sets`); several comma-separated. Writes
 ``report.json`` and ``report.md``.
 """
 
@@ -18,15 +18,20 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from . import asr_sets, urobench, voicebench
-from .items import BenchmarkError, parse_spec
-from .judging import ChatJudge
-from .run import SPEECH, evaluate_benchmarks
-from .scorers import PRIMARY_METRIC
+from llasm import __version__
+from llasm.evaluation.benchmarks import asr_sets, urobench, voicebench
+from llasm.evaluation.benchmarks.items import BenchmarkError, parse_spec
+from llasm.evaluation.benchmarks.judging import ChatJudge
+from llasm.evaluation.benchmarks.run import SPEECH, evaluate_benchmarks
+from llasm.evaluation.benchmarks.scorers import PRIMARY_METRIC
+from llasm.evaluation.items import load_prompts
+from llasm.evaluation.report import _json_safe
+from llasm.evaluation.systems import CascadeSystem, LlasmSystem, WhisperTranscriber
+from llasm.io import write_text
 
-FIXTURE_MARKER = "LLASM_FIXTURE.txt"  # written by llasm.benchmarks.fixtures into every miniature copy
+FIXTURE_MARKER = "LLASM_FIXTURE.txt"  # written by llasm.evaluation.benchmarks.fixtures into every miniature copy
 NAMES = ("voicebench", "urobench") + tuple(asr_sets.SETS)
 
 
@@ -99,9 +104,6 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, output: str | Path) -> dict[str, Path]:
-    from llasm.eval_report import _json_safe
-    from llasm.io import write_text
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     return {"json": write_text(out / "report.json", json.dumps(_json_safe(report), ensure_ascii=False, indent=2) + "\n"),
@@ -113,12 +115,13 @@ def _fixture_note(data: str | None) -> str | None:
     return marker.read_text(encoding="utf-8").strip() if marker and marker.is_file() else None
 
 
-def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transcriber=None) -> dict:
-    """Everything :func:`main` does; ``model`` / ``transcriber`` / ``speech_transcriber`` may be injected."""
-    from llasm.eval_data import load_prompts
-    from llasm.eval_systems import CascadeSystem, LlasmSystem, WhisperTranscriber
-    from llasm.evaluation import load_model
+def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transcriber=None,
+        load_model: Callable | None = None) -> dict:
+    """Everything :func:`main` does; ``model`` / ``transcriber`` / ``speech_transcriber`` may be injected.
 
+    ``load_model(spec, device, dtype)`` loads ``--model`` when no ``model`` is given: the evaluation
+    driver passes its own (:func:`llasm.evaluation.run.load_model`), which this wing does not import.
+    """
     started = time.time()
     if bool(args.judge_url) != bool(args.judge_model):
         raise SystemExit("--judge-url and --judge-model go together")
@@ -133,9 +136,11 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
     if not items:
         raise SystemExit(f"--benchmark {args.benchmark}: no items loaded from {args.data} ({len(errors)} bad rows)")
     if model is None:
+        if load_model is None:
+            raise SystemExit("no model: run this through `llasm eval --benchmark ...`")
         model = load_model(args.model, args.device, args.dtype)
     if args.vocoder:
-        from llasm.vocoder import UnitHifiGan
+        from llasm.speech.vocoder import UnitHifiGan
 
         model.set_vocoder(UnitHifiGan.from_pretrained(args.vocoder).eval())
     llasm_sys = LlasmSystem(model, load_prompts(), max_new_tokens=args.max_new_tokens)
@@ -164,8 +169,6 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
                                  speaker=model if can_speak else None, speech_judge=speech_transcriber,
                                  max_new_tokens=args.max_new_tokens, errors=errors, notes=notes,
                                  progress=not args.no_progress)
-    from llasm import __version__
-
     meta = {"llasm_version": __version__, "benchmarks": args.benchmark, "data": args.data, "model": str(args.model),
             "split": args.split, "limit": args.limit, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
             "cascade": cascade, "primary_metric": PRIMARY_METRIC, "fixture": _fixture_note(args.data),
@@ -176,10 +179,12 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", model=None, transcriber=None,
-         speech_transcriber=None) -> int:
+         speech_transcriber=None, load_model: Callable | None = None) -> int:
+    """Parse ``argv``, run the benchmarks, write ``report.{json,md}`` and print the results table."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog).parse_args(argv)
-    report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)
+    report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber,
+                 load_model=load_model)
     paths = write_report(report, args.output)
     md = render_markdown(report)
     print(md[md.index("## Results"):md.index("## Errors")] if "## Errors" in md else md)

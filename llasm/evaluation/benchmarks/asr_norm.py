@@ -3,9 +3,9 @@
 Two normalizations are reported for every ASR test set (``report["details"]``):
 
 ``llasm``
-    :func:`llasm.metrics.asr_error_rate`: the project's rules (Whisper's English normalizer; for
+    :func:`llasm.evaluation.metrics.asr_error_rate`: the project's rules (Whisper's English normalizer; for
     Chinese full-width -> half-width, OpenCC t2s, its own Arabic -> Chinese number reading,
-    punctuation/symbols/spaces out). See :mod:`llasm.metrics`.
+    punctuation/symbols/spaces out). See :mod:`llasm.evaluation.metrics`.
 ``peer``
     :func:`peer_error_rate`: the pipeline of Qwen-Audio's ``evaluate_asr.py`` as lmms-eval keeps it
     (``lmms_eval/tasks/librispeech/utils.py``: ``remove_sp``, then Whisper's ``EnglishTextNormalizer``
@@ -24,6 +24,8 @@ import re
 import unicodedata
 from typing import Sequence
 
+from llasm.evaluation.metrics import normalize_en
+
 PEER_NORMALIZER = {
     "en": "Whisper EnglishTextNormalizer + BasicTextNormalizer (transformers), lower, punctuation tokens out "
           "(Qwen-Audio evaluate_asr / lmms-eval compute_wer)",
@@ -34,9 +36,7 @@ _PUNCS = "!,.?;:"
 
 
 def whisper_english():
-    """Whisper's ``EnglishTextNormalizer`` with its spelling table (the one :mod:`llasm.metrics` uses)."""
-    from llasm.metrics import normalize_en
-
+    """Whisper's ``EnglishTextNormalizer`` with its spelling table (the one :mod:`llasm.evaluation.metrics` uses)."""
     return normalize_en
 
 

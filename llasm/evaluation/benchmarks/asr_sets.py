@@ -2,12 +2,12 @@
 
 ``librispeech:test-clean`` / ``test-other``
     OpenSLR 12 tree ``LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` with
-    ``<utt-id> TEXT`` lines and ``<utt-id>.flac`` beside (read by :func:`llasm.data.asr.read_librispeech`);
+    ``<utt-id> TEXT`` lines and ``<utt-id>.flac`` beside (read by :func:`llasm.prep.asr.read_librispeech`);
     or a parquet export of the hub's ``openslr/librispeech_asr`` (``text`` column, any
     ``*<split>*.parquet`` under ``--data``).
 ``aishell1:test``
     OpenSLR 33 ``data_aishell/transcript/aishell_transcript_v0.8.txt`` + ``data_aishell/wav/test/<spk>/<utt>.wav``
-    (the per-speaker tarballs unpacked), read by :func:`llasm.data.asr.read_aishell`.
+    (the per-speaker tarballs unpacked), read by :func:`llasm.prep.asr.read_aishell`.
 ``fleurs:en_us`` / ``fleurs:cmn_hans_cn``
     the hub repo ``google/fleurs``: ``data/<config>/test.tsv`` (no header; ``id``, ``file_name``,
     ``raw_transcription``, ``transcription``, ``words``, ``num_samples``, ``gender``, as its loading
@@ -24,7 +24,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .items import BenchItem, BenchmarkError, iter_parquet_rows
+from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError, iter_parquet_rows
+from llasm.prep.asr import read_aishell, read_librispeech
 
 SETS = {"librispeech": ("en", ("test-clean", "test-other")), "aishell1": ("zh", ("test",)),
         "fleurs": (None, ("en_us", "cmn_hans_cn")), "wenetspeech": ("zh", ("test_net", "test_meeting"))}
@@ -37,8 +38,6 @@ def _asr_item(name: str, subset: str, lang: str, item_id: str, audio, text: str)
 
 
 def _librispeech(data: Path, split: str) -> list[BenchItem]:
-    from llasm.data.asr import read_librispeech
-
     for root in (data / split, data / "LibriSpeech" / split, data):
         if root.is_dir() and next(root.rglob("*.trans.txt"), None) is not None:
             return [_asr_item("librispeech", split, "en", u.id, str(u.audio), u.text) for u in read_librispeech(root)]
@@ -55,8 +54,6 @@ def _librispeech(data: Path, split: str) -> list[BenchItem]:
 
 
 def _aishell(data: Path, split: str) -> list[BenchItem]:
-    from llasm.data.asr import read_aishell
-
     try:
         utts = list(read_aishell(data, split))
     except FileNotFoundError as err:
