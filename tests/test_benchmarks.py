@@ -189,3 +189,10 @@ def test_llasm_eval_command_loads_the_model_yaml(fixtures, tmp_path, capsys):
     assert rc == 0 and set(report["results"]["llasm"]["fleurs:en_us"]) == {"wer", "wer_peer"}
     assert report["meta"]["cascade"].startswith("skipped: no Whisper")  # the tiny model names no base Whisper
     assert "| fleurs:en_us | wer |" in capsys.readouterr().out
+
+
+def test_hub_ids_need_the_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for spec, hub in (("librispeech:test-other", "openslr/librispeech_asr"), ("fleurs:en_us", "google/fleurs")):
+        with pytest.raises(BenchmarkError, match="offline"):
+            load_benchmark(spec, hub)

@@ -13,6 +13,9 @@
     ``raw_transcription``, ``transcription``, ``words``, ``num_samples``, ``gender``, as its loading
     script reads it) and ``data/<config>/audio/test/<file_name>`` (``test.tar.gz`` unpacked); the
     reference is ``raw_transcription``.
+LibriSpeech and Fleurs are also read from the hub (``--data openslr/librispeech_asr`` / ``google/fleurs``,
+configs ``clean``/``other`` and ``en_us``/``cmn_hans_cn``, split ``test``) when the network allows.
+
 ``wenetspeech:test_net`` / ``test_meeting``
     a Kaldi-style data dir as WeNet's ``examples/wenetspeech/s0`` prepares it (``wav.scp``, ``text``,
     optional ``segments`` with ``<utt> <recording> <start> <end>`` in seconds), looked up as
@@ -24,12 +27,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError, iter_parquet_rows
+from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError, hub_dataset, iter_parquet_rows
 from llasm.prep.asr import read_aishell, read_librispeech
 
 SETS = {"librispeech": ("en", ("test-clean", "test-other")), "aishell1": ("zh", ("test",)),
         "fleurs": (None, ("en_us", "cmn_hans_cn")), "wenetspeech": ("zh", ("test_net", "test_meeting"))}
 FLEURS_LANG = {"en_us": "en", "cmn_hans_cn": "zh"}
+HUB = {"librispeech": "openslr/librispeech_asr", "fleurs": "google/fleurs"}
 
 
 def _asr_item(name: str, subset: str, lang: str, item_id: str, audio, text: str) -> BenchItem:
@@ -82,6 +86,18 @@ def _fleurs(data: Path, config: str, split: str = "test") -> list[BenchItem]:
     return items
 
 
+def _from_hub(name: str, subset: str, split: str) -> list[BenchItem]:
+    if name == "librispeech":
+        rows = hub_dataset(HUB[name], subset.split("-")[-1], split)  # test-clean -> config "clean"
+        return [_asr_item(name, subset, "en", str(r["id"]), r["audio"], str(r["text"]).lower()) for r in rows]
+    lang = FLEURS_LANG.get(subset)
+    if lang is None:
+        raise BenchmarkError(f"fleurs config {subset!r}: llasm scores {', '.join(FLEURS_LANG)}")
+    rows = hub_dataset(HUB[name], subset, split)
+    return [_asr_item(name, subset, lang, f"fleurs-{subset}-{r['id']}-{i}", r["audio"], str(r["raw_transcription"]))
+            for i, r in enumerate(rows)]
+
+
 def _kaldi_table(path: Path) -> dict[str, str]:
     table = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -130,6 +146,9 @@ def load(name: str, subset: str | None, data: str | None = None, split: str | No
     if name not in SETS:
         raise BenchmarkError(f"unknown ASR set {name!r}; choose from {', '.join(SETS)}")
     subset = subset or SETS[name][1][0]
+    if data and data == HUB.get(name) and not Path(data).exists():
+        items = _from_hub(name, subset, split or "test")
+        return (items[:limit] if limit else items), []
     if not data or not Path(data).exists():
         raise BenchmarkError(f"{name}:{subset} needs --data: the corpus folder in its published layout ({data} not found)")
     root = Path(data)

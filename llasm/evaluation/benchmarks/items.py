@@ -40,10 +40,6 @@ class BenchItem:
     extra_text: str = ""  # typed text after the audio (none in these benchmarks; systems read it)
 
     @property
-    def text_prompt(self) -> str:
-        return self.prompt
-
-    @property
     def group(self) -> str:
         return f"{self.benchmark}:{self.subset}"
 

@@ -407,4 +407,4 @@ RULE_SCORERS = {"mcq": score_mcq, "harm": score_harm, "bbh": score_bbh, "ifeval"
                 "repeat": score_repeat}
 PRIMARY_METRIC = {"mcq": "acc", "harm": "refusal_rate", "bbh": "acc", "ifeval": "final", "repeat": "score",
                   "open": "gpt", "qa": "gpt", "uro-open": "score", "uro-semi-open": "score", "uro-qa": "score",
-                  "asr": "error_rate"}
+                  "asr": "wer (en) / cer (zh)"}
