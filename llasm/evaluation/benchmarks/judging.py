@@ -8,7 +8,8 @@ its PEDANT score needs a classifier download and is not computed), in percent.
 
 URO-Bench ``metrics/mark_gpt.py``: the same model and sampling, system "You are a helpful
 assistant.". ``uro-open`` / ``uro-semi-open``: mean of the three scores x 20; ``uro-qa``: share of
-"Yes" x 100; an empty answer scores 0.
+"Yes" x 100; an empty answer scores 0. A failed judge request is an item error here and the item
+is left out of the mean (URO-Bench scores it 0; VoiceBench stops).
 
 The endpoint is any OpenAI-compatible ``/chat/completions`` server (the project's judge options
 ``--judge-url`` / ``--judge-model``); a server that returns fewer than 3 choices is asked again
