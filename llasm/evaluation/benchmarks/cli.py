@@ -50,7 +50,8 @@ def load_benchmark(spec: str, data: str | None, split: str | None = None, limit:
 def build_parser(prog: str = "llasm eval") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", required=True, help="NAME[:subset], comma-separated for several")
-    p.add_argument("--data", default=None, help="local copy in the benchmark's published layout (or a hub id)")
+    p.add_argument("--data", default=None, help="local copy in the benchmark's published layout (or a hub id); "
+                   "one for all the --benchmark names given, so several names are subsets of one benchmark")
     p.add_argument("--model", required=True, help="checkpoint directory or model YAML")
     p.add_argument("--output", required=True, help="output directory for report.json/.md")
     p.add_argument("--split", default=None, help="one split instead of the subset's default")
@@ -157,7 +158,8 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
             systems["cascade"] = CascadeSystem(transcriber, llasm_sys)
             cascade = f"Whisper {getattr(transcriber, 'path', 'injected')} -> the same LLM (text-only)"
         else:
-            cascade = "skipped: no Whisper (pass --cascade-whisper DIR)"
+            cascade = "skipped: Whisper did not load (see notes)" if whisper else \
+                "skipped: no Whisper (pass --cascade-whisper DIR)"
     can_speak = getattr(model, "unit_head", None) is not None and getattr(model, "vocoder", None) is not None
     if can_speak and speech_transcriber is None and any(i.benchmark == "urobench" for i in items):
         judge_dir = args.speech_judge or whisper
