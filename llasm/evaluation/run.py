@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--benchmark" or a.startswith("--benchmark=") for a in argv):
         return benchmark_main(argv, prog=prog, model=model, transcriber=transcriber,
-                              speech_transcriber=speech_transcriber, load_model=load_model)
+                              speech_transcriber=speech_transcriber)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog, default_tasks).parse_args(argv)
     report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)

@@ -24,6 +24,8 @@ import re
 import unicodedata
 from typing import Sequence
 
+from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
 from llasm.evaluation.metrics import normalize_en
 
 PEER_NORMALIZER = {
@@ -42,8 +44,6 @@ def whisper_english():
 
 @functools.lru_cache(maxsize=1)
 def _basic():
-    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
-
     return BasicTextNormalizer()
 
 

@@ -18,9 +18,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+import torch
 
 from llasm import __version__
+from llasm.builder import load_model
 from llasm.evaluation.benchmarks import asr_sets, urobench, voicebench
 from llasm.evaluation.benchmarks.items import BenchmarkError, parse_spec
 from llasm.evaluation.benchmarks.judging import ChatJudge
@@ -30,6 +33,7 @@ from llasm.evaluation.items import load_prompts
 from llasm.evaluation.report import _json_safe
 from llasm.evaluation.systems import CascadeSystem, LlasmSystem, WhisperTranscriber
 from llasm.io import write_text
+from llasm.speech.vocoder import UnitHifiGan
 
 FIXTURE_MARKER = "LLASM_FIXTURE.txt"  # written by llasm.evaluation.benchmarks.fixtures into every miniature copy
 NAMES = ("voicebench", "urobench") + tuple(asr_sets.SETS)
@@ -116,13 +120,8 @@ def _fixture_note(data: str | None) -> str | None:
     return marker.read_text(encoding="utf-8").strip() if marker and marker.is_file() else None
 
 
-def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transcriber=None,
-        load_model: Callable | None = None) -> dict:
-    """Everything :func:`main` does; ``model`` / ``transcriber`` / ``speech_transcriber`` may be injected.
-
-    ``load_model(spec, device, dtype)`` loads ``--model`` when no ``model`` is given: the evaluation
-    driver passes its own (:func:`llasm.evaluation.run.load_model`), which this wing does not import.
-    """
+def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transcriber=None) -> dict:
+    """Everything :func:`main` does; ``model`` / ``transcriber`` / ``speech_transcriber`` may be injected."""
     started = time.time()
     if bool(args.judge_url) != bool(args.judge_model):
         raise SystemExit("--judge-url and --judge-model go together")
@@ -137,12 +136,9 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
     if not items:
         raise SystemExit(f"--benchmark {args.benchmark}: no items loaded from {args.data} ({len(errors)} bad rows)")
     if model is None:
-        if load_model is None:
-            raise SystemExit("no model: run this through `llasm eval --benchmark ...`")
-        model = load_model(args.model, args.device, args.dtype)
+        model, _ = load_model(args.model, dtype=args.dtype)
+        model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     if args.vocoder:
-        from llasm.speech.vocoder import UnitHifiGan
-
         model.set_vocoder(UnitHifiGan.from_pretrained(args.vocoder).eval())
     llasm_sys = LlasmSystem(model, load_prompts(), max_new_tokens=args.max_new_tokens)
     systems: dict[str, Any] = {"llasm": llasm_sys}
@@ -181,12 +177,11 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", model=None, transcriber=None,
-         speech_transcriber=None, load_model: Callable | None = None) -> int:
+         speech_transcriber=None) -> int:
     """Parse ``argv``, run the benchmarks, write ``report.{json,md}`` and print the results table."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog).parse_args(argv)
-    report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber,
-                 load_model=load_model)
+    report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)
     paths = write_report(report, args.output)
     md = render_markdown(report)
     print(md[md.index("## Results"):md.index("## Errors")] if "## Errors" in md else md)

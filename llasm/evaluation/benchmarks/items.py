@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow.parquet as pq
+
+from llasm.audio import SAMPLING_RATE, load_audio
+
 
 class BenchmarkError(ValueError):
     """A benchmark that cannot be loaded: unknown name, missing folder, wrong layout."""
@@ -54,8 +58,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def load_item_audio(audio: Any):
     """16 kHz float32 samples of an item's audio; a ``start``/``end`` dict is cut from its recording."""
-    from llasm.audio import SAMPLING_RATE, load_audio
-
     if isinstance(audio, dict) and "start" in audio:
         samples = load_audio(audio["path"])
         start = int(round(float(audio["start"]) * SAMPLING_RATE))
@@ -69,8 +71,6 @@ def load_item_audio(audio: Any):
 
 def iter_parquet_rows(path: str | os.PathLike, batch_size: int = 64) -> Iterator[dict]:
     """Rows of a parquet file as dicts, read in batches (audio columns stay ``{"bytes", "path"}``)."""
-    import pyarrow.parquet as pq
-
     for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=batch_size):
         yield from batch.to_pylist()
 

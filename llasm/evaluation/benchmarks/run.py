@@ -13,6 +13,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Sequence
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from llasm.evaluation import metrics as M
 from llasm.evaluation.benchmarks.asr_norm import PEER_NORMALIZER, peer_error_rate
 from llasm.evaluation.benchmarks.items import BenchItem, load_item_audio
@@ -24,8 +27,6 @@ MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make 
 
 
 def _progress(items, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
@@ -35,8 +36,6 @@ def _error(group: str, system: str, item_id: str, err: BaseException | str) -> d
 
 
 def _speak(model, audio, lang: str, judge: Callable, max_new_tokens: int) -> tuple[str, str]:
-    import numpy as np
-
     text, wav = model.chat(audio=audio, speak=True, max_new_tokens=max_new_tokens)
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if wav.size == 0:
