@@ -24,12 +24,10 @@ import re
 import unicodedata
 from typing import Sequence
 
-from transformers.models.whisper.english_normalizer import BasicTextNormalizer
-
-from llasm.evaluation.metrics import normalize_en
+from llasm.evaluation.metrics import _t2s, normalize_en
 
 PEER_NORMALIZER = {
-    "en": "Whisper EnglishTextNormalizer + BasicTextNormalizer (transformers), lower, punctuation tokens out "
+    "en": "Whisper EnglishTextNormalizer + BasicTextNormalizer (openai-whisper), lower, punctuation tokens out "
           "(Qwen-Audio evaluate_asr / lmms-eval compute_wer)",
     "zh": "OpenCC t2s, cn2an an2cn, Unicode punctuation out, lower, characters (URO-Bench wer_zh; "
           "in place of SpeechIO cn_tn)",
@@ -44,14 +42,10 @@ def whisper_english():
 
 @functools.lru_cache(maxsize=1)
 def _basic():
+    # heavy: ``import whisper`` loads numba and tiktoken; the same package llasm's English normalizer uses
+    from whisper.normalizers import BasicTextNormalizer
+
     return BasicTextNormalizer()
-
-
-@functools.lru_cache(maxsize=1)
-def _t2s():
-    import opencc
-
-    return opencc.OpenCC("t2s")
 
 
 def remove_sp(text: str, lang: str) -> str:
