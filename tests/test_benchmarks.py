@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_YAML
-from llasm.evaluation.benchmarks import BenchmarkError, load_benchmark
+from test_evaluation import FakeJudgeServer
+
 from llasm.evaluation import main as eval_main
+from llasm.evaluation.benchmarks import BenchmarkError, load_benchmark
 from llasm.evaluation.benchmarks.fixtures import build_fixtures, tts_synth
 from llasm.evaluation.benchmarks.items import load_item_audio
-from test_evaluation import FakeJudgeServer
 
 HEAD = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
         "intermediate_size": 64}
