@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from llasm import settings
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
-from llasm.io import load_yaml, read_jsonl
+from llasm.io import atomic_path, load_yaml, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
 from llasm.speech.mel import LogMel
@@ -306,7 +306,6 @@ def plot_mels(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llasm.io import atomic_path
 
     figure, axes = plt.subplots(len(panels), 1, figsize=(10, 2.5 * len(panels)), squeeze=False)
     low, high = float(panels[0][1].min()), float(panels[0][1].max())
