@@ -157,6 +157,6 @@ def test_eval_speech_cli_speaks_through_a_unit_mel_token2wav(parts, tmp_path):
     finally:
         model.set_vocoder(previous)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert {"speech_resynthesis", "speech_round_trip"} <= set(report["results"])
+    assert {"speech_resynthesis", "speech_round_trip"} <= set(report["results"]), [e for e in report["errors"] if e["system"] == "round_trip"]
     wavs = [r["resynthesis"]["wav"] for r in report["details"]["speech"] if "wav" in r.get("resynthesis", {})]
     assert wavs and len(sf.read(wavs[0])[0]) % 200 == 0  # 80 Hz mel frames at 16 kHz

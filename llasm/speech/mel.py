@@ -109,7 +109,7 @@ class GriffinLim:
         previous = torch.zeros_like(angles)
         for _ in range(self.iterations):
             audio = torch.istft(magnitude * angles, length=length, **stft)
-            rebuilt = torch.stft(audio, return_complex=True, pad_mode="reflect", **stft)
+            rebuilt = torch.stft(audio, return_complex=True, pad_mode="constant", **stft)  # any length, even < n_fft / 2
             angles = rebuilt - previous * (self.momentum / (1 + self.momentum))
             angles = angles / angles.abs().clamp_min(1e-16)
             previous = rebuilt
