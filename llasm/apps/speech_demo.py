@@ -165,7 +165,8 @@ def spectrograms(report_dir: Path) -> list[Path]:
                     and all(r.get(s, {}).get("wav") for s in ("source", "resynthesis"))), None)
         if row is None:
             continue
-        panels = [(f"{name}: {row[name]['judge'][:60]}", log_mel(load_audio(row[name]["wav"])).numpy())
+        # titles name the system only: the plot font has no CJK glyphs for the judge's Chinese
+        panels = [(f"{lang} {name} (16 kHz log-mel)", log_mel(load_audio(row[name]["wav"])).numpy())
                   for name in ("source", "resynthesis", "round_trip") if row.get(name, {}).get("wav")]
         written.append(plot_mels(panels, report_dir / f"spectrograms_{lang}.png"))
     return written
