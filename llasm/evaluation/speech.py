@@ -33,8 +33,8 @@ from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
 from llasm.io import read_jsonl
-from llasm.speech.units import UnitExtractor
 from llasm.speech.token2wav import load_token2wav
+from llasm.speech.units import UnitExtractor
 
 logger = logging.getLogger(__name__)
 
