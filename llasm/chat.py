@@ -10,7 +10,6 @@ from transformers import TextIteratorStreamer
 
 from llasm.configuration import audio_token_lengths
 from llasm.processing import COM_ANSWER, PromptTooLongError, answer_text
-from llasm.speech.vocoder import VocoderStream
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
 
@@ -213,16 +212,17 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
     hidden state — with ``unit_head.state: input`` from the next forward pass (which chooses the next
     token), with ``output`` from the pass that chose it (one LLM step sooner) — goes to the unit head
-    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the vocoder's streaming synthesis (:class:`llasm.speech.vocoder.VocoderStream`):
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the token2wav's streaming synthesis (``model.vocoder.streamer``: 
+    :class:`llasm.speech.token2wav.MelStream` or :class:`llasm.speech.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
     earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
-    The vocoder runs in line: it costs a few ms per chunk against hundreds for an LLM step on a CPU.
+    The token2wav runs in line: a chunk costs less than an LLM step on a CPU (``bench/speech_latency.py``).
     """
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
         raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
-    voice = VocoderStream(model.vocoder, chunk_units=chunk_units, first_chunk_units=first_chunk_units,
-                          first_chunk_context=first_chunk_context)
+    voice = model.vocoder.streamer(chunk_units=chunk_units, first_chunk_units=first_chunk_units,
+                                   first_chunk_context=first_chunk_context)
     for kind, value in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
         if kind == "text":
             yield "text", value

@@ -19,7 +19,7 @@ from llasm.audio_tower import LlasmWhisperEncoder, load_whisper_encoder
 from llasm.checkpoint import load_checkpoint, save_checkpoint
 from llasm.configuration import LlasmConfig, audio_token_lengths, encoder_frames
 from llasm.processing import IGNORE_INDEX, SUPPORTED_CALL
-from llasm.speech.vocoder import UnitHifiGan
+from llasm.speech.token2wav import load_token2wav
 from llasm.unit_head import CtcUnitHead
 
 
@@ -91,7 +91,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if config.unit_head:
             self.unit_head = CtcUnitHead(dict(config.unit_head), input_size=config.text_config.hidden_size)
         self.processor = None  # set by build_model / from_pretrained, used by chat()
-        self.__dict__["vocoder"] = None  # a unit HiFi-GAN; not a submodule, so never in checkpoints
+        self.__dict__["vocoder"] = None  # a token2wav (llasm.speech.token2wav); not a submodule, never in checkpoints
         self.post_init()
 
     # -- embeddings -------------------------------------------------------------------------
@@ -276,9 +276,11 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return rows, keep
 
     def set_vocoder(self, vocoder):
-        """Attach a :class:`llasm.speech.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
+        """Attach a token2wav for ``chat(speak=True)`` / ``chat_stream``: a units -> mel -> mel vocoder
+        (:class:`llasm.speech.token2wav.UnitMelToken2Wav`) or a unit HiFi-GAN, or the path of either's
+        directory (:func:`llasm.speech.token2wav.load_token2wav`)."""
         if isinstance(vocoder, (str, os.PathLike)):
-            vocoder = UnitHifiGan.from_pretrained(vocoder)
+            vocoder = load_token2wav(vocoder)
         self.__dict__["vocoder"] = vocoder
         return self
 

@@ -10,6 +10,7 @@ from llasm import settings
 from llasm.builder import ModelSpec, load_spec
 from llasm.io import expand_env, load_yaml
 from llasm.prep.tts import load_tts_config
+from llasm.speech.mel_training import load_token2wav_configs
 from llasm.speech.vocoder_config import load_vocoder_configs
 from llasm.training import TrainConfig, load_config
 from llasm.training.align import AlignConfig
@@ -25,6 +26,8 @@ def schema(path: Path) -> str:
         return "model"
     if rel.startswith("vocoder"):
         return "vocoder"
+    if rel.startswith("token2wav"):
+        return "token2wav"
     if rel.startswith("tts"):
         return "tts"
     if rel == "demo/warm_start.yaml":
@@ -48,6 +51,9 @@ def test_every_yaml_reads_into_its_schema(path):
     elif kind == "vocoder":
         vocoder, train = load_vocoder_configs(path)
         assert vocoder.samples_per_frame == 320 and train.batch_size > 0
+    elif kind == "token2wav":
+        token2wav, decoder, train = load_token2wav_configs(path)
+        assert token2wav.type == "unit_mel" and decoder.mel.num_mels == 80 and train.batch_size > 0
     elif kind == "tts":
         assert load_tts_config(path)["languages"]
     else:
@@ -57,7 +63,8 @@ def test_every_yaml_reads_into_its_schema(path):
 def test_a_misspelt_key_in_any_kind_of_yaml_names_the_key_and_the_file(tmp_path):
     for source, reader in (("configs/model/tiny.yaml", load_spec), ("configs/stage2_instruct_lora.yaml", load_config),
                            ("configs/demo/warm_start.yaml", lambda p: settings.load(AlignConfig, p)),
-                           ("configs/vocoder_cpu.yaml", load_vocoder_configs), ("configs/tts.yaml", load_tts_config)):
+                           ("configs/vocoder_cpu.yaml", load_vocoder_configs), ("configs/tts.yaml", load_tts_config),
+                           ("configs/token2wav_cpu.yaml", load_token2wav_configs)):
         data = load_yaml(ROOT / source)
         section = next((k for k in ("adaptor", "train", "vocoder") if isinstance(data.get(k), dict)), None)
         (data[section] if section else data)["typo_key"] = 1

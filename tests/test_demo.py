@@ -124,7 +124,7 @@ def test_speech_demo_stage3_yaml_equals_the_settings_it_always_ran(tmp_path):
     from llasm.apps.speech_demo import STAGE3
     from llasm.training import load_config
 
-    head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+    head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
             "intermediate_size": 2048, "state": "output"}
     data, spec = tmp_path / "stage3_train.jsonl", "configs/model/starter.yaml"
     old = load_config({  # speech_demo.train_head before configs/speech_demo/

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", help="a typed user turn (after the audio when both are given)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this file (unit head + vocoder)")
-    parser.add_argument("--vocoder", help="unit HiFi-GAN directory for --speak (train/train_vocoder.py output)")
+    parser.add_argument("--vocoder", help="token2wav directory for --speak: train/train_token2wav.py (units -> mel -> MB-MelGAN) or train/train_vocoder.py (unit HiFi-GAN) output")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 

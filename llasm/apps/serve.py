@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--vocoder", default=None,
-                        help="unit HiFi-GAN dir (train/train_vocoder.py output): a model with a unit head speaks")
+                        help="token2wav dir (train/train_token2wav.py or train/train_vocoder.py output): a model with a unit head speaks")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

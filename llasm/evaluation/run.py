@@ -131,7 +131,8 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
                    help="weights of the model and the cascade's Whisper (default float32; bfloat16 on GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     speech = p.add_argument_group("speech output (task 'speech', llasm.evaluation.speech; added when --vocoder is given)")
-    speech.add_argument("--vocoder", default=None, help="unit HiFi-GAN dir (train/train_vocoder.py output)")
+    speech.add_argument("--vocoder", default=None,
+                        help="token2wav dir (train/train_token2wav.py or train/train_vocoder.py output)")
     speech.add_argument("--kmeans", default=None, help="k-means unit dir (data_prep/units.py fit) for resynthesis")
     speech.add_argument("--judge", default=None,
                         help="Whisper HF dir that transcribes the speech (default: the cascade's Whisper)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ import soundfile as sf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
 
 from llasm.audio import load_audio, save_audio
-from llasm.io import atomic_dir, atomic_path, read_jsonl
+from llasm.io import atomic_path, read_jsonl
+from llasm.speech import checkpoints
 from llasm.speech.discriminators import (
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
@@ -179,29 +178,6 @@ class UnitAudioDataset:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-
-
-def _optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
-    """Optimizer state_dict -> safetensors entries + JSON-able remainder (no pickle)."""
-    meta[prefix] = {"param_groups": state["param_groups"], "scalars": {}}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().contiguous().clone()
-            else:
-                meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
-
-
-def _optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, tensor in tensors.items():
-        if key.startswith(prefix + ".state."):
-            index, name = key[len(prefix) + 7 :].split(".", 1)
-            state.setdefault(int(index), {})[name] = tensor
-    for index, values in meta[prefix]["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta[prefix]["param_groups"]]
-    return {"state": state, "param_groups": groups}
 
 
 class VocoderTrainer:
@@ -385,47 +361,29 @@ class VocoderTrainer:
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint folder (half-written ones never get a final name)."""
-        if not self.checkpoint_root.is_dir():
-            return None
-        done = [
-            p for p in self.checkpoint_root.glob("step_*")
-            if (p / "state.safetensors").exists() and (p / "state.json").exists()
-        ]  # fmt: skip
-        return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+        return checkpoints.latest_checkpoint(self.checkpoint_root)
 
     def save_checkpoint(self) -> Path:
         """``step_N/`` (weights, optimisers, schedulers, RNG) written whole or not at all; older ones pruned."""
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
-            for key, value in module.state_dict().items():
-                tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
-        _optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
-        _optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
+            checkpoints.module_state(name, module, tensors)
+        checkpoints.optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
+        checkpoints.optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
         meta["scheduler_g"] = self.scheduler_g.state_dict()
         meta["scheduler_d"] = self.scheduler_d.state_dict()
         tensors["rng.torch"] = torch.get_rng_state()
-
-        final = self.checkpoint_root / f"step_{self.step:08d}"
-        with atomic_dir(final) as temporary:
-            save_file(tensors, str(temporary / "state.safetensors"))
-            (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        older = sorted(
-            (p for p in self.checkpoint_root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1])
-        )
-        for stale in older[: max(0, len(older) - self.train_config.keep_checkpoints + 1)]:
-            shutil.rmtree(stale, ignore_errors=True)
-        return final
+        return checkpoints.save_checkpoint(self.checkpoint_root, self.step, tensors, meta,
+                                           self.train_config.keep_checkpoints)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)
-        tensors = load_file(str(path / "state.safetensors"))
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        tensors, meta = checkpoints.load_checkpoint(path)
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
-            prefix = name + "."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        self.optim_g.load_state_dict(_optimizer_from_flat("optim_g", tensors, meta))
-        self.optim_d.load_state_dict(_optimizer_from_flat("optim_d", tensors, meta))
+            checkpoints.load_module_state(name, module, tensors)
+        self.optim_g.load_state_dict(checkpoints.optimizer_from_flat("optim_g", tensors, meta))
+        self.optim_d.load_state_dict(checkpoints.optimizer_from_flat("optim_d", tensors, meta))
         self.scheduler_g.load_state_dict(meta["scheduler_g"])
         self.scheduler_d.load_state_dict(meta["scheduler_d"])
         torch.set_rng_state(tensors["rng.torch"])
