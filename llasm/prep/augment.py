@@ -33,15 +33,15 @@ peak passes 1.
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import logging
 import os
 import random
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -49,50 +49,99 @@ import soxr
 from scipy.signal import butter, fftconvolve, sosfilt, sosfiltfilt
 from tqdm import tqdm
 
+from llasm import settings
 from llasm.audio import AudioError, load_audio, save_audio
 from llasm.io import load_yaml, read_jsonl, rejects_path, relative_path, write_jsonl
 
 logger = logging.getLogger(__name__)
 
 RATE = 16_000
-DEFAULT_AUGMENT: dict[str, Any] = {
-    "copies": 1,  # augmented twins per row
-    "replace": 0.0,  # > 0: only this share of rows is augmented, its twin in place of the clean clip (the same
-                     # number of clips, so no more encoder time); 0: every row keeps its clean clip beside the twins
-    "seed": 0,
-    "speed": {"p": 0.5, "range": [0.9, 1.1]},
-    "pitch": {"p": 0.3, "semitones": [-3.0, 3.0]},
-    "reverb": {"p": 0.3, "rt60": [0.2, 0.8], "room": [[3.0, 10.0], [3.0, 8.0], [2.4, 4.0]], "rirs": 24},
-    "noise": {"p": 0.6, "snr_db": [5.0, 30.0], "kinds": ["white", "pink", "brown", "babble"]},
-    "codec": {"p": 0.3, "kinds": ["telephone", "mp3", "ogg", "opus", "lowpass"], "quality": [0.3, 0.9],
-              "lowpass_hz": [2500.0, 5000.0]},
-}
 EFFECTS = ("speed", "pitch", "reverb", "noise", "codec")
 
 
-def load_augment_config(config: str | os.PathLike | dict | None = None) -> dict:
-    """The defaults overlaid with a YAML file (or dict); unknown keys raise ``ValueError`` naming them."""
+def _check_p(p: float, name: str) -> None:
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name}.p must be in [0, 1], got {p}")
+
+
+@dataclass
+class SpeedConfig:
+    p: float = 0.5
+    range: list[float] = field(default_factory=lambda: [0.9, 1.1])  # factor (> 1: faster)
+
+    def __post_init__(self):
+        _check_p(self.p, "speed")
+
+
+@dataclass
+class PitchConfig:
+    p: float = 0.3
+    semitones: list[float] = field(default_factory=lambda: [-3.0, 3.0])
+
+    def __post_init__(self):
+        _check_p(self.p, "pitch")
+
+
+@dataclass
+class ReverbConfig:
+    p: float = 0.3
+    rt60: list[float] = field(default_factory=lambda: [0.2, 0.8])  # seconds
+    room: list[list[float]] = field(default_factory=lambda: [[3.0, 10.0], [3.0, 8.0], [2.4, 4.0]])  # metres per side
+    rirs: int = 24  # rooms simulated once per job and drawn from
+
+    def __post_init__(self):
+        _check_p(self.p, "reverb")
+
+
+@dataclass
+class NoiseConfig:
+    p: float = 0.6
+    snr_db: list[float] = field(default_factory=lambda: [5.0, 30.0])
+    kinds: list[str] = field(default_factory=lambda: ["white", "pink", "brown", "babble"])
+
+    def __post_init__(self):
+        _check_p(self.p, "noise")
+
+
+@dataclass
+class CodecConfig:
+    p: float = 0.3
+    kinds: list[str] = field(default_factory=lambda: ["telephone", "mp3", "ogg", "opus", "lowpass"])
+    quality: list[float] = field(default_factory=lambda: [0.3, 0.9])  # libsndfile compression level, 0 best
+    lowpass_hz: list[float] = field(default_factory=lambda: [2500.0, 5000.0])
+
+    def __post_init__(self):
+        _check_p(self.p, "codec")
+
+
+@dataclass
+class AugmentConfig:
+    """The ``augment:`` section of a YAML (``configs/augment_demo.yaml``), read by :mod:`llasm.settings`."""
+
+    copies: int = 1  # augmented twins per row
+    # > 0: only this share of the rows is augmented, its twin in place of the clean clip (the same number
+    # of clips, so no more encoder time); 0: every row keeps its clean clip beside its twins
+    replace: float = 0.0
+    seed: int = 0
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    pitch: PitchConfig = field(default_factory=PitchConfig)
+    reverb: ReverbConfig = field(default_factory=ReverbConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+
+def load_augment_config(config: str | os.PathLike | dict | AugmentConfig | None = None) -> AugmentConfig:
+    """An :class:`AugmentConfig` from a YAML file (its ``augment:`` section, or the whole file) or a dict.
+
+    Raises ``ValueError`` naming the key and the file for an unknown key or a probability outside [0, 1].
+    """
+    if isinstance(config, AugmentConfig):
+        return config
     data = {} if config is None else config if isinstance(config, dict) else load_yaml(config)
-    data = data.get("augment", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict):
-        raise ValueError(f"augmentation config {config!r}: expected a mapping, got {type(data).__name__}")
-    out = copy.deepcopy(DEFAULT_AUGMENT)
-    for key, value in data.items():
-        if key not in out:
-            raise ValueError(f"augmentation config: unknown key {key!r} (known: {sorted(out)})")
-        if isinstance(out[key], dict):
-            if not isinstance(value, dict):
-                raise ValueError(f"augmentation config: {key} must be a mapping, got {value!r}")
-            unknown = set(value) - set(out[key])
-            if unknown:
-                raise ValueError(f"augmentation config: unknown {key} option(s) {sorted(unknown)} (known: {sorted(out[key])})")
-            out[key].update(value)
-        else:
-            out[key] = value
-    for name in EFFECTS:
-        if not 0.0 <= float(out[name]["p"]) <= 1.0:
-            raise ValueError(f"augmentation config: {name}.p must be in [0, 1], got {out[name]['p']}")
-    return out
+    where = "<dict>" if config is None or isinstance(config, dict) else str(config)
+    if isinstance(data, dict) and "augment" in data:
+        return settings.from_dict(AugmentConfig, data["augment"], where, "augment.")
+    return settings.from_dict(AugmentConfig, data, where)
 
 
 # -- effects on (samples,) float32 arrays at 16 kHz ------------------------------------------------
@@ -193,40 +242,40 @@ def _fit(audio: np.ndarray, n: int) -> np.ndarray:
 class Augmenter:
     """Draws and applies the effects of a config; ``rirs`` rooms and the babble pool are made once."""
 
-    def __init__(self, config: str | os.PathLike | dict | None = None, babble: Sequence[np.ndarray] = ()):
+    def __init__(self, config: str | os.PathLike | dict | AugmentConfig | None = None, babble: Sequence[np.ndarray] = ()):
         self.config = load_augment_config(config)
         self.babble = [np.asarray(b, dtype=np.float32) for b in babble if np.any(b)]
         self._rirs: list[tuple[np.ndarray, dict]] | None = None
 
     def rirs(self) -> list[tuple[np.ndarray, dict]]:
         if self._rirs is None:
-            options = self.config["reverb"]
-            rng = random.Random(f"{self.config['seed']}:rirs")
-            self._rirs = [room_impulse_response(rng, options["rt60"], options["room"]) for _ in range(int(options["rirs"]))]
+            reverb = self.config.reverb
+            rng = random.Random(f"{self.config.seed}:rirs")
+            self._rirs = [room_impulse_response(rng, reverb.rt60, reverb.room) for _ in range(reverb.rirs)]
         return self._rirs
 
     def __call__(self, audio: np.ndarray, key: str) -> tuple[np.ndarray, list[dict]]:
         """``(augmented (samples,) float32, effects applied with their parameters)``; ``key`` seeds the draw."""
         cfg = self.config
-        rng = random.Random(f"{cfg['seed']}:{key}")
+        rng = random.Random(f"{cfg.seed}:{key}")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         applied: list[dict] = []
-        draws = {name: rng.random() < float(cfg[name]["p"]) for name in EFFECTS}  # one coin per effect, always
+        draws = {name: rng.random() < float(getattr(cfg, name).p) for name in EFFECTS}  # one coin per effect, always
         if draws["speed"]:
-            factor = rng.uniform(*cfg["speed"]["range"])
+            factor = rng.uniform(*cfg.speed.range)
             audio = speed_perturb(audio, factor)
             applied.append({"effect": "speed", "factor": round(factor, 4)})
         if draws["pitch"]:
-            semitones = rng.uniform(*cfg["pitch"]["semitones"])
+            semitones = rng.uniform(*cfg.pitch.semitones)
             audio = pitch_shift(audio, semitones)
             applied.append({"effect": "pitch", "semitones": round(semitones, 3)})
-        if draws["reverb"] and int(cfg["reverb"]["rirs"]) > 0:
+        if draws["reverb"] and cfg.reverb.rirs > 0:
             rir, params = rng.choice(self.rirs())
             audio = reverberate(audio, rir)
             applied.append({"effect": "reverb", **params})
         if draws["noise"] and np.any(audio):
-            kinds = [k for k in cfg["noise"]["kinds"] if k != "babble" or len(self.babble) >= 3]
-            kind, snr = rng.choice(kinds), rng.uniform(*cfg["noise"]["snr_db"])
+            kinds = [k for k in cfg.noise.kinds if k != "babble" or len(self.babble) >= 3]
+            kind, snr = rng.choice(kinds), rng.uniform(*cfg.noise.snr_db)
             if kind == "babble":
                 noise = np.zeros(len(audio), np.float32)
                 for other in rng.sample(self.babble, min(len(self.babble), rng.randint(3, 5))):
@@ -238,9 +287,9 @@ class Augmenter:
                 audio = add_noise(audio, noise, snr)
                 applied.append({"effect": "noise", "kind": kind, "snr_db": round(snr, 2)})
         if draws["codec"]:
-            options = cfg["codec"]
-            kind = rng.choice(list(options["kinds"]))
-            quality, cutoff = rng.uniform(*options["quality"]), rng.uniform(*options["lowpass_hz"])
+            options = cfg.codec
+            kind = rng.choice(list(options.kinds))
+            quality, cutoff = rng.uniform(*options.quality), rng.uniform(*options.lowpass_hz)
             audio = codec(audio, kind, quality=quality, lowpass_hz=cutoff)
             applied.append({"effect": "codec", "kind": kind,
                             **({"quality": round(quality, 3)} if kind in ("mp3", "ogg", "opus") else {}),
@@ -262,21 +311,21 @@ def augment_dataset(input: str | os.PathLike, output: str | os.PathLike, config:
     """
     input, output = Path(input), Path(output)
     augmenter = Augmenter(config)
-    copies = int(augmenter.config["copies"])
+    copies = augmenter.config.copies
     audio_dir = Path(audio_dir) if audio_dir else output.parent / f"{output.name.removesuffix('.jsonl')}_audio"
     rows = read_jsonl(input)
-    pool_rng = random.Random(f"{augmenter.config['seed']}:babble")
+    pool_rng = random.Random(f"{augmenter.config.seed}:babble")
     for row in pool_rng.sample(rows, min(len(rows), 32)):  # babble: other speakers of the same job
         try:
             augmenter.babble += [load_audio(input.parent / row["audios"][0])] if row.get("audios") else []
         except (AudioError, OSError, KeyError):
             continue
     out_rows, rejects = [], []
-    replace = float(augmenter.config["replace"])
+    replace = augmenter.config.replace
     for row in tqdm(rows, desc="augment", unit="row", disable=not progress):
         clean = dict(row, audios=[relative_path(input.parent / a, output.parent) for a in row.get("audios", [])])
         # replace > 0: a drawn share of the rows is augmented in place, the others stay clean alone
-        replaced = random.Random(f"{augmenter.config['seed']}:replace:{row.get('id')}").random() < replace
+        replaced = random.Random(f"{augmenter.config.seed}:replace:{row.get('id')}").random() < replace
         twins = []
         for k in range(1, (copies if row.get("audios") and (replaced or not replace) else 0) + 1):
             new_id = f"{row.get('id', '')}~aug{k}"
