@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, help="real-voice dev set JSONL (llasm real-voices): its en WER is scored too")
     parser.add_argument("--held-out-also", type=Path, help="another demo data folder whose held-out clips are scored too")
     parser.add_argument("--json", type=Path, help="write every run's numbers here (JSON)")
+    parser.add_argument("--sentences", type=int, help="with --train: only these many sentences, the same in every set "
+                        "(drawn from the first set's rows; an augmented row counts as its clean row's sentence)")
     args = parser.parse_args(argv)
     sets = dict(item.split("=", 1) for item in args.train)
     for name, path in sets.items():
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return [a + b for a, b in zip(asr, spoken)]
 
     trains = {}
+    if args.sentences:
+        sets = same_sentences(sets, args.sentences)
     for name, path in (sets or {"": args.data / "asr_train.jsonl"}).items():
         train = encode_clips(model, processor, Path(path), cache, desc=f"encode train {name}")
         for path in args.extra_train:
@@ -181,6 +185,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({len(held_out[0])} held-out clips, " + ", ".join(f"{len(t[0])} training clips{f' ({k})' if k else ''}"
                                                            for k, t in trains.items()) + ")")
     return 0
+
+
+def same_sentences(sets: dict[str, str], n: int, seed: int = 0) -> dict[str, Path]:
+    """Each set cut to the rows of ``n`` sentences drawn from the first set (an augmented row, ``augment_of``,
+    stands for its clean row's sentence), written beside it as ``.<stem>.<n>-sentences.jsonl``."""
+    import random
+
+    from llasm.io import read_jsonl, write_jsonl
+
+    tables = {name: read_jsonl(path) for name, path in sets.items()}
+    first = [row.get("augment_of", row["id"]) for row in next(iter(tables.values()))]
+    chosen = set(random.Random(seed).sample(sorted(set(first)), min(n, len(set(first)))))
+    out = {}
+    for name, path in sets.items():
+        path = Path(path)
+        out[name] = write_jsonl(path.with_name(f".{path.stem}.{n}-sentences.jsonl"),
+                                [r for r in tables[name] if r.get("augment_of", r["id"]) in chosen])
+    return out
 
 
 def plot_levers(results: dict[str, dict], path: Path, title: str) -> None:
