@@ -195,8 +195,8 @@ def same_sentences(sets: dict[str, str], n: int, seed: int = 0) -> dict[str, Pat
     from llasm.io import read_jsonl, write_jsonl
 
     tables = {name: read_jsonl(path) for name, path in sets.items()}
-    first = [row.get("augment_of", row["id"]) for row in next(iter(tables.values()))]
-    chosen = set(random.Random(seed).sample(sorted(set(first)), min(n, len(set(first)))))
+    first = list(dict.fromkeys(row.get("augment_of", row["id"]) for row in next(iter(tables.values()))))
+    chosen = set(random.Random(seed).sample(first, min(n, len(first))))
     out = {}
     for name, path in sets.items():
         path = Path(path)
