@@ -181,3 +181,20 @@ def test_goals_spread_and_levers_are_printed(tmp_path, monkeypatch, capsys):
     demo.print_spread(runs)
     out = capsys.readouterr().out
     assert "over 2 runs" in out and "en wer: 30.0 - 40.0 %" in out and "en spoken/typed: 1.00 - 1.00" in out
+
+
+def test_bench_cuts_every_training_set_to_the_same_sentences(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("warm_start_bench", ROOT / "bench" / "warm_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    clean = [{"id": f"s{i}"} for i in range(10)]
+    augmented = [dict(id=f"s{i}~aug1", augment_of=f"s{i}") if i % 2 else {"id": f"s{i}"} for i in range(10)]
+    (tmp_path / "clean.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clean))
+    (tmp_path / "aug.jsonl").write_text("".join(json.dumps(r) + "\n" for r in augmented))
+    cut = bench.same_sentences({"a": str(tmp_path / "clean.jsonl"), "b": str(tmp_path / "aug.jsonl")}, 4)
+    rows = {name: [json.loads(line) for line in path.read_text().splitlines()] for name, path in cut.items()}
+    assert len(rows["a"]) == len(rows["b"]) == 4
+    assert [r["id"] for r in rows["a"]] == [r.get("augment_of", r["id"]) for r in rows["b"]]
+    assert cut["a"] == tmp_path / ".clean.4-sentences.jsonl"
