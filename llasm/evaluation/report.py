@@ -18,6 +18,8 @@ from llasm.io import atomic_path, write_text
 METRIC_HELP = {
     "wer": "ASR word error rate (en, Whisper-normalized), lower is better",
     "cer": "ASR character error rate (zh, normalized), lower is better",
+    "real_wer": "ASR word error rate on the real-voice dev set (human recordings, never trained on), lower is better",
+    "real_cer": "ASR character error rate on the real-voice dev set, lower is better",
     "accuracy": "share of replies containing an accepted keyword",
     "chrf": "corpus chrF of replies vs reference answers (0-100)",
     "lang_consistency": "share of replies in the question's language",
@@ -69,7 +71,7 @@ def summary_tables(report: dict) -> str:
 def render_markdown(report: dict) -> str:
     meta = report.get("meta", {})
     lines = ["# llasm evaluation report", ""]
-    for key in ("model", "data", "asr_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
+    for key in ("model", "data", "asr_data", "real_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
                 "normalizer_version", "started", "duration_s"):
         if key in meta:
             lines.append(f"- **{key}**: `{meta[key]}`")

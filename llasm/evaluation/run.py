@@ -115,6 +115,9 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--tasks", default=",".join(default_tasks), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--limit", type=int, default=None, help="at most N items per data file")
     p.add_argument("--asr-limit", type=int, default=None, help="at most N ASR items (default: --limit)")
+    p.add_argument("--real-data", default=None,
+                   help="real-voice dev set JSONL (llasm real-voices); adds the task 'real': real_wer / real_cer")
+    p.add_argument("--real-limit", type=int, default=None, help="at most N real-voice items (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1)")
     p.add_argument("--judge-model", default=None, help="judge model name sent to the endpoint")
@@ -181,7 +184,15 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         if asr_path:
             asr_items, errs = load_asr_items(asr_path, split, asr_limit)
             errors += errs
-    if not instruct_items and not asr_items and not speech_items and not errors:
+    real_items: list[AsrItem] = []
+    real_path = getattr(args, "real_data", None)
+    if real_path:  # the real-voice dev set (llasm.prep.real_voices): every record, whatever its split
+        if not Path(real_path).is_file():
+            raise SystemExit(f"real-voice data {real_path}: file not found (make it with: llasm real-voices)")
+        tasks += [] if "real" in tasks else ["real"]
+        real_items, errs = load_asr_items(real_path, None, args.real_limit)
+        errors += errs
+    if not instruct_items and not asr_items and not speech_items and not real_items and not errors:
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
 
     if model is None:
@@ -219,7 +230,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     else:
         judge_meta = {"status": "skipped", "note": "no --judge-url/--judge-model given; no judge scores"}
 
-    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items,
+    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items, real_items=real_items,
                       tasks=[t for t in tasks if t != "speech"], scorer=make_ppl_scorer(model), judge=judge,
                       errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops)
     if "speech" in tasks:
@@ -236,6 +247,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "model": str(args.model),
         "data": instruct_path,
         "asr_data": asr_path,
+        "real_data": real_path,
         "split": split or "all",
         "limit": args.limit,
         "asr_limit": asr_limit,

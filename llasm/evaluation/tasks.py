@@ -17,7 +17,7 @@ from llasm.evaluation import metrics as M
 from llasm.evaluation.items import AsrItem, InstructItem, _error
 from llasm.evaluation.systems import Judge, collapse_loops
 
-TASKS = ("asr", "instruct", "invariance", "speech")
+TASKS = ("asr", "real", "instruct", "invariance", "speech")
 TEXT_TASKS = ("asr", "instruct", "invariance")  # the default; "speech" (llasm.evaluation.speech) needs a vocoder
 
 
@@ -52,6 +52,7 @@ def evaluate(
     *,
     instruct_items: Sequence[InstructItem] = (),
     asr_items: Sequence[AsrItem] = (),
+    real_items: Sequence[AsrItem] = (),
     tasks: Iterable[str] = TASKS,
     text_system=None,
     scorer: Callable[[list[dict], str], tuple[float, int]] | None = None,
@@ -77,11 +78,14 @@ def evaluate(
     out = Scores(list(errors or []), list(notes or []))
     names = list(systems)
     text_system = text_system if text_system is not None else (systems[names[0]] if names else None)
-    if "asr" in tasks:
-        if asr_items:
-            asr_task(out, systems, asr_items, progress=progress, keep_loops=keep_loops)
+    # the held-out clips, and the real-voice dev set (``real_wer`` / ``real_cer``) beside them
+    for task, items in (("asr", asr_items), ("real", real_items)):
+        if task not in tasks:
+            continue
+        if items:
+            asr_task(out, systems, items, progress=progress, keep_loops=keep_loops, task=task)
         else:
-            out.notes.append("asr: no ASR items; skipped")
+            out.notes.append(f"{task}: no ASR items; skipped")
     want_instruct, want_inv = "instruct" in tasks, "invariance" in tasks
     if want_instruct or want_inv:
         if instruct_items:
@@ -98,24 +102,27 @@ def evaluate(
             "errors": out.errors, "notes": out.notes}
 
 
-def asr_task(out: Scores, systems: dict, asr_items: Sequence[AsrItem], *, progress: bool, keep_loops: bool) -> None:
-    """Every system transcribes every clip; corpus WER (en) / CER (zh) per system and language."""
+def asr_task(out: Scores, systems: dict, asr_items: Sequence[AsrItem], *, progress: bool, keep_loops: bool,
+             task: str = "asr") -> None:
+    """Every system transcribes every clip; corpus WER (en) / CER (zh) per system and language. ``task``
+    "real" (the real-voice dev set) names its metrics ``real_wer`` / ``real_cer``."""
+    prefix = "" if task == "asr" else f"{task}_"
     hyps: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    out.records["asr"] = []
-    for item in _progress(asr_items, "asr", progress):
+    out.records[task] = []
+    for item in _progress(asr_items, task, progress):
         row = {"id": item.id, "lang": item.lang, "reference": item.text, "hypotheses": {}}
-        out.records["asr"].append(row)
+        out.records[task].append(row)
         try:
             audio = load_audio(item.audio)
         except Exception as err:  # noqa: BLE001
-            out.errors.append(_error("asr", "all", item.id, err))
+            out.errors.append(_error(task, "all", item.id, err))
             row["error"] = str(err)
             continue
         for name, system in systems.items():
             try:
                 hyp, _ = system.transcribe(audio, item.lang)
             except Exception as err:  # noqa: BLE001
-                out.errors.append(_error("asr", name, item.id, err))
+                out.errors.append(_error(task, name, item.id, err))
                 continue
             collapsed = hyp if keep_loops else collapse_loops(hyp, reference=item.text)
             if collapsed != hyp:
@@ -123,16 +130,16 @@ def asr_task(out: Scores, systems: dict, asr_items: Sequence[AsrItem], *, progre
                 hyp = collapsed
             row["hypotheses"][name] = hyp
             hyps.setdefault((name, item.lang), []).append((item.text, hyp))
-    out.details["asr"] = {}
+    out.details[task] = {}
     for (name, lang), pairs in sorted(hyps.items()):
         try:
             score = M.asr_error_rate([r for r, _ in pairs], [h for _, h in pairs], lang)
         except ValueError as err:
-            out.notes.append(f"asr {name}/{lang}: not scored ({err})")
+            out.notes.append(f"{task} {name}/{lang}: not scored ({err})")
             continue
-        out.details["asr"].setdefault(name, {})[lang] = score
-        out.put(name, lang, score["metric"], score["value"])
-        out.count(name, lang, "asr", score["n_utts"])
+        out.details[task].setdefault(name, {})[lang] = score
+        out.put(name, lang, prefix + score["metric"], score["value"])
+        out.count(name, lang, task, score["n_utts"])
 
 
 def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructItem], *, text_system,

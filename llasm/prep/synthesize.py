@@ -311,9 +311,11 @@ def synthesize_plan(plan: Plan, router: TTSRouter, output_dir: Path, config: dic
     """Make and write every audio file of ``plan``; returns its progress record (item or reject)."""
     if plan.reject:
         return {"index": plan.index, "id": plan.id, "reject": plan.reject, "final": True}
+    voices = {}
     for speech in plan.speeches:
         try:
-            audio, rate, _ = router.synthesize(speech.text, speech.lang, voice_seed=speech.voice_seed)
+            audio, rate, name = router.synthesize(speech.text, speech.lang, voice_seed=speech.voice_seed)
+            voices[speech.path] = router.voice_name(name, speech.lang, speech.voice_seed)
         except (TTSError, TTSUnavailable) as err:
             # Not final: a rerun tries again (the failure may be transient or fixed by a config change).
             return {"index": plan.index, "id": plan.id, "reject": f"TTS failed on turn {speech.turn}: {err}",
@@ -321,7 +323,17 @@ def synthesize_plan(plan: Plan, router: TTSRouter, output_dir: Path, config: dic
         audio = to_16k(audio, rate, sample_rate=int(config.get("sample_rate", 16_000)), peak=config.get("peak", 0.9))
         target = Path(speech.path) if os.path.isabs(speech.path) else output_dir / speech.path
         save_audio(target, audio, int(config.get("sample_rate", 16_000)))  # temp file + rename
-    return {"index": plan.index, "id": plan.id, "item": plan.item, "plan": plan.digest()}
+    return {"index": plan.index, "id": plan.id, "item": with_voices(plan.item, voices), "plan": plan.digest()}
+
+
+def with_voices(item: dict, voices: dict[str, str]) -> dict:
+    """``item`` with the speaker of each clip made here: ``voices`` beside ``audios`` (None: a clip
+    that came with the input), and ``voice`` on a gpt turn whose ``audio`` was spoken."""
+    item = dict(item)
+    if any(a in voices for a in item.get("audios", [])):
+        item["voices"] = [voices.get(a) for a in item["audios"]]
+    turns = [dict(t, voice=voices[t["audio"]]) if t.get("audio") in voices else t for t in item.get("conversations", [])]
+    return {**item, "conversations": turns}
 
 
 # Worker-process state: one router (models loaded once per process), set by the pool initializer.
