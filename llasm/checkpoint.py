@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from llasm.configuration import LlasmConfig
-from llasm.io import atomic_dir, llasm_home, write_text
+from llasm.io import atomic_dir, llasm_home, umask, write_text
 from llasm.lora import add_lora, merge_lora
 from llasm.processing import LlasmProcessor
 
@@ -97,6 +97,10 @@ def write_checkpoint(model, directory, merge: bool = False) -> str:
         model.generation_config.save_pretrained(directory)
     if getattr(model, "processor", None) is not None:
         model.processor.save_pretrained(directory)
+    mode = 0o666 & ~umask()  # some writers (transformers' shards) make 0600 files
+    for file in directory.iterdir():
+        if file.is_file():
+            file.chmod(mode)
     return fmt
 
 

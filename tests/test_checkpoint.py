@@ -203,3 +203,19 @@ def test_auto_model_without_import_llasm(tiny_bases, tmp_path):
     assert "refused: True" in out.stdout  # after transformers' y/N prompt, which a closed stdin answers "no"
     assert [line for line in out.stdout.splitlines() if line.startswith("Llasm")] == [
         "LlasmForConditionalGeneration trained_parts True", "LlasmForConditionalGeneration full True"]
+
+
+def test_checkpoints_follow_the_umask(tiny, tmp_path):
+    """Atomic writes go through mkdtemp/mkstemp (0700/0600): the result must get what the umask allows."""
+    import os
+    import stat
+
+    model, _ = tiny
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "c")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "c" / "llasm_auto.py").stat().st_mode) == 0o644  # io.write_text
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").iterdir()} == {0o644}
