@@ -233,6 +233,31 @@ def test_metrics_wired_exactly_with_fake_systems(tmp_path):
     assert any("judge: skipped" in n for n in report["notes"])
 
 
+def test_data_without_keywords_marks_accuracy_not_applicable(tmp_path):
+    """Your own data rarely has keywords: accuracy and agreement are n/a (never 0), chrF against the
+    reference still scores, and the report says why."""
+    instruct, _ = write_data(tmp_path)
+    rows = [json.loads(line) for line in instruct.read_text().splitlines()]
+    for row in rows:
+        row.pop("keywords")
+    instruct.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    items, _ = E.load_instruct_items(instruct)
+    q = {i.id: i.question for i in items}
+    answers = {i.id: i.reference for i in items}  # a perfect system: it answers with the reference
+    system = FakeSystem(replies=answers, text_replies={q[k]: v for k, v in answers.items()})
+    report = E.evaluate({"llasm": system}, instruct_items=items, progress=False)
+    res = report["results"]
+    for system_name in ("llasm", "text"):
+        assert "accuracy" not in res[system_name]["en"] and "accuracy" not in res[system_name]["zh"]
+        assert res[system_name]["en"]["chrf"] == pytest.approx(100.0)
+    assert "agreement" not in res["llasm"]["en"] and res["llasm"]["en"]["exact_match"] == 1.0
+    assert report["not_applicable"]["en"] == {"accuracy": "no item carries keywords",
+                                              "agreement": "no item carries keywords"}
+    assert any("not applicable" in n for n in report["notes"])
+    table = E.summary_tables(report)
+    assert "| accuracy | n/a | n/a |" in table and "| agreement | n/a | n/a |" in table
+
+
 def test_asr_loops_count_once_unless_kept(tmp_path):
     _, asr = write_data(tmp_path)
     asr_items, _ = E.load_asr_items(asr)

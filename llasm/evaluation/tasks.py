@@ -39,6 +39,8 @@ class Scores:
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     records: dict[str, list[dict]] = field(default_factory=dict)
+    # metrics that cannot be computed on this data, per language: {lang: {metric: why}}
+    not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def put(self, system: str, lang: str, metric: str, value: float) -> None:
         self.results.setdefault(system, {}).setdefault(lang, {})[metric] = value
@@ -99,7 +101,7 @@ def evaluate(
     results = {k: out.results[k] for k in sorted(out.results, key=lambda k: order.index(k) if k in order else len(order))}
     counts = {k: out.counts[k] for k in results if k in out.counts}
     return {"results": results, "counts": counts, "details": out.details, "items": out.records,
-            "errors": out.errors, "notes": out.notes}
+            "errors": out.errors, "notes": out.notes, "not_applicable": out.not_applicable}
 
 
 def asr_task(out: Scores, systems: dict, asr_items: Sequence[AsrItem], *, progress: bool, keep_loops: bool,
@@ -146,7 +148,11 @@ def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructI
                   want_instruct: bool, want_inv: bool, scorer, judge: Judge | None, progress: bool) -> None:
     """Spoken instruction following and modal invariance, which share the replies: every system answers
     the spoken question, ``text_system`` the text one; accuracy, chrF, language, judge (instruct) and
-    agreement, exact match, chrF and perplexity against the text reply (invariance)."""
+    agreement, exact match, chrF and perplexity against the text reply (invariance).
+
+    ``accuracy`` and ``agreement`` are keyword checks: they are computed over the items that carry
+    ``keywords`` only, and where none does (your own data, usually) they are marked not applicable
+    (``out.not_applicable``), never scored 0; chrF against the reference (and the judge) still score."""
     names = list(systems)
     if want_inv and scorer is None:
         out.notes.append("invariance: no model to score perplexity with; ppl_text_reply skipped")
@@ -197,11 +203,12 @@ def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructI
                 continue
             reply = replies[name]
             b = bucket(name, item.lang)
-            correct = M.keyword_match(reply, item.keywords, item.lang)
+            correct = M.keyword_match(reply, item.keywords, item.lang) if item.keywords else None
             row["replies"][name], row["correct"][name] = reply, correct
             b["replies"].append(reply)
             b["refs"].append(item.reference)
-            b["correct"].append(correct)
+            if correct is not None:
+                b["correct"].append(correct)
             b["lang_ok"].append(M.language_consistent(reply, item.lang))
             if want_instruct and judge is not None:
                 try:
@@ -214,7 +221,8 @@ def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructI
                 if name != "text":
                     b["inv_spoken"].append(reply)
                     b["inv_text"].append(text_reply)
-                    b["agree"].append(correct == text_correct)
+                    if correct is not None:
+                        b["agree"].append(correct == text_correct)
                     b["exact"].append(M.normalize(reply, item.lang) == M.normalize(text_reply, item.lang))
                 if scorer is not None:
                     try:
@@ -229,7 +237,12 @@ def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructI
 
     for (name, lang), b in sorted(acc.items(), key=lambda kv: (all_names.index(kv[0][0]), kv[0][1])):
         if want_instruct and b["replies"]:
-            out.put(name, lang, "accuracy", _mean([float(c) for c in b["correct"]]))
+            if b["correct"]:
+                out.put(name, lang, "accuracy", _mean([float(c) for c in b["correct"]]))
+                if len(b["correct"]) < len(b["replies"]):
+                    out.count(name, lang, "with keywords", len(b["correct"]))
+            else:
+                out.not_applicable.setdefault(lang, {})["accuracy"] = "no item carries keywords"
             out.put(name, lang, "chrf", M.chrf(b["replies"], b["refs"]))
             out.put(name, lang, "lang_consistency", _mean([float(c) for c in b["lang_ok"]]))
             if b["judge"]:
@@ -237,9 +250,15 @@ def instruct_task(out: Scores, systems: dict, instruct_items: Sequence[InstructI
             out.count(name, lang, "instruct", len(b["replies"]))
         if want_inv:
             if b["inv_spoken"]:
-                out.put(name, lang, "agreement", _mean([float(a) for a in b["agree"]]))
+                if b["agree"]:
+                    out.put(name, lang, "agreement", _mean([float(a) for a in b["agree"]]))
+                else:
+                    out.not_applicable.setdefault(lang, {})["agreement"] = "no item carries keywords"
                 out.put(name, lang, "exact_match", _mean([float(e) for e in b["exact"]]))
                 out.put(name, lang, "chrf_vs_text", M.chrf(b["inv_spoken"], b["inv_text"]))
                 out.count(name, lang, "invariance", len(b["inv_spoken"]))
             if b["ntok"]:
                 out.put(name, lang, "ppl_text_reply", M.perplexity(sum(b["nll"]), sum(b["ntok"])))
+    for lang, metrics in sorted(out.not_applicable.items()):
+        out.notes.append(f"{lang}: {', '.join(metrics)} not applicable (no item carries keywords: add "
+                         "\"keywords\": [accepted answers] to rows to score them); chrf against the reference is reported")
