@@ -21,6 +21,9 @@ class DataConfig:
     num_workers: int = 0
 
 
+OBJECTIVES = ("ce", "self_reply", "kl", "units")
+
+
 @dataclass
 class ObjectiveConfig:
     type: str = "ce"  # ce | self_reply | kl | units (stage 3: CTC of the unit head)
@@ -64,10 +67,14 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    # a model YAML (configs/model/*.yaml) or a checkpoint directory: stage 2 starts from stage 1 with
+    # model: runs/stage1_asr_align/final (its trained adaptor; a checkpoint-N works too)
     model: str = "configs/model/tiny.yaml"
     output_dir: str = "runs/train"
     seed: int = 0
-    resume: str = "auto"  # auto | none | a checkpoint dir
+    # auto: continue the newest checkpoint in output_dir when the config and data are the same (else stop,
+    # naming what changed) | force: continue it anyway | none: start again | a checkpoint dir
+    resume: str = "auto"
     deepspeed: str | None = None  # configs/deepspeed/zero2.json
     trainable: dict = field(default_factory=lambda: dict(DEFAULT_TRAINABLE))
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})

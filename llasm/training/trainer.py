@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from llasm.builder import load_model
+from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
-from llasm.training import losses
-from llasm.training.config import TrainConfig, load_config
+from llasm.training import describe, losses
+from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
 from llasm.training.parts import (
@@ -42,21 +42,22 @@ from llasm.training.parts import (
     freeze_frozen_parts,
     param_groups,
     trainability,
-    trainable_names,
     upcast_trainable_parts,
 )
 from llasm.training.resume import (
     latest_checkpoint,
     list_checkpoints,
+    load_trainable,
     plot_losses,
     rng_state,
+    save_trainable,
     seed_everything,
     set_rng_state,
+    trim_losses,
 )
 from llasm.unit_head import CtcUnitHead
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("ce", "self_reply", "kl", "units")
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -82,6 +83,9 @@ class Trainer:
                                        gradient_accumulation_steps=cfg.train.grad_accum,
                                        mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
         self.is_main = self.accelerator.is_main_process
+        # before any model loads: data found and usable, model path, output_dir's run (describe.py)
+        self.counts = describe.check_inputs(cfg, main_process=self.is_main)
+        self.data_sha1 = describe.data_fingerprint(cfg)
         seed_everything(cfg.seed)
         if model is None:
             model, processor = load_model(cfg.model)
@@ -158,6 +162,8 @@ class Trainer:
             sources = self._self_reply_sources(sources)
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
+        if self.is_main:  # this run's rejects only: the dataset appends what it finds
+            (self.out / "rejects.jsonl").unlink(missing_ok=True)
         return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
                                    rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
                                    with_teacher=self.cfg.objective.type == "kl")
@@ -216,6 +222,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         resumed = self.maybe_resume()
+        if self.is_main:
+            trim_losses(self.out / "losses.jsonl", self.step)
+            describe.write_config(cfg, self.out)
+        describe.describe_start(self, self.counts, resumed)
+        done_before = self.step >= self.total_steps and (self.out / "final" / "config.json").exists()
         writer = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         collate = Collator(self.processor, self.dataset)
@@ -229,10 +240,12 @@ class Trainer:
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
                                                  num_workers=cfg.data.num_workers, generator=generator)
+            used = 0
             for batch in loader:
                 self.batch_in_epoch += 1
                 if batch.get("empty"):  # every item rejected (already logged)
                     continue
+                used += 1
                 with self.accelerator.accumulate(self.engine):
                     loss = self.loss(batch)
                     self._check_finite(loss, batch["ids"])
@@ -261,16 +274,21 @@ class Trainer:
                 if self.step >= self.total_steps or out_of_time:
                     break
             else:
+                if used == 0:  # a whole epoch of rejected rows: stop instead of looping forever
+                    rejects = read_jsonl(self.out / "rejects.jsonl") if (self.out / "rejects.jsonl").exists() else []
+                    raise describe.no_usable_rows(cfg, rejects, len(self.dataset), write=False)
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         bar.close()
         if self.cache is not None:
             self.cache.flush()
         elapsed = time.time() - started
-        final = self.save_final()
+        final = self.out / "final" if done_before else self.save_final()  # nothing trained: final/ stands
         if writer is not None:
             writer.close()
-        return {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
-                "seconds": elapsed}
+        result = {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
+                  "seconds": elapsed}
+        result["summary"] = describe.describe_end(self, result)
+        return result
 
     def _mean_across_ranks(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
@@ -313,16 +331,17 @@ class Trainer:
                 self.cache.flush()
             if acc.distributed_type.name == "DEEPSPEED":
                 self.engine.save_checkpoint(str(tmp / "deepspeed"))
+                self._write_model(tmp)  # loadable like final/
             elif self.is_main:
-                state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-                save_file(state, str(tmp / "trainable.safetensors"))
+                save_trainable(self.model, tmp)  # a model checkpoint like final/, which resume reads too
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
             acc.wait_for_everyone()  # every rank wrote its part
             if self.is_main:
                 torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                             "scheduler": self.scheduler.state_dict(), "losses": self.losses,
-                            "config": dataclasses.asdict(self.cfg)}, tmp / "trainer_state.pt")
+                            "config": dataclasses.asdict(self.cfg), "data_sha1": self.data_sha1}, tmp / "trainer_state.pt")
+                describe.write_config(self.cfg, tmp)
         if self.is_main:
             self._prune()
         acc.wait_for_everyone()
@@ -336,22 +355,14 @@ class Trainer:
     def maybe_resume(self) -> str | None:
         if self.cfg.resume in (None, "none", "no", False):
             return None
-        path = latest_checkpoint(self.out) if self.cfg.resume == "auto" else Path(self.cfg.resume)
+        path = latest_checkpoint(self.out) if self.cfg.resume in ("auto", "force") else Path(self.cfg.resume)
         if path is None:
             return None
         acc = self.accelerator
         if acc.distributed_type.name == "DEEPSPEED":
             self.engine.load_checkpoint(str(path / "deepspeed"))
         else:
-            state = load_file(str(path / "trainable.safetensors"))
-            expected = set(trainable_names(self.model))
-            if set(state) != expected:
-                raise ValueError(f"{path}: trainable parameters differ from this run's "
-                                 f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})")
-            with torch.no_grad():
-                params = dict(self.model.named_parameters())
-                for name, tensor in state.items():
-                    params[name].copy_(tensor)
+            load_trainable(self.model, path)
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         trainer = torch.load(path / "trainer_state.pt", weights_only=True)
         self.scheduler.load_state_dict(trainer["scheduler"])
@@ -365,21 +376,32 @@ class Trainer:
         return str(path)
 
     def save_final(self) -> Path:
-        """``output_dir/final`` via ``save_pretrained`` (loads with ``from_pretrained``), plus the loss plot."""
+        """``output_dir/final`` like ``save_pretrained`` (loads with ``from_pretrained``) + its
+        ``train_config.yaml``, written atomically; plus the loss plot."""
         final = self.out / "final"
         self.accelerator.wait_for_everyone()
-        if self._zero_stage() == 3:  # ZeRO-3 partitions every weight: gather them on all ranks to save
-            import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
-
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
-                if self.is_main:
-                    self.model.save_pretrained(final)
-        elif self.is_main:
-            self.model.save_pretrained(final)
+        with atomic_dir(final, temp=self.out / ".tmp-final", owner=self.is_main) as tmp:
+            self.accelerator.wait_for_everyone()  # rank 0 made tmp
+            self._write_model(tmp)
+            if self.is_main:
+                describe.write_config(self.cfg, tmp)
+            self.accelerator.wait_for_everyone()
         if self.is_main:
             plot_losses(self.losses, self.out / "loss_curve.png")
         self.accelerator.wait_for_everyone()
         return final
+
+    def _write_model(self, directory: Path) -> None:
+        """The model's checkpoint files into ``directory``, by the main process; every rank calls this
+        (ZeRO-3 partitions every weight, so all ranks gather them first)."""
+        if self._zero_stage() == 3:
+            import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                if self.is_main:
+                    write_checkpoint(self.model, directory)
+        elif self.is_main:
+            write_checkpoint(self.model, directory)
 
     def _zero_stage(self) -> int:
         if not self.cfg.deepspeed:
@@ -401,15 +423,18 @@ def main(argv: list[str]) -> int:
         print("usage: llasm train CONFIG [dotted.key=value ...]  (see train/train.py for launch commands)")
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args[0], args[1:])
     try:
-        result = train(cfg)
-    except NonFiniteLoss as err:
+        cfg = load_config(args[0], args[1:])
+    except (ValueError, FileNotFoundError) as err:  # an unknown key or bad value, named with its file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except (NonFiniteLoss, describe.InputError) as err:
         print(f"stopped: {err}", file=sys.stderr)
         end_distributed(barrier=False)
         return 1
     end_distributed()
-    print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
     return 0
 
 
