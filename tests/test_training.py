@@ -413,7 +413,8 @@ def losses_of(out: Path) -> dict[int, float]:
     losses = {}
     for line in (out / "losses.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        losses[rec["step"]] = rec["loss"]  # a resumed run rewrites later steps: keep the last
+        assert rec["step"] not in losses, f"step {rec['step']} logged twice"  # a resume cuts the log back first
+        losses[rec["step"]] = rec["loss"]
     return losses
 
 

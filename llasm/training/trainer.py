@@ -71,6 +71,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, processor=None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        # before anything loads: data found and usable, model path, output_dir's run (describe.py); the
+        # launchers set RANK, and only rank 0 writes the rejects
+        self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0")
+        self.data_sha1 = describe.data_fingerprint(cfg)
         if cfg.objective.cache_states:
             self._check_cache_states()
         plugin = self._deepspeed_plugin() if cfg.deepspeed else None
@@ -83,9 +87,6 @@ class Trainer:
                                        gradient_accumulation_steps=cfg.train.grad_accum,
                                        mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
         self.is_main = self.accelerator.is_main_process
-        # before any model loads: data found and usable, model path, output_dir's run (describe.py)
-        self.counts = describe.check_inputs(cfg, main_process=self.is_main)
-        self.data_sha1 = describe.data_fingerprint(cfg)
         seed_everything(cfg.seed)
         if model is None:
             model, processor = load_model(cfg.model)
@@ -226,7 +227,6 @@ class Trainer:
             trim_losses(self.out / "losses.jsonl", self.step)
             describe.write_config(cfg, self.out)
         describe.describe_start(self, self.counts, resumed)
-        done_before = self.step >= self.total_steps and (self.out / "final" / "config.json").exists()
         writer = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         collate = Collator(self.processor, self.dataset)
@@ -282,7 +282,7 @@ class Trainer:
         if self.cache is not None:
             self.cache.flush()
         elapsed = time.time() - started
-        final = self.out / "final" if done_before else self.save_final()  # nothing trained: final/ stands
+        final = self.save_final()
         if writer is not None:
             writer.close()
         result = {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
