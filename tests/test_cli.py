@@ -19,6 +19,55 @@ def test_help_lists_commands(capsys):
     assert cli.main(["no-such-command"]) == 2
 
 
+def test_every_help_is_complete_and_quick():
+    """`llasm COMMAND --help` for every command, in a fresh process: each answers (train with its keys,
+    what a run writes and how to resume), and none imports torch, transformers or other heavy packages."""
+    import subprocess
+
+    script = (
+        "import contextlib, io, json, sys, time\n"
+        "from llasm import cli\n"
+        "out = {}\n"
+        "for name in cli.COMMANDS:\n"
+        "    buf, t = io.StringIO(), time.time()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        try:\n"
+        "            rc = cli.main([name, '--help'])\n"
+        "        except SystemExit as e:\n"
+        "            rc = e.code\n"
+        "    out[name] = [rc, buf.getvalue(), time.time() - t]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'matplotlib', 'gradio', 'accelerate') if m in sys.modules]\n"
+        "print(json.dumps({'help': out, 'heavy': heavy}))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["heavy"] == []
+    for name, (rc, text, seconds) in report["help"].items():
+        assert rc == 0 and text.startswith(f"usage: llasm {name}"), (name, text[:200])
+        assert seconds < 3, (name, seconds)  # loose: the point is that nothing heavy loads
+    train = report["help"]["train"][1]
+    for words in ("train.warmup_steps = 0", "data.sources", "resume", "checkpoint-N/", "final/", "torchrun",
+                  "model=runs/stage1_asr_align/final", "Alpaca"):
+        assert words in train, words
+    assert "see train/train.py" not in train
+
+
+def test_chat_starts_with_a_turn_and_goes_on(tiny, tmp_path, capsys, monkeypatch):
+    """--audio/--text start the conversation; stdin continues it; labels go to stderr, replies to stdout."""
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "m")
+    wav = tmp_path / "q.wav"
+    sf.write(wav, tone(1.0), 16000)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("never read\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--once", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err.count("llasm> ") == 1
+    monkeypatch.setattr(sys, "stdin", io.StringIO("and why?\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--audio", str(wav), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2  # the spoken question's reply, then the typed one's
+    assert captured.err.count("llasm> ") == 2 and f"you> [audio {wav}]" in captured.err
+
+
 def test_chat_one_shot_and_interactive(tiny, tmp_path, capsys, monkeypatch):
     model, _ = tiny
     model.save_pretrained(tmp_path / "m")

@@ -19,10 +19,7 @@ with ``output_dir/final`` (load with ``LlasmForConditionalGeneration.from_pretra
 
 import sys
 
-from llasm.training import main
+from llasm.training.cli import main
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if len(sys.argv) > 1 else 2)
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))  # --help: every key, what a run writes, how to resume and chain stages

@@ -239,7 +239,10 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llasm serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--model", required=True, help="checkpoint directory (final/ or checkpoint-N) or hub id")
+    parser.add_argument("--audio-tower", default=None, help="where the checkpoint's base Whisper is, when not where "
+                        "it was trained (a copied checkpoint)")
+    parser.add_argument("--language-model", default=None, help="where the checkpoint's base LLM is, likewise")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1; the page has no login, bind wider with care)")
     parser.add_argument("--port", type=int, default=7860)
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
+    model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, audio_tower=args.audio_tower,
+                                                          language_model=args.language_model)
     model.eval()
     if args.vocoder:
         model.set_vocoder(args.vocoder)

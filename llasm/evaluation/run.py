@@ -52,9 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
-from llasm import __version__, builder
+from llasm import __version__
 from llasm.evaluation import metrics as M
 from llasm.evaluation.benchmarks.cli import main as benchmark_main
 from llasm.evaluation.items import (
@@ -68,7 +66,6 @@ from llasm.evaluation.items import (
     prompt_info,
 )
 from llasm.evaluation.report import summary_tables, write_report
-from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
 from llasm.evaluation.systems import (
     LOOP_GUARD_RULE,
     LOOP_GUARD_VERSION,
@@ -93,10 +90,15 @@ MAKE_DATA_HINT = (
 # ------------------------------------------------------------------------------------- CLI
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | None = None):
+def load_model(spec: str, device: str | None = None, dtype: str | None = None, **bases):
     """A checkpoint dir or a model YAML (:func:`llasm.builder.load_model`), on ``device`` (CUDA when
-    there is one) in eval mode. ``dtype`` (float32 | bfloat16 | float16) overrides the float32 default."""
-    model, _ = builder.load_model(spec, dtype=dtype)
+    there is one) in eval mode. ``dtype`` (float32 | bfloat16 | float16) overrides the float32 default;
+    ``bases`` (``audio_tower=``, ``language_model=``) say where a checkpoint's base models are."""
+    import torch  # heavy: not for --help
+
+    from llasm import builder
+
+    model, _ = builder.load_model(spec, dtype=dtype, **bases)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 
@@ -107,7 +109,11 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
                                 epilog="The field's benchmarks (VoiceBench, URO-Bench, LibriSpeech, AISHELL-1, Fleurs, "
                                 "WenetSpeech): llasm eval --benchmark NAME[:subset] --data DIR ... "
                                 "(llasm eval --benchmark x --help lists their options).")
-    p.add_argument("--model", required=True, help="checkpoint directory or model YAML (configs/model/*.yaml)")
+    p.add_argument("--model", required=True, help="checkpoint directory (final/ or checkpoint-N) or model YAML "
+                   "(configs/model/*.yaml)")
+    p.add_argument("--audio-tower", default=None, help="where the checkpoint's base Whisper is, when not where it "
+                   "was trained (a copied checkpoint)")
+    p.add_argument("--language-model", default=None, help="where the checkpoint's base LLM is, likewise")
     p.add_argument("--data", default=None, help=f"spoken instruction JSONL (default {DEFAULT_DATA})")
     p.add_argument("--asr-data", default=None, help=f"ASR JSONL (default {DEFAULT_ASR_DATA})")
     p.add_argument("--split", default="test", help="keep records with this 'split' ('all' keeps every record)")
@@ -145,6 +151,9 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
 def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str], str] | None = None,
         speech_transcriber: Callable[[Any, str], str] | None = None) -> dict:
     """Everything :func:`main` does, with optional injected ``model`` / cascade ``transcriber`` (tests)."""
+    # torch and the vocoder come with the speech task's helpers: loaded here, not for --help
+    from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
+
     started = time.time()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if getattr(args, "vocoder", None) and "speech" not in tasks:
@@ -196,7 +205,8 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
 
     if model is None:
-        model = load_model(args.model, args.device, args.dtype)
+        model = load_model(args.model, args.device, args.dtype, audio_tower=getattr(args, "audio_tower", None),
+                           language_model=getattr(args, "language_model", None))
     prompts = load_prompts()
     llasm_sys = LlasmSystem(model, prompts, max_new_tokens=args.max_new_tokens)
     systems: dict[str, Any] = {"llasm": llasm_sys}
@@ -260,7 +270,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "judge": judge_meta,
         **prompt_info(),
         **{k: v for k, v in M.normalizer_info().items()},
-        "torch": torch.__version__,
+        "torch": sys.modules["torch"].__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 2),
     }

@@ -385,8 +385,18 @@ def read_corpus(fmt: str, source: Any, split: str | None = None) -> Iterator[Utt
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="data_prep/asr.py", description="Build stage-1 ASR JSONL (audio + bilingual instruction -> transcript)."
-    )
+        prog="llasm prepare-asr", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build stage-1 ASR JSONL (audio + bilingual instruction -> transcript); data_prep/asr.py is the "
+                    "same command.",
+        epilog="examples:\n"
+               "  llasm prepare-asr --format librispeech --input LibriSpeech --split train-clean-100 --output data/libri.jsonl\n"
+               "  llasm prepare-asr --format aishell --input data_aishell --split train --output data/aishell.jsonl\n"
+               "  llasm prepare-asr --format commonvoice --input cv-corpus/zh-CN --split train --output data/cv.jsonl\n"
+               "  llasm prepare-asr --format tsv --input list.tsv --lang en --output data/mine.jsonl   # path<TAB>text\n"
+               "  llasm prepare-asr --format hf --input my_dataset_dir --split train --output data/hf.jsonl\n"
+               "Audio paths in the JSONL are relative to its folder (absolute when outside it); HF audio is written\n"
+               "as flac to --audio-dir, named by row id and content, so several datasets can share one folder.\n"
+               "Unreadable audio, empty transcripts and duplicates go to OUT.rejects.jsonl.")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help="corpus root, TSV file or HF dataset folder")
     parser.add_argument("--output", required=True, help="out.jsonl (rejects go to out.rejects.jsonl)")

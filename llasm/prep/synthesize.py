@@ -410,8 +410,16 @@ def synthesize_dataset(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="data_prep/synthesize.py",
-                                     description="Speak text instruction data with TTS (resumable, parallel).")
+    parser = argparse.ArgumentParser(
+        prog="llasm synthesize", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speak text instruction data with TTS (resumable, parallel): Alpaca / ShareGPT / our JSONL in, "
+                    "spoken conversations out. data_prep/synthesize.py is the same command.",
+        epilog="examples:\n"
+               "  llasm synthesize --input alpaca_zh.json --output data/spoken/alpaca_zh.jsonl --workers 8\n"
+               "  llasm synthesize --input data/seed/instructions.jsonl --output data/seed_spoken.jsonl --text-turn-ratio 0\n"
+               "Each human turn is spoken unless it draws text (--text-turn-ratio) or is too long / code; an item\n"
+               "with no spoken turn stays a text conversation. A killed run resumes from OUT.progress.jsonl.\n"
+               "Text-only data needs no synthesis: a training source can be the Alpaca / ShareGPT file itself.")
     parser.add_argument("--input", required=True, help="Alpaca/ShareGPT JSON(L), our JSONL, or data/seed/*.jsonl")
     parser.add_argument("--output", required=True, help="out.jsonl (+ out.rejects.jsonl, out.progress.jsonl)")
     parser.add_argument("--audio-dir", default=None, help="where audio goes (default <output stem>_audio/)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llasm import settings
-from llasm.training.parts import DEFAULT_TRAINABLE
+
+# stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
+DEFAULT_TRAINABLE = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"}
 
 
 @dataclass
