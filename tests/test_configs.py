@@ -91,3 +91,13 @@ def test_env_expansion(monkeypatch):
     monkeypatch.setenv("LLASM_HOME", "/models")
     assert expand_env({"a": ["${LLASM_HOME}/whisper", "${UNSET_VAR:-x}"]}) == {"a": ["/models/whisper", "x"]}
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+def test_quick_start_paths_work_outside_the_repository(tmp_path, monkeypatch):
+    """The README's `llasm.build_model("configs/model/tiny.yaml")` from any working directory, as
+    load_model and the stage YAMLs' model: already do."""
+    import llasm
+
+    monkeypatch.chdir(tmp_path)
+    model, processor = llasm.build_model("configs/model/tiny.yaml")
+    assert processor.num_audio_tokens(16000) > 0 and model.config.model_type == "llasm"
