@@ -6,9 +6,11 @@ overrides change single keys, and unknown keys or unreadable values fail with th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from llasm import settings
+from llasm.io import resolve_path
 
 # stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
 DEFAULT_TRAINABLE = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"}
@@ -88,5 +90,9 @@ class TrainConfig:
 
 
 def load_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig` (via :mod:`llasm.settings`)."""
+    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig` (via :mod:`llasm.settings`).
+    A relative YAML path that does not exist here is read below the repository (``configs/stage1_asr_align.yaml``
+    from any working directory)."""
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        path_or_dict = resolve_path(path_or_dict)
     return settings.load(TrainConfig, path_or_dict, overrides or ())

@@ -275,8 +275,9 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
     if not trainer.is_main:
         return warnings
     lines = [f"[train] config ({out / CONFIG_NAME}):"]
-    lines += ["    " + line for line in yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False,
-                                                        allow_unicode=True).rstrip().splitlines()]
+    compact = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=None,
+                             width=110)  # a section's keys on a line or two
+    lines += ["    " + line for line in compact.rstrip().splitlines()]
     kept = [0] * len(counts)
     for s in dataset.source_of:
         kept[s] += 1
