@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llasm.modeling import LlasmForConditionalGeneration
+# a command module: the model core is imported once the arguments are read (`--help` at once)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
                         "it was trained (a copied checkpoint)")
     parser.add_argument("--language-model", default=None, help="where the source's base LLM is, likewise")
     args = parser.parse_args(argv)
+    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.source, dtype=args.dtype, audio_tower=args.audio_tower,
                                                           language_model=args.language_model)

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from llasm.audio import AudioError
-from llasm.chat import PromptCache, ReplyStream
-from llasm.modeling import LlasmForConditionalGeneration
+
+# a command module: the model core (torch, transformers) is imported where it is used, so
+# `llasm serve --help` answers at once (tests/test_layout.py lists the command modules)
 
 # The conversation ("history") is a list of llasm/HF-style messages, the model's own view:
 #   {"role": "user", "content": [{"type": "audio", "audio": path}, {"type": "text", "text": "..."}]}
@@ -141,6 +142,8 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
     kwargs = {"speak": True} if speak else {}
     if cache is not None:
         kwargs["cache"] = cache
+    from llasm.chat import ReplyStream
+
     stream = ReplyStream(model, model_messages(history[:-1]), max_new_tokens=max_new_tokens, lock=lock, **kwargs)
     streamed = ""
     for piece in stream:
@@ -187,6 +190,7 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
     """The Gradio Blocks page for ``model`` (which has ``model.processor``)."""
     import gradio as gr
 
+    from llasm.chat import PromptCache
 
     lock = threading.Lock()  # one generation at a time on the shared model
     cache = PromptCache()  # the last conversation's keys and values: the next turn of it runs only what is new
@@ -254,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+    from llasm.modeling import LlasmForConditionalGeneration
 
     model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, audio_tower=args.audio_tower,
                                                           language_model=args.language_model)

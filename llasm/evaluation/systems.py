@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+# torch and transformers (seconds to import) where a model runs: reading items, the judge and
+# `llasm eval --help` do without them
 
 from llasm.audio import load_audio
 from llasm.evaluation import metrics as M
@@ -155,6 +155,9 @@ class WhisperTranscriber:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
         self.path = str(path)
         self.processor = WhisperProcessor.from_pretrained(self.path)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.path, dtype=dtype or torch.float32)
@@ -177,6 +180,8 @@ class WhisperTranscriber:
             inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
         features = inputs.input_features.to(self.model.device, self.model.dtype)
         kwargs["max_length"] = min(448, 4 + transcript_token_limit(len(audio) / sr))  # (+4 prompt tokens)
+        import torch
+
         with torch.inference_mode():
             ids = self.model.generate(features, **kwargs)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -189,6 +194,8 @@ def make_ppl_scorer(model) -> Callable[[list[dict], str], tuple[float, int]]:
         batch = model.processor.apply_chat_template(messages, add_generation_prompt=False)
         labels = batch.pop("labels")
         batch = {k: v.to(model.device) for k, v in batch.items()}
+        import torch
+
         with torch.inference_mode():
             logits = model(**batch).logits
         return M.sequence_nll(logits, labels.to(logits.device))

@@ -38,7 +38,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import soxr
-import torch
 
 from llasm import settings
 from llasm.io import load_yaml
@@ -243,6 +242,8 @@ class CoquiBackend(TTSBackend):
         self.model = Xtts.init_from_config(config)
         self.model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
         self.model.to(device)
+        import torch  # heavy, and only this backend needs it (XTTS seeds its sampling)
+
         self.torch = torch
         self.temperature = temperature
         self.sample_rate = int(getattr(config.audio, "output_sample_rate", 24_000))
