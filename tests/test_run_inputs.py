@@ -10,7 +10,6 @@ import shutil
 import pytest
 import soundfile as sf
 import yaml
-
 from conftest import tone
 from test_training import config, make_data
 

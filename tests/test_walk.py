@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_data_prep import make_librispeech, tone
 
 from llasm import cli
-from test_data_prep import make_librispeech, tone
 
 
 @pytest.mark.slow

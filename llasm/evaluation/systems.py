@@ -15,9 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-# torch and transformers (seconds to import) where a model runs: reading items, the judge and
-# `llasm eval --help` do without them
-
 from llasm.audio import load_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
@@ -155,6 +152,8 @@ class WhisperTranscriber:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
+        # torch and transformers take seconds to import: only where a model runs (reading items, the
+        # judge and `llasm eval --help` do without them)
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 

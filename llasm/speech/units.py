@@ -33,7 +33,7 @@ from transformers import HubertModel, WhisperFeatureExtractor
 
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
 from llasm.audio_tower import load_whisper_encoder
-from llasm.io import atomic_path, read_jsonl, write_batch_output, write_json, write_jsonl
+from llasm.io import atomic_path, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 

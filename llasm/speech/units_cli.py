@@ -46,8 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from llasm.speech.units import (UnitExtractor, annotate_conversations, build_manifest, collect_audio,
-                                    fit_unit_extractor, load_feature_encoder)
+    from llasm.speech.units import (
+        UnitExtractor,
+        annotate_conversations,
+        build_manifest,
+        collect_audio,
+        fit_unit_extractor,
+        load_feature_encoder,
+    )
 
     try:
         if args.command == "fit":

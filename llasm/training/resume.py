@@ -21,9 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llasm.checkpoint import WEIGHTS_NAME, write_checkpoint
-from llasm.io import write_text
-
-from llasm.io import atomic_path
+from llasm.io import atomic_path, write_text
 
 
 def list_checkpoints(out: Path) -> list[Path]:
