@@ -55,18 +55,20 @@ class SourceCount:
 
 
 # -- before the model loads ------------------------------------------------------------------------
-def check_inputs(cfg: TrainConfig, main_process: bool = True) -> list[SourceCount]:
+def check_inputs(cfg: TrainConfig, main_process: bool = True, check_model: bool = True) -> list[SourceCount]:
     """Check what a run needs before any model loads; returns the rows per source.
 
     Raises :class:`InputError` listing every problem: a model that is neither a checkpoint directory
-    nor a model YAML, a missing DeepSpeed JSON, an unknown objective, a data source that is missing or
-    unreadable, no usable row at all (the rejects are written to ``output_dir/rejects.jsonl`` by the
-    main process first), or an ``output_dir`` whose run used another config (:func:`check_resume`).
+    nor a model YAML (unless ``check_model`` is off: the caller hands the model in), a missing
+    DeepSpeed JSON, an unknown objective, a data source that is missing or unreadable, no usable row
+    at all (the rejects are written to ``output_dir/rejects.jsonl`` by the main process first), or an
+    ``output_dir`` whose run used another config (:func:`check_resume`).
     """
     problems = []
     model = resolve_path(cfg.model)
-    if not (os.path.isfile(os.path.join(model, "config.json")) or (model.endswith((".yaml", ".yml")) and
-                                                                     os.path.isfile(model))):
+    usable_model = os.path.isfile(os.path.join(model, "config.json")) or (
+        model.endswith((".yaml", ".yml")) and os.path.isfile(model))
+    if check_model and not usable_model:
         hint = ""
         if os.path.isfile(os.path.join(model, "final", "config.json")):
             hint = f" (the run's checkpoint is {os.path.join(cfg.model, 'final')})"

@@ -73,7 +73,8 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         # before anything loads: data found and usable, model path, output_dir's run (describe.py); the
         # launchers set RANK, and only rank 0 writes the rejects
-        self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0")
+        self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0",
+                                            check_model=model is None)
         self.data_sha1 = describe.data_fingerprint(cfg)
         if cfg.objective.cache_states:
             self._check_cache_states()
