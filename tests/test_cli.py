@@ -58,14 +58,23 @@ def test_chat_starts_with_a_turn_and_goes_on(tiny, tmp_path, capsys, monkeypatch
     model.save_pretrained(tmp_path / "m")
     wav = tmp_path / "q.wav"
     sf.write(wav, tone(1.0), 16000)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("never read\n"))
+    class Terminal(io.StringIO):  # a person typing: prompts and labels are shown
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("never read\n"))
     assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--once", "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().err.count("llasm> ") == 1
-    monkeypatch.setattr(sys, "stdin", io.StringIO("and why?\n"))
+    monkeypatch.setattr(sys, "stdin", Terminal("and why?\n"))
     assert cli.main(["chat", "--model", str(tmp_path / "m"), "--audio", str(wav), "--max-new-tokens", "2"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 2  # the spoken question's reply, then the typed one's
     assert captured.err.count("llasm> ") == 2 and f"you> [audio {wav}]" in captured.err
+    assert captured.err.count("you> ") == 3  # the first turn, the typed one, and the prompt that met the end
+    monkeypatch.setattr(sys, "stdin", io.StringIO("and why?\n"))  # piped: the replies only
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2 and "llasm> " not in captured.err
 
 
 def test_chat_one_shot_and_interactive(tiny, tmp_path, capsys, monkeypatch):

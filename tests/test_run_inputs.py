@@ -142,7 +142,7 @@ def test_lr_zero_is_a_warning():
                for w in warnings_for(cfg, 10, 100, 1, [0.0, 0.5] + [1.0] * 5 + [0.0] * 3))
 
 
-def test_changed_config_refuses_to_resume(tmp_path, data, monkeypatch):
+def test_changed_config_refuses_to_resume(tmp_path, data, capsys):
     """A finished run's checkpoint-2 and final/: rerunning with another lr or changed data stops and
     says what changed; resume: force continues; a new output_dir starts afresh. Every checkpoint holds
     the config, and checkpoint-2 loads and chats like final/."""
@@ -158,6 +158,9 @@ def test_changed_config_refuses_to_resume(tmp_path, data, monkeypatch):
 
     with pytest.raises(InputError, match=r"train\.lr: 0\.001 -> 0\.05(.|\n)*resume: force"):
         train(config(tmp_path, data, **over, **{"train.lr": 5e-2}))
+    longer = train(config(tmp_path, data, **{**over, "train.max_steps": 4}))  # a longer run is no change
+    assert longer["resumed_from"].endswith("checkpoint-2") and longer["steps"] == 4
+    assert "the run's length changed (train.max_steps: 3 -> 4)" in capsys.readouterr().out
     with open(data, "a") as f:
         f.write(json.dumps({"id": "new", "conversations": [{"from": "human", "value": "hi"},
                                                            {"from": "gpt", "value": "ho"}]}) + "\n")

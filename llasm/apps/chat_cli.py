@@ -8,8 +8,8 @@
     llasm chat --model DIR --audio question.wav [--text "..."]   # start with this turn, then go on
     llasm chat --model DIR --audio question.wav --once           # answer it and exit (scripts)
 
-The model's replies go to stdout, the "you>" prompt and "llasm>" labels to stderr, so piping the
-output keeps only the replies. --model takes final/ or any checkpoint-N of a training run.
+At a terminal the "you>" prompt and "llasm>" labels go to stderr; piped input gets the replies only,
+one per line on stdout. --model takes final/ or any checkpoint-N of a training run.
 In ``/audio`` the first word is the file and the rest of the line is the text, verbatim
 (``/audio Bob's_question.wav what's in this recording?``). A path with spaces is quoted
 (``"my clip.wav"`` or ``'my clip.wav'``), backslash-escaped (``my\\ clip.wav``) or typed as is when
@@ -66,21 +66,28 @@ def parse_audio_command(line: str) -> tuple[str, str | None]:
     return path, text.strip() or None
 
 
-def _say(text: str) -> None:
-    """A prompt or speaker label: on stderr, so stdout holds only the replies."""
-    sys.stderr.write(text)
-    sys.stderr.flush()
+def _say(text: str, interactive: bool) -> None:
+    """A prompt or speaker label, at a terminal only: on stderr, so stdout holds only the replies."""
+    if interactive:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def _read_line(interactive: bool) -> str | None:
     """The next line of input (``None`` at the end, or when there is no readable stdin)."""
-    if interactive:
-        _say("you> ")
+    _say("you> ", interactive)
     try:
         line = sys.stdin.readline()
     except (OSError, ValueError):  # stdin closed or not readable (a test runner, a daemon)
         return None
     return line if line else None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.vocoder:
         model.set_vocoder(args.vocoder)
-    interactive = sys.stdin is not None and sys.stdin.isatty()
+    interactive = _is_terminal(sys.stdin)
     messages: list[dict] = []
     cache = PromptCache()  # each turn runs only what is new since the last (earlier audio is not re-encoded)
     if args.audio or args.text:
         turn = user_turn(args.audio, args.text)
-        _say("you> " + " ".join(p for p in (f"[audio {args.audio}]" if args.audio else "", args.text or "") if p) + "\n")
+        _say("you> " + " ".join(p for p in (f"[audio {args.audio}]" if args.audio else "", args.text or "") if p) + "\n",
+             interactive)
         try:
             if args.speak:
                 text, wav = model.chat([turn], max_new_tokens=args.max_new_tokens, speak=True)
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_audio(args.speak, wav)
                 print(f"spoken reply: {args.speak} ({len(wav) / 16000:.1f} s)", file=sys.stderr)
                 return 0
-            _say("llasm> ")
+            _say("llasm> ", interactive)
             text = _reply(model, [turn], args.max_new_tokens, cache=cache)
         except (AudioError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -137,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             return 0
         messages += [turn, {"role": "assistant", "content": text}]
-    if interactive:
-        _say(f"llasm chat: {COMMANDS}\n")
+    _say(f"llasm chat: {COMMANDS}\n", interactive)
     while (line := _read_line(interactive)) is not None:
         line = line.strip()
         if not line:
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"unknown command {command}; {COMMANDS}")
             else:
                 turn = user_turn(None, line)
-            _say("llasm> ")
+            _say("llasm> ", interactive)
             text = _reply(model, messages + [turn], args.max_new_tokens, cache=cache)
         except Exception as err:  # noqa: BLE001 - one bad turn (file, command, too long) must not end the session
             print(f"error: {err}" if isinstance(err, (AudioError, ValueError)) else f"error: {type(err).__name__}: {err}",

@@ -32,9 +32,10 @@ from llasm.training.resume import latest_checkpoint
 
 CONFIG_NAME = "train_config.yaml"
 # keys that may change between a run and its continuation: where and how often things are written,
-# how long this sitting may take, how the resume itself is asked for
+# how long this sitting or the whole run may take (a longer run is what a resume is often for; the
+# learning-rate schedule then follows the new length), how the resume itself is asked for
 RESUME_FREE = ("resume", "output_dir", "data.num_workers", "train.log_every", "train.save_every",
-               "train.keep_checkpoints", "train.max_minutes", "encoder_cache.dir")
+               "train.keep_checkpoints", "train.max_minutes", "train.max_steps", "train.epochs", "encoder_cache.dir")
 SHOW_REASONS = 5
 
 
@@ -140,13 +141,13 @@ def flatten(data, prefix: str = "") -> dict:
     return {prefix: data}
 
 
-def config_changes(before: dict, after: dict) -> list[str]:
-    """What differs between two resolved configs, as ``key: old -> new`` lines (keys in
-    :data:`RESUME_FREE` may change on a resume and are left out)."""
+def config_changes(before: dict, after: dict, free: tuple[str, ...] = RESUME_FREE) -> list[str]:
+    """What differs between two resolved configs, as ``key: old -> new`` lines (keys starting with one
+    of ``free``, by default those that may change on a resume, are left out)."""
     old, new = flatten(before), flatten(after)
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUME_FREE) or old.get(key) == new.get(key):
+        if key.startswith(free) or old.get(key) == new.get(key):
             continue
         changes.append(f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}")
     return changes
@@ -301,6 +302,12 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
                  + f"; lr {t.lr:g} ({t.scheduler}, warmup {t.warmup_steps})")
     if resumed:
         lines.append(f"[train] resumed from {resumed} at step {trainer.step}")
+        before, _ = saved_run(Path(resumed))
+        longer = [c for c in config_changes({"train": (before or {}).get("train", {})}, {"train": dataclasses.asdict(t)},
+                                            free=()) if c.startswith(("train.max_steps", "train.epochs"))]
+        if longer:
+            lines.append(f"[train] note: the run's length changed ({'; '.join(longer)}): the learning-rate "
+                         "schedule follows the new length from here")
     lines += [f"[train] warning: {w}" for w in warnings]
     print("\n".join(lines), flush=True)
     return warnings
