@@ -54,7 +54,6 @@ from typing import Any, Callable, Sequence
 
 from llasm import __version__
 from llasm.evaluation import metrics as M
-from llasm.evaluation.benchmarks.cli import main as benchmark_main
 from llasm.evaluation.items import (
     ASSETS,
     JUDGE_PROMPT_PATH,
@@ -290,6 +289,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--benchmark" or a.startswith("--benchmark=") for a in argv):
+        from llasm.evaluation.benchmarks.cli import main as benchmark_main  # torch and the model core
+
         return benchmark_main(argv, prog=prog, model=model, transcriber=transcriber,
                               speech_transcriber=speech_transcriber)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
