@@ -87,6 +87,15 @@ def test_griffin_lim_inverts_a_log_mel():
     assert error[voiced].mean() < 0.25  # log10 units: within a factor of ~1.8 per band
 
 
+def test_griffin_lim_of_one_frame_is_silence_of_one_hop():
+    """A reply of one mel frame (a one-unit answer) is (T - 1) * hop = 0 samples of phase recovery; the
+    vocoder interface pads it to T * hop, so speaking never fails on a very short reply."""
+    config = MelConfig()
+    one = torch.zeros(1, config.num_mels)
+    assert len(GriffinLim(config, iterations=2)(one)) == 0
+    assert len(GriffinLimVocoder(iterations=2, mel=config)(one)) == config.hop_size
+
+
 def test_save_load_round_trip_and_loader_dispatch(tmp_path):
     from llasm.speech.vocoder import UnitHifiGan
     from llasm.speech.vocoder_config import UnitVocoderConfig

@@ -102,6 +102,8 @@ class GriffinLim:
         log_mel = torch.as_tensor(np.asarray(log_mel, dtype=np.float32))
         if log_mel.ndim != 2 or log_mel.shape[1] != c.num_mels:
             raise ValueError(f"log-mel must be (frames, {c.num_mels}), got {tuple(log_mel.shape)}")
+        if log_mel.shape[0] < 2:  # (T - 1) * hop = 0 samples; torch.istft cannot take an empty signal
+            return np.zeros(0, dtype=np.float32)
         magnitude = (c.log_base ** log_mel @ self.inverse_basis).clamp_min(0).T  # (F, T)
         window, length = self.mel.window, (log_mel.shape[0] - 1) * c.hop_size
         stft = dict(n_fft=c.n_fft, hop_length=c.hop_size, win_length=c.win_size, window=window, center=True)
