@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from llasm.configuration import LlasmConfig
+from llasm.device import DTYPES
 from llasm.io import atomic_dir, llasm_home, umask, write_text
 from llasm.lora import add_lora, merge_lora
 from llasm.processing import LlasmProcessor
@@ -46,7 +47,6 @@ from llasm.modeling import LlasmForConditionalGeneration  # noqa: F401
 # the two bases a trained_parts checkpoint rebuilds: argument name -> (config field, what it is)
 BASES = {"audio_tower": ("audio_model_name_or_path", "audio tower (Whisper)"),
          "language_model": ("text_model_name_or_path", "language model")}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name) -> torch.dtype:
