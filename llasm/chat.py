@@ -9,6 +9,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from llasm.configuration import audio_token_lengths
+from llasm.device import to_device
 from llasm.processing import COM_ANSWER, PromptTooLongError, answer_text
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
@@ -150,8 +151,7 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         messages = [user_turn(audio, text)]
     elif audio is not None or text:
         messages = list(messages) + [user_turn(audio, text)]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
@@ -197,6 +197,36 @@ def reply_room(processor, prompt_tokens: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, limit - prompt_tokens)
 
 
+@torch.inference_mode()
+def chat_batch(model, conversations: list[list[dict]], max_new_tokens: int | list[int] = 128,
+               **generate_kwargs) -> list[str]:
+    """Replies to several conversations (HF-style messages each) in one left-padded ``generate`` call.
+
+    Greedy by default, so each reply is the one :func:`chat` gives for its conversation alone, up
+    to the floating-point effects of padding. ``max_new_tokens`` may give one limit per conversation
+    (the batch runs to the largest; greedy decoding is causal, so cutting a row's reply at its own
+    limit gives what a call with that limit gives). Used where many prompts wait: evaluation and the
+    ``self_reply`` teachers. ``synced_gpus=True`` (ZeRO-3) keeps stepping until every rank is done.
+    """
+    processor = model.processor
+    if processor is None:
+        raise ValueError("chat_batch needs model.processor (load with from_pretrained or build_model)")
+    if not conversations:
+        return []
+    inputs = processor.apply_chat_template([list(c) for c in conversations], add_generation_prompt=True,
+                                           padding_side="left")
+    inputs = to_device(inputs, model.device)
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
+    generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
+    limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(conversations)
+    limits = [reply_room(processor, inputs["input_ids"].shape[1], n) for n in limits]
+    output = model.generate(**inputs, max_new_tokens=max(limits), **generate_kwargs)  # (B, L + new)
+    new = output[:, inputs["input_ids"].shape[1]:]
+    replies = [processor.decode(row[:limit], skip_special_tokens=True).strip() for row, limit in zip(new, limits)]
+    return [answer_text(r) for r in replies] if getattr(processor, "chain_of_modality", False) else replies
+
+
 def _answer_start(processor, reply_ids) -> int:
     """Index of the first reply token after ``[ta]`` (0 when the reply has no marker)."""
     for end in range(1, len(reply_ids) + 1):
@@ -238,7 +268,7 @@ def _decode_speaking(model, messages, max_new_tokens):
     """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
     units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
     processor = model.processor
-    inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
+    inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     ends = processor.end_of_turn_ids
     producing = model.unit_head.config.state == "output"  # units from the state that chose the token

@@ -26,7 +26,6 @@ from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from llasm.configuration import LlasmConfig
-from llasm.device import DTYPES
 from llasm.io import atomic_dir, llasm_home, umask, write_text
 from llasm.lora import add_lora, merge_lora
 from llasm.processing import LlasmProcessor
@@ -47,6 +46,7 @@ from llasm.modeling import LlasmForConditionalGeneration  # noqa: F401
 # the two bases a trained_parts checkpoint rebuilds: argument name -> (config field, what it is)
 BASES = {"audio_tower": ("audio_model_name_or_path", "audio tower (Whisper)"),
          "language_model": ("text_model_name_or_path", "language model")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name) -> torch.dtype:
@@ -195,7 +195,7 @@ def load_checkpoint(cls, path, *, dtype=None, config=None, audio_tower=None, lan
         if config.lora:
             add_lora(model, config.lora)
         state = load_file(cached_file(path, WEIGHTS_NAME, **hub_kwargs))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        unexpected = load_into(model, state)
         if unexpected:
             raise ValueError(f"{path}: checkpoint has weights this model does not: {unexpected[:5]}")
     model.processor = _load_processor(path, hub_kwargs)
@@ -204,6 +204,28 @@ def load_checkpoint(cls, path, *, dtype=None, config=None, audio_tower=None, lan
         model.processor.max_positions = getattr(config.text_config, "max_position_embeddings", None)
     model.eval()
     return model
+
+
+def load_into(model, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy ``state`` over ``model``'s tensors of the same names; returns the names it does not have.
+
+    Under ZeRO-3 (a model built inside ``deepspeed.zero.Init``, as transformers' ``from_pretrained`` does
+    when a ZeRO-3 config is active) each rank holds an empty slice of every partitioned weight, so
+    those are gathered, written on rank 0 and re-partitioned (``GatheredParameters(modifier_rank=0)``,
+    like transformers' own ZeRO-3 loading); ordinary tensors are loaded on every rank as usual.
+    """
+    params = dict(model.named_parameters())
+    partitioned = {n for n in state if hasattr(params.get(n), "ds_id")}
+    if partitioned:
+        import deepspeed  # optional (llasm[train]); partitioned parameters mean it is there
+
+        with torch.no_grad():
+            for name in sorted(partitioned):
+                with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=0):
+                    if torch.distributed.get_rank() == 0:
+                        params[name].copy_(state[name])
+    _, unexpected = model.load_state_dict({n: t for n, t in state.items() if n not in partitioned}, strict=False)
+    return unexpected
 
 
 def _load_processor(path, hub_kwargs):

@@ -9,16 +9,21 @@ Defaults: CUDA when present, else the CPU; bfloat16 weights on CUDA (float16 on 
 bf16, e.g. V100/T4), float32 on the CPU. A device that was asked for but is missing is an error,
 not a silent fall back to the CPU. Follows transformers' ``TrainingArguments`` (``bf16`` on
 Ampere+, ``fp16`` before) and accelerate's one ``device`` per process.
+
+torch is imported where a function needs it, so the command modules can declare ``--device`` with
+:func:`add_device_arguments` and still answer ``--help`` without loading it.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 AUTO = (None, "", "auto")
 
 
@@ -28,6 +33,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     Accepts ``cpu``, ``cuda``, ``cuda:N``, ``mps``. Raises ``ValueError`` naming the device when
     it was asked for but this machine (or this build of torch) has none.
     """
+    import torch  # heavy: not for --help
+
     if isinstance(name, torch.device):
         name = str(name)
     if name in AUTO:
@@ -48,6 +55,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 
 
 def _bf16_supported(device: torch.device) -> bool:
+    import torch
+
     return device.type != "cuda" or torch.cuda.is_bf16_supported()
 
 
@@ -56,6 +65,8 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
 
     Names: ``float32`` | ``bfloat16`` | ``float16`` (or a ``torch.dtype``). ``ValueError`` otherwise.
     """
+    import torch
+
     if isinstance(name, torch.dtype):
         return name
     if name in AUTO:
@@ -63,9 +74,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if _bf16_supported(device) else torch.float16
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {name!r}")
-    return DTYPES[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or auto, got {name!r}")
+    return getattr(torch, name)
 
 
 def resolve_mixed_precision(name: str | None, device: str | torch.device | None = None) -> str:
@@ -89,6 +100,8 @@ def to_device(data, device: str | torch.device, non_blocking: bool = False):
     The one helper through which batches reach a model: a CPU tensor left behind is a
     cross-device error on a GPU. Non-tensor values (ids, paths) pass through unchanged.
     """
+    import torch
+
     if isinstance(data, torch.Tensor):
         return data.to(device, non_blocking=non_blocking)
     if isinstance(data, Mapping):  # a processor's BatchFeature too: the result is a plain dict
@@ -111,12 +124,14 @@ def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) ->
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N or auto (default: cuda when present, else cpu)")
     if dtype:
-        parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+        parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
                             help="weight dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
 
 
 def describe(device: torch.device, dtype: torch.dtype | None = None) -> str:
     """``"cuda:0 (NVIDIA H100, bfloat16)"`` — for a tool's first line of output."""
+    import torch
+
     name = str(device)
     if device.type == "cuda":
         name += f" ({torch.cuda.get_device_name(device)}"

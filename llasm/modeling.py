@@ -7,6 +7,7 @@ audio, checks N against the shared token-count function and places the audio tok
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -142,16 +143,41 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def adaptor_dtype(self):
         return next(self.adaptor.parameters()).dtype
 
+    def placeholder_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One silent chunk, long enough for one audio token: ``(1, n_mels, T_mel)`` mel and its mask,
+        on the tower's device and dtype (3000 frames when the tower only takes 30 s windows)."""
+        frames = 3000 if self.config.pad_to_30s else 2 * self.config.stack_factor
+        weight = self.audio_tower.conv1.weight if hasattr(self.audio_tower, "conv1") else self.audio_tower.encoder.conv1.weight
+        mel = torch.zeros(1, self.config.audio_config.num_mel_bins, frames, dtype=weight.dtype, device=weight.device)
+        return mel, torch.ones(1, frames, dtype=torch.long, device=weight.device)
+
+    def placeholder_audio_pass(self, kind: str) -> torch.Tensor:
+        """``0 x`` the audio tokens of :meth:`placeholder_features`: a zero scalar whose graph runs the
+        adaptor (and the tower for ``kind="input_features"``; ``"audio_encoder_outputs"``: the tower's
+        states come from a cache). A rank whose batch has no audio adds it, so it gathers (ZeRO-3) and
+        reduces (ZeRO-2, DDP) the same weights as the ranks with audio; the outputs do not change."""
+        mel, mask = self.placeholder_features()
+        if kind == "input_features":
+            tokens = self.get_audio_embeddings(mel, mask)
+        elif kind == "audio_encoder_outputs":
+            frames = [mel.shape[-1]]
+            states = mel.new_zeros(1, encoder_frames(frames[0]), self.config.audio_config.d_model)
+            tokens = self.project_audio(states, frames)
+        else:
+            raise ValueError(f"placeholder_audio must be input_features or audio_encoder_outputs, got {kind!r}")
+        return tokens.sum() * 0
+
     def get_audio_embeddings(self, input_features, feature_attention_mask=None) -> torch.Tensor:
         """Encode audio chunks and project them: ``(N_tokens, D_llm)``."""
         return self.project_audio(*self.encode_audio(input_features, feature_attention_mask))
 
     def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None, audio_embeds=None,
-                     audio_encoder_outputs=None):
+                     audio_encoder_outputs=None, placeholder_audio=None):
         """Token embeddings with audio tokens scattered into the ``<au_patch>`` slots.
 
         Audio comes as ``input_features`` (mel), as cached ``audio_encoder_outputs`` (``(C, T_enc, D)``
         with ``feature_attention_mask`` giving mel frames per chunk), or as ready ``audio_embeds``.
+        ``placeholder_audio`` (a batch without audio in a multi-rank step): see :meth:`placeholder_audio_pass`.
         """
         cfg = self.config
         patch = input_ids == cfg.audio_patch_token_id  # (B, L)
@@ -177,6 +203,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if audio_embeds is None:
             if n_slots:
                 raise ValueError(f"input_ids have {n_slots} <au_patch> slots but no audio was given")
+            if placeholder_audio:
+                embeds = embeds + self.placeholder_audio_pass(placeholder_audio).to(embeds.dtype)
             return embeds
         if audio_embeds.shape[0] != n_slots:
             raise ValueError(
@@ -205,6 +233,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         unit_mask=None,
         answer_states=None,
         answer_mask=None,
+        placeholder_audio=None,
         **kwargs,
     ):
         if unit_targets is not None and self.unit_head is None:
@@ -213,7 +242,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             return self._unit_head_loss(answer_states, answer_mask, unit_targets)
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
-                                              audio_encoder_outputs)
+                                              audio_encoder_outputs, placeholder_audio)
         if unit_targets is not None:
             return self._unit_head_loss(*self.answer_states(inputs_embeds, attention_mask, unit_mask), unit_targets)
         if labels is not None:
@@ -280,7 +309,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         (:class:`llasm.speech.token2wav.UnitMelToken2Wav`) or a unit HiFi-GAN, or the path of either's
         directory (:func:`llasm.speech.token2wav.load_token2wav`)."""
         if isinstance(vocoder, (str, os.PathLike)):
-            vocoder = load_token2wav(vocoder)
+            vocoder = load_token2wav(vocoder, device=str(self.device))
+        if isinstance(vocoder, torch.nn.Module):  # beside the model: units go straight from the unit head
+            vocoder.to(self.device)
         self.__dict__["vocoder"] = vocoder
         return self
 
@@ -318,10 +349,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                 model.audio_tower = load_whisper_encoder(config.audio_model_name_or_path, dtype)
         if config.text_model_name_or_path:
             model.language_model = AutoModelForCausalLM.from_pretrained(config.text_model_name_or_path, dtype=dtype)
-            # LLaSM initialises the new token rows to the mean embedding
-            mean = model.get_input_embeddings().weight.detach().float().mean(0)
+            # LLaSM initialises the new token rows to the mean embedding (gathered: under ZeRO-3 each rank
+            # holds an empty slice of it, whose mean is NaN)
+            embedding = model.get_input_embeddings().weight
+            with gathered([embedding]):
+                mean = embedding.detach().float().mean(0)
             model.audio_marker_embeddings.weight.data.copy_(mean.expand_as(model.audio_marker_embeddings.weight))
-        model.to(dtype)
+        for part in model.children():  # parts ZeRO-3 already partitioned (loaded in dtype) keep their slices
+            if not any(hasattr(p, "ds_id") for p in part.parameters()):
+                part.to(dtype)
         for part in (model.audio_tower, model.language_model):
             part.requires_grad_(False)
         model.audio_tower.eval()
@@ -346,6 +382,16 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a checkpoint written by :meth:`save_pretrained` (either format) and its processor."""
         return load_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
+
+
+def gathered(params: list[torch.Tensor]):
+    """Context in which ZeRO-3-partitioned ``params`` hold their full values on every rank (read only);
+    a no-op for ordinary parameters. DeepSpeed's ``GatheredParameters``, as transformers uses it."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed  # optional (llasm[train]); partitioned parameters mean it is there
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

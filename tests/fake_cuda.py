@@ -32,6 +32,9 @@ _ALLOWED_MIXED = {  # cross-device by design: copies between host and device
     torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype_layout,
     torch.ops.aten.to.device, torch.ops.aten.to.dtype, torch.ops.aten.to.other,
 }
+# CUDA indexing accepts index tensors on the CPU (x[[0, 2]] on a GPU tensor works)
+_CPU_INDICES = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+                torch.ops.aten._index_put_impl_.default}
 
 
 class DeviceMismatch(RuntimeError):
@@ -56,6 +59,15 @@ class Accelerated(torch.Tensor):
     def tolist(self):  # a device-to-host copy, as on a GPU (torch refuses tolist on subclasses)
         return self.elem.tolist()
 
+    # Python indexing turns a list index into a tensor made directly on the indexed tensor's device,
+    # below the dispatcher, so on "meta" its values would be lost: make it a CPU index tensor instead
+    # (CUDA indexing takes those too)
+    def __getitem__(self, index):
+        return super().__getitem__(_host_index(index))
+
+    def __setitem__(self, index, value):
+        return super().__setitem__(_host_index(index), value)
+
     def __tensor_flatten__(self):
         return ["elem"], None
 
@@ -68,6 +80,12 @@ class Accelerated(torch.Tensor):
         return _run(func, args, kwargs or {})
 
 
+def _host_index(index):
+    if isinstance(index, tuple):
+        return tuple(_host_index(i) for i in index)
+    return torch.tensor(index) if isinstance(index, list) else index
+
+
 def _is_accelerator(device) -> bool:
     return isinstance(device, (torch.device, str)) and torch.device(device).type == ACCELERATOR.type
 
@@ -78,8 +96,13 @@ def _wrap(value):
 
 def _run(func, args, kwargs):
     flat, _ = tree_flatten((args, kwargs))
+    if any(type(t) is torch.Tensor and t.device == ACCELERATOR for t in flat):  # noqa: E721 (not a subclass)
+        raise RuntimeError(f"{func}: a tensor made on {ACCELERATOR} below the dispatcher has no values; "
+                           "teach tests/fake_cuda.py to make it an Accelerated tensor")
     on_device = any(isinstance(t, Accelerated) for t in flat)
     if on_device and func not in _ALLOWED_MIXED:
+        if func in _CPU_INDICES:
+            flat, _ = tree_flatten((args[0], args[2:], kwargs))
         host = [t for t in flat if isinstance(t, torch.Tensor) and not isinstance(t, Accelerated) and t.dim() > 0]
         if host:
             raise DeviceMismatch(f"{func}: a cpu tensor of shape {tuple(host[0].shape)} met tensors on the "

@@ -404,20 +404,23 @@ def test_dtype_option_loads_the_model_and_cascade_in_bfloat16(tmp_path, tiny):
     assert set(report["results"]) == {"llasm", "cascade"} and not report["errors"]
 
 
-def test_llasm_transcription_is_capped_by_audio_length():
-    """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does."""
+def test_llasm_transcription_is_capped_by_audio_length(monkeypatch):
+    """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does; in a
+    batch every clip keeps its own limit."""
     import numpy as np
 
-    from llasm.evaluation.systems import LlasmSystem
+    from llasm.evaluation import systems
 
-    class Recorder:
-        def chat(self, messages, max_new_tokens, **kwargs):
-            self.limit = max_new_tokens
-            return "x"
+    limits = []
 
-    model = Recorder()
-    system = LlasmSystem(model, max_new_tokens=40)
-    system.transcribe(np.zeros(16000, dtype=np.float32) + 0.01, "en")
-    assert model.limit == 22
-    system.transcribe(np.zeros(16000 * 10, dtype=np.float32) + 0.01, "zh")
-    assert model.limit == 40
+    def recorder(model, conversations, max_new_tokens, **kwargs):
+        limits.append(max_new_tokens)
+        return ["x"] * len(conversations)
+
+    monkeypatch.setattr(systems, "chat_batch", recorder)
+    system = systems.LlasmSystem(object(), max_new_tokens=40)
+    one, ten = np.zeros(16000, dtype=np.float32) + 0.01, np.zeros(16000 * 10, dtype=np.float32) + 0.01
+    system.transcribe(one, "en")
+    system.transcribe(ten, "zh")
+    system.transcribe_batch([one, ten], ["en", "zh"])
+    assert limits == [[22], [40], [22, 40]]

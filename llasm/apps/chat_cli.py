@@ -27,6 +27,7 @@ from llasm.audio import AudioError, save_audio
 
 # a command module: the model core (torch, transformers) is imported once the arguments are read, so
 # `llasm chat --help` answers at once (tests/test_layout.py lists the command modules)
+from llasm.device import add_device_arguments, describe
 
 COMMANDS = "type text, '/audio FILE [text]', '/reset', '/help' or '/quit'"
 
@@ -106,21 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also speak the reply to --audio/--text into this file (unit head + vocoder), then exit")
     parser.add_argument("--vocoder", help="token2wav directory for --speak: train/train_token2wav.py (units -> mel -> "
                         "MB-MelGAN) or train/train_vocoder.py (unit HiFi-GAN) output")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from llasm.builder import load_model
     from llasm.chat import PromptCache, user_turn
-    from llasm.modeling import LlasmForConditionalGeneration
 
-    try:
-        model = LlasmForConditionalGeneration.from_pretrained(
-            args.model, dtype=args.dtype, audio_tower=args.audio_tower, language_model=args.language_model)
-    except (OSError, ValueError) as err:  # not a checkpoint, or its bases are not where it says
+    try:  # placed on --device in --dtype (default: CUDA and bf16 when present)
+        model, _ = load_model(args.model, dtype=args.dtype, device=args.device, audio_tower=args.audio_tower,
+                              language_model=args.language_model)
+    except (OSError, ValueError) as err:  # not a checkpoint, its bases are not where it says, no such device
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(f"llasm chat: {describe(model.device, model.dtype)}", file=sys.stderr)
     if args.vocoder:
         model.set_vocoder(args.vocoder)
     interactive = _is_terminal(sys.stdin)

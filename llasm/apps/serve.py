@@ -27,6 +27,7 @@ from llasm.audio import AudioError
 
 # a command module: the model core (torch, transformers) is imported where it is used, so
 # `llasm serve --help` answers at once (tests/test_layout.py lists the command modules)
+from llasm.device import add_device_arguments, describe
 
 # The conversation ("history") is a list of llasm/HF-style messages, the model's own view:
 #   {"role": "user", "content": [{"type": "audio", "audio": path}, {"type": "text", "text": "..."}]}
@@ -252,18 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (MB)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(parser)
     parser.add_argument("--vocoder", default=None,
                         help="token2wav dir (train/train_token2wav.py or train/train_vocoder.py output): a model with a unit head speaks")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from llasm.modeling import LlasmForConditionalGeneration
+    from llasm.builder import load_model
 
-    model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, audio_tower=args.audio_tower,
-                                                          language_model=args.language_model)
-    model.eval()
+    model, _ = load_model(args.model, dtype=args.dtype, device=args.device, audio_tower=args.audio_tower,
+                          language_model=args.language_model)  # placed on --device, in eval mode
+    print(f"llasm serve: {describe(model.device, model.dtype)}")
     if args.vocoder:
         model.set_vocoder(args.vocoder)
     elif getattr(model, "unit_head", None) is not None:

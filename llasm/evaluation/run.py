@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llasm import __version__
+from llasm.device import add_device_arguments
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import (
     ASSETS,
@@ -90,16 +91,14 @@ MAKE_DATA_HINT = (
 
 
 def load_model(spec: str, device: str | None = None, dtype: str | None = None, **bases):
-    """A checkpoint dir or a model YAML (:func:`llasm.builder.load_model`), on ``device`` (CUDA when
-    there is one) in eval mode. ``dtype`` (float32 | bfloat16 | float16) overrides the float32 default;
-    ``bases`` (``audio_tower=``, ``language_model=``) say where a checkpoint's base models are."""
-    import torch  # heavy: not for --help
+    """A checkpoint dir or a model YAML (:func:`llasm.builder.load_model`), on ``device`` in ``dtype``
+    (default: CUDA and bfloat16 when there is a GPU, else the CPU and float32; :mod:`llasm.device`),
+    in eval mode; ``bases`` (``audio_tower=``, ``language_model=``) say where a checkpoint's base
+    models are."""
+    from llasm import builder  # heavy (torch): not for --help
 
-    from llasm import builder
-
-    model, _ = builder.load_model(spec, dtype=dtype, **bases)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+    model, _ = builder.load_model(spec, dtype=dtype, device=device or "auto", **bases)
+    return model
 
 
 def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS) -> argparse.ArgumentParser:
@@ -134,9 +133,8 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--no-cascade", action="store_true", help="skip the Whisper -> LLM cascade baseline")
     p.add_argument("--cascade-whisper", default=None,
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights of the model and the cascade's Whisper (default float32; bfloat16 on GPUs)")
+    add_device_arguments(p)  # --device, --dtype: the model's and the cascade's Whisper
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     speech = p.add_argument_group("speech output (task 'speech', llasm.evaluation.speech; added when --vocoder is given)")
     speech.add_argument("--vocoder", default=None,
@@ -241,7 +239,8 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
 
     report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items, real_items=real_items,
                       tasks=[t for t in tasks if t != "speech"], scorer=make_ppl_scorer(model), judge=judge,
-                      errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops)
+                      errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops,
+                      batch_size=args.batch_size)
     if "speech" in tasks:
         speech_judge = speech_transcriber or transcriber
         judge_path = args.judge or args.cascade_whisper or getattr(model.config, "audio_model_name_or_path", None)

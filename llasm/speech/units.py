@@ -33,6 +33,7 @@ from transformers import HubertModel, WhisperFeatureExtractor
 
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
 from llasm.audio_tower import load_whisper_encoder
+from llasm.device import resolve_device
 from llasm.io import atomic_path, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,9 @@ class HubertLayerFeatures:
 
 
 def load_feature_encoder(name_or_path: str, encoder_type: str = "whisper", layer: int | None = None,
-                         device: str = "cpu"):
+                         device: str = "auto"):
+    """The frame-feature encoder (``whisper`` | ``hubert``) on ``device`` (``auto``: CUDA when present)."""
+    device = str(resolve_device(device))
     if encoder_type == "whisper":
         return WhisperLayerFeatures(name_or_path, layer, device)
     if encoder_type == "hubert":
@@ -226,7 +229,7 @@ class UnitExtractor:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, features=None, with_encoder: bool = True,
-             device: str = "cpu", encoder: str | None = None) -> "UnitExtractor":
+             device: str = "auto", encoder: str | None = None) -> "UnitExtractor":
         """Load ``kmeans.safetensors`` + ``kmeans.json``; builds the feature encoder it names unless
         ``features`` is given or ``with_encoder=False`` (``encoder`` overrides the stored id/path)."""
         directory = Path(directory)

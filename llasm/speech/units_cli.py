@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from llasm.device import add_device_arguments
 from llasm.io import write_batch_output, write_jsonl
 
 logger = logging.getLogger("llasm.speech.units")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", required=True, help="directory for kmeans.safetensors + kmeans.json")
     fit.add_argument("--max-frames", type=int, default=None, help="stop encoding after this many frames")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--device", default="cpu")
+    add_device_arguments(fit, dtype=False)
     for name, help_ in (("annotate", "add units/durations to gpt turns with audio"),
                         ("manifest", "vocoder training manifest {id, audio, units, durations}")):
         p = sub.add_parser(name, help=help_)
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--encoder", default=None, help="override the encoder id/path stored in kmeans.json")
         p.add_argument("--input", nargs="+" if name == "manifest" else None, required=True)
         p.add_argument("--output", required=True)
-        p.add_argument("--device", default="cpu")
+        add_device_arguments(p, dtype=False)
     return parser
 
 

@@ -235,7 +235,7 @@ class UnitHifiGan(nn.Module):
         unit_tensor = self._unit_tensor(units)
         duration_tensor = None
         if durations is not None:
-            duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64).reshape(1, -1))
+            duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64).reshape(1, -1)).to(unit_tensor.device)
             if (duration_tensor < 0).any():
                 raise ValueError("durations must be >= 0")
         with self._inference():

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
 
 from llasm.audio import load_audio, save_audio
+from llasm.device import describe, resolve_device, to_device
 from llasm.io import atomic_path, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import (
@@ -201,10 +202,11 @@ class VocoderTrainer:
         self.output_dir = Path(t.output_dir)
         self.dataset = dataset or UnitAudioDataset(t.train_manifest, config, seed=t.seed)
         torch.manual_seed(t.seed)
-        self.generator = UnitHifiGan(config)
-        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor)
-        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor)
-        self.mel = MelSpectrogram(config)
+        self.device = resolve_device(t.device)  # models, batches and losses live here; checkpoints on the CPU
+        self.generator = UnitHifiGan(config).to(self.device)
+        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor).to(self.device)
+        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor).to(self.device)
+        self.mel = MelSpectrogram(config).to(self.device)
         betas = tuple(config.adam_betas)
         adam = dict(lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay)
         self.optim_g = torch.optim.AdamW(self.generator.parameters(), **adam)
@@ -222,6 +224,8 @@ class VocoderTrainer:
         step = self.step + 1
         for module in (self.generator, self.mpd, self.msd):
             module.train()
+        batch = to_device(batch, self.device)
+        zero = torch.zeros((), device=self.device)
         y = batch["audio"].unsqueeze(1)  # (B, 1, S)
         y_hat = self.generator(batch["units"], batch["durations"])  # (B, 1, S)
         if y_hat.shape != y.shape:
@@ -229,7 +233,7 @@ class VocoderTrainer:
         y_mel, y_hat_mel = self.mel(y), self.mel(y_hat)  # (B, M, frames)
 
         gan = step > self.config.gan_start_step
-        loss_d = torch.zeros(())
+        loss_d = zero
         if gan:  # discriminators on the detached generator output
             self.optim_d.zero_grad(set_to_none=True)
             real, fake, _, _ = self.mpd(y, y_hat.detach())
@@ -243,14 +247,14 @@ class VocoderTrainer:
         # generator: adversarial + feature matching + mel L1 + duration
         self.optim_g.zero_grad(set_to_none=True)
         loss_mel = F.l1_loss(y_hat_mel, y_mel)
-        loss_adv = loss_fm = torch.zeros(())
+        loss_adv = loss_fm = zero
         if gan:
             _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
             _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
             loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
             loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
         loss_g = loss_adv + loss_fm + self.config.mel_loss_weight * loss_mel
-        loss_dur = torch.zeros(())
+        loss_dur = zero
         if self.generator.duration_predictor is not None:
             log_durations = self.generator.log_durations(batch["units"])  # (B, U)
             loss_dur = duration_loss(log_durations, batch["durations"], batch["duration_mask"])
@@ -280,7 +284,8 @@ class VocoderTrainer:
         history: list[dict] = []
         per_epoch = self.dataset.steps_per_epoch(t.batch_size)
         last_saved = self.step if self.resumed_from else -1
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="vocoder", unit="step")
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc=f"vocoder on {describe(self.device)}",
+                   unit="step")
         while not self._finished(started):
             losses = self.train_step(self.dataset.batch(self.step, t.batch_size))
             self.step += 1
@@ -339,7 +344,7 @@ class VocoderTrainer:
         if not (folder / "target.wav").exists():
             save_audio(folder / "target.wav", target, self.config.sampling_rate)
         with torch.no_grad():
-            mels = [self.mel(torch.from_numpy(a)[None])[0].numpy() for a in (target, generated)]
+            mels = [self.mel(torch.from_numpy(a)[None].to(self.device))[0].cpu().numpy() for a in (target, generated)]
         figure, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
         low, high = float(mels[0].min()), float(mels[0].max())  # one colour scale for both panels
         for axis, mel, title in zip(axes, mels, ("target", f"generated (step {self.step})")):

@@ -34,6 +34,7 @@ class ObjectiveConfig:
     kl_weight: float = 1.0
     temperature: float = 1.0
     max_new_tokens: int = 128  # self_reply generation length
+    generate_batch_size: int = 16  # self_reply: rows per generate call (each rank makes its share)
     # units: keep the frozen LLM's answer states in memory after their first use, so later epochs run
     # only the unit head (answer tokens x hidden size x dtype bytes per conversation)
     cache_states: bool = False
@@ -50,7 +51,9 @@ class OptimConfig:
     epochs: int = 1
     max_steps: int | None = None
     max_minutes: float | None = None  # stop (and save) after this much wall time: CPU demos budget by time
-    mixed_precision: str = "no"  # no | bf16 (CPU autocast too: AVX512-BF16 / AMX) | fp16
+    # auto (bf16 on CUDA, fp16 on GPUs without bf16, no on CPU) | no | bf16 (CPU autocast too:
+    # AVX512-BF16 / AMX) | fp16; under DeepSpeed it fills the JSON's "auto" bf16/fp16 sections
+    mixed_precision: str = "auto"
     # LM head only on answer positions + a frozen LLM's shared prompt prefix computed once (exact);
     # false = the plain full-sequence HF loss (the LLaSM recipe in bench/train_throughput.py)
     fast_loss: bool = True
@@ -79,6 +82,7 @@ class TrainConfig:
     # auto: continue the newest checkpoint in output_dir when the config and data are the same (else stop,
     # naming what changed) | force: continue it anyway | none: start again | a checkpoint dir
     resume: str = "auto"
+    device: str = "auto"  # auto (CUDA when present; each rank its LOCAL_RANK GPU) | cpu | cuda
     deepspeed: str | None = None  # configs/deepspeed/zero2.json
     trainable: dict = field(default_factory=lambda: dict(DEFAULT_TRAINABLE))
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})

@@ -3,11 +3,15 @@ under ``torchrun``/``accelerate`` (DDP) or ``deepspeed`` (ZeRO-2/3).
 
 Where things are:
 
-* devices and precision: :class:`Trainer` builds one ``accelerate.Accelerator`` (``self.accelerator``;
-  CPU when no CUDA, gloo for DeepSpeed on CPU, ``mixed_precision`` from the YAML); batches go to
-  ``self.accelerator.device`` in :meth:`Trainer.model_inputs`;
+* devices and precision: :mod:`llasm.device` resolves ``device:`` and ``train.mixed_precision``
+  (CUDA and bf16 when present); :class:`Trainer` builds one ``accelerate.Accelerator``
+  (``self.accelerator``; gloo for DeepSpeed on CPU) and every batch goes to ``self.device`` through
+  :func:`llasm.device.to_device` in :meth:`Trainer.model_inputs`; DeepSpeed's ``"auto"`` values are
+  filled from the training config (:func:`llasm.training.distributed.deepspeed_config`);
 * collectives: every cross-rank step is a named method or an ``accelerator`` call in :meth:`fit` and the
-  checkpoint methods (``_mean_across_ranks``, ``_check_finite``, ``wait_for_everyone``);
+  checkpoint methods (``agree``, ``_mean_across_ranks``, ``_check_finite``, ``wait_for_everyone``); the
+  ranks agree on each micro-batch's needs first (:mod:`llasm.training.distributed`), so a batch rejected
+  on one rank is skipped on all and a part one rank lacks still runs there with weight 0;
 * the loss per objective: :mod:`llasm.training.losses`; trainability and learning rates:
   :mod:`llasm.training.parts`; resume state and RNG: :mod:`llasm.training.resume`.
 """
@@ -32,9 +36,11 @@ from transformers import get_scheduler
 from llasm.builder import load_model
 from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
-from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
+from llasm.device import resolve_device, resolve_mixed_precision, to_device
+from llasm.io import atomic_dir, llasm_home, read_jsonl, write_jsonl
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
+from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
 from llasm.training.parts import (
@@ -76,17 +82,23 @@ class Trainer:
         self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0",
                                             check_model=model is None)
         self.data_sha1 = describe.data_fingerprint(cfg)
+        self.zero_stage = zero_stage(cfg.deepspeed)
         if cfg.objective.cache_states:
             self._check_cache_states()
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {cfg.device!r} (each rank takes the GPU of its "
+                             "LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)")
+        on_cpu = resolve_device(cfg.device).type == "cpu"  # raises when cuda is asked for and missing
+        self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, "cpu" if on_cpu else "cuda")
         plugin = self._deepspeed_plugin() if cfg.deepspeed else None
-        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # text-only batches skip the adaptor
-        cpu = not torch.cuda.is_available()
-        if plugin is not None and cpu:
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # LoRA / unit head leave parts unused
+        if plugin is not None and on_cpu:
             # accelerate only starts DeepSpeed when not told cpu=True; on CPU it must then be given gloo
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        self.accelerator = Accelerator(cpu=cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
+        self.accelerator = Accelerator(cpu=on_cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
                                        gradient_accumulation_steps=cfg.train.grad_accum,
-                                       mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
+                                       mixed_precision=None if plugin is not None else self.mixed_precision)
+        self.device = self.accelerator.device  # this rank's: cuda:LOCAL_RANK on a GPU node
         self.is_main = self.accelerator.is_main_process
         seed_everything(cfg.seed)
         if model is None:
@@ -102,6 +114,13 @@ class Trainer:
                 log.info("trained in fp32 (the model is %s): %s", model.dtype, ", ".join(upcast))
         self.model = model
         self.cache = self._encoder_cache()
+        self.model_key = model_key(model, processor)  # before ZeRO-3 partitions a random tower's weights
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
+                                      weight_decay=cfg.train.weight_decay)
+        self.model.train()
+        freeze_frozen_parts(model)
+        # placed (and, under DeepSpeed, partitioned) before anything runs the model: self_reply generates
+        self.engine, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.dataset = self._dataset()
         self.sampler = MixtureBatchSampler(
             self.dataset, cfg.train.batch_size, seed=cfg.seed, group_size=cfg.data.group_size,
@@ -110,14 +129,11 @@ class Trainer:
         self.batches_per_epoch = len(self.sampler.epoch_batches(0))
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
-                                           weight_decay=cfg.train.weight_decay)
-        # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank)
-        self.scheduler = get_scheduler(cfg.train.scheduler, self.optimizer, cfg.train.warmup_steps, self.total_steps)
-        self.model.train()
-        freeze_frozen_parts(model)
-        self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank);
+        # it sets the learning rates in the param groups the prepared optimizer shares
+        self.scheduler = get_scheduler(cfg.train.scheduler, optimizer, cfg.train.warmup_steps, self.total_steps)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_batches = 0  # rejected on some rank, so skipped by all
         self.losses: list[tuple[int, float]] = []
         # objective.cache_states: the frozen LLM's answer states, kept after their first use
         self.state_cache = losses.AnswerStateCache() if cfg.objective.cache_states else None
@@ -132,20 +148,14 @@ class Trainer:
         if self.cfg.objective.type != "units" or any(modes[p] != "frozen" for p in ("audio_tower", "adaptor", "language_model")):
             raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
                              "language_model frozen (it reuses their outputs across epochs)")
-        if self._zero_stage() == 3:
+        if self.zero_stage == 3:
             raise ValueError("objective.cache_states runs the frozen LLM outside the engine: not with ZeRO-3, "
                              "whose parameters are partitioned (use zero2.json)")
 
     def _deepspeed_plugin(self):
-        ds = json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text())
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        t = self.cfg.train
-        fill = {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
-                "train_batch_size": t.batch_size * t.grad_accum * world, "gradient_clipping": t.max_grad_norm}
-        for key, value in fill.items():
-            if ds.get(key, "auto") == "auto":
-                ds[key] = value
-        return DeepSpeedPlugin(hf_ds_config=ds)
+        return DeepSpeedPlugin(hf_ds_config=deepspeed_config(self.cfg.deepspeed, self.cfg.train, world,
+                                                              self.mixed_precision))
 
     def _encoder_cache(self):
         tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
@@ -166,43 +176,73 @@ class Trainer:
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
         if self.is_main:  # this run's rejects only: the dataset appends what it finds
             (self.out / "rejects.jsonl").unlink(missing_ok=True)
-        return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
+        return ConversationDataset(sources, self.processor, model_key=self.model_key,
                                    rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
                                    with_teacher=self.cfg.objective.type == "kl")
 
     def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
-        """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
+        """Replace each source by its self-reply version, kept in output_dir (made once: a rerun or a
+        resume reuses it). Every rank generates every ``world``-th row, batched, on its device, into
+        its own shard; rank 0 merges the shards in the source's order."""
+        acc, objective = self.accelerator, self.cfg.objective
+        rank, world = acc.process_index, acc.num_processes
         out = []
         for i, source in enumerate(sources):
             target = self.out / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
-            if self.is_main and not target.exists():
+            out.append(Source(str(target), source.weight, source.name))
+            if target.exists():  # output_dir is on a filesystem every rank sees
+                continue
+            shard = target.with_suffix(f".rank{rank}.jsonl")
+            if not shard.exists():
                 root = Path(source.path).resolve().parent
                 rows = read_jsonl(source.path)
                 for row in rows:  # the new file lives elsewhere: make audio paths absolute
                     row["audios"] = [str(root / a) for a in row.get("audios", [])]
-                write_jsonl(target, precompute_self_replies(rows, self.model, self.processor,
-                                                            self.cfg.objective.max_new_tokens))
-            out.append(Source(str(target), source.weight, source.name))
-        self.accelerator.wait_for_everyone()
+                write_jsonl(shard, precompute_self_replies(
+                    rows, self.model, self.processor, objective.max_new_tokens, objective.generate_batch_size,
+                    rank=rank, world_size=world, synced=self.zero_stage == 3))
+            acc.wait_for_everyone()
+            if self.is_main:
+                shards = [read_jsonl(target.with_suffix(f".rank{r}.jsonl")) for r in range(world)]
+                merged = [row for k in range(max(map(len, shards))) for s in shards if k < len(s) for row in s[k:k + 1]]
+                write_jsonl(target, merged)  # rank r made rows r, r + world, ...: interleave them back
+                for r in range(world):
+                    target.with_suffix(f".rank{r}.jsonl").unlink()
+            acc.wait_for_everyone()
         return out
 
     # -- one step --------------------------------------------------------------------------
-    def model_inputs(self, batch: dict) -> dict:
-        """The model's keyword inputs for a collated batch, on this rank's device; with the encoder
-        cache, the frozen tower's states replace the mel features."""
+    def needs(self, batch: dict) -> BatchNeeds:
+        """What this rank's ``batch`` runs: nothing (all rejected), the adaptor, the audio tower."""
+        audio = "input_features" in batch
+        tower = audio and (self.cache is None or self.cache.missing(batch["audio_keys"]))
+        return BatchNeeds(empty=bool(batch.get("empty")), audio=audio, tower=tower)
+
+    def model_inputs(self, batch: dict, needs: BatchNeeds | None = None) -> dict:
+        """The model's keyword inputs for a collated batch (``batch`` itself moved to this rank's device);
+        with the encoder cache, the frozen tower's states replace the mel features. ``needs``: what any
+        rank's batch runs (:func:`llasm.training.distributed.agree`); a part this batch lacks gets a
+        zero-weighted placeholder pass, so every rank gathers and reduces the same weights."""
+        batch.update(to_device({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, self.device))
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        if "input_features" in batch:
+        mine = self.needs(batch)
+        if needs is not None and needs.tower and not mine.tower and self.zero_stage == 3:
+            with torch.no_grad():  # ZeRO-3 gathers the frozen tower on every rank that runs it
+                self.model.encode_audio(*self.model.placeholder_features())
+        if mine.audio:
             if self.cache is not None:
                 inputs["audio_encoder_outputs"] = self.cache.encode(
                     self.model, batch["audio_keys"], batch["input_features"], batch["feature_attention_mask"])
             else:
                 inputs["input_features"] = batch["input_features"]
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
-        return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        elif needs is not None and needs.audio and self.accelerator.num_processes > 1:
+            inputs["placeholder_audio"] = "audio_encoder_outputs" if self.cache is not None else "input_features"
+        return inputs
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict, needs: BatchNeeds | None = None) -> torch.Tensor:
         """This rank's loss on ``batch`` for ``objective.type`` (see :mod:`llasm.training.losses`)."""
-        inputs, objective = self.model_inputs(batch), self.cfg.objective
+        inputs, objective = self.model_inputs(batch, needs), self.cfg.objective
         if objective.type == "kl":
             return losses.ce_plus_kl(self.engine, self.model, inputs, batch, objective.kl_weight, objective.temperature)
         if objective.type == "units":
@@ -244,11 +284,13 @@ class Trainer:
             used = 0
             for batch in loader:
                 self.batch_in_epoch += 1
-                if batch.get("empty"):  # every item rejected (already logged)
+                needs = agree(self.accelerator, self.needs(batch))
+                if needs.empty:  # every item rejected on some rank (logged there): all ranks skip it together
+                    self.skipped_batches += 1
                     continue
                 used += 1
                 with self.accelerator.accumulate(self.engine):
-                    loss = self.loss(batch)
+                    loss = self.loss(batch, needs)
                     self._check_finite(loss, batch["ids"])
                     self.accelerator.backward(loss)
                     micro_losses.append(loss.detach().float().item())
@@ -364,14 +406,15 @@ class Trainer:
             self.engine.load_checkpoint(str(path / "deepspeed"))
         else:
             load_trainable(self.model, path)
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        trainer = torch.load(path / "trainer_state.pt", weights_only=True)
+            # saved from the GPU: read onto the CPU (load_state_dict moves the state to each parameter's device)
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         self.losses = [tuple(x) for x in trainer["losses"]]
         rng = path / f"rng-{acc.process_index}.pt"
         if rng.exists():
-            set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
         return str(path)
@@ -395,7 +438,7 @@ class Trainer:
     def _write_model(self, directory: Path) -> None:
         """The model's checkpoint files into ``directory``, by the main process; every rank calls this
         (ZeRO-3 partitions every weight, so all ranks gather them first)."""
-        if self._zero_stage() == 3:
+        if self.zero_stage == 3:
             import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
 
             with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
@@ -403,11 +446,6 @@ class Trainer:
                     write_checkpoint(self.model, directory)
         elif self.is_main:
             write_checkpoint(self.model, directory)
-
-    def _zero_stage(self) -> int:
-        if not self.cfg.deepspeed:
-            return 0
-        return int(json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text()).get("zero_optimization", {}).get("stage", 0))
 
 
 def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, model=None, processor=None) -> dict:
