@@ -147,7 +147,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         """One silent chunk, long enough for one audio token: ``(1, n_mels, T_mel)`` mel and its mask,
         on the tower's device and dtype (3000 frames when the tower only takes 30 s windows)."""
         frames = 3000 if self.config.pad_to_30s else 2 * self.config.stack_factor
-        weight = self.audio_tower.conv1.weight if hasattr(self.audio_tower, "conv1") else self.audio_tower.encoder.conv1.weight
+        # not self.audio_tower.conv1.weight: under ZeRO-3, reading a parameter attribute gathers it (a collective)
+        weight = next(self.audio_tower.parameters())
         mel = torch.zeros(1, self.config.audio_config.num_mel_bins, frames, dtype=weight.dtype, device=weight.device)
         return mel, torch.ones(1, frames, dtype=torch.long, device=weight.device)
 

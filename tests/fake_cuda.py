@@ -20,6 +20,7 @@ model is checked for its device. :func:`to_accelerator` moves a module's paramet
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -168,10 +169,17 @@ def _factory(make):
 @contextmanager
 def accelerator():
     """The mode, entered (and ``torch.tensor`` taught the device); yields :data:`ACCELERATOR`."""
-    saved = torch.tensor, torch.as_tensor
+    saved = torch.tensor, torch.as_tensor, threading.Thread.run
     torch.tensor, torch.as_tensor = _factory(torch.tensor), _factory(torch.as_tensor)
+    run = threading.Thread.run
+
+    def run_in_mode(thread):  # dispatch modes are per thread: streamed chat generates in a worker
+        with accelerator_mode():
+            run(thread)
+
+    threading.Thread.run = run_in_mode
     try:
         with accelerator_mode():
             yield ACCELERATOR
     finally:
-        torch.tensor, torch.as_tensor = saved
+        torch.tensor, torch.as_tensor, threading.Thread.run = saved

@@ -28,10 +28,11 @@ TEXT, REJECTED = 8, 10  # make_data's text-only row; the row added by data_with_
 
 
 def data_with_rejected(root: Path) -> Path:
-    """make_data's rows plus one (index 10) whose audio file is missing: rejected when loaded."""
+    """make_data's rows plus one (index 10) whose audio file is not audio: rejected when its batch is made."""
     path = make_data(root)
+    (root / "wavs" / "broken.wav").write_bytes(b"RIFF....not audio")
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"id": "missing-audio", "audios": ["wavs/nope.wav"],
+        f.write(json.dumps({"id": "broken-audio", "audios": ["wavs/broken.wav"],
                             "conversations": [{"from": "human", "value": "<speech>"},
                                               {"from": "gpt", "value": "x"}]}) + "\n")
     return path
@@ -120,6 +121,20 @@ def test_zero3_from_a_model_yaml_with_mixed_batches(tmp_path, tiny_bases):
     assert (markers - embedding.mean(0)).abs().max() < 0.05
     for name, value in trained.items():  # the trained LLM (and adaptor) come back from the checkpoint
         torch.testing.assert_close(reloaded[name], value, msg=name)
+
+
+@pytest.mark.slow
+def test_zero2_with_mixed_batches(tmp_path, tiny_bases):
+    """ZeRO-2 reduces gradients in buckets: a rank whose batch skipped the adaptor (text only) must
+    still reduce its (zero) gradients with the others', and a rejected batch is skipped by both."""
+    pytest.importorskip("deepspeed")
+    data = data_with_rejected(tmp_path / "data")
+    cfg = config(tmp_path, data, **{"model": str(_bases_yaml(tmp_path, {**tiny_bases, "seed": 0})),
+                                    "train.max_steps": 3, "deepspeed": str(ROOT / "configs/deepspeed/zero2.json")})
+    reports = run_ranks(tmp_path, cfg, {"batches": MIXED_PLAN}, 29544)
+    assert [r["batch_in_epoch"] for r in reports] == [4, 4] and reports[0]["skipped_batches"] == 1
+    assert all(np.isfinite(loss) for _, loss in reports[0]["losses"])
+    assert_ranks_identical(Path(cfg["output_dir"]))
 
 
 @pytest.mark.slow

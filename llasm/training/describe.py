@@ -319,6 +319,10 @@ def describe_end(trainer, result: dict) -> str:
     losses = [v for _, v in trainer.losses]
     lines = [f"[train] done: {result['steps']} steps in {result['seconds'] / 60:.1f} min"
              + (f" (resumed from {result['resumed_from']})" if result.get("resumed_from") else "")]
+    if result.get("seconds_per_step"):
+        memory = result.get("peak_memory_gib")
+        lines.append(f"    {result['seconds_per_step']:.2f} s/step on {result.get('device')}"
+                     + (f", peak GPU memory {memory:.2f} GiB (rank 0)" if memory is not None else ""))
     if losses:
         tail = losses[-10:]
         lines.append(f"    final loss {losses[-1]:.4f} (mean of the last {len(tail)} steps {sum(tail) / len(tail):.4f}; "

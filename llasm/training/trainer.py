@@ -37,7 +37,7 @@ from llasm.builder import load_model
 from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.device import resolve_device, resolve_mixed_precision, to_device
-from llasm.io import atomic_dir, llasm_home, read_jsonl, write_jsonl
+from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json, write_jsonl
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
@@ -268,6 +268,7 @@ class Trainer:
             trim_losses(self.out / "losses.jsonl", self.step)
             describe.write_config(cfg, self.out)
         describe.describe_start(self, self.counts, resumed)
+        first_step = self.step
         writer = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         collate = Collator(self.processor, self.dataset)
@@ -329,8 +330,14 @@ class Trainer:
         if writer is not None:
             writer.close()
         result = {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
-                  "seconds": elapsed}
+                  "seconds": elapsed, "seconds_per_step": elapsed / max(1, self.step - first_step),
+                  "skipped_batches": self.skipped_batches, "device": str(self.device),
+                  "world_size": self.accelerator.num_processes, "mixed_precision": self.mixed_precision,
+                  "peak_memory_gib": (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                      if self.device.type == "cuda" else None)}  # rank 0's
         result["summary"] = describe.describe_end(self, result)
+        if self.is_main:
+            write_json(self.out / "train_summary.json", {k: v for k, v in result.items() if k not in ("losses", "summary")})
         return result
 
     def _mean_across_ranks(self, value: float) -> float:
