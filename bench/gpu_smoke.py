@@ -61,8 +61,13 @@ def write_data(root: Path, rows: int = 16) -> Path:
 
 def tiny_model_yaml(root: Path, dtype: str) -> Path:
     """configs/model/tiny.yaml with its Whisper and Llama saved as HF dirs (what ZeRO-3 loads partitioned)."""
-    from transformers import AutoConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor, \
-        WhisperForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        LlamaForCausalLM,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     from llasm.builder import TINY_TOKENIZER, load_tokenizer
     from llasm.io import load_yaml

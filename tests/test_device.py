@@ -14,7 +14,6 @@ import pytest
 import soundfile as sf
 import torch
 from accelerate import Accelerator
-
 from conftest import TINY_YAML, build_tiny, tone
 from fake_cuda import ACCELERATOR, Accelerated, DeviceMismatch, accelerator, on_accelerator
 from test_training import config, make_data

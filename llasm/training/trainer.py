@@ -91,7 +91,7 @@ class Trainer:
         on_cpu = resolve_device(cfg.device).type == "cpu"  # raises when cuda is asked for and missing
         self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, "cpu" if on_cpu else "cuda")
         plugin = self._deepspeed_plugin() if cfg.deepspeed else None
-        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # LoRA / unit head leave parts unused
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # no rank with audio: adaptor unused
         if plugin is not None and on_cpu:
             # accelerate only starts DeepSpeed when not told cpu=True; on CPU it must then be given gloo
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
