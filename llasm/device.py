@@ -113,12 +113,6 @@ def to_device(data, device: str | torch.device, non_blocking: bool = False):
     return data
 
 
-def place(model: torch.nn.Module, device: str | torch.device | None = None, dtype=None) -> torch.nn.Module:
-    """Move ``model`` to the resolved device and cast it to the resolved weight dtype; returns it."""
-    device = resolve_device(device)
-    return model.to(device=device, dtype=resolve_dtype(dtype, device))
-
-
 def add_device_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     """``--device`` (and ``--dtype``) with the same meaning in every command."""
     parser.add_argument("--device", default="auto",
