@@ -198,7 +198,7 @@ def reply_room(processor, prompt_tokens: int, max_new_tokens: int) -> int:
 
 
 @torch.inference_mode()
-def chat_batch(model, conversations: list[list[dict]], max_new_tokens: int | list[int] = 128,
+def chat_batch(model, conversations: list[list[dict]], max_new_tokens: int | list[int] = 128, processor=None,
                **generate_kwargs) -> list[str]:
     """Replies to several conversations (HF-style messages each) in one left-padded ``generate`` call.
 
@@ -207,8 +207,9 @@ def chat_batch(model, conversations: list[list[dict]], max_new_tokens: int | lis
     (the batch runs to the largest; greedy decoding is causal, so cutting a row's reply at its own
     limit gives what a call with that limit gives). Used where many prompts wait: evaluation and the
     ``self_reply`` teachers. ``synced_gpus=True`` (ZeRO-3) keeps stepping until every rank is done.
+    ``processor`` defaults to ``model.processor``.
     """
-    processor = model.processor
+    processor = processor or model.processor
     if processor is None:
         raise ValueError("chat_batch needs model.processor (load with from_pretrained or build_model)")
     if not conversations:

@@ -82,8 +82,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device | N
 def resolve_mixed_precision(name: str | None, device: str | torch.device | None = None) -> str:
     """Autocast mode for training: ``"auto"`` -> ``bf16`` on CUDA (``fp16`` without bf16), ``no`` elsewhere.
 
-    Explicit values (``no`` | ``bf16`` | ``fp16``) are kept; ``fp16`` needs CUDA.
+    Explicit values (``no`` | ``bf16`` | ``fp16``) are kept; ``fp16`` needs CUDA. ``False`` is ``no``
+    (YAML 1.1 reads an unquoted ``no`` as false).
     """
+    if name is False:
+        return "no"
     if name in AUTO:
         device = resolve_device(device)
         if device.type != "cuda":

@@ -31,6 +31,7 @@ def test_device_and_precision_defaults(monkeypatch):
     with pytest.raises(ValueError, match="dtype must be one of"):
         D.resolve_dtype("fp8", "cpu")
     assert D.resolve_mixed_precision("bf16", "cpu") == "bf16"  # explicit CPU autocast stays
+    assert D.resolve_mixed_precision(False, "cpu") == "no"  # `mixed_precision: no` in YAML 1.1
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

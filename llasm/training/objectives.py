@@ -48,7 +48,8 @@ def precompute_self_replies(rows: list[dict], model, processor=None, max_new_tok
         padded = chunk + [(mine or eligible)[0]] * (batch_size - len(chunk)) if synced else chunk
         conversations = [([{"role": "system", "content": row["system"]}] if row.get("system") else [])
                          + [{"role": "user", "content": transcript}] for row, transcript in padded]
-        replies = chat_batch(model, conversations, max_new_tokens=max_new_tokens, synced_gpus=synced)
+        replies = chat_batch(model, conversations, max_new_tokens=max_new_tokens, processor=processor,
+                             synced_gpus=synced)
         for (row, transcript), reply in zip(chunk, replies):
             new = {k: v for k, v in row.items() if k in ("id", "lang", "audios", "system")}
             new.update(transcript=transcript, conversations=[{"from": "human", "value": "<speech>"},

@@ -204,8 +204,8 @@ class Trainer:
             acc.wait_for_everyone()
             if self.is_main:
                 shards = [read_jsonl(target.with_suffix(f".rank{r}.jsonl")) for r in range(world)]
-                merged = [row for k in range(max(map(len, shards))) for s in shards if k < len(s) for row in s[k:k + 1]]
-                write_jsonl(target, merged)  # rank r made rows r, r + world, ...: interleave them back
+                # rank r made eligible rows r, r + world, ...: interleave the shards to get the source order back
+                write_jsonl(target, [s[k] for k in range(max(map(len, shards), default=0)) for s in shards if k < len(s)])
                 for r in range(world):
                     target.with_suffix(f".rank{r}.jsonl").unlink()
             acc.wait_for_everyone()
