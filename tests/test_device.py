@@ -205,6 +205,45 @@ def test_vocoder_trainer_runs_on_the_device(tmp_path):
     assert (saved / "state.safetensors").exists()
 
 
+def test_token2wav_trainer_runs_on_the_device(tmp_path):
+    """The unit -> mel decoder's trainer (train/train_token2wav.py) follows ``train.device`` too."""
+    from llasm.audio import save_audio
+    from llasm.device import to_device
+    from llasm.io import write_jsonl
+    from llasm.speech.mel_training import MelTrainConfig, UnitMelTrainer, load_token2wav_configs
+    from llasm.speech.token2wav import Token2WavConfig
+
+    rows = []
+    for i in range(2):
+        save_audio(tmp_path / f"c{i}.wav", tone(1.0, seed=i, freq=150.0 + 50 * i))
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "units": [1, 2, 3, 4, 5] * 5, "durations": [2] * 25})
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    _, decoder, _ = load_token2wav_configs("configs/token2wav_cpu.yaml", [
+        "mel_decoder.num_units=20", "mel_decoder.hidden_size=16", "mel_decoder.encoder_layers=1",
+        "mel_decoder.decoder_layers=1"])
+    t2w = Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=2)
+
+    def trainer(out, device):
+        return UnitMelTrainer(t2w, decoder, MelTrainConfig(
+            train_manifest=str(tmp_path / "m.jsonl"), output_dir=str(tmp_path / out), batch_size=2, segment_frames=30,
+            max_steps=1, progress=False, resume="never", device=device))
+
+    cpu = trainer("cpu", "cpu")
+    batch = cpu.dataset.batch(0, 2, 30)
+    with torch.no_grad():
+        expected = cpu.model(batch["units"], batch["durations"])["mel"]
+    spoken = cpu.model.generate([1, 2, 3], [2, 2, 2])
+    with accelerator() as device:
+        on_device = trainer("acc", str(device))
+        assert all(on_accelerator(p) for p in on_device.model.parameters())
+        moved = to_device(batch, on_device.device)
+        with torch.no_grad():
+            mel = on_device.model(moved["units"], moved["durations"])["mel"]
+        torch.testing.assert_close(mel.cpu(), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(on_device.model.generate([1, 2, 3], [2, 2, 2]), spoken, rtol=1e-4, atol=1e-4)
+        assert (on_device.save_checkpoint() / "state.safetensors").exists()
+
+
 # -- failure 6: LoRA precision -------------------------------------------------------------------------
 def test_lora_adapters_of_a_bf16_model_train_in_fp32(tmp_path):
     """peft's fp32 upcast (``autocast_adapter_dtype``) for the adapters of a bf16 LLM: their updates

@@ -200,6 +200,7 @@ class UnitMelDecoder(nn.Module):
             duration_tensor = None
             if durations is not None:
                 duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64)).reshape(1, -1)
+                duration_tensor = duration_tensor.to(unit_tensor.device)
                 if duration_tensor.shape != unit_tensor.shape or (duration_tensor < 0).any():
                     raise ValueError("durations must be one non-negative count per unit")
             return self(unit_tensor, duration_tensor)["mel"][0].float().cpu().numpy()

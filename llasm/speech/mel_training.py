@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from llasm import settings
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
+from llasm.device import resolve_device, to_device
 from llasm.io import atomic_path, load_yaml, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
@@ -58,6 +59,7 @@ class MelTrainConfig:
     seed: int = 1234
     num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     progress: bool = True
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; see llasm.device
 
 
 SECTIONS = {"token2wav": Token2WavConfig, "mel_decoder": UnitMelDecoderConfig, "train": MelTrainConfig}
@@ -183,7 +185,8 @@ class UnitMelTrainer:
         self.output_dir = Path(t.output_dir)
         self.dataset = dataset or UnitMelDataset(t.train_manifest, config, seed=t.seed, progress=t.progress)
         torch.manual_seed(t.seed)
-        self.model = UnitMelDecoder(config)
+        self.device = resolve_device(t.device)  # the decoder and its batches; checkpoints on the CPU
+        self.model = UnitMelDecoder(config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         warmup = max(1, t.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -194,6 +197,7 @@ class UnitMelTrainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
+        batch = to_device(batch, self.device)
         out = self.model(batch["units"], batch["durations"])
         frames = min(out["mel"].shape[1], batch["mel"].shape[1])
         loss_mel = mel_loss(out["mel"][:, :frames], batch["mel"][:, :frames], batch["mel_mask"][:, :frames])
