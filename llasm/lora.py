@@ -9,9 +9,13 @@ def add_lora(model, settings: dict | None = None):
     """Wrap ``model.language_model`` with LoRA adapters; only they (of the LLM) train afterwards.
 
     ``settings``: ``r``, ``alpha``, ``dropout``, ``target_modules`` (peft ``LoraConfig`` names also
-    accepted). Recorded in ``model.config.lora`` so checkpoints can rebuild the wrapper.
+    accepted). Recorded in ``model.config.lora`` so checkpoints can rebuild the wrapper. The
+    adapters of a bf16/fp16 LLM are kept in fp32 (peft's ``autocast_adapter_dtype``, what
+    ``get_peft_model`` does by default): Adam's small updates would round away in bf16, and peft's
+    layers cast activations to the adapter's dtype and back.
     """
     from peft import LoraConfig, LoraModel
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     if has_lora(model):
         raise ValueError("the language model already has LoRA adapters (a LoRA checkpoint): continue them "
@@ -25,6 +29,7 @@ def add_lora(model, settings: dict | None = None):
         bias="none",
     )
     model.language_model = LoraModel(model.language_model, lora_config, "default")
+    cast_adapter_dtype(model.language_model, "default", autocast_adapter_dtype=True)
     model.config.lora = {
         "r": lora_config.r,
         "alpha": lora_config.lora_alpha,

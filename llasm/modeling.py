@@ -7,11 +7,12 @@ audio, checks N against the shared token-count function and places the audio tok
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llasm import chat as chat_lib
@@ -19,7 +20,7 @@ from llasm.audio_tower import LlasmWhisperEncoder, load_whisper_encoder
 from llasm.checkpoint import load_checkpoint, save_checkpoint
 from llasm.configuration import LlasmConfig, audio_token_lengths, encoder_frames
 from llasm.processing import IGNORE_INDEX, SUPPORTED_CALL
-from llasm.speech.vocoder import UnitHifiGan
+from llasm.speech.token2wav import load_token2wav
 from llasm.unit_head import CtcUnitHead
 
 
@@ -91,7 +92,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if config.unit_head:
             self.unit_head = CtcUnitHead(dict(config.unit_head), input_size=config.text_config.hidden_size)
         self.processor = None  # set by build_model / from_pretrained, used by chat()
-        self.__dict__["vocoder"] = None  # a unit HiFi-GAN; not a submodule, so never in checkpoints
+        self.__dict__["vocoder"] = None  # a token2wav (llasm.speech.token2wav); not a submodule, never in checkpoints
         self.post_init()
 
     # -- embeddings -------------------------------------------------------------------------
@@ -142,16 +143,42 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def adaptor_dtype(self):
         return next(self.adaptor.parameters()).dtype
 
+    def placeholder_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One silent chunk, long enough for one audio token: ``(1, n_mels, T_mel)`` mel and its mask,
+        on the tower's device and dtype (3000 frames when the tower only takes 30 s windows)."""
+        frames = 3000 if self.config.pad_to_30s else 2 * self.config.stack_factor
+        # not self.audio_tower.conv1.weight: under ZeRO-3, reading a parameter attribute gathers it (a collective)
+        weight = next(self.audio_tower.parameters())
+        mel = torch.zeros(1, self.config.audio_config.num_mel_bins, frames, dtype=weight.dtype, device=weight.device)
+        return mel, torch.ones(1, frames, dtype=torch.long, device=weight.device)
+
+    def placeholder_audio_pass(self, kind: str) -> torch.Tensor:
+        """``0 x`` the audio tokens of :meth:`placeholder_features`: a zero scalar whose graph runs the
+        adaptor (and the tower for ``kind="input_features"``; ``"audio_encoder_outputs"``: the tower's
+        states come from a cache). A rank whose batch has no audio adds it, so it gathers (ZeRO-3) and
+        reduces (ZeRO-2, DDP) the same weights as the ranks with audio; the outputs do not change."""
+        mel, mask = self.placeholder_features()
+        if kind == "input_features":
+            tokens = self.get_audio_embeddings(mel, mask)
+        elif kind == "audio_encoder_outputs":
+            frames = [mel.shape[-1]]
+            states = mel.new_zeros(1, encoder_frames(frames[0]), self.config.audio_config.d_model)
+            tokens = self.project_audio(states, frames)
+        else:
+            raise ValueError(f"placeholder_audio must be input_features or audio_encoder_outputs, got {kind!r}")
+        return tokens.sum() * 0
+
     def get_audio_embeddings(self, input_features, feature_attention_mask=None) -> torch.Tensor:
         """Encode audio chunks and project them: ``(N_tokens, D_llm)``."""
         return self.project_audio(*self.encode_audio(input_features, feature_attention_mask))
 
     def embed_inputs(self, input_ids, input_features=None, feature_attention_mask=None, audio_embeds=None,
-                     audio_encoder_outputs=None):
+                     audio_encoder_outputs=None, placeholder_audio=None):
         """Token embeddings with audio tokens scattered into the ``<au_patch>`` slots.
 
         Audio comes as ``input_features`` (mel), as cached ``audio_encoder_outputs`` (``(C, T_enc, D)``
         with ``feature_attention_mask`` giving mel frames per chunk), or as ready ``audio_embeds``.
+        ``placeholder_audio`` (a batch without audio in a multi-rank step): see :meth:`placeholder_audio_pass`.
         """
         cfg = self.config
         patch = input_ids == cfg.audio_patch_token_id  # (B, L)
@@ -177,6 +204,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if audio_embeds is None:
             if n_slots:
                 raise ValueError(f"input_ids have {n_slots} <au_patch> slots but no audio was given")
+            if placeholder_audio:
+                embeds = embeds + self.placeholder_audio_pass(placeholder_audio).to(embeds.dtype)
             return embeds
         if audio_embeds.shape[0] != n_slots:
             raise ValueError(
@@ -205,6 +234,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         unit_mask=None,
         answer_states=None,
         answer_mask=None,
+        placeholder_audio=None,
         **kwargs,
     ):
         if unit_targets is not None and self.unit_head is None:
@@ -213,7 +243,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             return self._unit_head_loss(answer_states, answer_mask, unit_targets)
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
-                                              audio_encoder_outputs)
+                                              audio_encoder_outputs, placeholder_audio)
         if unit_targets is not None:
             return self._unit_head_loss(*self.answer_states(inputs_embeds, attention_mask, unit_mask), unit_targets)
         if labels is not None:
@@ -276,9 +306,13 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return rows, keep
 
     def set_vocoder(self, vocoder):
-        """Attach a :class:`llasm.speech.vocoder.UnitHifiGan` (or a path to one) for ``chat(speak=True)``."""
+        """Attach a token2wav for ``chat(speak=True)`` / ``chat_stream``: a units -> mel -> mel vocoder
+        (:class:`llasm.speech.token2wav.UnitMelToken2Wav`) or a unit HiFi-GAN, or the path of either's
+        directory (:func:`llasm.speech.token2wav.load_token2wav`)."""
         if isinstance(vocoder, (str, os.PathLike)):
-            vocoder = UnitHifiGan.from_pretrained(vocoder)
+            vocoder = load_token2wav(vocoder, device=str(self.device))
+        if isinstance(vocoder, torch.nn.Module):  # beside the model: units go straight from the unit head
+            vocoder.to(self.device)
         self.__dict__["vocoder"] = vocoder
         return self
 
@@ -316,10 +350,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                 model.audio_tower = load_whisper_encoder(config.audio_model_name_or_path, dtype)
         if config.text_model_name_or_path:
             model.language_model = AutoModelForCausalLM.from_pretrained(config.text_model_name_or_path, dtype=dtype)
-            # LLaSM initialises the new token rows to the mean embedding
-            mean = model.get_input_embeddings().weight.detach().float().mean(0)
+            # LLaSM initialises the new token rows to the mean embedding (gathered: under ZeRO-3 each rank
+            # holds an empty slice of it, whose mean is NaN)
+            embedding = model.get_input_embeddings().weight
+            with gathered([embedding]):
+                mean = embedding.detach().float().mean(0)
             model.audio_marker_embeddings.weight.data.copy_(mean.expand_as(model.audio_marker_embeddings.weight))
-        model.to(dtype)
+        for part in model.children():  # parts ZeRO-3 already partitioned (loaded in dtype) keep their slices
+            if not any(hasattr(p, "ds_id") for p in part.parameters()):
+                part.to(dtype)
         for part in (model.audio_tower, model.language_model):
             part.requires_grad_(False)
         model.audio_tower.eval()
@@ -346,6 +385,16 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return load_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
 
 
+def gathered(params: list[torch.Tensor]):
+    """Context in which ZeRO-3-partitioned ``params`` hold their full values on every rank (read only);
+    a no-op for ordinary parameters. DeepSpeed's ``GatheredParameters``, as transformers uses it."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed  # optional (llasm[train]); partitioned parameters mean it is there
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop second names of tied tensors (safetensors refuses shared storage)."""
     seen, out = set(), {}
@@ -355,3 +404,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.add(key)
             out[name] = tensor.contiguous()
     return out
+
+
+# `AutoModel.from_pretrained(dir)` on a llasm checkpoint (see llasm/__init__.py for when this runs)
+AutoModel.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)

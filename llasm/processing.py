@@ -22,10 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin
 
 from llasm.audio import SAMPLING_RATE, audio_part_source, load_audio
-from llasm.configuration import HOP_LENGTH, audio_chunks, audio_token_lengths, count_audio_tokens, mel_frames
+from llasm.configuration import (
+    HOP_LENGTH,
+    LlasmConfig,
+    audio_chunks,
+    audio_token_lengths,
+    count_audio_tokens,
+    mel_frames,
+)
 from llasm.templates import CHATML_TEMPLATE, LLAMA2_TEMPLATE, TEMPLATES, control_markers, escape_markers, render
 
 AUDIO_PATCH, AUDIO_START, AUDIO_END = "<au_patch>", "<au_start>", "<au_end>"
@@ -462,3 +469,7 @@ def _bos_prefix(tokenizer) -> list[int]:
     full = tokenizer("a", add_special_tokens=True).input_ids
     at = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
     return full[:at]
+
+
+# `AutoProcessor.from_pretrained(dir)` on a llasm checkpoint (see llasm/__init__.py for when this runs)
+AutoProcessor.register(LlasmConfig, LlasmProcessor, exist_ok=True)

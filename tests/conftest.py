@@ -72,3 +72,23 @@ def tiny_bases(tmp_path_factory):
     spec["audio"] = {"name_or_path": str(root / "whisper"), "source": "whisper_encoder"}
     spec["text"] = {"name_or_path": str(root / "llama")}
     return spec
+
+
+TOKEN2WAV_KINDS = ("unit_hifigan", "unit_mel")
+
+
+def tiny_token2wav(kind: str, num_units: int = 20, seed: int = 0):
+    """A random token2wav of either kind, small enough for tests: a unit HiFi-GAN, or a units -> mel
+    decoder spoken by Griffin-Lim (2 iterations: no weights needed)."""
+    from llasm.speech.mel_decoder import UnitMelDecoder, UnitMelDecoderConfig
+    from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
+
+    torch.manual_seed(seed)
+    if kind == "unit_hifigan":
+        return UnitHifiGan(UnitVocoderConfig(num_units=num_units, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+                                             resblock_dilation_sizes=[[1]], embedding_dim=8)).eval()
+    decoder = UnitMelDecoder(UnitMelDecoderConfig(num_units=num_units, hidden_size=16, encoder_layers=1,
+                                                  decoder_layers=1, kernel_size=3))
+    return UnitMelToken2Wav(decoder, Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=2))

@@ -116,3 +116,106 @@ def test_bad_checkpoint_weights_are_reported(tiny_bases, tmp_path):
     save_file(state, str(tmp_path / "c" / "model.safetensors"))
     with pytest.raises(ValueError, match="adaptor.bogus"):
         llasm.LlasmForConditionalGeneration.from_pretrained(tmp_path / "c")
+
+
+def _moved(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_copied_checkpoint_finds_its_bases_or_says_how(tiny_bases, tmp_path):
+    """A trained-parts checkpoint records its bases as given, relative to itself and below
+    $LLASM_HOME: a project folder copied whole still loads; a lone copy names the base and the
+    override, which then loads it."""
+    import shutil
+
+    bases = tmp_path / "project" / "bases"
+    shutil.copytree(tiny_bases["audio"]["name_or_path"], bases / "whisper")
+    shutil.copytree(tiny_bases["text"]["name_or_path"], bases / "llama")
+    spec = {**tiny_bases, "audio": {"name_or_path": str(bases / "whisper")}, "text": {"name_or_path": str(bases / "llama")}}
+    model, processor = llasm.build_model(spec)
+    _perturb(model)
+    model.eval()
+    expected = model(**_batch(processor)).logits
+    model.save_pretrained(tmp_path / "project" / "runs" / "s1" / "final")
+
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "project", moved)  # the absolute paths are gone, the layout is kept
+    loaded = llasm.LlasmForConditionalGeneration.from_pretrained(moved / "runs" / "s1" / "final")
+    assert torch.equal(loaded(**_batch(processor)).logits, expected)
+    assert loaded.config.audio_model_name_or_path == str(moved / "bases" / "whisper")
+
+    alone = _moved(moved / "runs" / "s1" / "final", tmp_path / "alone")
+    with pytest.raises(FileNotFoundError, match=r"audio tower.*audio_tower=PATH_OR_HUB_ID.*--audio-tower"):
+        llasm.LlasmForConditionalGeneration.from_pretrained(alone)
+    loaded = llasm.LlasmForConditionalGeneration.from_pretrained(alone, audio_tower=moved / "bases" / "whisper",
+                                                                 language_model=moved / "bases" / "llama")
+    assert torch.equal(loaded(**_batch(processor)).logits, expected)
+
+
+def test_bases_below_llasm_home_follow_it(tiny_bases, tmp_path, monkeypatch):
+    import shutil
+
+    from llasm.checkpoint import resolve_base
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_bases["audio"]["name_or_path"], home / "whisper-x")
+    monkeypatch.setenv("LLASM_HOME", str(home))
+    spec = {**tiny_bases, "audio": {"name_or_path": str(home / "whisper-x")}}
+    model, _ = llasm.build_model(spec)
+    model.save_pretrained(tmp_path / "c")
+    config = llasm.LlasmConfig.from_pretrained(tmp_path / "c")
+    assert config.base_locations["audio_tower"][-1] == "$LLASM_HOME/whisper-x"
+    shutil.move(home, tmp_path / "other-home")  # another machine: same starter model, other LLASM_HOME
+    monkeypatch.setenv("LLASM_HOME", str(tmp_path / "other-home"))
+    assert resolve_base("audio_tower", config, str(tmp_path / "c")) == str(tmp_path / "other-home" / "whisper-x")
+    config.audio_model_name_or_path, config.base_locations = "openai/whisper-base", None
+    assert resolve_base("audio_tower", config, str(tmp_path / "c")) == "openai/whisper-base"  # a hub id stays one
+
+
+@pytest.mark.slow
+def test_auto_model_without_import_llasm(tiny_bases, tmp_path):
+    """config.json's auto_map + llasm_auto.py: transformers loads a checkpoint (either format) with
+    trust_remote_code=True and no `import llasm`; without the flag it says what to pass."""
+    import os
+    import subprocess
+    import sys
+
+    model, _ = llasm.build_model(tiny_bases)
+    model.save_pretrained(tmp_path / "parts")
+    model.save_pretrained(tmp_path / "full", merge=True)
+    script = (
+        "import sys\n"
+        "from transformers import AutoModel\n"
+        "try:\n"
+        "    AutoModel.from_pretrained(sys.argv[1])\n"
+        "except ValueError as err:\n"
+        "    print('refused:', 'trust_remote_code=True' in str(err))\n"
+        "for d in sys.argv[1:]:\n"
+        "    m = AutoModel.from_pretrained(d, trust_remote_code=True)\n"
+        "    print(type(m).__name__, m.config.checkpoint_format, m.processor is not None)\n")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "parts"), str(tmp_path / "full")],
+                         capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "refused: True" in out.stdout  # after transformers' y/N prompt, which a closed stdin answers "no"
+    assert [line for line in out.stdout.splitlines() if line.startswith("Llasm")] == [
+        "LlasmForConditionalGeneration trained_parts True", "LlasmForConditionalGeneration full True"]
+
+
+def test_checkpoints_follow_the_umask(tiny, tmp_path):
+    """Atomic writes go through mkdtemp/mkstemp (0700/0600): the result must get what the umask allows."""
+    import os
+    import stat
+
+    model, _ = tiny
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "c")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "c" / "llasm_auto.py").stat().st_mode) == 0o644  # io.write_text
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").iterdir()} == {0o644}

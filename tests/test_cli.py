@@ -4,6 +4,7 @@ import io
 import json
 import sys
 
+import pytest
 import soundfile as sf
 
 from llasm import cli
@@ -16,6 +17,64 @@ def test_help_lists_commands(capsys):
     for name in ("chat", "serve", "eval", "export", "convert-llasm", "starter-models", "prepare-asr", "synthesize"):
         assert name in out
     assert cli.main(["no-such-command"]) == 2
+
+
+def test_every_help_is_complete_and_quick():
+    """`llasm COMMAND --help` for every command, in a fresh process: each answers (train with its keys,
+    what a run writes and how to resume), and none imports torch, transformers or other heavy packages."""
+    import subprocess
+
+    script = (
+        "import contextlib, io, json, sys, time\n"
+        "from llasm import cli\n"
+        "out = {}\n"
+        "for name in cli.COMMANDS:\n"
+        "    buf, t = io.StringIO(), time.time()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        try:\n"
+        "            rc = cli.main([name, '--help'])\n"
+        "        except SystemExit as e:\n"
+        "            rc = e.code\n"
+        "    out[name] = [rc, buf.getvalue(), time.time() - t]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'matplotlib', 'gradio', 'accelerate') if m in sys.modules]\n"
+        "print(json.dumps({'help': out, 'heavy': heavy}))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["heavy"] == []
+    for name, (rc, text, seconds) in report["help"].items():
+        assert rc == 0 and text.startswith(f"usage: llasm {name}"), (name, text[:200])
+        assert seconds < 3, (name, seconds)  # loose: the point is that nothing heavy loads
+    train = report["help"]["train"][1]
+    for words in ("train.warmup_steps = 0", "data.sources", "resume", "checkpoint-N/", "final/", "torchrun",
+                  "model=runs/stage1_asr_align/final", "Alpaca"):
+        assert words in train, words
+    assert "see train/train.py" not in train
+
+
+def test_chat_starts_with_a_turn_and_goes_on(tiny, tmp_path, capsys, monkeypatch):
+    """--audio/--text start the conversation; stdin continues it; labels go to stderr, replies to stdout."""
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "m")
+    wav = tmp_path / "q.wav"
+    sf.write(wav, tone(1.0), 16000)
+    class Terminal(io.StringIO):  # a person typing: prompts and labels are shown
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("never read\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--once", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err.count("llasm> ") == 1
+    monkeypatch.setattr(sys, "stdin", Terminal("and why?\n"))
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--audio", str(wav), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2  # the spoken question's reply, then the typed one's
+    assert captured.err.count("llasm> ") == 2 and f"you> [audio {wav}]" in captured.err
+    assert captured.err.count("you> ") == 3  # the first turn, the typed one, and the prompt that met the end
+    monkeypatch.setattr(sys, "stdin", io.StringIO("and why?\n"))  # piped: the replies only
+    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2 and "llasm> " not in captured.err
 
 
 def test_chat_one_shot_and_interactive(tiny, tmp_path, capsys, monkeypatch):
@@ -51,15 +110,16 @@ def test_chat_speak_needs_a_unit_head(tiny, tmp_path, capsys):
     assert "unit head" in capsys.readouterr().err
 
 
-def test_chat_speak_writes_a_wav(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["unit_hifigan", "unit_mel"])
+def test_chat_speak_writes_a_wav(tmp_path, capsys, kind):
+    """`llasm chat --vocoder DIR --speak out.wav` with either token2wav directory."""
     import torch
 
+    import soundfile
+
     import llasm
-    from llasm import load_audio
     from llasm.io import load_yaml
-    from llasm.speech.vocoder import UnitHifiGan
-    from llasm.speech.vocoder_config import UnitVocoderConfig
-    from tests.conftest import TINY_YAML
+    from tests.conftest import TINY_YAML, tiny_token2wav
 
     spec = load_yaml(TINY_YAML)
     model, processor = llasm.build_model(spec)
@@ -73,13 +133,13 @@ def test_chat_speak_writes_a_wav(tmp_path, capsys):
             p.add_(torch.randn_like(p) * 0.5)
     spoken.processor = processor
     spoken.save_pretrained(tmp_path / "m")
-    UnitHifiGan(UnitVocoderConfig(num_units=20, upsample_initial_channel=32, resblock_kernel_sizes=[3],
-                                  resblock_dilation_sizes=[[1]], embedding_dim=8)).save_pretrained(tmp_path / "voc")
+    tiny_token2wav(kind).save_pretrained(tmp_path / "voc")
     out = tmp_path / "reply.wav"
     assert cli.main(["chat", "--model", str(tmp_path / "m"), "--vocoder", str(tmp_path / "voc"), "--text", "hi",
                      "--max-new-tokens", "4", "--speak", str(out)]) == 0
     assert "spoken reply" in capsys.readouterr().err
-    assert out.exists() and len(load_audio(out)) % 320 == 0
+    frames = soundfile.info(out).frames  # load_audio would refuse a one-unit reply (< 25 ms) as input audio
+    assert frames > 0 and frames % (320 if kind == "unit_hifigan" else 200) == 0  # 50 Hz units | 80 Hz mels
 
 
 def test_audio_command_takes_the_first_word_as_path_and_the_rest_verbatim(tmp_path, monkeypatch):

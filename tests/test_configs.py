@@ -9,7 +9,9 @@ import yaml
 from llasm import settings
 from llasm.builder import ModelSpec, load_spec
 from llasm.io import expand_env, load_yaml
+from llasm.prep.augment import AugmentConfig, load_augment_config
 from llasm.prep.tts import load_tts_config
+from llasm.speech.mel_training import load_token2wav_configs
 from llasm.speech.vocoder_config import load_vocoder_configs
 from llasm.training import TrainConfig, load_config
 from llasm.training.align import AlignConfig
@@ -25,8 +27,12 @@ def schema(path: Path) -> str:
         return "model"
     if rel.startswith("vocoder"):
         return "vocoder"
+    if rel.startswith("token2wav"):
+        return "token2wav"
     if rel.startswith("tts"):
         return "tts"
+    if rel.startswith("augment"):
+        return "augment"
     if rel == "demo/warm_start.yaml":
         return "align"
     if "stage" in path.name:
@@ -48,8 +54,13 @@ def test_every_yaml_reads_into_its_schema(path):
     elif kind == "vocoder":
         vocoder, train = load_vocoder_configs(path)
         assert vocoder.samples_per_frame == 320 and train.batch_size > 0
+    elif kind == "token2wav":
+        token2wav, decoder, train = load_token2wav_configs(path)
+        assert token2wav.type == "unit_mel" and decoder.mel.num_mels == 80 and train.batch_size > 0
     elif kind == "tts":
         assert load_tts_config(path)["languages"]
+    elif kind == "augment":
+        assert isinstance(load_augment_config(path), AugmentConfig)
     else:
         assert isinstance(settings.load(AlignConfig, path), AlignConfig)
 
@@ -57,9 +68,11 @@ def test_every_yaml_reads_into_its_schema(path):
 def test_a_misspelt_key_in_any_kind_of_yaml_names_the_key_and_the_file(tmp_path):
     for source, reader in (("configs/model/tiny.yaml", load_spec), ("configs/stage2_instruct_lora.yaml", load_config),
                            ("configs/demo/warm_start.yaml", lambda p: settings.load(AlignConfig, p)),
-                           ("configs/vocoder_cpu.yaml", load_vocoder_configs), ("configs/tts.yaml", load_tts_config)):
+                           ("configs/vocoder_cpu.yaml", load_vocoder_configs), ("configs/tts.yaml", load_tts_config),
+                           ("configs/token2wav_cpu.yaml", load_token2wav_configs),
+                           ("configs/augment_demo.yaml", load_augment_config)):
         data = load_yaml(ROOT / source)
-        section = next((k for k in ("adaptor", "train", "vocoder") if isinstance(data.get(k), dict)), None)
+        section = next((k for k in ("adaptor", "train", "vocoder", "augment") if isinstance(data.get(k), dict)), None)
         (data[section] if section else data)["typo_key"] = 1
         path = tmp_path / Path(source).name
         path.write_text(yaml.safe_dump(data))
@@ -78,3 +91,13 @@ def test_env_expansion(monkeypatch):
     monkeypatch.setenv("LLASM_HOME", "/models")
     assert expand_env({"a": ["${LLASM_HOME}/whisper", "${UNSET_VAR:-x}"]}) == {"a": ["/models/whisper", "x"]}
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+def test_quick_start_paths_work_outside_the_repository(tmp_path, monkeypatch):
+    """The README's `llasm.build_model("configs/model/tiny.yaml")` from any working directory, as
+    load_model and the stage YAMLs' model: already do."""
+    import llasm
+
+    monkeypatch.chdir(tmp_path)
+    model, processor = llasm.build_model("configs/model/tiny.yaml")
+    assert processor.num_audio_tokens(16000) > 0 and model.config.model_type == "llasm"

@@ -243,11 +243,46 @@ def test_hf_dataset_object_and_disk_folder(tmp_path):
     assert [r["reason"].split(" (")[0] for r in rejects] == ["duplicate audio content"]
     assert items[1]["lang"] == "zh" and items[1]["conversations"][1]["value"] == "你好 世界"
     clip = tmp_path / "hf" / items[0]["audios"][0]
-    assert clip.suffix == ".flac" and items[0]["audios"][0] == "wavs/hf-0000000.flac"
+    assert clip.suffix == ".flac" and items[0]["audios"][0].startswith("wavs/hf-0000000-")
     assert sf.info(clip).samplerate == 16_000 and load_audio(clip).shape == (8000,)
 
     ds.save_to_disk(str(tmp_path / "ds"))
     output = tmp_path / "out2" / "hf.jsonl"
     assert asr.main(["--format", "hf", "--input", str(tmp_path / "ds"), "--output", str(output)]) == 0
     assert len(read_jsonl(output)) == 2 and len(list((output.parent / "wavs").glob("*.flac"))) == 2
-    assert json.loads(output.read_text().splitlines()[0])["audios"] == ["wavs/hf-0000000.flac"]
+    assert json.loads(output.read_text().splitlines()[0])["audios"] == items[0]["audios"]  # named by content
+
+
+def test_two_hf_datasets_into_one_folder_keep_their_audio(tmp_path):
+    """Both datasets number their rows hf-0000000...; their clips must not overwrite each other."""
+    hf_dataset(tmp_path).save_to_disk(str(tmp_path / "a"))
+    hf_dataset(tmp_path).select([1]).save_to_disk(str(tmp_path / "b"))  # same id, other clip than a's hf-0000000
+    out = tmp_path / "data"
+    assert asr.main(["--format", "hf", "--input", str(tmp_path / "a"), "--output", str(out / "a.jsonl")]) == 0
+    assert asr.main(["--format", "hf", "--input", str(tmp_path / "b"), "--output", str(out / "b.jsonl")]) == 0
+    a, b = read_jsonl(out / "a.jsonl")[0], read_jsonl(out / "b.jsonl")[0]
+    assert a["id"] == b["id"] == "hf-0000000" and a["audios"] != b["audios"]
+    # a's first clip is still the 300 Hz tone it was made from (b's is 350 Hz)
+    for row, freq in ((a, 300), (b, 350)):
+        samples = load_audio(out / row["audios"][0])
+        peak = np.argmax(np.abs(np.fft.rfft(samples))) * 16_000 / len(samples)
+        assert abs(peak - freq) < 5
+
+
+def test_a_tree_with_several_splits_needs_split(tmp_path, capsys):
+    root = make_librispeech(tmp_path / "LibriSpeech")
+    chapter = root / "test-clean" / "61" / "70968"
+    tone(chapter / "61-70968-0000.flac", freq=500)
+    (chapter / "61-70968.trans.txt").write_text("61-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n")
+    out = tmp_path / "o.jsonl"
+    assert asr.main(["--format", "librispeech", "--input", str(root), "--output", str(out)]) == 2
+    assert "test-clean, train-clean-100: choose one with --split" in capsys.readouterr().err
+    assert asr.main(["--format", "librispeech", "--input", str(root), "--split", "test-clean", "--output", str(out)]) == 0
+    assert [r["id"] for r in read_jsonl(out)] == ["libri-61-70968-0000"]
+    assert asr.main(["--format", "librispeech", "--input", str(root), "--split", "all", "--output", str(out)]) == 0
+    assert len(read_jsonl(out)) == 4
+    aishell = make_aishell(tmp_path / "aishell")
+    assert asr.main(["--format", "aishell", "--input", str(aishell), "--output", str(out)]) == 2
+    assert "test, train: choose one" in capsys.readouterr().err
+    assert asr.main(["--format", "aishell", "--input", str(aishell / "data_aishell" / "wav" / "train"),
+                     "--output", str(out)]) == 2  # not an AISHELL root: the reader says what it needs

@@ -346,7 +346,7 @@ def test_formats_are_detected_and_spoken(tmp_path):
     out = tmp_path / "out"
 
     stats = synth.synthesize_dataset(inputs["alpaca"], out / "alpaca.jsonl", config=ESPEAK_ONLY, progress=False,
-                                     speak_answers=True)
+                                     speak_answers=True, text_turn_ratio=0.0)
     items = read_jsonl(out / "alpaca.jsonl")
     assert stats["items"] == 2 and [i["lang"] for i in items] == ["en", "zh"]
     assert items[0]["conversations"][0] == {"from": "human", "value": SPEECH_TOKEN,
@@ -369,7 +369,8 @@ def test_formats_are_detected_and_spoken(tmp_path):
     assert read_jsonl(out / "sg.rejects.jsonl")[0]["reason"] == "no gpt answer"
     check_audio_refs(item, out)
 
-    synth.synthesize_dataset(inputs["instructions"], out / "seed.jsonl", config=ESPEAK_ONLY, progress=False)
+    synth.synthesize_dataset(inputs["instructions"], out / "seed.jsonl", config=ESPEAK_ONLY, progress=False,
+                             text_turn_ratio=0.0)
     items = read_jsonl(out / "seed.jsonl")
     assert [i["id"] for i in items] == ["seed-zh-0001", "seed-en-0001"]
     assert items[0]["keywords"] == ["北京"] and items[0]["split"] == "train" and items[0]["category"] == "geography"
@@ -394,17 +395,42 @@ def test_formats_are_detected_and_spoken(tmp_path):
     check_audio_refs(again, tmp_path / "again")
 
 
-def test_text_turn_ratio_keeps_one_spoken_turn(tmp_path):
+def test_text_turn_ratio_is_honoured(tmp_path):
     record = {"id": "x", "conversations": [{"from": "human", "value": f"question {i}"} if i % 2 == 0 else
                                            {"from": "gpt", "value": "answer"} for i in range(20)]}
     common = dict(input_dir=tmp_path, output_dir=tmp_path, audio_dir=tmp_path / "a", config=load_tts_config(),
                   seed=0, speak_answers=False)
     all_text = synth.plan_item(record, 0, "x", text_turn_ratio=1.0, **common)
-    assert len(all_text.speeches) == 1  # every turn drew "text", one is spoken anyway
+    assert all_text.speeches == [] and all_text.reject is None and all_text.item["audios"] == []
+    assert all_text.text_only == "drew text" and all_text.item["conversations"][0]["value"] == "question 0"
     half = synth.plan_item(record, 0, "x", text_turn_ratio=0.5, **common)
     assert 1 <= len(half.speeches) < 10
     assert synth.plan_item(record, 0, "x", text_turn_ratio=0.5, **common).digest() == half.digest()  # seeded
     assert len(synth.plan_item(record, 0, "x", text_turn_ratio=0.0, **common).speeches) == 10
+
+
+def test_ratio_one_writes_text_rows_without_tts(tmp_path):
+    """--text-turn-ratio 1.0 on an Alpaca file: every item becomes a text-only conversation (no TTS
+    engine is asked for anything), counted in the summary."""
+    records = [{"instruction": f"Name a colour number {i}.", "input": "", "output": "Blue."} for i in range(10)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(records), encoding="utf-8")
+    stats = synth.synthesize_dataset(tmp_path / "alpaca.json", tmp_path / "out.jsonl", text_turn_ratio=1.0,
+                                     progress=False, workers=1)
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert stats["items"] == 10 and stats["text_only"] == 10 and stats["text_only_why"] == {"drew text": 10}
+    assert all(r["audios"] == [] and SPEECH_TOKEN not in r["conversations"][0]["value"] for r in rows)
+    assert not (tmp_path / "out_audio").exists() or not any((tmp_path / "out_audio").iterdir())
+
+
+def test_audio_names_carry_their_content(tmp_path):
+    """Two inputs whose records share ids, spoken into one audio folder, get different clip names."""
+    common = dict(input_dir=tmp_path, output_dir=tmp_path, audio_dir=tmp_path / "a", config=load_tts_config(),
+                  seed=0, speak_answers=False, text_turn_ratio=0.0)
+    a = synth.plan_item({"instruction": "Say yes.", "output": "Yes."}, 0, "alpaca-0000000", **common)
+    b = synth.plan_item({"instruction": "Say no.", "output": "No."}, 0, "alpaca-0000000", **common)
+    assert a.speeches[0].path != b.speeches[0].path
+    assert a.speeches[0].path == synth.plan_item({"instruction": "Say yes.", "output": "Yes."}, 0, "alpaca-0000000",
+                                                 **common).speeches[0].path  # stable: a rerun resumes
 
 
 @needs_espeak
@@ -419,14 +445,17 @@ def test_tts_failure_is_rejected_and_retried_on_rerun(tmp_path, monkeypatch):
 
     monkeypatch.setattr(EspeakBackend, "synthesize", flaky)
     output = tmp_path / "out" / "seed.jsonl"
-    stats = synth.synthesize_dataset(inputs["instructions"], output, config=ESPEAK_ONLY, progress=False)
+    stats = synth.synthesize_dataset(inputs["instructions"], output, config=ESPEAK_ONLY, progress=False,
+                                     text_turn_ratio=0.0)
     assert stats["items"] == 1
     [reject] = read_jsonl(tmp_path / "out" / "seed.rejects.jsonl")
     assert "simulated failure" in reject["reason"] and reject["id"] == "seed-en-0001"
 
     monkeypatch.setattr(EspeakBackend, "synthesize", real)
-    stats = synth.synthesize_dataset(inputs["instructions"], output, config=ESPEAK_ONLY, progress=False)
-    assert stats == {"items": 2, "rejects": 0, "synthesized": 1, "skipped": 1}
+    stats = synth.synthesize_dataset(inputs["instructions"], output, config=ESPEAK_ONLY, progress=False,
+                                     text_turn_ratio=0.0)
+    assert stats == {"items": 2, "rejects": 0, "synthesized": 1, "skipped": 1, "text_only": 0, "text_only_why": {},
+                     "text_turn_ratio": 0.0}
 
 
 def test_unavailable_backend_fails_early(tmp_path, capsys):

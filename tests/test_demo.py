@@ -22,7 +22,8 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     for step in ("speak the seed corpus", "warm start", "stage 1", "stage 2", "evaluation", "two spoken questions"):
         assert f"=== {step}" in out
     assert "[en] llasm:" in out and "[zh] llasm:" in out
-    assert "en WER" in out and "zh CER" in out
+    assert "en held-out TTS WER" in out and "zh held-out TTS CER" in out and "en real-voice dev WER" in out
+    assert re.search(r"steps: warm start \d+, stage 1 \d+, stage 2 \d+", out) and "run-to-run spread" in out
     report = json.loads((tmp_path / "demo" / "eval" / "report.json").read_text())
     assert {"en", "zh"} <= set(report["results"]["llasm"])
     assert (tmp_path / "demo" / "eval" / "report.png").stat().st_size > 1000
@@ -46,6 +47,17 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     for lang in ("en", "zh"):
         assert re.search(rf"^demo {lang}: held-out error (~ [0-9.]+ \* clips\^-|does not fall)", curve.stdout, re.M)
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    # the levers: named training sets (clean / augmented) scored on the held-out and real-voice clips, with bars
+    data = tmp_path / "demo" / "data"
+    assert "augment" in (data / "asr_train_augmented.jsonl").read_text()
+    levers = subprocess.run([sys.executable, "bench/warm_start.py", "--data", str(data), "--model", "configs/model/tiny.yaml",
+                             "--steps", "2", "--variants", "demo", "--train", f"clean={data / 'asr_train.jsonl'}",
+                             f"aug={data / 'asr_train_augmented.jsonl'}", "--real", str(data / "real_dev" / "real_dev.jsonl"),
+                             "--plot", str(tmp_path / "levers.png")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert levers.returncode == 0, levers.stdout[-3000:] + levers.stderr[-3000:]
+    for name in ("clean", "aug"):
+        assert re.search(rf"^demo\[{name}\] +2 steps .* real voices en WER +[0-9.]+ %", levers.stdout, re.M)
+    assert (tmp_path / "levers.png").stat().st_size > 1000
     missing = subprocess.run([sys.executable, "bench/warm_start.py", "--data", str(tmp_path)], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and f"{tmp_path / 'asr_train.jsonl'} is missing: run `make demo` first" in missing.stderr
@@ -124,7 +136,7 @@ def test_speech_demo_stage3_yaml_equals_the_settings_it_always_ran(tmp_path):
     from llasm.apps.speech_demo import STAGE3
     from llasm.training import load_config
 
-    head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+    head = {"num_units": 1000, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
             "intermediate_size": 2048, "state": "output"}
     data, spec = tmp_path / "stage3_train.jsonl", "configs/model/starter.yaml"
     old = load_config({  # speech_demo.train_head before configs/speech_demo/
@@ -137,3 +149,52 @@ def test_speech_demo_stage3_yaml_equals_the_settings_it_always_ran(tmp_path):
     new = load_config(STAGE3, [f"model={spec}", f"output_dir={tmp_path / 'stage3'}", f"data.sources.0.path={data}",
                                "train.max_minutes=12.5"])
     assert new == old
+
+
+def test_goals_spread_and_levers_are_printed(tmp_path, monkeypatch, capsys):
+    from llasm.apps import demo
+
+    report = {"results": {"llasm": {"en": {"wer": 0.30, "real_wer": 0.55, "accuracy": 0.5}, "zh": {"cer": 0.3, "accuracy": 0.0}},
+                          "text": {"en": {"accuracy": 0.5}, "zh": {"accuracy": 0.0}}},
+              "counts": {"llasm": {"en": {"asr": 35, "real": 27, "instruct": 24}, "zh": {"asr": 35, "instruct": 24}}}}
+    demo.print_goals(report, "starter", {"warm start": 1600, "stage 1": 230, "stage 2": 60})
+    out = capsys.readouterr().out
+    assert "en held-out TTS WER 30.0 % on 35 clips (goal <= 25 %): MISSED by 5.0 points" in out
+    assert "zh held-out TTS CER 30.0 % on 35 clips (goal <= 35 %): met" in out
+    assert "en real-voice dev WER 55.0 % on 27 clips (goal <= 40 %): MISSED by 15.0 points" in out
+    assert "en spoken-question accuracy 50 % vs typed 50 % on 24 questions: 1.00 of typed (goal >= 0.8): met" in out
+    assert "zh spoken-question accuracy 0 % vs typed 0 % on 24 questions: no typed question answered" in out
+    assert "steps: warm start 1600, stage 1 230, stage 2 60" in out
+    monkeypatch.setenv("LLASM_DEMO_AUGMENT", "none")
+    monkeypatch.setenv("LLASM_DEMO_TTS", "configs/tts_demo_3voices.yaml")
+    plan = demo.PLANS["starter"]
+    assert demo.demo_levers(plan) == ("configs/tts_demo_3voices.yaml", None)
+    first = demo.record_run(tmp_path / "run1", report, {"stage 1": 230}, plan, 25.0)
+    demo.print_spread(first)
+    assert "first run of these settings" in capsys.readouterr().out
+    report["results"]["llasm"]["en"]["wer"] = 0.40
+    runs = demo.record_run(tmp_path / "run2", report, {"stage 1": 220}, plan, 25.5)
+    monkeypatch.delenv("LLASM_DEMO_AUGMENT")
+    other = demo.record_run(tmp_path / "run3", report, {"stage 1": 220}, plan, 25.5)  # other settings: their own spread
+    assert len(runs) == 2 and len(other) == 1 and other[0]["augment"] == "configs/augment_demo.yaml"
+    assert [r["output"] for r in runs] == [str(tmp_path / "run1"), str(tmp_path / "run2")]
+    demo.print_spread(runs)
+    out = capsys.readouterr().out
+    assert "over 2 runs" in out and "en wer: 30.0 - 40.0 %" in out and "en spoken/typed: 1.00 - 1.00" in out
+
+
+def test_bench_cuts_every_training_set_to_the_same_sentences(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("warm_start_bench", ROOT / "bench" / "warm_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    clean = [{"id": f"s{i}"} for i in range(10)]
+    augmented = [dict(id=f"s{i}~aug1", augment_of=f"s{i}") if i % 2 else {"id": f"s{i}"} for i in range(10)]
+    (tmp_path / "clean.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clean))
+    (tmp_path / "aug.jsonl").write_text("".join(json.dumps(r) + "\n" for r in augmented))
+    cut = bench.same_sentences({"a": str(tmp_path / "clean.jsonl"), "b": str(tmp_path / "aug.jsonl")}, 4)
+    rows = {name: [json.loads(line) for line in path.read_text().splitlines()] for name, path in cut.items()}
+    assert len(rows["a"]) == len(rows["b"]) == 4
+    assert [r["id"] for r in rows["a"]] == [r.get("augment_of", r["id"]) for r in rows["b"]]
+    assert cut["a"] == tmp_path / ".clean.4-sentences.jsonl"

@@ -233,6 +233,31 @@ def test_metrics_wired_exactly_with_fake_systems(tmp_path):
     assert any("judge: skipped" in n for n in report["notes"])
 
 
+def test_data_without_keywords_marks_accuracy_not_applicable(tmp_path):
+    """Your own data rarely has keywords: accuracy and agreement are n/a (never 0), chrF against the
+    reference still scores, and the report says why."""
+    instruct, _ = write_data(tmp_path)
+    rows = [json.loads(line) for line in instruct.read_text().splitlines()]
+    for row in rows:
+        row.pop("keywords")
+    instruct.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    items, _ = E.load_instruct_items(instruct)
+    q = {i.id: i.question for i in items}
+    answers = {i.id: i.reference for i in items}  # a perfect system: it answers with the reference
+    system = FakeSystem(replies=answers, text_replies={q[k]: v for k, v in answers.items()})
+    report = E.evaluate({"llasm": system}, instruct_items=items, progress=False)
+    res = report["results"]
+    for system_name in ("llasm", "text"):
+        assert "accuracy" not in res[system_name]["en"] and "accuracy" not in res[system_name]["zh"]
+        assert res[system_name]["en"]["chrf"] == pytest.approx(100.0)
+    assert "agreement" not in res["llasm"]["en"] and res["llasm"]["en"]["exact_match"] == 1.0
+    assert report["not_applicable"]["en"] == {"accuracy": "no item carries keywords",
+                                              "agreement": "no item carries keywords"}
+    assert any("not applicable" in n for n in report["notes"])
+    table = E.summary_tables(report)
+    assert "| accuracy | n/a | n/a |" in table and "| agreement | n/a | n/a |" in table
+
+
 def test_asr_loops_count_once_unless_kept(tmp_path):
     _, asr = write_data(tmp_path)
     asr_items, _ = E.load_asr_items(asr)
@@ -379,20 +404,23 @@ def test_dtype_option_loads_the_model_and_cascade_in_bfloat16(tmp_path, tiny):
     assert set(report["results"]) == {"llasm", "cascade"} and not report["errors"]
 
 
-def test_llasm_transcription_is_capped_by_audio_length():
-    """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does."""
+def test_llasm_transcription_is_capped_by_audio_length(monkeypatch):
+    """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does; in a
+    batch every clip keeps its own limit."""
     import numpy as np
 
-    from llasm.evaluation.systems import LlasmSystem
+    from llasm.evaluation import systems
 
-    class Recorder:
-        def chat(self, messages, max_new_tokens, **kwargs):
-            self.limit = max_new_tokens
-            return "x"
+    limits = []
 
-    model = Recorder()
-    system = LlasmSystem(model, max_new_tokens=40)
-    system.transcribe(np.zeros(16000, dtype=np.float32) + 0.01, "en")
-    assert model.limit == 22
-    system.transcribe(np.zeros(16000 * 10, dtype=np.float32) + 0.01, "zh")
-    assert model.limit == 40
+    def recorder(model, conversations, max_new_tokens, **kwargs):
+        limits.append(max_new_tokens)
+        return ["x"] * len(conversations)
+
+    monkeypatch.setattr(systems, "chat_batch", recorder)
+    system = systems.LlasmSystem(object(), max_new_tokens=40)
+    one, ten = np.zeros(16000, dtype=np.float32) + 0.01, np.zeros(16000 * 10, dtype=np.float32) + 0.01
+    system.transcribe(one, "en")
+    system.transcribe(ten, "zh")
+    system.transcribe_batch([one, ten], ["en", "zh"])
+    assert limits == [[22], [40], [22, 40]]

@@ -3,6 +3,7 @@ headless Chromium (slow)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -302,6 +303,103 @@ def test_page_end_to_end_in_chromium(tiny, tmp_path):
         # Clear empties the conversation
         driver.find_element(By.CSS_SELECTOR, "#llasm-clear").click()
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#llasm-chat [data-testid='bot']"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _speaking_model(tiny, kind: str):
+    """The tiny model with a random unit head (units win over the blank) and a tiny token2wav of ``kind``."""
+    import torch
+
+    import llasm
+    from tests.conftest import tiny_token2wav
+
+    model, processor = tiny
+    config = copy.deepcopy(model.config)  # the shared tiny model keeps its own config
+    config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                        "intermediate_size": 64}
+    spoken = llasm.LlasmForConditionalGeneration(config)
+    spoken.load_state_dict(model.state_dict(), strict=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in spoken.unit_head.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    spoken.processor = processor
+    spoken.set_vocoder(tiny_token2wav(kind))
+    return spoken.eval()
+
+
+@pytest.mark.parametrize("kind", ["unit_hifigan", "unit_mel"])
+def test_a_real_spoken_reply_reaches_the_player(tiny, kind):
+    """The page logic with a real unit head and either token2wav: the last state holds 16 kHz speech."""
+    spoken = _speaking_model(tiny, kind)
+    states = list(respond([], None, "hi", model=spoken, max_new_tokens=6))
+    rate, wav = last_speech(states[-1])
+    assert rate == 16000 and wav.dtype == np.float32 and len(wav) > 0
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium "
+                                                    "(apt-get install chromium chromium-driver)")
+def test_page_plays_a_spoken_reply_in_chromium(tiny, tmp_path):
+    """`llasm serve --vocoder DIR` with a unit_mel token2wav: a typed question gets a spoken reply; the wav
+    the page's player holds is served and plays in the browser (its clock advances)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import tiny_token2wav
+
+    spoken = _speaking_model(tiny, "unit_mel")
+    spoken.save_pretrained(tmp_path / "m")
+    tiny_token2wav("unit_mel").save_pretrained(tmp_path / "voice")
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llasm.apps.serve", "--model", str(tmp_path / "m"), "--vocoder", str(tmp_path / "voice"),
+         "--port", str(port), "--max-new-tokens", "8"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    driver = None
+    try:
+        _wait_http(url, proc)
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
+                     "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage",
+                     f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1000"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        driver.get(url)
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#llasm-text textarea"))
+        driver.find_element(By.CSS_SELECTOR, "#llasm-text textarea").send_keys("hi")
+        driver.find_element(By.CSS_SELECTOR, "#llasm-send").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#llasm-text textarea").get_attribute("value") == "")
+        # the player's file (Gradio's waveform player loads it; its download link names it)
+        link = "#llasm-speech a[data-testid='download-link'][href$='.wav']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+        href = driver.find_element(By.CSS_SELECTOR, link).get_attribute("href")
+        with urllib.request.urlopen(href, timeout=30) as response:
+            assert response.read(4) == b"RIFF"
+        driver.set_script_timeout(60)
+        played = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const audio = new Audio(arguments[0]);
+            audio.muted = true;
+            audio.play().then(() => setTimeout(() => done({duration: audio.duration, time: audio.currentTime,
+                                                           error: audio.error && audio.error.code}), 300))
+                 .catch(e => done({failed: String(e)}));
+        """, href)
+        assert "failed" not in played, played
+        assert played["error"] is None and played["duration"] > 0 and played["time"] > 0, played
     finally:
         if driver is not None:
             driver.quit()

@@ -132,3 +132,31 @@ def test_eval_speech_cli_writes_report(parts, tmp_path):
     assert "speech_resynthesis" in report["results"]
     assert (tmp_path / "eval" / "report.png").exists()
     assert "speech_source" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_eval_speech_cli_speaks_through_a_unit_mel_token2wav(parts, tmp_path):
+    """eval/speech.py --vocoder <unit_mel dir>: resynthesis and the round trip run through units -> mel -> vocoder."""
+    import importlib.util
+
+    from conftest import ROOT, tiny_token2wav
+
+    tiny_token2wav("unit_mel").save_pretrained(tmp_path / "voice")
+    spec = importlib.util.spec_from_file_location("eval_speech", ROOT / "eval" / "speech.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = parts["model"]
+    previous = model.vocoder
+    model.set_vocoder(None)  # the CLI attaches the --vocoder it is given
+    try:
+        rc = module.main(["--model", "injected", "--data", str(parts["data"]), "--vocoder", str(tmp_path / "voice"),
+                          "--kmeans", str(parts["root"] / "kmeans"), "--output", str(tmp_path / "eval"),
+                          "--max-new-tokens", "4", "--no-progress", "--no-cascade"],
+                         model=model, speech_transcriber=FakeJudge())
+        assert rc == 0
+        assert type(model.vocoder).__name__ == "UnitMelToken2Wav"
+    finally:
+        model.set_vocoder(previous)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert {"speech_resynthesis", "speech_round_trip"} <= set(report["results"]), [e for e in report["errors"] if e["system"] == "round_trip"]
+    wavs = [r["resynthesis"]["wav"] for r in report["details"]["speech"] if "wav" in r.get("resynthesis", {})]
+    assert wavs and len(sf.read(wavs[0])[0]) % 200 == 0  # 80 Hz mel frames at 16 kHz

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from llasm.io import llasm_home
 from llasm.weights import ct2, starter, whisper_ct2
+from llasm.weights.gguf import convert_gguf
 
 
 def _tiny_whisper(seed: int = 0):
@@ -59,7 +60,7 @@ def test_ct2_whisper_round_trip_is_exact(tmp_path, dtype):
     assert read["decoder/projection/weight"] is read["decoder/embeddings/weight"]
     assert whisper_ct2.whisper_dims(read)["encoder_layers"] == 2
 
-    out = starter.convert_whisper_ct2(tmp_path / "model.bin", None, tmp_path / "hf", dtype=dtype)
+    out = whisper_ct2.convert_whisper_ct2(tmp_path / "model.bin", None, tmp_path / "hf", dtype=dtype)
     got = load_file(out / "model.safetensors")
     want = {k: v.to(getattr(torch, dtype)) for k, v in model.state_dict().items() if k != "proj_out.weight"}
     assert set(got) == set(want)
@@ -156,13 +157,13 @@ def test_ensure_is_atomic_idempotent_and_checks_sha(tmp_path, monkeypatch, capsy
     sha = hashlib.sha256(blob).hexdigest()
     monkeypatch.setattr(starter, "STARTER_MODELS", {"tiny-whisper": _fake_spec(tmp_path, sha)})
     calls = []
-    real = starter.convert_whisper_ct2
+    real = whisper_ct2.convert_whisper_ct2
 
     def convert(model_bin, src_dir, out_dir, **kw):
         calls.append(model_bin)
         return real(model_bin, None, out_dir, **kw)
 
-    monkeypatch.setattr(starter, "convert_whisper_ct2", convert)
+    monkeypatch.setattr(whisper_ct2, "convert_whisper_ct2", convert)  # starter imports it where it converts
     paths = starter.ensure_starter_models("tiny-whisper", home, keep_packages=True)
     assert paths == {"tiny-whisper": home / "tiny-whisper"}
     assert json.loads((home / "tiny-whisper" / starter.MARKER).read_text())["sha256"] == sha
@@ -250,7 +251,7 @@ def test_gguf_round_trip(tmp_path):
     w.write_tensors_to_file()
     w.close()
 
-    out = starter.convert_gguf(path, tmp_path / "hf", dtype="float32", eos_tokens=("<|im_end|>",))
+    out = convert_gguf(path, tmp_path / "hf", dtype="float32", eos_tokens=("<|im_end|>",))
     got = load_file(out / "model.safetensors")
     assert set(got) == set(sd)
     for k in sd:

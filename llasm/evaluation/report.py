@@ -18,7 +18,9 @@ from llasm.io import atomic_path, write_text
 METRIC_HELP = {
     "wer": "ASR word error rate (en, Whisper-normalized), lower is better",
     "cer": "ASR character error rate (zh, normalized), lower is better",
-    "accuracy": "share of replies containing an accepted keyword",
+    "real_wer": "ASR word error rate on the real-voice dev set (human recordings, never trained on), lower is better",
+    "real_cer": "ASR character error rate on the real-voice dev set, lower is better",
+    "accuracy": "share of replies containing an accepted keyword (items with keywords only; n/a without)",
     "chrf": "corpus chrF of replies vs reference answers (0-100)",
     "lang_consistency": "share of replies in the question's language",
     "judge": "mean LLM-judge score (1-5)",
@@ -42,13 +44,14 @@ def _fmt(value) -> str:
 def summary_tables(report: dict) -> str:
     """Markdown tables, one per language: a row per metric, a column per system (+ n)."""
     results = report["results"]
+    not_applicable = report.get("not_applicable", {})  # {lang: {metric: why}}: shown as n/a, never a number
     systems = list(results)
     langs = [lang for lang in M.LANGUAGES if any(lang in results[s] for s in systems)]
     out = []
     for lang in langs:
         metrics: list[str] = []
         for s in systems:
-            for m in results[s].get(lang, {}):
+            for m in list(results[s].get(lang, {})) + list(not_applicable.get(lang, {})):
                 if m not in metrics:
                     metrics.append(m)
         metrics.sort(key=lambda m: list(METRIC_HELP).index(m) if m in METRIC_HELP else 99)
@@ -56,7 +59,9 @@ def summary_tables(report: dict) -> str:
         out.append("| metric | " + " | ".join(systems) + " |")
         out.append("|---|" + "---|" * len(systems))
         for m in metrics:
-            out.append(f"| {m} | " + " | ".join(_fmt(results[s].get(lang, {}).get(m)) for s in systems) + " |")
+            cells = [_fmt(results[s].get(lang, {}).get(m)) if m in results[s].get(lang, {}) or
+                     m not in not_applicable.get(lang, {}) else "n/a" for s in systems]
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
         ns = []
         for s in systems:
             c = report.get("counts", {}).get(s, {}).get(lang, {})
@@ -69,7 +74,7 @@ def summary_tables(report: dict) -> str:
 def render_markdown(report: dict) -> str:
     meta = report.get("meta", {})
     lines = ["# llasm evaluation report", ""]
-    for key in ("model", "data", "asr_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
+    for key in ("model", "data", "asr_data", "real_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
                 "normalizer_version", "started", "duration_s"):
         if key in meta:
             lines.append(f"- **{key}**: `{meta[key]}`")

@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
-from llasm import __version__, builder
+from llasm import __version__
+from llasm.device import add_device_arguments
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import (
     ASSETS,
@@ -66,9 +66,15 @@ from llasm.evaluation.items import (
     prompt_info,
 )
 from llasm.evaluation.report import summary_tables, write_report
-from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
-from llasm.evaluation.systems import (LOOP_GUARD_RULE, LOOP_GUARD_VERSION, CascadeSystem, Judge, LlasmSystem,
-                                     WhisperTranscriber, make_ppl_scorer)
+from llasm.evaluation.systems import (
+    LOOP_GUARD_RULE,
+    LOOP_GUARD_VERSION,
+    CascadeSystem,
+    Judge,
+    LlasmSystem,
+    WhisperTranscriber,
+    make_ppl_scorer,
+)
 from llasm.evaluation.tasks import TASKS, TEXT_TASKS, evaluate
 
 logger = logging.getLogger(__name__)
@@ -84,18 +90,28 @@ MAKE_DATA_HINT = (
 # ------------------------------------------------------------------------------------- CLI
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | None = None):
-    """A checkpoint dir or a model YAML (:func:`llasm.builder.load_model`), on ``device`` (CUDA when
-    there is one) in eval mode. ``dtype`` (float32 | bfloat16 | float16) overrides the float32 default."""
-    model, _ = builder.load_model(spec, dtype=dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+def load_model(spec: str, device: str | None = None, dtype: str | None = None, **bases):
+    """A checkpoint dir or a model YAML (:func:`llasm.builder.load_model`), on ``device`` in ``dtype``
+    (default: CUDA and bfloat16 when there is a GPU, else the CPU and float32; :mod:`llasm.device`),
+    in eval mode; ``bases`` (``audio_tower=``, ``language_model=``) say where a checkpoint's base
+    models are."""
+    from llasm import builder  # heavy (torch): not for --help
+
+    model, _ = builder.load_model(spec, dtype=dtype, device=device or "auto", **bases)
+    return model
 
 
 def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Evaluate an llasm model (ASR, spoken instruction following, "
-                                "modal invariance) against a Whisper -> LLM cascade; writes report.{json,md,png}.")
-    p.add_argument("--model", required=True, help="checkpoint directory or model YAML (configs/model/*.yaml)")
+                                "modal invariance) against a Whisper -> LLM cascade; writes report.{json,md,png}.",
+                                epilog="The field's benchmarks (VoiceBench, URO-Bench, LibriSpeech, AISHELL-1, Fleurs, "
+                                "WenetSpeech): llasm eval --benchmark NAME[:subset] --data DIR ... "
+                                "(llasm eval --benchmark x --help lists their options).")
+    p.add_argument("--model", required=True, help="checkpoint directory (final/ or checkpoint-N) or model YAML "
+                   "(configs/model/*.yaml)")
+    p.add_argument("--audio-tower", default=None, help="where the checkpoint's base Whisper is, when not where it "
+                   "was trained (a copied checkpoint)")
+    p.add_argument("--language-model", default=None, help="where the checkpoint's base LLM is, likewise")
     p.add_argument("--data", default=None, help=f"spoken instruction JSONL (default {DEFAULT_DATA})")
     p.add_argument("--asr-data", default=None, help=f"ASR JSONL (default {DEFAULT_ASR_DATA})")
     p.add_argument("--split", default="test", help="keep records with this 'split' ('all' keeps every record)")
@@ -103,6 +119,9 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--tasks", default=",".join(default_tasks), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--limit", type=int, default=None, help="at most N items per data file")
     p.add_argument("--asr-limit", type=int, default=None, help="at most N ASR items (default: --limit)")
+    p.add_argument("--real-data", default=None,
+                   help="real-voice dev set JSONL (llasm real-voices); adds the task 'real': real_wer / real_cer")
+    p.add_argument("--real-limit", type=int, default=None, help="at most N real-voice items (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1)")
     p.add_argument("--judge-model", default=None, help="judge model name sent to the endpoint")
@@ -114,12 +133,12 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--no-cascade", action="store_true", help="skip the Whisper -> LLM cascade baseline")
     p.add_argument("--cascade-whisper", default=None,
                    help="Whisper HF dir for the cascade (default: the model's own base Whisper)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights of the model and the cascade's Whisper (default float32; bfloat16 on GPUs)")
+    add_device_arguments(p)  # --device, --dtype: the model's and the cascade's Whisper
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     speech = p.add_argument_group("speech output (task 'speech', llasm.evaluation.speech; added when --vocoder is given)")
-    speech.add_argument("--vocoder", default=None, help="unit HiFi-GAN dir (train/train_vocoder.py output)")
+    speech.add_argument("--vocoder", default=None,
+                        help="token2wav dir (train/train_token2wav.py or train/train_vocoder.py output)")
     speech.add_argument("--kmeans", default=None, help="k-means unit dir (data_prep/units.py fit) for resynthesis")
     speech.add_argument("--judge", default=None,
                         help="Whisper HF dir that transcribes the speech (default: the cascade's Whisper)")
@@ -129,6 +148,9 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
 def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str], str] | None = None,
         speech_transcriber: Callable[[Any, str], str] | None = None) -> dict:
     """Everything :func:`main` does, with optional injected ``model`` / cascade ``transcriber`` (tests)."""
+    # torch and the vocoder come with the speech task's helpers: loaded here, not for --help
+    from llasm.evaluation.speech import load_speech_items, merge_speech, run_speech, speech_meta
+
     started = time.time()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if getattr(args, "vocoder", None) and "speech" not in tasks:
@@ -168,11 +190,20 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         if asr_path:
             asr_items, errs = load_asr_items(asr_path, split, asr_limit)
             errors += errs
-    if not instruct_items and not asr_items and not speech_items and not errors:
+    real_items: list[AsrItem] = []
+    real_path = getattr(args, "real_data", None)
+    if real_path:  # the real-voice dev set (llasm.prep.real_voices): every record, whatever its split
+        if not Path(real_path).is_file():
+            raise SystemExit(f"real-voice data {real_path}: file not found (make it with: llasm real-voices)")
+        tasks += [] if "real" in tasks else ["real"]
+        real_items, errs = load_asr_items(real_path, None, args.real_limit)
+        errors += errs
+    if not instruct_items and not asr_items and not speech_items and not real_items and not errors:
         raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
 
     if model is None:
-        model = load_model(args.model, args.device, args.dtype)
+        model = load_model(args.model, args.device, args.dtype, audio_tower=getattr(args, "audio_tower", None),
+                           language_model=getattr(args, "language_model", None))
     prompts = load_prompts()
     llasm_sys = LlasmSystem(model, prompts, max_new_tokens=args.max_new_tokens)
     systems: dict[str, Any] = {"llasm": llasm_sys}
@@ -206,9 +237,10 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
     else:
         judge_meta = {"status": "skipped", "note": "no --judge-url/--judge-model given; no judge scores"}
 
-    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items,
+    report = evaluate(systems, instruct_items=instruct_items, asr_items=asr_items, real_items=real_items,
                       tasks=[t for t in tasks if t != "speech"], scorer=make_ppl_scorer(model), judge=judge,
-                      errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops)
+                      errors=errors, notes=notes, progress=not args.no_progress, keep_loops=args.keep_loops,
+                      batch_size=args.batch_size)
     if "speech" in tasks:
         speech_judge = speech_transcriber or transcriber
         judge_path = args.judge or args.cascade_whisper or getattr(model.config, "audio_model_name_or_path", None)
@@ -223,6 +255,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "model": str(args.model),
         "data": instruct_path,
         "asr_data": asr_path,
+        "real_data": real_path,
         "split": split or "all",
         "limit": args.limit,
         "asr_limit": asr_limit,
@@ -235,7 +268,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         "judge": judge_meta,
         **prompt_info(),
         **{k: v for k, v in M.normalizer_info().items()},
-        "torch": torch.__version__,
+        "torch": sys.modules["torch"].__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 2),
     }
@@ -248,7 +281,17 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_TASKS,
          model=None, transcriber=None, speech_transcriber=None) -> int:
-    """Parse ``argv``, evaluate, write the report files and print the summary table."""
+    """Parse ``argv``, evaluate, write the report files and print the summary table.
+
+    With ``--benchmark NAME[:subset]`` it runs one of the field's benchmarks instead
+    (:mod:`llasm.evaluation.benchmarks`: VoiceBench, URO-Bench, LibriSpeech, AISHELL-1, Fleurs, WenetSpeech).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--benchmark" or a.startswith("--benchmark=") for a in argv):
+        from llasm.evaluation.benchmarks.cli import main as benchmark_main  # torch and the model core
+
+        return benchmark_main(argv, prog=prog, model=model, transcriber=transcriber,
+                              speech_transcriber=speech_transcriber)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog, default_tasks).parse_args(argv)
     report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)

@@ -33,8 +33,8 @@ from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
 from llasm.io import read_jsonl
+from llasm.speech.token2wav import load_token2wav
 from llasm.speech.units import UnitExtractor
-from llasm.speech.vocoder import UnitHifiGan
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def run_speech(args, model, items, judge) -> dict:
     """The speech-output task (:mod:`llasm.evaluation.speech`) with the parts named on the command line."""
     vocoder = extractor = None
     if args.vocoder:
-        vocoder = UnitHifiGan.from_pretrained(args.vocoder).eval()
+        vocoder = load_token2wav(args.vocoder)
     if args.kmeans:
         extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
     return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,

@@ -15,10 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
 from llasm.audio import load_audio
+from llasm.chat import chat_batch
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
 
@@ -108,23 +106,45 @@ class LlasmSystem:
         self.generate_kwargs = generate_kwargs
 
     def _chat(self, content: list[dict], max_new_tokens: int | None = None) -> str:
-        return self.model.chat([_user(content)], max_new_tokens=max_new_tokens or self.max_new_tokens,
-                               **self.generate_kwargs)
+        return self._chat_batch([content], [max_new_tokens])[0]
 
-    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
+    def _chat_batch(self, contents: list[list[dict]], max_new_tokens: list[int | None]) -> list[str]:
+        """One user turn each, answered in one ``generate`` call (:func:`llasm.chat.chat_batch`)."""
+        limits = [n or self.max_new_tokens for n in max_new_tokens]
+        return chat_batch(self.model, [[_user(c)] for c in contents], max_new_tokens=limits, **self.generate_kwargs)
+
+    def _asr_content(self, audio, lang: str) -> tuple[list[dict], int]:
         audio = load_audio(audio)  # 16 kHz
         content = [{"type": "audio", "audio": audio}, {"type": "text", "text": self.prompts["asr"][lang]}]
-        return self._chat(content, min(self.max_new_tokens, transcript_token_limit(len(audio) / 16000))), {}
+        return content, min(self.max_new_tokens, transcript_token_limit(len(audio) / 16000))
 
-    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
-        """``(reply, the user content used as prompt, extra info)``."""
+    def transcribe(self, audio, lang: str) -> tuple[str, dict]:
+        return self.transcribe_batch([audio], [lang])[0]
+
+    def transcribe_batch(self, audios: list, langs: list[str]) -> list[tuple[str, dict]]:
+        contents, limits = zip(*(self._asr_content(a, lang) for a, lang in zip(audios, langs)))
+        return [(text, {}) for text in self._chat_batch(list(contents), list(limits))]
+
+    @staticmethod
+    def _spoken_content(item: InstructItem, audio) -> list[dict]:
         content = [{"type": "audio", "audio": audio}]
         if item.extra_text:
             content.append({"type": "text", "text": item.extra_text})
-        return self._chat(content), content, {}
+        return content
+
+    def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
+        """``(reply, the user content used as prompt, extra info)``."""
+        return self.answer_spoken_batch([item], [audio])[0]
+
+    def answer_spoken_batch(self, items: list[InstructItem], audios: list) -> list[tuple[str, list[dict], dict]]:
+        contents = [self._spoken_content(item, audio) for item, audio in zip(items, audios)]
+        return [(reply, content, {}) for reply, content in zip(self._chat_batch(contents, [None] * len(items)), contents)]
 
     def answer_text(self, text: str) -> str:
-        return self._chat([{"type": "text", "text": text}])
+        return self.answer_text_batch([text])[0]
+
+    def answer_text_batch(self, texts: list[str]) -> list[str]:
+        return self._chat_batch([[{"type": "text", "text": t}] for t in texts], [None] * len(texts))
 
 
 class CascadeSystem:
@@ -140,10 +160,36 @@ class CascadeSystem:
         return self.transcriber(audio, lang), {}
 
     def answer_spoken(self, item: InstructItem, audio) -> tuple[str, list[dict], dict]:
-        transcript = self.transcriber(audio, item.lang)
-        text = f"{transcript}\n{item.extra_text}" if item.extra_text else transcript
-        content = [{"type": "text", "text": text}]
-        return self.answerer._chat(content), content, {"transcript": transcript}
+        return self.answer_spoken_batch([item], [audio])[0]
+
+    def answer_spoken_batch(self, items: list[InstructItem], audios: list) -> list[tuple[str, list[dict], dict]]:
+        """Whisper transcribes clip by clip; the LLM answers the transcripts in one batch."""
+        transcripts = [self.transcriber(audio, item.lang) for item, audio in zip(items, audios)]
+        contents = [[{"type": "text", "text": f"{t}\n{item.extra_text}" if item.extra_text else t}]
+                    for t, item in zip(transcripts, items)]
+        replies = self.answerer._chat_batch(contents, [None] * len(items))
+        return [(r, c, {"transcript": t}) for r, c, t in zip(replies, contents, transcripts)]
+
+
+def call_batched(system, method: str, *columns: list) -> list:
+    """``system.<method>_batch(*columns)`` when the system has it, else ``system.<method>`` per item.
+
+    Returns one entry per item: its result, or the exception it raised. A batch that fails is run
+    again item by item, so one unusable item fails alone, named in the report's errors.
+    """
+    batched = getattr(system, method + "_batch", None)
+    if batched is not None and len(columns[0]) > 1:
+        try:
+            return list(batched(*columns))
+        except Exception:  # noqa: BLE001 - retried one by one below, where the error is attributed
+            pass
+    results = []
+    for args in zip(*columns):
+        try:
+            results.append(getattr(system, method)(*args))
+        except Exception as err:  # noqa: BLE001
+            results.append(err)
+    return results
 
 
 class WhisperTranscriber:
@@ -155,6 +201,11 @@ class WhisperTranscriber:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, dtype=None):
+        # torch and transformers take seconds to import: only where a model runs (reading items, the
+        # judge and `llasm eval --help` do without them)
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
         self.path = str(path)
         self.processor = WhisperProcessor.from_pretrained(self.path)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.path, dtype=dtype or torch.float32)
@@ -177,6 +228,8 @@ class WhisperTranscriber:
             inputs = self.processor(audio, sampling_rate=sr, return_tensors="pt")
         features = inputs.input_features.to(self.model.device, self.model.dtype)
         kwargs["max_length"] = min(448, 4 + transcript_token_limit(len(audio) / sr))  # (+4 prompt tokens)
+        import torch
+
         with torch.inference_mode():
             ids = self.model.generate(features, **kwargs)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -189,6 +242,8 @@ def make_ppl_scorer(model) -> Callable[[list[dict], str], tuple[float, int]]:
         batch = model.processor.apply_chat_template(messages, add_generation_prompt=False)
         labels = batch.pop("labels")
         batch = {k: v.to(model.device) for k, v in batch.items()}
+        import torch
+
         with torch.inference_mode():
             logits = model(**batch).logits
         return M.sequence_nll(logits, labels.to(logits.device))

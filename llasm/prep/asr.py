@@ -163,6 +163,8 @@ def read_hf(
     if isinstance(dataset, datasets.DatasetDict):
         if split is None:
             split = "train" if "train" in dataset else next(iter(dataset))
+            if len(dataset) > 1:
+                logger.info("hf: reading split %r of %s (choose another with --split)", split, ", ".join(dataset))
         if split not in dataset:
             raise ValueError(f"split {split!r} not in dataset (has {list(dataset)})")
         dataset = dataset[split]
@@ -303,7 +305,9 @@ def build_asr_items(
             if isinstance(audio, (str, os.PathLike)):
                 audio_ref = _relative(Path(audio), base)
             else:  # in-memory (HF) audio: write it out beside the JSONL
-                target = audio_dir / f"{_safe_name(item_id)}.flac"
+                # named by content too: another dataset converted into the same folder has the same
+                # ids (hf-0000000, ...) but never the same clip, so nothing is overwritten
+                target = audio_dir / f"{_safe_name(item_id)}-{digest[:12]}.flac"
                 save_audio(target, load_audio(audio, name=source), 16_000)
                 audio_ref = _relative(target, base)
             item_lang = lang or utt.lang or detect_lang(text)
@@ -328,11 +332,45 @@ def build_asr_items(
     return records
 
 
+SPLIT_FOLDER = re.compile(r"(train|dev|test|valid|validation|eval)([-_.].*)?", re.IGNORECASE)
+
+
+def split_folders(fmt: str, source: Any) -> list[str]:
+    """The train/dev/test folders a LibriSpeech or AISHELL tree holds below ``source`` (``[]`` when
+    ``source`` is already one split or the format has no split folders)."""
+    root = Path(source)
+    if fmt == "aishell":
+        root = root / "data_aishell" if (root / "data_aishell").is_dir() else root
+        root = root / "wav"
+        has_data = lambda d: next(d.rglob("*.wav"), None) is not None  # noqa: E731
+    elif fmt == "librispeech":
+        has_data = lambda d: next(d.rglob("*.trans.txt"), None) is not None  # noqa: E731
+    else:
+        return []
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and SPLIT_FOLDER.fullmatch(d.name) and has_data(d))
+
+
 def read_corpus(fmt: str, source: Any, split: str | None = None) -> Iterator[Utterance]:
-    """Dispatch to the reader of ``fmt`` (one of :data:`FORMATS`)."""
+    """Dispatch to the reader of ``fmt`` (one of :data:`FORMATS`).
+
+    A LibriSpeech or AISHELL tree holding several splits (``train-clean-100``, ``dev-clean``; ``wav/train``,
+    ``wav/test``) needs ``split``: without it this raises ``ValueError`` naming them, so test data never
+    lands in a training set unasked. ``split="all"`` reads them all.
+    """
+    if fmt in ("librispeech", "aishell") and split is None:
+        splits = split_folders(fmt, source)
+        if len(splits) > 1:
+            raise ValueError(f"{source} holds the splits {', '.join(splits)}: choose one with --split "
+                             "(or --split all to merge them)")
+    if split == "all":
+        split = None
     if fmt == "librispeech":
         root = Path(source)
-        return read_librispeech(root / split if split and (root / split).is_dir() else root)
+        if split and not (root / split).is_dir():
+            raise FileNotFoundError(f"{root / split}: no such LibriSpeech split folder")
+        return read_librispeech(root / split if split else root)
     if fmt == "aishell":
         return read_aishell(source, split)
     if fmt == "commonvoice":
@@ -346,12 +384,25 @@ def read_corpus(fmt: str, source: Any, split: str | None = None) -> Iterator[Utt
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="data_prep/asr.py", description="Build stage-1 ASR JSONL (audio + bilingual instruction -> transcript)."
-    )
+        prog="llasm prepare-asr", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build stage-1 ASR JSONL (audio + bilingual instruction -> transcript); data_prep/asr.py is the "
+                    "same command.",
+        epilog="examples:\n"
+               "  llasm prepare-asr --format librispeech --input LibriSpeech --split train-clean-100 --output data/libri.jsonl\n"
+               "  llasm prepare-asr --format aishell --input data_aishell --split train --output data/aishell.jsonl\n"
+               "  llasm prepare-asr --format commonvoice --input cv-corpus/zh-CN --split train --output data/cv.jsonl\n"
+               "  llasm prepare-asr --format tsv --input list.tsv --lang en --output data/mine.jsonl   # path<TAB>text\n"
+               "  llasm prepare-asr --format hf --input my_dataset_dir --split train --output data/hf.jsonl\n"
+               "Audio paths in the JSONL are relative to its folder (absolute when outside it); HF audio is written\n"
+               "as flac to --audio-dir, named by row id and content, so several datasets can share one folder.\n"
+               "Unreadable audio, empty transcripts and duplicates go to OUT.rejects.jsonl.")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, help="corpus root, TSV file or HF dataset folder")
     parser.add_argument("--output", required=True, help="out.jsonl (rejects go to out.rejects.jsonl)")
-    parser.add_argument("--split", default=None, help="aishell: train/dev/test; commonvoice: <split>.tsv; hf: split")
+    parser.add_argument("--split", default=None,
+                        help="librispeech: a split folder (train-clean-100, dev-clean, ...); aishell: train/dev/test; "
+                             "commonvoice: <split>.tsv (default train); hf: a split (default train); 'all' merges the "
+                             "splits of a librispeech/aishell tree (without --split a tree with several is an error)")
     parser.add_argument("--lang", default=None, choices=("en", "zh"), help="override the detected language")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input clips")

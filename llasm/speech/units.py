@@ -10,7 +10,7 @@ at 50 Hz (320 samples at 16 kHz per frame), matching the unit vocoder's 320 samp
 The k-means model is stored without pickle: ``kmeans.safetensors`` (``centroids``, ``(K, D)``)
 plus ``kmeans.json`` (K, layer, encoder id and type, feature dim).
 
-CLI (``python data_prep/units.py --help``)::
+CLI (``llasm units --help``, :mod:`llasm.speech.units_cli`)::
 
     fit       --encoder openai/whisper-small --num-units 500 --input a.jsonl [dir ...] --output km/
     annotate  --kmeans km/ --input conv.jsonl --output conv.units.jsonl   # gpt turns with "audio"
@@ -19,11 +19,9 @@ CLI (``python data_prep/units.py --help``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -33,10 +31,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import HubertModel, WhisperFeatureExtractor
 
-from llasm import sharding
 from llasm.audio import SAMPLING_RATE, AudioError, load_audio
 from llasm.audio_tower import load_whisper_encoder
-from llasm.io import atomic_path, read_jsonl, write_json, write_jsonl
+from llasm.device import resolve_device
+from llasm.io import atomic_path, read_jsonl, write_json
 from llasm.sharding import Records, Shard
 
 logger = logging.getLogger(__name__)
@@ -152,7 +150,9 @@ class HubertLayerFeatures:
 
 
 def load_feature_encoder(name_or_path: str, encoder_type: str = "whisper", layer: int | None = None,
-                         device: str = "cpu"):
+                         device: str = "auto"):
+    """The frame-feature encoder (``whisper`` | ``hubert``) on ``device`` (``auto``: CUDA when present)."""
+    device = str(resolve_device(device))
     if encoder_type == "whisper":
         return WhisperLayerFeatures(name_or_path, layer, device)
     if encoder_type == "hubert":
@@ -230,7 +230,7 @@ class UnitExtractor:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, features=None, with_encoder: bool = True,
-             device: str = "cpu", encoder: str | None = None) -> "UnitExtractor":
+             device: str = "auto", encoder: str | None = None) -> "UnitExtractor":
         """Load ``kmeans.safetensors`` + ``kmeans.json``; builds the feature encoder it names unless
         ``features`` is given or ``with_encoder=False`` (``encoder`` overrides the stored id/path)."""
         directory = Path(directory)
@@ -355,64 +355,3 @@ def build_manifest(extractor: UnitExtractor, inputs: Sequence[str | os.PathLike]
                          "durations": durations})
     return records
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="units", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit k-means on encoder-layer features")
-    fit.add_argument("--encoder", required=True, help="Whisper (or HuBERT) hub id or dir")
-    fit.add_argument("--encoder-type", choices=["whisper", "hubert"], default="whisper")
-    fit.add_argument("--layer", type=int, default=None, help="hidden-state index (default: middle layer)")
-    fit.add_argument("--num-units", type=int, default=500, help="K (500 or 1000 in the references)")
-    fit.add_argument("--input", nargs="+", required=True, help="JSONL files, audio dirs or audio files")
-    fit.add_argument("--output", required=True, help="directory for kmeans.safetensors + kmeans.json")
-    fit.add_argument("--max-frames", type=int, default=None, help="stop encoding after this many frames")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--device", default="cpu")
-    for name, help_ in (("annotate", "add units/durations to gpt turns with audio"),
-                        ("manifest", "vocoder training manifest {id, audio, units, durations}")):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--kmeans", required=True, help="directory written by `fit`")
-        p.add_argument("--encoder", default=None, help="override the encoder id/path stored in kmeans.json")
-        p.add_argument("--input", nargs="+" if name == "manifest" else None, required=True)
-        p.add_argument("--output", required=True)
-        p.add_argument("--device", default="cpu")
-        sharding.add_arguments(p)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "fit":
-            features = load_feature_encoder(args.encoder, args.encoder_type, args.layer, args.device)
-            rejects: list[dict] = []
-            audios = (path for _, path in collect_audio(args.input))
-            extractor = fit_unit_extractor(features, audios, args.num_units, seed=args.seed,
-                                           max_frames=args.max_frames, rejects=rejects)
-            extractor.save(args.output)
-            write_jsonl(Path(args.output) / "rejects.jsonl", rejects)
-            logger.info("%s: K=%d on layer %d of %s (%d frames, %d rejected)", args.output, extractor.num_units,
-                        extractor.meta["layer"], args.encoder, extractor.meta["num_frames"], len(rejects))
-            return 0
-        shard = sharding.from_args(args)
-        if shard.is_done(args.output):
-            logger.info("%s: already done", shard.path(args.output))
-            return 0
-        extractor = UnitExtractor.load(args.kmeans, device=args.device, encoder=args.encoder)
-        if args.command == "annotate":
-            records = annotate_conversations(extractor, args.input, args.output, shard)
-        else:
-            records = build_manifest(extractor, args.input, args.output, shard)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    rejected = sharding.write(args.output, shard, records)
-    logger.info("%s: %d rows, %d rejected (%s)", shard.path(args.output), len(records.items), len(records.rejects),
-                rejected)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

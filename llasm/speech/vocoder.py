@@ -143,6 +143,14 @@ class UnitHifiGan(nn.Module):
     def samples_per_frame(self) -> int:
         return self.config.samples_per_frame
 
+    @property
+    def sampling_rate(self) -> int:
+        return self.config.sampling_rate
+
+    @property
+    def num_units(self) -> int:
+        return self.config.num_units
+
     def log_durations(self, units: torch.Tensor) -> torch.Tensor:
         """(B, U) unit ids -> (B, U) predicted log(d + 1), d in 50 Hz frames."""
         if self.duration_predictor is None:
@@ -227,7 +235,7 @@ class UnitHifiGan(nn.Module):
         unit_tensor = self._unit_tensor(units)
         duration_tensor = None
         if durations is not None:
-            duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64).reshape(1, -1))
+            duration_tensor = torch.as_tensor(np.asarray(durations, dtype=np.int64).reshape(1, -1)).to(unit_tensor.device)
             if (duration_tensor < 0).any():
                 raise ValueError("durations must be >= 0")
         with self._inference():
@@ -267,6 +275,12 @@ class UnitHifiGan(nn.Module):
         for item in units_iter:
             yield from streamer.push(item)
         yield from streamer.finish()
+
+    def streamer(self, chunk_units: int = 40, first_chunk_units: int | None = None,
+                 first_chunk_context: int | None = None) -> "VocoderStream":
+        """Push-style streaming, the token2wav interface (:mod:`llasm.speech.token2wav`): a :class:`VocoderStream`."""
+        return VocoderStream(self, chunk_units, first_chunk_units=first_chunk_units,
+                             first_chunk_context=first_chunk_context)
 
     def _extend_durations(self, units: list[int], durations: list[int], final: bool) -> None:
         if self.duration_predictor is None:

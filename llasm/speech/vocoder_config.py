@@ -109,6 +109,7 @@ class VocoderTrainConfig:
     resume: str | None = "auto"  # "auto" (latest checkpoint in output_dir), "never", or a checkpoint dir
     seed: int = 1234
     num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; see llasm.device
     progress: bool = True
 
     @classmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ import soundfile as sf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterbank, no librosa
 
 from llasm.audio import load_audio, save_audio
-from llasm.io import atomic_dir, atomic_path, read_jsonl
+from llasm.device import describe, resolve_device, to_device
+from llasm.io import atomic_path, read_jsonl
+from llasm.speech import checkpoints
 from llasm.speech.discriminators import (
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
@@ -181,29 +181,6 @@ class UnitAudioDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
-    """Optimizer state_dict -> safetensors entries + JSON-able remainder (no pickle)."""
-    meta[prefix] = {"param_groups": state["param_groups"], "scalars": {}}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().contiguous().clone()
-            else:
-                meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
-
-
-def _optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, tensor in tensors.items():
-        if key.startswith(prefix + ".state."):
-            index, name = key[len(prefix) + 7 :].split(".", 1)
-            state.setdefault(int(index), {})[name] = tensor
-    for index, values in meta[prefix]["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta[prefix]["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
 class VocoderTrainer:
     """HiFi-GAN training of :class:`UnitHifiGan` with MPD + MSD; resumable, bounded, logged.
 
@@ -225,10 +202,11 @@ class VocoderTrainer:
         self.output_dir = Path(t.output_dir)
         self.dataset = dataset or UnitAudioDataset(t.train_manifest, config, seed=t.seed)
         torch.manual_seed(t.seed)
-        self.generator = UnitHifiGan(config)
-        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor)
-        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor)
-        self.mel = MelSpectrogram(config)
+        self.device = resolve_device(t.device)  # models, batches and losses live here; checkpoints on the CPU
+        self.generator = UnitHifiGan(config).to(self.device)
+        self.mpd = MultiPeriodDiscriminator(divisor=config.discriminator_channel_divisor).to(self.device)
+        self.msd = MultiScaleDiscriminator(divisor=config.discriminator_channel_divisor).to(self.device)
+        self.mel = MelSpectrogram(config).to(self.device)
         betas = tuple(config.adam_betas)
         adam = dict(lr=config.learning_rate, betas=betas, weight_decay=config.weight_decay)
         self.optim_g = torch.optim.AdamW(self.generator.parameters(), **adam)
@@ -246,6 +224,8 @@ class VocoderTrainer:
         step = self.step + 1
         for module in (self.generator, self.mpd, self.msd):
             module.train()
+        batch = to_device(batch, self.device)
+        zero = torch.zeros((), device=self.device)
         y = batch["audio"].unsqueeze(1)  # (B, 1, S)
         y_hat = self.generator(batch["units"], batch["durations"])  # (B, 1, S)
         if y_hat.shape != y.shape:
@@ -253,7 +233,7 @@ class VocoderTrainer:
         y_mel, y_hat_mel = self.mel(y), self.mel(y_hat)  # (B, M, frames)
 
         gan = step > self.config.gan_start_step
-        loss_d = torch.zeros(())
+        loss_d = zero
         if gan:  # discriminators on the detached generator output
             self.optim_d.zero_grad(set_to_none=True)
             real, fake, _, _ = self.mpd(y, y_hat.detach())
@@ -267,14 +247,14 @@ class VocoderTrainer:
         # generator: adversarial + feature matching + mel L1 + duration
         self.optim_g.zero_grad(set_to_none=True)
         loss_mel = F.l1_loss(y_hat_mel, y_mel)
-        loss_adv = loss_fm = torch.zeros(())
+        loss_adv = loss_fm = zero
         if gan:
             _, fake_p, real_maps_p, fake_maps_p = self.mpd(y, y_hat)
             _, fake_s, real_maps_s, fake_maps_s = self.msd(y, y_hat)
             loss_adv = generator_loss(fake_p) + generator_loss(fake_s)
             loss_fm = feature_loss(real_maps_p, fake_maps_p) + feature_loss(real_maps_s, fake_maps_s)
         loss_g = loss_adv + loss_fm + self.config.mel_loss_weight * loss_mel
-        loss_dur = torch.zeros(())
+        loss_dur = zero
         if self.generator.duration_predictor is not None:
             log_durations = self.generator.log_durations(batch["units"])  # (B, U)
             loss_dur = duration_loss(log_durations, batch["durations"], batch["duration_mask"])
@@ -304,7 +284,8 @@ class VocoderTrainer:
         history: list[dict] = []
         per_epoch = self.dataset.steps_per_epoch(t.batch_size)
         last_saved = self.step if self.resumed_from else -1
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="vocoder", unit="step")
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc=f"vocoder on {describe(self.device)}",
+                   unit="step")
         while not self._finished(started):
             losses = self.train_step(self.dataset.batch(self.step, t.batch_size))
             self.step += 1
@@ -363,7 +344,7 @@ class VocoderTrainer:
         if not (folder / "target.wav").exists():
             save_audio(folder / "target.wav", target, self.config.sampling_rate)
         with torch.no_grad():
-            mels = [self.mel(torch.from_numpy(a)[None])[0].numpy() for a in (target, generated)]
+            mels = [self.mel(torch.from_numpy(a)[None].to(self.device))[0].cpu().numpy() for a in (target, generated)]
         figure, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
         low, high = float(mels[0].min()), float(mels[0].max())  # one colour scale for both panels
         for axis, mel, title in zip(axes, mels, ("target", f"generated (step {self.step})")):
@@ -385,47 +366,29 @@ class VocoderTrainer:
 
     def latest_checkpoint(self) -> Path | None:
         """Newest complete checkpoint folder (half-written ones never get a final name)."""
-        if not self.checkpoint_root.is_dir():
-            return None
-        done = [
-            p for p in self.checkpoint_root.glob("step_*")
-            if (p / "state.safetensors").exists() and (p / "state.json").exists()
-        ]  # fmt: skip
-        return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+        return checkpoints.latest_checkpoint(self.checkpoint_root)
 
     def save_checkpoint(self) -> Path:
         """``step_N/`` (weights, optimisers, schedulers, RNG) written whole or not at all; older ones pruned."""
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
-            for key, value in module.state_dict().items():
-                tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
-        _optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
-        _optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
+            checkpoints.module_state(name, module, tensors)
+        checkpoints.optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
+        checkpoints.optimizer_to_flat("optim_d", self.optim_d.state_dict(), tensors, meta)
         meta["scheduler_g"] = self.scheduler_g.state_dict()
         meta["scheduler_d"] = self.scheduler_d.state_dict()
         tensors["rng.torch"] = torch.get_rng_state()
-
-        final = self.checkpoint_root / f"step_{self.step:08d}"
-        with atomic_dir(final) as temporary:
-            save_file(tensors, str(temporary / "state.safetensors"))
-            (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        older = sorted(
-            (p for p in self.checkpoint_root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1])
-        )
-        for stale in older[: max(0, len(older) - self.train_config.keep_checkpoints + 1)]:
-            shutil.rmtree(stale, ignore_errors=True)
-        return final
+        return checkpoints.save_checkpoint(self.checkpoint_root, self.step, tensors, meta,
+                                           self.train_config.keep_checkpoints)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)
-        tensors = load_file(str(path / "state.safetensors"))
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        tensors, meta = checkpoints.load_checkpoint(path)
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
-            prefix = name + "."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        self.optim_g.load_state_dict(_optimizer_from_flat("optim_g", tensors, meta))
-        self.optim_d.load_state_dict(_optimizer_from_flat("optim_d", tensors, meta))
+            checkpoints.load_module_state(name, module, tensors)
+        self.optim_g.load_state_dict(checkpoints.optimizer_from_flat("optim_g", tensors, meta))
+        self.optim_d.load_state_dict(checkpoints.optimizer_from_flat("optim_d", tensors, meta))
         self.scheduler_g.load_state_dict(meta["scheduler_g"])
         self.scheduler_d.load_state_dict(meta["scheduler_d"])
         torch.set_rng_state(tensors["rng.torch"])

@@ -6,10 +6,14 @@ overrides change single keys, and unknown keys or unreadable values fail with th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from llasm import settings
-from llasm.training.parts import DEFAULT_TRAINABLE
+from llasm.io import resolve_path
+
+# stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
+DEFAULT_TRAINABLE = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"}
 
 
 @dataclass
@@ -24,12 +28,16 @@ class DataConfig:
     packing: bool = False
 
 
+OBJECTIVES = ("ce", "self_reply", "kl", "units")
+
+
 @dataclass
 class ObjectiveConfig:
     type: str = "ce"  # ce | self_reply | kl | units (stage 3: CTC of the unit head)
     kl_weight: float = 1.0
     temperature: float = 1.0
     max_new_tokens: int = 128  # self_reply generation length
+    generate_batch_size: int = 16  # self_reply: rows per generate call (each rank makes its share)
     # units: keep the frozen LLM's answer states in memory after their first use, so later epochs run
     # only the unit head (answer tokens x hidden size x dtype bytes per conversation)
     cache_states: bool = False
@@ -47,7 +55,9 @@ class OptimConfig:
     epochs: int = 1
     max_steps: int | None = None
     max_minutes: float | None = None  # stop (and save) after this much wall time: CPU demos budget by time
-    mixed_precision: str = "no"  # no | bf16 (CPU autocast too: AVX512-BF16 / AMX) | fp16
+    # auto (bf16 on CUDA, fp16 on GPUs without bf16, no on CPU) | no | bf16 (CPU autocast too:
+    # AVX512-BF16 / AMX) | fp16; under DeepSpeed it fills the JSON's "auto" bf16/fp16 sections
+    mixed_precision: str = "auto"
     # LM head only on answer positions + a frozen LLM's shared prompt prefix computed once (exact);
     # false = the plain full-sequence HF loss (the LLaSM recipe in bench/train_throughput.py)
     fast_loss: bool = True
@@ -71,10 +81,15 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    # a model YAML (configs/model/*.yaml) or a checkpoint directory: stage 2 starts from stage 1 with
+    # model: runs/stage1_asr_align/final (its trained adaptor; a checkpoint-N works too)
     model: str = "configs/model/tiny.yaml"
     output_dir: str = "runs/train"
     seed: int = 0
-    resume: str = "auto"  # auto | none | a checkpoint dir
+    # auto: continue the newest checkpoint in output_dir when the config and data are the same (else stop,
+    # naming what changed) | force: continue it anyway | none: start again | a checkpoint dir
+    resume: str = "auto"
+    device: str = "auto"  # auto (CUDA when present; each rank its LOCAL_RANK GPU) | cpu | cuda
     deepspeed: str | None = None  # configs/deepspeed/zero2.json
     trainable: dict = field(default_factory=lambda: dict(DEFAULT_TRAINABLE))
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
@@ -86,5 +101,9 @@ class TrainConfig:
 
 
 def load_config(path_or_dict, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig` (via :mod:`llasm.settings`)."""
+    """YAML (or dict) + ``dotted.key=value`` overrides -> :class:`TrainConfig` (via :mod:`llasm.settings`).
+    A relative YAML path that does not exist here is read below the repository (``configs/stage1_asr_align.yaml``
+    from any working directory)."""
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        path_or_dict = resolve_path(path_or_dict)
     return settings.load(TrainConfig, path_or_dict, overrides or ())

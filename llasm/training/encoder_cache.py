@@ -69,9 +69,14 @@ class EncoderCache:
             self._handles[shard] = safe_open(str(shard), framework="pt")
         return self._handles[shard].get_tensor(key)
 
+    def missing(self, keys: list[str]) -> bool:
+        """Whether any of ``keys`` is not cached yet (so :meth:`encode` will run the tower)."""
+        return any(k not in self.pending and k not in self.where for k in keys)
+
     @torch.no_grad()
     def encode(self, model, keys: list[str], input_features: torch.Tensor, feature_attention_mask: torch.Tensor):
-        """States for every chunk (padding zeroed, rounded through fp16 whether cached or not)."""
+        """States for every chunk (padding zeroed, rounded through fp16 whether cached or not), on the
+        device of ``input_features`` (which must be the tower's: the trainer moves the batch first)."""
         frames = [int(f) for f in feature_attention_mask.sum(-1).tolist()]
         states: list[torch.Tensor | None] = [self._get(k) for k in keys]
         missing = [i for i, s in enumerate(states) if s is None]
@@ -89,7 +94,7 @@ class EncoderCache:
         width = max(s.shape[0] for s in states)
         out = input_features.new_zeros((len(keys), width, states[0].shape[-1]))  # (C, T_enc, D)
         for i, s in enumerate(states):
-            out[i, : s.shape[0]] = s.to(out.dtype)
+            out[i, : s.shape[0]] = s.to(out.device, out.dtype)  # cached states are read onto the CPU
         return out
 
     def flush(self) -> None:

@@ -12,12 +12,11 @@ import logging
 import torch
 
 from llasm.lora import add_lora, has_lora, merge_lora
+from llasm.training.config import DEFAULT_TRAINABLE
 
 log = logging.getLogger(__name__)
 
 PARTS = ("audio_tower", "adaptor", "language_model", "unit_head")
-# stage 1: only the adaptor (and the <au_start>/<au_end> rows with it) trains
-DEFAULT_TRAINABLE = {"audio_tower": "frozen", "adaptor": "full", "language_model": "frozen"}
 
 
 def trainability(trainable: dict) -> dict:

@@ -1,16 +1,27 @@
-"""What a resumed run needs beyond the weights: finding checkpoints, the RNG state, seeding, and the
-loss plot written beside them."""
+"""What a resumed run needs: finding checkpoints, the trained weights in them, the RNG state, seeding,
+the loss log cut back to the resumed step, and the loss plot written beside them.
+
+A ``checkpoint-N`` is a model checkpoint like ``final/`` (``config.json``, ``model.safetensors`` of the
+trained parts, the processor: ``from_pretrained``, ``llasm chat`` and ``llasm eval`` load it) plus what
+a resume needs (optimizer, scheduler and RNG states). The trained weights are stored once: resume
+reads them from ``model.safetensors``; only when that file cannot hold them as they are (a full save
+with LoRA merged, tied names dropped) does ``trainable.safetensors`` hold them.
+"""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from llasm.io import atomic_path
+from llasm.checkpoint import WEIGHTS_NAME, write_checkpoint
+from llasm.io import atomic_path, write_text
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -71,3 +82,50 @@ def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def save_trainable(model, directory: Path) -> None:
+    """Write ``model`` as a loadable checkpoint into ``directory`` and make sure its trainable tensors
+    are there under their own names (else also in ``trainable.safetensors``)."""
+    directory = Path(directory)
+    write_checkpoint(model, directory)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with safe_open(str(directory / WEIGHTS_NAME), "pt") as f:
+        stored = set(f.keys())
+    if not set(trainable) <= stored:
+        save_file({n: p.detach().cpu().contiguous() for n, p in trainable.items()},
+                  str(directory / "trainable.safetensors"))
+
+
+def load_trainable(model, directory: Path) -> None:
+    """Copy the trainable tensors of a checkpoint (written by :func:`save_trainable`, or an older one
+    with ``trainable.safetensors``) into ``model``; raises ``ValueError`` naming what does not match."""
+    directory = Path(directory)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    own = directory / "trainable.safetensors"
+    state = load_file(str(own if own.is_file() else directory / WEIGHTS_NAME))
+    missing = sorted(expected - set(state))
+    extra = sorted(set(state) - expected) if own.is_file() else []  # model.safetensors also holds frozen parts
+    if missing or extra:
+        raise ValueError(f"{directory}: trainable parameters differ from this run's (missing {missing[:3]}, "
+                         f"extra {extra[:3]}): was it made with another trainable / lora setting?")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name in expected:
+            params[name].copy_(state[name])
+
+
+def trim_losses(path: Path, step: int) -> None:
+    """Keep the lines of ``losses.jsonl`` up to ``step`` (a resumed run rewrites what came after; a
+    fresh one, ``step`` 0, starts an empty log), so no step appears twice."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    write_text(path, "".join(kept))

@@ -3,11 +3,15 @@ under ``torchrun``/``accelerate`` (DDP) or ``deepspeed`` (ZeRO-2/3).
 
 Where things are:
 
-* devices and precision: :class:`Trainer` builds one ``accelerate.Accelerator`` (``self.accelerator``;
-  CPU when no CUDA, gloo for DeepSpeed on CPU, ``mixed_precision`` from the YAML); batches go to
-  ``self.accelerator.device`` in :meth:`Trainer.model_inputs`;
+* devices and precision: :mod:`llasm.device` resolves ``device:`` and ``train.mixed_precision``
+  (CUDA and bf16 when present); :class:`Trainer` builds one ``accelerate.Accelerator``
+  (``self.accelerator``; gloo for DeepSpeed on CPU) and every batch goes to ``self.device`` through
+  :func:`llasm.device.to_device` in :meth:`Trainer.model_inputs`; DeepSpeed's ``"auto"`` values are
+  filled from the training config (:func:`llasm.training.distributed.deepspeed_config`);
 * collectives: every cross-rank step is a named method or an ``accelerator`` call in :meth:`fit` and the
-  checkpoint methods (``_mean_across_ranks``, ``_check_finite``, ``wait_for_everyone``);
+  checkpoint methods (``agree``, ``_mean_across_ranks``, ``_check_finite``, ``wait_for_everyone``); the
+  ranks agree on each micro-batch's needs first (:mod:`llasm.training.distributed`), so a batch rejected
+  on one rank is skipped on all and a part one rank lacks still runs there with weight 0;
 * the loss per objective: :mod:`llasm.training.losses`; trainability and learning rates:
   :mod:`llasm.training.parts`; resume state and RNG: :mod:`llasm.training.resume`.
 """
@@ -26,16 +30,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from llasm.builder import load_model
+from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.data.shards import ShardedConversations, is_sharded
-from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_jsonl
-from llasm.training import losses
-from llasm.training.config import TrainConfig, load_config
+from llasm.device import resolve_device, resolve_mixed_precision, to_device
+from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_json, write_jsonl
+from llasm.training import describe, losses
+from llasm.training.config import OBJECTIVES, TrainConfig, load_config
+from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import precompute_self_replies
 from llasm.training.parts import (
@@ -44,21 +50,22 @@ from llasm.training.parts import (
     freeze_frozen_parts,
     param_groups,
     trainability,
-    trainable_names,
     upcast_trainable_parts,
 )
 from llasm.training.resume import (
     latest_checkpoint,
     list_checkpoints,
+    load_trainable,
     plot_losses,
     rng_state,
+    save_trainable,
     seed_everything,
     set_rng_state,
+    trim_losses,
 )
 from llasm.unit_head import CtcUnitHead
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("ce", "self_reply", "kl", "units")
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -72,17 +79,28 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, processor=None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        # before anything loads: data found and usable, model path, output_dir's run (describe.py); the
+        # launchers set RANK, and only rank 0 writes the rejects
+        self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0",
+                                            check_model=model is None)
+        self.data_sha1 = describe.data_fingerprint(cfg)
+        self.zero_stage = zero_stage(cfg.deepspeed)
         if cfg.objective.cache_states:
             self._check_cache_states()
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {cfg.device!r} (each rank takes the GPU of its "
+                             "LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)")
+        on_cpu = resolve_device(cfg.device).type == "cpu"  # raises when cuda is asked for and missing
+        self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, "cpu" if on_cpu else "cuda")
         plugin = self._deepspeed_plugin() if cfg.deepspeed else None
-        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # text-only batches skip the adaptor
-        cpu = not torch.cuda.is_available()
-        if plugin is not None and cpu:
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # no rank with audio: adaptor unused
+        if plugin is not None and on_cpu:
             # accelerate only starts DeepSpeed when not told cpu=True; on CPU it must then be given gloo
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        self.accelerator = Accelerator(cpu=cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
+        self.accelerator = Accelerator(cpu=on_cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
                                        gradient_accumulation_steps=cfg.train.grad_accum,
-                                       mixed_precision=None if plugin is not None else cfg.train.mixed_precision)
+                                       mixed_precision=None if plugin is not None else self.mixed_precision)
+        self.device = self.accelerator.device  # this rank's: cuda:LOCAL_RANK on a GPU node
         self.is_main = self.accelerator.is_main_process
         seed_everything(cfg.seed)
         if model is None:
@@ -100,6 +118,13 @@ class Trainer:
             enable_gradient_checkpointing(model)
         self.model = model
         self.cache = self._encoder_cache()
+        self.model_key = model_key(model, processor)  # before ZeRO-3 partitions a random tower's weights
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
+                                      weight_decay=cfg.train.weight_decay)
+        self.model.train()
+        freeze_frozen_parts(model)
+        # placed (and, under DeepSpeed, partitioned) before anything runs the model: self_reply generates
+        self.engine, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.dataset = self._dataset()
         if isinstance(self.dataset, ShardedConversations):  # streamed shards batch themselves
             self.sampler = None
@@ -112,14 +137,11 @@ class Trainer:
             self.batches_per_epoch = len(self.sampler.epoch_batches(0))
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.part_lr),
-                                           weight_decay=cfg.train.weight_decay)
-        # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank)
-        self.scheduler = get_scheduler(cfg.train.scheduler, self.optimizer, cfg.train.warmup_steps, self.total_steps)
-        self.model.train()
-        freeze_frozen_parts(model)
-        self.engine, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank);
+        # it sets the learning rates in the param groups the prepared optimizer shares
+        self.scheduler = get_scheduler(cfg.train.scheduler, optimizer, cfg.train.warmup_steps, self.total_steps)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_batches = 0  # rejected on some rank, so skipped by all
         self.losses: list[tuple[int, float]] = []
         # objective.cache_states: the frozen LLM's answer states, kept after their first use
         self.state_cache = losses.AnswerStateCache() if cfg.objective.cache_states else None
@@ -136,20 +158,14 @@ class Trainer:
         if self.cfg.objective.type != "units" or any(modes[p] != "frozen" for p in ("audio_tower", "adaptor", "language_model")):
             raise ValueError("objective.cache_states needs objective.type units with audio_tower, adaptor and "
                              "language_model frozen (it reuses their outputs across epochs)")
-        if self._zero_stage() == 3:
+        if self.zero_stage == 3:
             raise ValueError("objective.cache_states runs the frozen LLM outside the engine: not with ZeRO-3, "
                              "whose parameters are partitioned (use zero2.json)")
 
     def _deepspeed_plugin(self):
-        ds = json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text())
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        t = self.cfg.train
-        fill = {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
-                "train_batch_size": t.batch_size * t.grad_accum * world, "gradient_clipping": t.max_grad_norm}
-        for key, value in fill.items():
-            if ds.get(key, "auto") == "auto":
-                ds[key] = value
-        return DeepSpeedPlugin(hf_ds_config=ds)
+        return DeepSpeedPlugin(hf_ds_config=deepspeed_config(self.cfg.deepspeed, self.cfg.train, world,
+                                                              self.mixed_precision))
 
     def _encoder_cache(self):
         tower_trains = any(p.requires_grad for p in self.model.audio_tower.parameters())
@@ -174,7 +190,9 @@ class Trainer:
             raise ValueError("data.packing needs objective.type ce and data.max_length (the row length)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
-        return ConversationDataset(sources, self.processor, model_key=model_key(self.model, self.processor),
+        if self.is_main:  # this run's rejects only: the dataset appends what it finds
+            (self.out / "rejects.jsonl").unlink(missing_ok=True)
+        return ConversationDataset(sources, self.processor, model_key=self.model_key,
                                    rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
                                    with_teacher=self.cfg.objective.type == "kl")
 
@@ -188,7 +206,7 @@ class Trainer:
         return ShardedConversations(sources, self.processor, cfg.train.batch_size, seed=cfg.seed,
                                     group_size=cfg.data.group_size, samples_per_epoch=cfg.data.samples_per_epoch,
                                     rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
-                                    model_key=model_key(self.model, self.processor), max_length=cfg.data.max_length,
+                                    model_key=self.model_key, max_length=cfg.data.max_length,
                                     rejects_path=str(self.out / "rejects.jsonl"))
 
     def _loader(self, collate) -> torch.utils.data.DataLoader:
@@ -206,42 +224,71 @@ class Trainer:
                                            num_workers=workers, generator=generator)
 
     def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
-        """Replace each source by its self-reply version (made once, by rank 0, kept in output_dir)."""
+        """Replace each source by its self-reply version, kept in output_dir (made once: a rerun or a
+        resume reuses it). Every rank generates every ``world``-th row, batched, on its device, into
+        its own shard; rank 0 merges the shards in the source's order."""
+        acc, objective = self.accelerator, self.cfg.objective
+        rank, world = acc.process_index, acc.num_processes
         out = []
         for i, source in enumerate(sources):
             target = self.out / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
-            if self.is_main and not target.exists():
+            out.append(Source(str(target), source.weight, source.name))
+            if target.exists():  # output_dir is on a filesystem every rank sees
+                continue
+            shard = target.with_suffix(f".rank{rank}.jsonl")
+            if not shard.exists():
                 root = Path(source.path).resolve().parent
                 rows = read_jsonl(source.path)
                 for row in rows:  # the new file lives elsewhere: make audio paths absolute
                     row["audios"] = [str(root / a) for a in row.get("audios", [])]
-                write_jsonl(target, precompute_self_replies(rows, self.model, self.processor,
-                                                            self.cfg.objective.max_new_tokens))
-            out.append(Source(str(target), source.weight, source.name))
-        self.accelerator.wait_for_everyone()
+                write_jsonl(shard, precompute_self_replies(
+                    rows, self.model, self.processor, objective.max_new_tokens, objective.generate_batch_size,
+                    rank=rank, world_size=world, synced=self.zero_stage == 3))
+            acc.wait_for_everyone()
+            if self.is_main:
+                shards = [read_jsonl(target.with_suffix(f".rank{r}.jsonl")) for r in range(world)]
+                # rank r made eligible rows r, r + world, ...: interleave the shards to get the source order back
+                write_jsonl(target, [s[k] for k in range(max(map(len, shards), default=0)) for s in shards if k < len(s)])
+                for r in range(world):
+                    target.with_suffix(f".rank{r}.jsonl").unlink()
+            acc.wait_for_everyone()
         return out
 
     # -- one step --------------------------------------------------------------------------
-    def model_inputs(self, batch: dict) -> dict:
-        """The model's keyword inputs for a collated batch, on this rank's device; with the encoder
-        cache, the frozen tower's states replace the mel features."""
+    def needs(self, batch: dict) -> BatchNeeds:
+        """What this rank's ``batch`` runs: nothing (all rejected), the adaptor, the audio tower."""
+        audio = "input_features" in batch
+        tower = audio and (self.cache is None or self.cache.missing(batch["audio_keys"]))
+        return BatchNeeds(empty=bool(batch.get("empty")), audio=audio, tower=tower)
+
+    def model_inputs(self, batch: dict, needs: BatchNeeds | None = None) -> dict:
+        """The model's keyword inputs for a collated batch (``batch`` itself moved to this rank's device);
+        with the encoder cache, the frozen tower's states replace the mel features. ``needs``: what any
+        rank's batch runs (:func:`llasm.training.distributed.agree`); a part this batch lacks gets a
+        zero-weighted placeholder pass, so every rank gathers and reduces the same weights."""
+        batch.update(to_device({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, self.device))
         # packed rows (data.packing) carry position_ids and no attention_mask
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "position_ids") if k in batch}
-        if "input_features" in batch:
+        mine = self.needs(batch)
+        if needs is not None and needs.tower and not mine.tower and self.zero_stage == 3:
+            with torch.no_grad():  # ZeRO-3 gathers the frozen tower on every rank that runs it
+                self.model.encode_audio(*self.model.placeholder_features())
+        if mine.audio:
             if self.cache is not None:
                 inputs["audio_encoder_outputs"] = self.cache.encode(
                     self.model, batch["audio_keys"], batch["input_features"], batch["feature_attention_mask"])
             else:
                 inputs["input_features"] = batch["input_features"]
             inputs["feature_attention_mask"] = batch["feature_attention_mask"]
-        inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        elif needs is not None and needs.audio and self.accelerator.num_processes > 1:
+            inputs["placeholder_audio"] = "audio_encoder_outputs" if self.cache is not None else "input_features"
         if "position_ids" in inputs:  # transformers reads packed rows' boundaries only without a KV cache
             inputs["use_cache"] = False
         return inputs
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict, needs: BatchNeeds | None = None) -> torch.Tensor:
         """This rank's loss on ``batch`` for ``objective.type`` (see :mod:`llasm.training.losses`)."""
-        inputs, objective = self.model_inputs(batch), self.cfg.objective
+        inputs, objective = self.model_inputs(batch, needs), self.cfg.objective
         if objective.type == "kl":
             return losses.ce_plus_kl(self.engine, self.model, inputs, batch, objective.kl_weight, objective.temperature)
         if objective.type == "units":
@@ -263,6 +310,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         resumed = self.maybe_resume()
+        if self.is_main:
+            trim_losses(self.out / "losses.jsonl", self.step)
+            describe.write_config(cfg, self.out)
+        describe.describe_start(self, self.counts, resumed)
+        first_step = self.step
         writer = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         collate = Collator(self.processor, self.dataset, pack_length=cfg.data.max_length if cfg.data.packing else None)
@@ -270,12 +322,16 @@ class Trainer:
         started = time.time()
         out_of_time = False
         while self.step < self.total_steps and not out_of_time:
+            used = 0
             for batch in self._loader(collate):
                 self.batch_in_epoch += 1
-                if batch.get("empty"):  # every item rejected (already logged)
+                needs = agree(self.accelerator, self.needs(batch))
+                if needs.empty:  # every item rejected on some rank (logged there): all ranks skip it together
+                    self.skipped_batches += 1
                     continue
+                used += 1
                 with self.accelerator.accumulate(self.engine):
-                    loss = self.loss(batch)
+                    loss = self.loss(batch, needs)
                     self._check_finite(loss, batch["ids"])
                     self.accelerator.backward(loss)
                     micro_losses.append(loss.detach().float().item())
@@ -302,6 +358,9 @@ class Trainer:
                 if self.step >= self.total_steps or out_of_time:
                     break
             else:
+                if used == 0:  # a whole epoch of rejected rows: stop instead of looping forever
+                    rejects = read_jsonl(self.out / "rejects.jsonl") if (self.out / "rejects.jsonl").exists() else []
+                    raise describe.no_usable_rows(cfg, rejects, len(self.dataset), write=False)
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         bar.close()
         if self.cache is not None:
@@ -310,8 +369,16 @@ class Trainer:
         final = self.save_final()
         if writer is not None:
             writer.close()
-        return {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
-                "seconds": elapsed}
+        result = {"steps": self.step, "final": str(final), "losses": self.losses, "resumed_from": resumed,
+                  "seconds": elapsed, "seconds_per_step": elapsed / max(1, self.step - first_step),
+                  "skipped_batches": self.skipped_batches, "device": str(self.device),
+                  "world_size": self.accelerator.num_processes, "mixed_precision": self.mixed_precision,
+                  "peak_memory_gib": (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                      if self.device.type == "cuda" else None)}  # rank 0's
+        result["summary"] = describe.describe_end(self, result)
+        if self.is_main:
+            write_json(self.out / "train_summary.json", {k: v for k, v in result.items() if k not in ("losses", "summary")})
+        return result
 
     def _mean_across_ranks(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
@@ -354,16 +421,17 @@ class Trainer:
                 self.cache.flush()
             if acc.distributed_type.name == "DEEPSPEED":
                 self.engine.save_checkpoint(str(tmp / "deepspeed"))
+                self._write_model(tmp)  # loadable like final/
             elif self.is_main:
-                state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-                save_file(state, str(tmp / "trainable.safetensors"))
+                save_trainable(self.model, tmp)  # a model checkpoint like final/, which resume reads too
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
             acc.wait_for_everyone()  # every rank wrote its part
             if self.is_main:
                 torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                             "scheduler": self.scheduler.state_dict(), "losses": self.losses,
-                            "config": dataclasses.asdict(self.cfg)}, tmp / "trainer_state.pt")
+                            "config": dataclasses.asdict(self.cfg), "data_sha1": self.data_sha1}, tmp / "trainer_state.pt")
+                describe.write_config(self.cfg, tmp)
         if self.is_main:
             self._prune()
         acc.wait_for_everyone()
@@ -377,55 +445,54 @@ class Trainer:
     def maybe_resume(self) -> str | None:
         if self.cfg.resume in (None, "none", "no", False):
             return None
-        path = latest_checkpoint(self.out) if self.cfg.resume == "auto" else Path(self.cfg.resume)
+        path = latest_checkpoint(self.out) if self.cfg.resume in ("auto", "force") else Path(self.cfg.resume)
         if path is None:
             return None
         acc = self.accelerator
         if acc.distributed_type.name == "DEEPSPEED":
             self.engine.load_checkpoint(str(path / "deepspeed"))
         else:
-            state = load_file(str(path / "trainable.safetensors"))
-            expected = set(trainable_names(self.model))
-            if set(state) != expected:
-                raise ValueError(f"{path}: trainable parameters differ from this run's "
-                                 f"(missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]})")
-            with torch.no_grad():
-                params = dict(self.model.named_parameters())
-                for name, tensor in state.items():
-                    params[name].copy_(tensor)
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        trainer = torch.load(path / "trainer_state.pt", weights_only=True)
+            load_trainable(self.model, path)
+            # saved from the GPU: read onto the CPU (load_state_dict moves the state to each parameter's device)
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         self.losses = [tuple(x) for x in trainer["losses"]]
         rng = path / f"rng-{acc.process_index}.pt"
         if rng.exists():
-            set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
         return str(path)
 
     def save_final(self) -> Path:
-        """``output_dir/final`` via ``save_pretrained`` (loads with ``from_pretrained``), plus the loss plot."""
+        """``output_dir/final`` like ``save_pretrained`` (loads with ``from_pretrained``) + its
+        ``train_config.yaml``, written atomically; plus the loss plot."""
         final = self.out / "final"
         self.accelerator.wait_for_everyone()
-        if self._zero_stage() == 3:  # ZeRO-3 partitions every weight: gather them on all ranks to save
-            import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
-
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
-                if self.is_main:
-                    self.model.save_pretrained(final)
-        elif self.is_main:
-            self.model.save_pretrained(final)
+        with atomic_dir(final, temp=self.out / ".tmp-final", owner=self.is_main) as tmp:
+            self.accelerator.wait_for_everyone()  # rank 0 made tmp
+            self._write_model(tmp)
+            if self.is_main:
+                describe.write_config(self.cfg, tmp)
+            self.accelerator.wait_for_everyone()
         if self.is_main:
             plot_losses(self.losses, self.out / "loss_curve.png")
         self.accelerator.wait_for_everyone()
         return final
 
-    def _zero_stage(self) -> int:
-        if not self.cfg.deepspeed:
-            return 0
-        return int(json.loads(Path(resolve_path(self.cfg.deepspeed)).read_text()).get("zero_optimization", {}).get("stage", 0))
+    def _write_model(self, directory: Path) -> None:
+        """The model's checkpoint files into ``directory``, by the main process; every rank calls this
+        (ZeRO-3 partitions every weight, so all ranks gather them first)."""
+        if self.zero_stage == 3:
+            import deepspeed  # optional (llasm[train]); a ZeRO-3 run has it
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                if self.is_main:
+                    write_checkpoint(self.model, directory)
+        elif self.is_main:
+            write_checkpoint(self.model, directory)
 
 
 def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, model=None, processor=None) -> dict:
@@ -442,15 +509,18 @@ def main(argv: list[str]) -> int:
         print("usage: llasm train CONFIG [dotted.key=value ...]  (see train/train.py for launch commands)")
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args[0], args[1:])
     try:
-        result = train(cfg)
-    except NonFiniteLoss as err:
+        cfg = load_config(args[0], args[1:])
+    except (ValueError, FileNotFoundError) as err:  # an unknown key or bad value, named with its file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except (NonFiniteLoss, describe.InputError) as err:
         print(f"stopped: {err}", file=sys.stderr)
         end_distributed(barrier=False)
         return 1
     end_distributed()
-    print(f"done: {result['steps']} steps, final checkpoint in {result['final']}")
     return 0
 
 

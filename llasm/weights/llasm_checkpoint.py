@@ -15,22 +15,17 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from huggingface_hub import snapshot_download
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
-
-from llasm.checkpoint import DTYPES
-from llasm.configuration import LlasmConfig
-from llasm.modeling import LlasmForConditionalGeneration
-from llasm.processing import AUDIO_TOKENS, LlasmProcessor
-
+# a command module: torch, transformers and the model core are imported where the conversion runs, so
+# `llasm convert-llasm --help` answers at once (tests/test_layout.py lists the command modules)
 PROJECTOR = "model.mm_projector."
 AUDIO_TOKEN_IDS = {"<au_patch>": 32000, "<au_start>": 32001, "<au_end>": 32002}
 
 
-def read_state_dict(path) -> dict[str, torch.Tensor]:
+def read_state_dict(path) -> dict:
     """All tensors of a HF checkpoint dir: safetensors, or ``.bin`` read with ``weights_only=True``."""
+    import torch
+    from safetensors.torch import load_file
+
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
@@ -44,6 +39,13 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
 
 def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtype: str = "bfloat16"):
     """Build a llasm model from a LinkSoul LLaSM checkpoint dir and save it (full) to ``output``."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
+
+    from llasm.checkpoint import DTYPES
+    from llasm.configuration import LlasmConfig
+    from llasm.modeling import LlasmForConditionalGeneration
+    from llasm.processing import AUDIO_TOKENS, LlasmProcessor
+
     source = Path(_local_dir(source))
     state = read_state_dict(source)
     proj_w, proj_b = state.pop(PROJECTOR + "weight"), state.pop(PROJECTOR + "bias")
@@ -98,6 +100,7 @@ def convert_llasm(source, output, whisper: str = "openai/whisper-large-v2", dtyp
 def _local_dir(name_or_path) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
+    from huggingface_hub import snapshot_download
 
     return snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model"])
 

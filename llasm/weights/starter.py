@@ -31,8 +31,9 @@ from pathlib import Path
 
 from llasm.io import atomic_dir, llasm_home
 from llasm.weights import ConversionError
-from llasm.weights.gguf import convert_gguf
-from llasm.weights.whisper_ct2 import convert_whisper_ct2
+
+# a command module: the converters (torch, transformers) are imported where a model is converted, so
+# `llasm starter-models --help` and a rerun that finds everything in place answer at once
 
 MARKER = "starter.json"
 
@@ -261,6 +262,9 @@ def _prepare_one(spec: StarterModel, home: Path, *, force: bool, keep_packages: 
 
             t0 = time.time()
             _log(f"{spec.name}: converting to a Hugging Face checkpoint")
+            from llasm.weights.gguf import convert_gguf
+            from llasm.weights.whisper_ct2 import convert_whisper_ct2
+
             if spec.kind == "whisper-ct2":
                 src_dir = locate_file(targets, spec.extras["tokenizer_dir"] + "/tokenizer.json").parent
                 convert_whisper_ct2(joined, src_dir, staging)

@@ -1,0 +1,77 @@
+"""Resumable training checkpoints of the speech-output models (the unit HiFi-GAN's and the units -> mel
+decoder's trainers): ``checkpoints/step_XXXXXXXX/{state.safetensors,state.json}``, written whole or
+not at all (``io.atomic_dir``), no pickle (optimizer state flattened into safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llasm.io import atomic_dir
+
+
+def optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:
+    """Optimizer state_dict -> safetensors entries + JSON-able remainder (no pickle)."""
+    meta[prefix] = {"param_groups": state["param_groups"], "scalars": {}}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{index}.{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                meta[prefix]["scalars"].setdefault(str(index), {})[name] = value
+
+
+def optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
+    """Inverse of :func:`optimizer_to_flat`: a state_dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(prefix + ".state."):
+            index, name = key[len(prefix) + 7 :].split(".", 1)
+            state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta[prefix]["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta[prefix]["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """Newest complete ``step_*`` folder under ``root`` (half-written ones never get a final name)."""
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step_*") if (p / "state.safetensors").exists() and (p / "state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def save_checkpoint(root: Path, step: int, tensors: dict, meta: dict, keep: int) -> Path:
+    """Write ``root/step_{step:08d}`` atomically and prune all but the newest ``keep``."""
+    final = root / f"step_{step:08d}"
+    with atomic_dir(final) as temporary:
+        save_file(tensors, str(temporary / "state.safetensors"))
+        (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    older = sorted((p for p in root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1]))
+    for stale in older[: max(0, len(older) - keep + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """``(tensors, meta)`` of a checkpoint folder; ``FileNotFoundError`` when it is not one."""
+    if not (path / "state.safetensors").exists() or not (path / "state.json").exists():
+        raise FileNotFoundError(f"{path}: not a checkpoint (needs state.safetensors and state.json)")
+    return load_file(str(path / "state.safetensors")), json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def module_state(name: str, module: torch.nn.Module, tensors: dict) -> None:
+    """Add ``module``'s state_dict to ``tensors`` under ``name.``."""
+    for key, value in module.state_dict().items():
+        tensors[f"{name}.{key}"] = value.detach().cpu().contiguous().clone()  # saved from any device
+
+
+def load_module_state(name: str, module: torch.nn.Module, tensors: dict) -> None:
+    prefix = name + "."
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

