@@ -35,8 +35,8 @@ COMMANDS = {
     "augment": ("llasm.prep.augment", "augmented copies of spoken clips (speed, pitch, reverb, noise, codecs)"),
     "real-voices": ("llasm.prep.real_voices", "the real-voice dev set: human recordings from package registries"),
     "units": ("llasm.speech.units_cli", "fit k-means speech units / annotate answers with units"),
-    "shards": ("llasm.data.shards", "write a training JSONL as Parquet shards (audio inside) for streaming"),
-    "encoder-cache": ("llasm.training.cache_builder", "encode a stage's audio into the encoder cache (shardable)"),
+    "shards": ("llasm.data.shards_cli", "write a training JSONL as Parquet shards (audio inside) for streaming"),
+    "encoder-cache": ("llasm.training.cache_cli", "encode a stage's audio into the encoder cache (shardable)"),
     "merge-shards": ("llasm.sharding", "merge the shards of prepare-asr / synthesize / units, checking coverage"),
     "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
 }

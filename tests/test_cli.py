@@ -113,9 +113,8 @@ def test_chat_speak_needs_a_unit_head(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["unit_hifigan", "unit_mel"])
 def test_chat_speak_writes_a_wav(tmp_path, capsys, kind):
     """`llasm chat --vocoder DIR --speak out.wav` with either token2wav directory."""
-    import torch
-
     import soundfile
+    import torch
 
     import llasm
     from llasm.io import load_yaml

@@ -137,7 +137,7 @@ def test_encoder_cache_built_in_shards_is_used_read_only(tmp_path):
     from test_training import config, make_data
 
     from llasm.training import Trainer, load_config
-    from llasm.training.cache_builder import main as cache_main
+    from llasm.training.cache_cli import main as cache_main
 
     data = make_data(tmp_path / "data")
     cfg_path = tmp_path / "stage.json"  # YAML is a superset of JSON

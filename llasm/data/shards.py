@@ -26,7 +26,6 @@ and encode every ``num_workers``-th batch, which the DataLoader returns in order
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -230,25 +229,3 @@ class ShardedConversations(RowEncoder, torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:  # batches left in this epoch for this rank
         return self.batches_per_epoch() - self.start_batch
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="llasm shards", description="Write a JSONL source as Parquet shards with the audio inside, for "
-                                         "streamed, rank-sharded training (data.sources: [{path: FOLDER}]).")
-    parser.add_argument("--input", required=True, help="a training JSONL (audio paths relative to it)")
-    parser.add_argument("--output", required=True, help="the shard folder to write")
-    parser.add_argument("--num-shards", type=int, default=None,
-                        help="how many shards (a multiple of the GPUs you train on); default: rows / --rows-per-shard")
-    parser.add_argument("--rows-per-shard", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="the shuffle before splitting")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        index = write_shards(args.input, args.output, args.num_shards, args.rows_per_shard, args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    log.info("%s: %d rows in %d shards, %d rejected (%s)", args.output, sum(index["num_rows"]), len(index["files"]),
-             index["rejected"], Path(args.output) / "rejects.jsonl")
-    return 0

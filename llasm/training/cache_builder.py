@@ -17,21 +17,19 @@ then reads the directory with ``encoder_cache.read_only: true`` (a shared, read-
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from llasm import sharding
 from llasm.builder import load_model
 from llasm.data.dataset import Collator, ConversationDataset, Source
+from llasm.device import resolve_device
 from llasm.io import llasm_home
 from llasm.sharding import Records, Shard
-from llasm.training.config import TrainConfig, load_config
+from llasm.training.config import TrainConfig
 from llasm.training.encoder_cache import EncoderCache, model_key
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,7 @@ def build_cache(cfg: TrainConfig, shard: Shard = Shard(), batch_size: int = 8, d
     decoded (``audio_keys``: its chunks' cache keys; ``[]`` for a text-only row), one reject
     ``{"id", "reason"}`` per row that did not. ``device`` defaults to CUDA when present.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model, processor = load_model(cfg.model)
     model.audio_tower.to(device).eval()
     sources = [Source(path=s["path"], weight=float(s.get("weight", 1.0)), name=s.get("name", ""))
@@ -83,30 +81,3 @@ def build_cache(cfg: TrainConfig, shard: Shard = Shard(), batch_size: int = 8, d
     cache.flush()
     log.info("encoder cache %s: %d chunks encoded, %d already there", cache.directory, cache.misses, cache.hits)
     return records
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llasm encoder-cache", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", help="the stage YAML training will use (configs/stage1_asr_align.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, as for llasm train")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    sharding.add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        shard = sharding.from_args(args)
-        output = cache_dir(cfg) / "built.jsonl"
-        if shard.is_done(output):
-            log.info("%s: already done", shard.path(output))
-            return 0
-        records = build_cache(cfg, shard, args.batch_size, args.device, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sharding.write(output, shard, records)
-    log.info("%s: %d rows cached, %d rejected", shard.path(output), len(records.items), len(records.rejects))
-    return 0

@@ -38,7 +38,7 @@ from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.data.shards import ShardedConversations, is_sharded
 from llasm.device import resolve_device, resolve_mixed_precision, to_device
-from llasm.io import atomic_dir, llasm_home, read_jsonl, resolve_path, write_json, write_jsonl
+from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json, write_jsonl
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
