@@ -328,6 +328,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return chat_lib.chat(self, messages, audio=audio, text=text, max_new_tokens=max_new_tokens, speak=speak,
                              streamer=streamer, cache=cache, **generate_kwargs)
 
+    def chat_batch(self, conversations: list[list[dict]], max_new_tokens: int | list[int] = 128,
+                   **generate_kwargs) -> list[str]:
+        """Replies to several conversations in one left-padded ``generate`` call
+        (:func:`llasm.chat.chat_batch`: evaluation, ``self_reply`` teachers)."""
+        return chat_lib.chat_batch(self, conversations, max_new_tokens=max_new_tokens, **generate_kwargs)
+
     def chat_stream(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, chunk_units: int = 40,
                     first_chunk_units: int | None = None, first_chunk_context: int | None = 0):
         """Streaming speech reply: yields ``("text", str)`` and ``("audio", np.ndarray)`` events."""

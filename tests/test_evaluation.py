@@ -404,7 +404,7 @@ def test_dtype_option_loads_the_model_and_cascade_in_bfloat16(tmp_path, tiny):
     assert set(report["results"]) == {"llasm", "cascade"} and not report["errors"]
 
 
-def test_llasm_transcription_is_capped_by_audio_length(monkeypatch):
+def test_llasm_transcription_is_capped_by_audio_length():
     """ASR decoding stops at 12 tokens per second of audio (+10), as the Whisper cascade's does; in a
     batch every clip keeps its own limit."""
     import numpy as np
@@ -413,12 +413,12 @@ def test_llasm_transcription_is_capped_by_audio_length(monkeypatch):
 
     limits = []
 
-    def recorder(model, conversations, max_new_tokens, **kwargs):
-        limits.append(max_new_tokens)
-        return ["x"] * len(conversations)
+    class Recorder:  # the model's chat_batch, recording each call's limits
+        def chat_batch(self, conversations, max_new_tokens, **kwargs):
+            limits.append(max_new_tokens)
+            return ["x"] * len(conversations)
 
-    monkeypatch.setattr(systems, "chat_batch", recorder)
-    system = systems.LlasmSystem(object(), max_new_tokens=40)
+    system = systems.LlasmSystem(Recorder(), max_new_tokens=40)
     one, ten = np.zeros(16000, dtype=np.float32) + 0.01, np.zeros(16000 * 10, dtype=np.float32) + 0.01
     system.transcribe(one, "en")
     system.transcribe(ten, "zh")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llasm.audio import load_audio
-from llasm.chat import chat_batch
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
 
@@ -111,7 +110,7 @@ class LlasmSystem:
     def _chat_batch(self, contents: list[list[dict]], max_new_tokens: list[int | None]) -> list[str]:
         """One user turn each, answered in one ``generate`` call (:func:`llasm.chat.chat_batch`)."""
         limits = [n or self.max_new_tokens for n in max_new_tokens]
-        return chat_batch(self.model, [[_user(c)] for c in contents], max_new_tokens=limits, **self.generate_kwargs)
+        return self.model.chat_batch([[_user(c)] for c in contents], max_new_tokens=limits, **self.generate_kwargs)
 
     def _asr_content(self, audio, lang: str) -> tuple[list[dict], int]:
         audio = load_audio(audio)  # 16 kHz
