@@ -14,11 +14,13 @@ the frozen LLM reading the transcript as text: its rows come from :func:`llasm.d
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from llasm.chat import chat_batch
-from llasm.data.dataset import transcript_of
+from llasm.data.dataset import Source, transcript_of
+from llasm.io import read_jsonl, write_jsonl
 
 
 def self_reply_rows(rows: list[dict]) -> list[tuple[dict, str]]:
@@ -56,4 +58,37 @@ def precompute_self_replies(rows: list[dict], model, processor=None, max_new_tok
                                                              {"from": "gpt", "value": reply or "."}])
             out.append(new)
     model.train(was_training)
+    return out
+
+
+def self_reply_sources(sources: list[Source], out_dir: Path, model, processor, objective, accelerator,
+                       synced: bool = False) -> list[Source]:
+    """Replace each source by its self-reply version, kept in ``out_dir`` (made once: a rerun or a
+    resume reuses it). Every rank generates every ``world``-th row, batched, on its device, into
+    its own shard; rank 0 merges the shards in the source's order. ``synced``: ZeRO-3 (every rank
+    steps ``generate`` until all are done)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    out = []
+    for i, source in enumerate(sources):
+        target = Path(out_dir) / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
+        out.append(Source(str(target), source.weight, source.name))
+        if target.exists():  # output_dir is on a filesystem every rank sees
+            continue
+        shard = target.with_suffix(f".rank{rank}.jsonl")
+        if not shard.exists():
+            root = Path(source.path).resolve().parent
+            rows = read_jsonl(source.path)
+            for row in rows:  # the new file lives elsewhere: make audio paths absolute
+                row["audios"] = [str(root / a) for a in row.get("audios", [])]
+            write_jsonl(shard, precompute_self_replies(
+                rows, model, processor, objective.max_new_tokens, objective.generate_batch_size,
+                rank=rank, world_size=world, synced=synced))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shards = [read_jsonl(target.with_suffix(f".rank{r}.jsonl")) for r in range(world)]
+            # rank r made eligible rows r, r + world, ...: interleave the shards to get the source order back
+            write_jsonl(target, [s[k] for k in range(max(map(len, shards), default=0)) for s in shards if k < len(s)])
+            for r in range(world):
+                target.with_suffix(f".rank{r}.jsonl").unlink()
+        accelerator.wait_for_everyone()
     return out

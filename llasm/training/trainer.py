@@ -38,12 +38,12 @@ from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.data.shards import ShardedConversations, is_sharded
 from llasm.device import resolve_device, resolve_mixed_precision, to_device
-from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json, write_jsonl
+from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
 from llasm.training.encoder_cache import EncoderCache, model_key
-from llasm.training.objectives import precompute_self_replies
+from llasm.training.objectives import self_reply_sources
 from llasm.training.parts import (
     apply_trainability,
     enable_gradient_checkpointing,
@@ -185,7 +185,8 @@ class Trainer:
         if self.cfg.objective.type not in OBJECTIVES:
             raise ValueError(f"objective.type must be ce, self_reply, kl or units, got {self.cfg.objective.type!r}")
         if self.cfg.objective.type == "self_reply":
-            sources = self._self_reply_sources(sources)
+            sources = self_reply_sources(sources, self.out, self.model, self.processor, self.cfg.objective,
+                                         self.accelerator, synced=self.zero_stage == 3)
         if self.cfg.data.packing and (self.cfg.objective.type != "ce" or not self.cfg.data.max_length):
             raise ValueError("data.packing needs objective.type ce and data.max_length (the row length)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
@@ -222,37 +223,6 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
                                            num_workers=workers, generator=generator)
-
-    def _self_reply_sources(self, sources: list[Source]) -> list[Source]:
-        """Replace each source by its self-reply version, kept in output_dir (made once: a rerun or a
-        resume reuses it). Every rank generates every ``world``-th row, batched, on its device, into
-        its own shard; rank 0 merges the shards in the source's order."""
-        acc, objective = self.accelerator, self.cfg.objective
-        rank, world = acc.process_index, acc.num_processes
-        out = []
-        for i, source in enumerate(sources):
-            target = self.out / f"self_replies-{i}-{Path(source.path).stem}.jsonl"
-            out.append(Source(str(target), source.weight, source.name))
-            if target.exists():  # output_dir is on a filesystem every rank sees
-                continue
-            shard = target.with_suffix(f".rank{rank}.jsonl")
-            if not shard.exists():
-                root = Path(source.path).resolve().parent
-                rows = read_jsonl(source.path)
-                for row in rows:  # the new file lives elsewhere: make audio paths absolute
-                    row["audios"] = [str(root / a) for a in row.get("audios", [])]
-                write_jsonl(shard, precompute_self_replies(
-                    rows, self.model, self.processor, objective.max_new_tokens, objective.generate_batch_size,
-                    rank=rank, world_size=world, synced=self.zero_stage == 3))
-            acc.wait_for_everyone()
-            if self.is_main:
-                shards = [read_jsonl(target.with_suffix(f".rank{r}.jsonl")) for r in range(world)]
-                # rank r made eligible rows r, r + world, ...: interleave the shards to get the source order back
-                write_jsonl(target, [s[k] for k in range(max(map(len, shards), default=0)) for s in shards if k < len(s)])
-                for r in range(world):
-                    target.with_suffix(f".rank{r}.jsonl").unlink()
-            acc.wait_for_everyone()
-        return out
 
     # -- one step --------------------------------------------------------------------------
     def needs(self, batch: dict) -> BatchNeeds:
@@ -503,11 +473,8 @@ def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, mod
     return Trainer(cfg, model, processor).fit()
 
 
-def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: llasm train CONFIG [dotted.key=value ...]  (see train/train.py for launch commands)")
-        return 0 if args else 2
+def main(args: list[str]) -> int:
+    """The run behind ``llasm train CONFIG [k=v ...]`` (:mod:`llasm.training.cli` reads the arguments)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args[0], args[1:])
@@ -525,9 +492,8 @@ def main(argv: list[str]) -> int:
 
 
 def end_distributed(barrier: bool = True) -> None:
-    """Shut the process group down before exit: left to interpreter teardown, its background threads can
-    abort the process (``terminate called without an active exception``) after a finished run. No barrier
-    on an error path, where another rank may never arrive."""
+    """Shut the process group down before exit (left to interpreter teardown, its threads can abort a finished
+    run: ``terminate called without an active exception``); no barrier on an error path."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if barrier:
             torch.distributed.barrier()
