@@ -24,11 +24,11 @@ pause = float(os.environ.get("LLASM_TEST_STEP_SLEEP", "0"))
 loss = trainer.loss
 
 
-def recorded_loss(batch):
+def recorded_loss(batch, needs=None):
     with open(os.path.join(cfg.output_dir, f"ids-rank{rank}.jsonl"), "a") as f:
         f.write(json.dumps({"step": trainer.step + 1, "epoch": trainer.epoch, "ids": batch["ids"]}) + "\n")
     time.sleep(pause)
-    return loss(batch)
+    return loss(batch, needs)
 
 
 trainer.loss = recorded_loss

@@ -292,7 +292,7 @@ class Trainer:
         started = time.time()
         out_of_time = False
         while self.step < self.total_steps and not out_of_time:
-            used = 0
+            used, resumed_mid_epoch = 0, self.batch_in_epoch > 0  # a resume at an epoch's end reads no batch
             for batch in self._loader(collate):
                 self.batch_in_epoch += 1
                 needs = agree(self.accelerator, self.needs(batch))
@@ -328,7 +328,7 @@ class Trainer:
                 if self.step >= self.total_steps or out_of_time:
                     break
             else:
-                if used == 0:  # a whole epoch of rejected rows: stop instead of looping forever
+                if used == 0 and not resumed_mid_epoch:  # a whole epoch of rejected rows: stop, do not loop forever
                     rejects = read_jsonl(self.out / "rejects.jsonl") if (self.out / "rejects.jsonl").exists() else []
                     raise describe.no_usable_rows(cfg, rejects, len(self.dataset), write=False)
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
