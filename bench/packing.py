@@ -97,11 +97,11 @@ def run_variant(args) -> None:
     slots = real = 0
     forward, pad = trainer.loss, trainer.processor.tokenizer.pad_token_id
 
-    def counting_loss(batch):  # computed token slots vs real (non-padding) tokens
+    def counting_loss(batch, needs=None):  # computed token slots vs real (non-padding) tokens
         nonlocal slots, real
         slots += batch["input_ids"].numel()
         real += int((batch["input_ids"] != pad).sum())
-        return forward(batch)
+        return forward(batch, needs)
 
     trainer.loss = counting_loss
     started = time.time()
