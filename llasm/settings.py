@@ -119,10 +119,13 @@ def load(cls: type[T], source: str | os.PathLike | dict, overrides: Sequence[str
         where, data = where or str(source), load_yaml(source)
     else:
         where, data = where or "<dict>", source
-    data = apply_overrides(data, overrides, where)
-    if section is not None:
-        return from_dict(cls, data.get(section), where, f"{section}.")
-    return from_dict(cls, data, where)
+    def read(d: dict, origin: str) -> T:
+        return from_dict(cls, d.get(section), origin, f"{section}.") if section is not None else from_dict(cls, d, origin)
+
+    if not overrides:
+        return read(data, where)
+    read(data, where)  # the file's own mistakes name the file, the overrides' name the overrides
+    return read(apply_overrides(data, overrides, where), f"the overrides ({' '.join(overrides)}) of {where}")
 
 
 def to_dict(obj) -> dict:

@@ -65,5 +65,9 @@ def test_stage_yaml_list_override_that_failed_before():
     """`data.sources.0.path=...` failed with AttributeError: 'list' object has no attribute 'setdefault'."""
     cfg = load_config("configs/stage1_asr_align.yaml", ["data.sources.0.path=elsewhere.jsonl", "train.lr=2e-4"])
     assert cfg.data.sources[0]["path"] == "elsewhere.jsonl" and cfg.train.lr == 2e-4
-    with pytest.raises(ValueError, match=r"configs/stage1_asr_align.yaml: unknown config key 'train.lrr'"):
+    # a mistyped override is the command line's mistake, not the file's: the message says which
+    with pytest.raises(ValueError, match=r"^the overrides \(train.lrr=1\) of .*configs/stage1_asr_align.yaml: "
+                                         r"unknown config key 'train.lrr'"):
         load_config("configs/stage1_asr_align.yaml", ["train.lrr=1"])
+    with pytest.raises(ValueError, match=r"^the overrides \(train.lr=fast\) of .*: config key 'train.lr': cannot read"):
+        load_config("configs/stage1_asr_align.yaml", ["train.lr=fast"])
