@@ -1,7 +1,7 @@
 """llasm: trainable bilingual speech-language models (frozen Whisper + adaptor + causal LM).
 
-The public names (``build_model``, ``load_model``, ``load_audio``, ``AudioError``, ``LlasmConfig``,
-``LlasmForConditionalGeneration``, ``LlasmProcessor``) load on first use (PEP 562), so ``import llasm``
+The public names (``build_model``, ``load_model``, ``load_audio``, ``AudioError``, ``PromptTooLongError``,
+``LlasmConfig``, ``LlasmForConditionalGeneration``, ``LlasmProcessor``) load on first use (PEP 562), so ``import llasm``
 and every ``llasm <command> --help`` start without torch or transformers.
 
 ``import llasm`` still registers the model with the transformers Auto classes, so
@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {"AudioError": "llasm.audio", "load_audio": "llasm.audio", "build_model": "llasm.builder",
            "load_model": "llasm.builder", "LlasmConfig": "llasm.configuration",
-           "LlasmForConditionalGeneration": "llasm.modeling", "LlasmProcessor": "llasm.processing"}
+           "LlasmForConditionalGeneration": "llasm.modeling", "LlasmProcessor": "llasm.processing",
+           "PromptTooLongError": "llasm.processing"}
 __all__ = sorted(_PUBLIC)
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
