@@ -403,8 +403,8 @@ def _spoken(seconds):  # None: an audio part without its audio, as a model card 
 
 
 def test_prompt_past_the_context_names_tokens_seconds_and_limit(short_context):
-    from llasm.chat import reply_room
     from llasm import PromptTooLongError  # public, as the README names it
+    from llasm.chat import reply_room
 
     model, processor = short_context
     assert processor.max_positions == 256
