@@ -145,7 +145,7 @@ def test_lr_zero_is_a_warning():
 def test_changed_config_refuses_to_resume(tmp_path, data, capsys):
     """A finished run's checkpoint-2 and final/: rerunning with another lr or changed data stops and
     says what changed; resume: force continues; a new output_dir starts afresh. Every checkpoint holds
-    the config, and checkpoint-2 loads and chats like final/."""
+    the config, and a checkpoint-N loads and chats like final/."""
     from llasm import LlasmForConditionalGeneration
     from llasm.training import load_config, train
     from llasm.training.describe import InputError
@@ -158,8 +158,11 @@ def test_changed_config_refuses_to_resume(tmp_path, data, capsys):
 
     with pytest.raises(InputError, match=r"train\.lr: 0\.001 -> 0\.05(.|\n)*resume: force"):
         train(config(tmp_path, data, **over, **{"train.lr": 5e-2}))
+    again = train(config(tmp_path, data, **over))  # the same run again: it had finished, nothing is redone
+    assert again["resumed_from"].endswith("checkpoint-3") and again["steps"] == 3 and len(again["losses"]) == 3
+    assert "the run had finished, nothing to train" in capsys.readouterr().out
     longer = train(config(tmp_path, data, **{**over, "train.max_steps": 4}))  # a longer run is no change
-    assert longer["resumed_from"].endswith("checkpoint-2") and longer["steps"] == 4
+    assert longer["resumed_from"].endswith("checkpoint-3") and longer["steps"] == 4  # from its last step
     assert "the run's length changed (train.max_steps: 3 -> 4)" in capsys.readouterr().out
     with open(data, "a") as f:
         f.write(json.dumps({"id": "new", "conversations": [{"from": "human", "value": "hi"},
@@ -167,17 +170,17 @@ def test_changed_config_refuses_to_resume(tmp_path, data, capsys):
     with pytest.raises(InputError, match=rf"data {data}: its content changed"):
         train(config(tmp_path, data, **over))
     forced = train(config(tmp_path, data, **over, resume="force"))
-    assert forced["resumed_from"].endswith("checkpoint-2") and forced["steps"] == 3
+    assert forced["resumed_from"].endswith("checkpoint-4")  # the newest checkpoint, whatever the config says
     fresh = train(config(tmp_path, data, **over, **{"train.lr": 5e-2, "output_dir": str(tmp_path / "new")}))
     assert fresh["resumed_from"] is None and first["steps"] == 3
 
-    model = LlasmForConditionalGeneration.from_pretrained(out / "checkpoint-2")
+    model = LlasmForConditionalGeneration.from_pretrained(out / "checkpoint-3")  # kept: the newest two (3, 4)
     assert isinstance(model.chat(audio=tone(1.0), text="Transcribe.", max_new_tokens=3), str)
 
 
 def test_resume_keeps_each_step_once_in_the_loss_log(tmp_path, data):
-    """A run stopped after its last checkpoint (final/ gone) continues from checkpoint-2: losses.jsonl
-    holds steps 1..4 once each, the first two from the first sitting."""
+    """A run killed after checkpoint-2 (its later checkpoint and final/ gone) continues from checkpoint-2:
+    losses.jsonl holds steps 1..4 once each, the first two from the first sitting."""
     from llasm.training import train
 
     cfg = config(tmp_path, data, **{"train.max_steps": 4, "train.save_every": 2})
@@ -185,6 +188,7 @@ def test_resume_keeps_each_step_once_in_the_loss_log(tmp_path, data):
     log = tmp_path / "out" / "losses.jsonl"
     before = log.read_text().splitlines()
     shutil.rmtree(tmp_path / "out" / "final")
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
     again = train(cfg)
     after = log.read_text().splitlines()
     assert again["resumed_from"].endswith("checkpoint-2")

@@ -328,14 +328,15 @@ def test_lora_checkpoint_as_model_continues_its_adapter(tmp_path, data, tiny_bas
     assert abs(base - expected) > 1e-3  # the first run's adapter matters, so the check below means something
     result = trainer.fit()
     assert result["losses"][0][1] == pytest.approx(expected, abs=1e-5)  # step 1 starts from the loaded adapter
-    # every checkpoint the run wrote loads: final/ with from_pretrained, checkpoint-1 by resuming
+    # every checkpoint the run wrote loads: final/ with from_pretrained, checkpoint-2 (the last step's) by resuming
     final = LlasmForConditionalGeneration.from_pretrained(result["final"])
     trainer.model.eval()
     with torch.no_grad():
         assert torch.allclose(final(**inputs).logits, trainer.model(**inputs).logits, atol=1e-5)
     resumed = run_trainer(_lora_run(tmp_path, data, tiny_bases, "b", model=first["final"],
                                     **{"train.save_every": 100, "train.max_steps": 3}))[2]
-    assert resumed["resumed_from"].endswith("checkpoint-1") and resumed["steps"] == 3
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 3
+    assert len(resumed["losses"]) == 3  # steps 1-2 kept from the first run, step 3 trained, nothing repeated
 
 
 def test_lora_checkpoint_frozen_or_fully_trained(tmp_path, tiny_bases):

@@ -36,7 +36,7 @@ resume
 
 what a run writes (output_dir)
   train_config.yaml   the resolved config (llasm train output_dir/train_config.yaml repeats the run)
-  checkpoint-N/       every train.save_every steps: loads like final/ (from_pretrained, llasm chat/eval)
+  checkpoint-N/       every train.save_every steps and the last: loads like final/ (from_pretrained, llasm chat/eval)
                       and holds what a resume needs; the newest train.keep_checkpoints are kept
   final/              the trained model (llasm chat --model output_dir/final)
   losses.jsonl, loss_curve.png, tensorboard/, rejects.jsonl

@@ -315,7 +315,9 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
                  + (f", at most {t.max_minutes} min" if t.max_minutes else "")
                  + f"; lr {t.lr:g} ({t.scheduler}, warmup {t.warmup_steps})")
     if resumed:
-        lines.append(f"[train] resumed from {resumed} at step {trainer.step}")
+        lines.append(f"[train] resumed from {resumed} at step {trainer.step}"
+                     + (": the run had finished, nothing to train (final/ is written again)"
+                        if trainer.step >= trainer.total_steps else ""))
         before, _ = saved_run(Path(resumed))
         longer = [c for c in config_changes({"train": (before or {}).get("train", {})}, {"train": dataclasses.asdict(t)},
                                             free=()) if c.startswith(("train.max_steps", "train.epochs"))]

@@ -317,8 +317,8 @@ class Trainer:
                 value = self._mean_across_ranks(sum(micro_losses) / len(micro_losses))
                 micro_losses = []
                 self._log(value, writer, bar)
-                if self.step % cfg.train.save_every == 0 and self.step < self.total_steps:
-                    self.save_checkpoint()
+                if self.step % cfg.train.save_every == 0 or self.step >= self.total_steps:  # the last step too, as
+                    self.save_checkpoint()  # HF's Trainer: a rerun or a longer run continues from the end
                 if cfg.train.max_minutes is not None:
                     # every rank stops at the same step: the decision is averaged across ranks
                     late = float(time.time() - started > 60 * cfg.train.max_minutes)
@@ -432,9 +432,7 @@ class Trainer:
         rng = path / f"rng-{acc.process_index}.pt"
         if rng.exists():
             set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
-        if self.is_main:
-            log.info("resumed from %s at step %d", path, self.step)
-        return str(path)
+        return str(path)  # describe_start says so
 
     def save_final(self) -> Path:
         """``output_dir/final`` like ``save_pretrained`` (loads with ``from_pretrained``) + its
