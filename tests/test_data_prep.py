@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from llasm.audio import load_audio
+from llasm.evaluation import main as eval_main
 from llasm.evaluation.items import load_asr_items
 from llasm.io import read_jsonl
 from llasm.lang import detect_lang
@@ -418,6 +419,10 @@ def test_rows_carry_their_split_for_eval(tmp_path):
         ("aishell-BAC009S0002W0123", "train")]
     items, errors = load_asr_items(out, "test")
     assert [i.id for i in items] == ["aishell-BAC009S0764W0121"] and not errors
+    # a file prepared from dev-clean only: eval's default --split test says which splits it holds
+    assert asr.main(["--format", "librispeech", "--input", str(libri), "--split", "test-clean", "--output", str(out)]) == 0
+    with pytest.raises(SystemExit, match=r"no record has split 'test'; its records' splits: test-clean \(choose"):
+        eval_main(["--model", "unused", "--asr-data", str(out), "--tasks", "asr", "--output", str(tmp_path / "e")])
     cv = tmp_path / "cv"
     for name, freq in (("train", 250), ("test", 260)):
         tone(cv / "clips" / f"{name}.wav", freq=freq)
