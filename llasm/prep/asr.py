@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="librispeech: a split folder (train-clean-100, dev-clean, ...); aishell: train/dev/test; "
                              "commonvoice: <split>.tsv (default train); hf: a split (default train); tsv: a label for "
                              "every row. 'all' merges the splits (commonvoice: train, dev, test), each row keeping its "
-                             "own; without --split a librispeech/aishell tree with several is an error; a wrong one "
-                             "names those there")
+                             "own. Without --split a librispeech/aishell tree with several is an error; a split that "
+                             "is not there is an error naming those that are")
     parser.add_argument("--lang", default=None, choices=("en", "zh"), help="override the detected language")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input clips")
@@ -210,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decode every clip (rejects corrupt ones; hashes decoded samples)")
     parser.add_argument("--audio-dir", default=None, help="hf: where decoded clips go (default <output dir>/wavs)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding audio")
-    parser.add_argument("--audio-column", default=None,
+    parser.add_argument("--audio-column", default=None, metavar="NAME",
                         help="hf: the audio column (default: the first Audio feature, else audio/speech/wav)")
-    parser.add_argument("--text-column", default=None,
+    parser.add_argument("--text-column", default=None, metavar="NAME",
                         help=f"hf: the transcript column (default: the first of {', '.join(HF_TEXT_COLUMNS)})")
     sharding.add_arguments(parser)
     return parser
