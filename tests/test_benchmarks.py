@@ -45,6 +45,8 @@ def test_loaders_read_every_layout(fixtures):
     assert libri[0].reference == "the cat sat on the mat" and libri[0].lang == "en"
     aishell, _ = load_benchmark("aishell1:test", str(fixtures["aishell1"]))
     assert aishell[0].reference == "今天天气很好"  # the transcript's word spaces are gone
+    alias, _ = load_benchmark("aishell:test", str(fixtures["aishell1"]))  # prepare-asr's name for the corpus
+    assert [(i.id, i.group) for i in alias] == [(i.id, "aishell1:test") for i in aishell]
     uro, _ = load_benchmark("urobench:Repeat", str(fixtures["urobench"]))
     assert uro[0].id == "Repeat-0000" and uro[0].reference == "the train leaves at nine in the morning"
     net, _ = load_benchmark("wenetspeech:test_net", str(fixtures["wenetspeech"]))
@@ -54,7 +56,7 @@ def test_loaders_read_every_layout(fixtures):
 def test_loader_errors_are_clear(fixtures, tmp_path, monkeypatch):
     with pytest.raises(BenchmarkError, match="choose one of"):
         load_benchmark("voicebench:nope", str(fixtures["voicebench"]))
-    with pytest.raises(BenchmarkError, match="unknown name"):
+    with pytest.raises(BenchmarkError, match=r"unknown name; choose from .*aishell1.* \(aliases: aishell = aishell1\)"):
         load_benchmark("mmlu", str(tmp_path))
     with pytest.raises(BenchmarkError, match="hub layout"):
         load_benchmark("voicebench:openbookqa", str(tmp_path))
@@ -101,7 +103,8 @@ def test_voicebench_rule_based_end_to_end(fixtures, tmp_path, tiny):
 
 def test_asr_sets_end_to_end_two_normalizations(fixtures, tmp_path, tiny):
     model, _ = tiny
-    for spec, data, metric in (("librispeech:test-clean", "librispeech", "wer"), ("aishell1", "aishell1", "cer"),
+    # "aishell": the alias; the report names the benchmark aishell1
+    for spec, data, metric in (("librispeech:test-clean", "librispeech", "wer"), ("aishell", "aishell1", "cer"),
                                ("fleurs:cmn_hans_cn", "fleurs", "cer"), ("wenetspeech:test_net", "wenetspeech", "cer")):
         heard = "the cat sat on the mat" if metric == "wer" else "今天天气很好"
         report, _ = _run(fixtures, tmp_path, spec, data, "--no-text", model=model,
@@ -114,7 +117,8 @@ def test_asr_sets_end_to_end_two_normalizations(fixtures, tmp_path, tiny):
         # 0 + 6 + 7 character errors of 6 + 7 + 7 characters); no numbers or punctuation, so both agree
         if spec.startswith("librispeech"):
             assert scores["wer"] == pytest.approx(15 / 23) and scores["wer_peer"] == pytest.approx(15 / 23)
-        if spec.startswith("aishell1"):
+        if spec == "aishell":
+            assert report["meta"]["benchmarks"] == "aishell1" and name == "aishell1:test"
             assert scores["cer"] == pytest.approx(13 / 20) and scores["cer_peer"] == pytest.approx(13 / 20)
 
 

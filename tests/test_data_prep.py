@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
+import subprocess
+import tarfile
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from llasm.audio import load_audio
+from llasm.evaluation import main as eval_main
+from llasm.evaluation.items import load_asr_items
 from llasm.io import read_jsonl
 from llasm.lang import detect_lang
-from llasm.prep import asr
+from llasm.prep import asr, corpora
 from llasm.prep.prompts import ASR_INSTRUCTIONS_EN, ASR_INSTRUCTIONS_ZH, SPEECH_TOKEN, asr_human_value
 
 
@@ -78,7 +84,7 @@ def make_librispeech(root):
 
 def test_read_librispeech(tmp_path):
     root = make_librispeech(tmp_path / "LibriSpeech")
-    utts = list(asr.read_librispeech(root))
+    utts = list(corpora.read_librispeech(root))
     assert len(utts) == 3
     audio, text, utt_id = utts[-1]  # plain 3-tuple unpacking; files in sorted path order
     assert utt_id == "libri-121-121726-0000" and text == "also a popular contrivance"
@@ -101,12 +107,12 @@ def make_aishell(root):
 
 def test_read_aishell_removes_word_spaces_and_filters_split(tmp_path):
     root = make_aishell(tmp_path / "aishell")
-    train = {u.id: u for u in asr.read_aishell(root, "train")}  # parent of data_aishell is accepted
+    train = {u.id: u for u in corpora.read_aishell(root, "train")}  # parent of data_aishell is accepted
     assert set(train) == {"aishell-BAC009S0002W0122", "aishell-BAC009S0002W0123", "aishell-BAC009S0002W0999"}
     assert train["aishell-BAC009S0002W0122"].text == "而对楼市成交抑制作用最大的限购"
     assert train["aishell-BAC009S0002W0999"].text is None
-    assert [u.id for u in asr.read_aishell(root / "data_aishell", "test")] == ["aishell-BAC009S0764W0121"]
-    items, rejects = asr.build_asr_items(asr.read_aishell(root, "train"), tmp_path / "out.jsonl", progress=False)
+    assert [u.id for u in corpora.read_aishell(root / "data_aishell", "test")] == ["aishell-BAC009S0764W0121"]
+    items, rejects = asr.build_asr_items(corpora.read_aishell(root, "train"), tmp_path / "out.jsonl", progress=False)
     assert len(items) == 2 and all(i["lang"] == "zh" for i in items)
     assert rejects == [{"source": str(root / "data_aishell/wav/train/S0002/BAC009S0002W0999.wav"),
                         "id": "aishell-BAC009S0002W0999", "reason": "no transcript for this audio"}]
@@ -120,7 +126,7 @@ def test_read_commonvoice_tsv_with_locale_and_mp3_clips(tmp_path):
         "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment\n"
         "c1\tcommon_voice_zh-CN_1.mp3\t你好 世界\t2\t0\t\t\t\tzh-CN\t\n"
         "c2\tcommon_voice_zh-CN_2.mp3\t\"引号\"不会出错\t2\t0\t\t\t\tzh-CN\t\n", encoding="utf-8")
-    utts = list(asr.read_commonvoice(cv, "train"))
+    utts = list(corpora.read_commonvoice(cv, "train"))
     assert [(u.id, u.text, u.lang) for u in utts] == [
         ("cv-common_voice_zh-CN_1", "你好世界", "zh"), ("cv-common_voice_zh-CN_2", "\"引号\"不会出错", "zh")]
     assert asr.main(["--format", "commonvoice", "--input", str(cv / "train.tsv"),
@@ -135,7 +141,7 @@ def test_read_tsv_relative_paths_and_header(tmp_path):
     tone(tmp_path / "b.flac", freq=310)
     (tmp_path / "list.tsv").write_text(
         f"path\ttext\nclips/a.wav\thello there\n{tmp_path / 'b.flac'}\t你好\n", encoding="utf-8")
-    utts = list(asr.read_tsv(tmp_path / "list.tsv"))
+    utts = list(corpora.read_tsv(tmp_path / "list.tsv"))
     assert [(u.audio, u.text, u.id) for u in utts] == [
         (tmp_path / "clips" / "a.wav", "hello there", "tsv-a"), (tmp_path / "b.flac", "你好", "tsv-b")]
     items, rejects = asr.build_asr_items(utts, tmp_path / "out" / "x.jsonl", progress=False)
@@ -183,7 +189,7 @@ def test_no_check_audio_still_catches_byte_duplicates(tmp_path):
     shutil.copy(tmp_path / "a.wav", tmp_path / "b.wav")
     (tmp_path / "bad.wav").write_bytes(b"garbage")
     (tmp_path / "l.tsv").write_text("a.wav\tx\nb.wav\ty\nbad.wav\tz\n")
-    items, rejects = asr.build_asr_items(asr.read_tsv(tmp_path / "l.tsv"), tmp_path / "o.jsonl",
+    items, rejects = asr.build_asr_items(corpora.read_tsv(tmp_path / "l.tsv"), tmp_path / "o.jsonl",
                                          check_audio=False, progress=False)
     assert [i["id"] for i in items] == ["tsv-a", "tsv-bad"]  # not decoded, so not caught
     assert [r["id"] for r in rejects] == ["tsv-b"]
@@ -238,7 +244,7 @@ def hf_dataset(tmp_path):
 
 def test_hf_dataset_object_and_disk_folder(tmp_path):
     ds = hf_dataset(tmp_path)
-    items, rejects = asr.build_asr_items(asr.read_hf(ds), tmp_path / "hf" / "out.jsonl", progress=False)
+    items, rejects = asr.build_asr_items(corpora.read_hf(ds), tmp_path / "hf" / "out.jsonl", progress=False)
     assert [i["id"] for i in items] == ["hf-0000000", "hf-0000001"]
     assert [r["reason"].split(" (")[0] for r in rejects] == ["duplicate audio content"]
     assert items[1]["lang"] == "zh" and items[1]["conversations"][1]["value"] == "你好 世界"
@@ -286,3 +292,164 @@ def test_a_tree_with_several_splits_needs_split(tmp_path, capsys):
     assert "test, train: choose one" in capsys.readouterr().err
     assert asr.main(["--format", "aishell", "--input", str(aishell / "data_aishell" / "wav" / "train"),
                      "--output", str(out)]) == 2  # not an AISHELL root: the reader says what it needs
+
+
+# ------------------------------------------------------------- empty inputs, splits, HF columns
+
+
+def tar_speakers(wav_dir, folder, inner):
+    """Pack each speaker folder of ``wav_dir/inner`` into ``folder/<speaker>.tar.gz`` (members
+    ``inner/<speaker>/...``) and delete the clips, as AISHELL-1 ships them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for speaker in sorted((wav_dir / inner).iterdir()):
+        with tarfile.open(folder / f"{speaker.name}.tar.gz", "w:gz") as tar:
+            tar.add(speaker, arcname=f"{inner}/{speaker.name}" if inner else speaker.name)
+        shutil.rmtree(speaker)
+
+
+def unpack_command(err):
+    return re.search(r"unpack them first: (.*)$", err.strip()).group(1)
+
+
+def test_aishell_as_downloaded_says_how_to_unpack_it(tmp_path, capsys):
+    """The speaker archives in wav/ (the OpenSLR download) or in wav/train/: an error that names the
+    folder and gives the command, and the command makes the tree readable."""
+    for layout in ("wav", "wav/train"):
+        root = make_aishell(tmp_path / layout.replace("/", "-")) / "data_aishell"
+        wav = root / "wav"
+        if layout == "wav":  # every archive holds train/<spk>/... or test/<spk>/...
+            for split in ("train", "test"):
+                tar_speakers(wav, wav, split)
+                (wav / split).rmdir()
+        else:
+            tar_speakers(wav / "train", wav / "train", "")
+        out = tmp_path / layout.replace("/", "-") / "o.jsonl"
+        argv = ["--format", "aishell", "--input", str(root), "--split", "train", "--output", str(out)]
+        assert asr.main(argv) == 2 and not out.exists()
+        err = capsys.readouterr().err
+        folder = root / layout
+        archives = "2 archive(s) not unpacked (S0002.tar.gz, S0764.tar.gz)" if layout == "wav" else \
+            "1 archive(s) not unpacked (S0002.tar.gz)"
+        assert f"{folder} holds {archives}" in err
+        assert unpack_command(err) == f'for f in {folder}/*.tar.gz; do tar -xzf "$f" -C {folder}; done'
+        if layout == "wav":
+            assert f"{wav / 'train'}: no such AISHELL split" in err
+            assert asr.main(argv[:4] + argv[6:]) == 2  # without --split too
+            assert f"{wav}: no clip found: looked for *.wav" in capsys.readouterr().err
+        subprocess.run(["bash", "-c", unpack_command(err)], check=True)
+        assert asr.main(argv) == 0
+        assert [i["id"] for i in read_jsonl(out)] == ["aishell-BAC009S0002W0122", "aishell-BAC009S0002W0123"]
+
+
+def test_an_input_without_clips_is_an_error_for_every_format(tmp_path, capsys):
+    import datasets
+
+    (tmp_path / "LibriSpeech" / "train-clean-100" / "19").mkdir(parents=True)
+    aishell = make_aishell(tmp_path / "aishell") / "data_aishell"
+    shutil.rmtree(aishell / "wav")
+    (aishell / "wav").mkdir()
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "train.tsv").write_text("client_id\tpath\tsentence\n")
+    (tmp_path / "list.tsv").write_text("path\ttext\n# nothing yet\n\n")
+    features = datasets.Features({"audio": datasets.Audio(), "text": datasets.Value("string")})
+    empty = datasets.Dataset.from_dict({"audio": [], "text": []}, features=features)
+    empty.save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(corpora.NoClipsError, match="the dataset: no clip found: split 'test' has no row"):
+        list(corpora.read_hf(datasets.DatasetDict({"test": empty})))
+    cases = {"librispeech": (tmp_path / "LibriSpeech", "looked for LibriSpeech transcripts (*.trans.txt"),
+             "aishell": (aishell, "looked for *.wav below it"),
+             "commonvoice": (tmp_path / "cv", "no row below the header"),
+             "tsv": (tmp_path / "list.tsv", "looked for 'audio_path<TAB>text' lines"),
+             "hf": (tmp_path / "hf", "was saved with no row")}
+    for fmt, (source, looked_for) in cases.items():
+        out = tmp_path / f"{fmt}.jsonl"
+        assert asr.main(["--format", fmt, "--input", str(source), "--output", str(out)]) == 2, fmt
+        err = capsys.readouterr().err
+        assert "no clip found" in err and str(source) in err and looked_for in err, err
+        assert not out.exists()
+    # a shard that owns nothing of a tiny input is fine: only a whole input without clips is an error
+    tone(tmp_path / "a.wav")
+    (tmp_path / "one.tsv").write_text("a.wav\thello\n")
+    out = tmp_path / "one.jsonl"
+    for index in (1, 0):
+        assert asr.main(["--format", "tsv", "--input", str(tmp_path / "one.tsv"), "--output", str(out),
+                         "--num-shards", "2", "--shard-index", str(index)]) == 0
+
+
+def add_test_clean(root):
+    chapter = root / "test-clean" / "61" / "70968"
+    tone(chapter / "61-70968-0000.flac", freq=500)
+    (chapter / "61-70968.trans.txt").write_text("61-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n")
+    return root
+
+
+def test_a_wrong_split_names_the_splits_there(tmp_path, capsys):
+    libri = add_test_clean(make_librispeech(tmp_path / "LibriSpeech"))
+    aishell = make_aishell(tmp_path / "aishell")
+    cv = tmp_path / "cv"
+    for name in ("train", "test", "validated"):
+        (cv / f"{name}.tsv").parent.mkdir(exist_ok=True)
+        (cv / f"{name}.tsv").write_text("path\tsentence\n")
+    (cv / "reported.tsv").write_text("sentence_id\tsentence\treason\n")  # lists no clips: not a split
+    out = str(tmp_path / "o.jsonl")
+    for fmt, source, wrong, there in (
+            ("librispeech", libri, "train-clean-360", "test-clean, train-clean-100 (or --split all)"),
+            ("aishell", aishell, "dev", "test, train (or --split all)"),
+            ("commonvoice", cv, "dev", "test, train, validated (or --split all)")):
+        assert asr.main(["--format", fmt, "--input", str(source), "--split", wrong, "--output", out]) == 2
+        assert f"no such {dict(librispeech='LibriSpeech', aishell='AISHELL', commonvoice='Common Voice')[fmt]} " \
+               f"split; the splits there: {there}" in capsys.readouterr().err
+
+
+def test_rows_carry_their_split_for_eval(tmp_path):
+    """--split all keeps each row's split under the key `llasm eval --split` selects by; one split labels all."""
+    libri = add_test_clean(make_librispeech(tmp_path / "LibriSpeech"))
+    aishell = make_aishell(tmp_path / "aishell")
+    out = tmp_path / "o.jsonl"
+    assert asr.main(["--format", "librispeech", "--input", str(libri), "--split", "all", "--output", str(out)]) == 0
+    assert {r["id"]: r["split"] for r in read_jsonl(out)} == {
+        "libri-61-70968-0000": "test-clean", "libri-1089-134686-0000": "train-clean-100",
+        "libri-1089-134686-0001": "train-clean-100", "libri-121-121726-0000": "train-clean-100"}
+    assert [i.id for i in load_asr_items(out, "test-clean")[0]] == ["libri-61-70968-0000"]
+    assert asr.main(["--format", "librispeech", "--input", str(libri / "test-clean"), "--output", str(out)]) == 0
+    assert [r["split"] for r in read_jsonl(out)] == ["test-clean"]  # the input is one split folder
+    assert asr.main(["--format", "aishell", "--input", str(aishell), "--split", "all", "--output", str(out)]) == 0
+    assert [(r["id"], r["split"]) for r in read_jsonl(out)] == [
+        ("aishell-BAC009S0764W0121", "test"), ("aishell-BAC009S0002W0122", "train"),
+        ("aishell-BAC009S0002W0123", "train")]
+    items, errors = load_asr_items(out, "test")
+    assert [i.id for i in items] == ["aishell-BAC009S0764W0121"] and not errors
+    # a file prepared from dev-clean only: eval's default --split test says which splits it holds
+    assert asr.main(["--format", "librispeech", "--input", str(libri), "--split", "test-clean", "--output", str(out)]) == 0
+    with pytest.raises(SystemExit, match=r"no record has split 'test'; its records' splits: test-clean \(choose"):
+        eval_main(["--model", "unused", "--asr-data", str(out), "--tasks", "asr", "--output", str(tmp_path / "e")])
+    cv = tmp_path / "cv"
+    for name, freq in (("train", 250), ("test", 260)):
+        tone(cv / "clips" / f"{name}.wav", freq=freq)
+        (cv / f"{name}.tsv").write_text(f"path\tsentence\tlocale\n{name}.wav\thello {name}\ten\n")
+    assert asr.main(["--format", "commonvoice", "--input", str(cv), "--split", "all", "--output", str(out)]) == 0
+    assert [(r["id"], r["split"]) for r in read_jsonl(out)] == [("cv-train", "train"), ("cv-test", "test")]
+    (tmp_path / "l.tsv").write_text(f"{cv / 'clips' / 'test.wav'}\thello\n")
+    assert asr.main(["--format", "tsv", "--input", str(tmp_path / "l.tsv"), "--split", "test", "--output", str(out)]) == 0
+    assert [r["split"] for r in read_jsonl(out)] == ["test"]
+
+
+def test_hf_splits_and_named_columns(tmp_path, capsys):
+    import datasets
+
+    ds = hf_dataset(tmp_path).rename_column("sentence", "words")
+    datasets.DatasetDict({"train": ds.select([0]), "test": ds.select([1])}).save_to_disk(str(tmp_path / "dd"))
+    out = tmp_path / "o.jsonl"
+    argv = ["--format", "hf", "--input", str(tmp_path / "dd"), "--output", str(out)]
+    assert asr.main(argv) == 2  # "words" is no known transcript column: the error names the flag
+    assert "no text column among text, sentence" in (err := capsys.readouterr().err) and "--text-column NAME" in err
+    assert asr.main(argv + ["--text-column", "words", "--split", "all"]) == 0
+    assert [(r["id"], r["split"], r["conversations"][1]["value"]) for r in read_jsonl(out)] == [
+        ("hf-train-0000000", "train", "hello"), ("hf-test-0000000", "test", "你好 世界")]
+    assert asr.main(argv + ["--text-column", "words", "--audio-column", "audio", "--split", "dev"]) == 2
+    assert "no split 'dev'; the splits there: train, test (or --split all)" in capsys.readouterr().err
+    assert asr.main(argv + ["--text-column", "words", "--audio-column", "wav"]) == 2
+    assert "--audio-column 'wav': no such column (columns: audio, words)" in capsys.readouterr().err
+    assert asr.main(["--format", "tsv", "--input", str(tmp_path / "x.tsv"), "--output", str(out),
+                     "--text-column", "words"]) == 2
+    assert "name columns of --format hf" in capsys.readouterr().err

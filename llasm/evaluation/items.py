@@ -112,6 +112,16 @@ def _select(records: list[dict], split: str | None, limit: int | None) -> list[d
     return records[:limit] if limit else records
 
 
+def split_note(path, split: str | None) -> str | None:
+    """Why ``split`` selected no record of ``path``: the splits its records carry (``None`` when ``split``
+    is ``None``, the records carry no split, or some record has ``split``)."""
+    splits = sorted({str(r["split"]) for r in _read_jsonl(Path(path)) if "split" in r}) if split else []
+    if not splits or split in splits:
+        return None
+    return (f"{path}: no record has split {split!r}; its records' splits: {', '.join(splits)} "
+            "(choose one with --split, or --split all)")
+
+
 def _load_items(path, split, limit, task: str, make) -> tuple[list, list[dict]]:
     """``make(record_id, record, folder)`` for each selected record; a bad record is an error."""
     path = Path(path)

@@ -64,6 +64,7 @@ from llasm.evaluation.items import (
     load_instruct_items,
     load_prompts,
     prompt_info,
+    split_note,
 )
 from llasm.evaluation.report import summary_tables, write_report
 from llasm.evaluation.systems import (
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         if instruct_path and {"instruct", "invariance"} & set(tasks):
             instruct_items, errs = load_instruct_items(instruct_path, split, args.limit)
             errors += errs
+            notes += [] if instruct_items else [n for n in [split_note(instruct_path, split)] if n]
     speech_items = []
     if "speech" in tasks and instruct_path:
         speech_items, errs = load_speech_items(instruct_path, split, args.limit)
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         if asr_path:
             asr_items, errs = load_asr_items(asr_path, split, asr_limit)
             errors += errs
+            notes += [] if asr_items else [n for n in [split_note(asr_path, split)] if n]
     real_items: list[AsrItem] = []
     real_path = getattr(args, "real_data", None)
     if real_path:  # the real-voice dev set (llasm.prep.real_voices): every record, whatever its split
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         real_items, errs = load_asr_items(real_path, None, args.real_limit)
         errors += errs
     if not instruct_items and not asr_items and not speech_items and not real_items and not errors:
-        raise SystemExit(f"nothing to evaluate: no items found ({MAKE_DATA_HINT})")
+        raise SystemExit("nothing to evaluate: " + ("; ".join(notes) if notes else f"no items found ({MAKE_DATA_HINT})"))
 
     if model is None:
         model = load_model(args.model, args.device, args.dtype, audio_tower=getattr(args, "audio_tower", None),

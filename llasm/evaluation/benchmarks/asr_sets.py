@@ -2,12 +2,12 @@
 
 ``librispeech:test-clean`` / ``test-other``
     OpenSLR 12 tree ``LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` with
-    ``<utt-id> TEXT`` lines and ``<utt-id>.flac`` beside (read by :func:`llasm.prep.asr.read_librispeech`);
+    ``<utt-id> TEXT`` lines and ``<utt-id>.flac`` beside (read by :func:`llasm.prep.corpora.read_librispeech`);
     or a parquet export of the hub's ``openslr/librispeech_asr`` (``text`` column, any
     ``*<split>*.parquet`` under ``--data``).
 ``aishell1:test``
     OpenSLR 33 ``data_aishell/transcript/aishell_transcript_v0.8.txt`` + ``data_aishell/wav/test/<spk>/<utt>.wav``
-    (the per-speaker tarballs unpacked), read by :func:`llasm.prep.asr.read_aishell`.
+    (the per-speaker tarballs unpacked), read by :func:`llasm.prep.corpora.read_aishell`.
 ``fleurs:en_us`` / ``fleurs:cmn_hans_cn``
     the hub repo ``google/fleurs``: ``data/<config>/test.tsv`` (no header; ``id``, ``file_name``,
     ``raw_transcription``, ``transcription``, ``words``, ``num_samples``, ``gender``, as its loading
@@ -28,7 +28,7 @@ import csv
 from pathlib import Path
 
 from llasm.evaluation.benchmarks.items import BenchItem, BenchmarkError, hub_dataset, iter_parquet_rows
-from llasm.prep.asr import read_aishell, read_librispeech
+from llasm.prep.corpora import read_aishell, read_librispeech
 
 SETS = {"librispeech": ("en", ("test-clean", "test-other")), "aishell1": ("zh", ("test",)),
         "fleurs": (None, ("en_us", "cmn_hans_cn")), "wenetspeech": ("zh", ("test_net", "test_meeting"))}
@@ -44,7 +44,11 @@ def _asr_item(name: str, subset: str, lang: str, item_id: str, audio, text: str)
 def _librispeech(data: Path, split: str) -> list[BenchItem]:
     for root in (data / split, data / "LibriSpeech" / split, data):
         if root.is_dir() and next(root.rglob("*.trans.txt"), None) is not None:
-            return [_asr_item("librispeech", split, "en", u.id, str(u.audio), u.text) for u in read_librispeech(root)]
+            try:
+                utts = list(read_librispeech(root))
+            except FileNotFoundError as err:  # transcripts without one utterance line
+                raise BenchmarkError(f"librispeech {split}: {err}") from err
+            return [_asr_item("librispeech", split, "en", u.id, str(u.audio), u.text) for u in utts]
     files = sorted(p for p in data.rglob("*.parquet") if split.replace("-", ".") in str(p) or split in str(p))
     if files:
         items = []

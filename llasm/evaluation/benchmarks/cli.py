@@ -7,8 +7,9 @@
 
 Names: ``voicebench:<subset>`` (:mod:`llasm.evaluation.benchmarks.voicebench`), ``urobench:<dataset|basic-en|
 basic-zh>`` (:mod:`llasm.evaluation.benchmarks.urobench`), ``librispeech``, ``aishell1``, ``fleurs``,
-``wenetspeech`` (:mod:`llasm.evaluation.benchmarks.asr_sets`); several comma-separated. Writes
-``report.json`` and ``report.md``.
+``wenetspeech`` (:mod:`llasm.evaluation.benchmarks.asr_sets`); several comma-separated. ``aishell``
+(prepare-asr's name for the corpus) is an alias of ``aishell1``; reports carry the canonical name.
+Writes ``report.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from llasm import __version__
 from llasm.builder import load_model
 from llasm.evaluation.benchmarks import asr_sets, urobench, voicebench
-from llasm.evaluation.benchmarks.items import BenchmarkError, parse_spec
+from llasm.evaluation.benchmarks.items import ALIASES, BenchmarkError, canonical_spec, parse_spec
 from llasm.evaluation.benchmarks.judging import ChatJudge
 from llasm.evaluation.benchmarks.run import SPEECH, evaluate_benchmarks
 from llasm.evaluation.benchmarks.scorers import PRIMARY_METRIC
@@ -37,6 +38,7 @@ from llasm.speech.vocoder import UnitHifiGan
 
 FIXTURE_MARKER = "LLASM_FIXTURE.txt"  # written by llasm.evaluation.benchmarks.fixtures into every miniature copy
 NAMES = ("voicebench", "urobench") + tuple(asr_sets.SETS)
+ALIAS_NOTE = "aliases: " + ", ".join(f"{alias} = {name}" for alias, name in ALIASES.items())
 
 
 def load_benchmark(spec: str, data: str | None, split: str | None = None, limit: int | None = None):
@@ -48,12 +50,13 @@ def load_benchmark(spec: str, data: str | None, split: str | None = None, limit:
         return urobench.load(subset, data, split, limit)
     if name in asr_sets.SETS:
         return asr_sets.load(name, subset, data, split, limit)
-    raise BenchmarkError(f"--benchmark {spec!r}: unknown name; choose from {', '.join(NAMES)}")
+    raise BenchmarkError(f"--benchmark {spec!r}: unknown name; choose from {', '.join(NAMES)} ({ALIAS_NOTE})")
 
 
 def build_parser(prog: str = "llasm eval") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--benchmark", required=True, help="NAME[:subset], comma-separated for several")
+    p.add_argument("--benchmark", required=True, help="NAME[:subset], comma-separated for several; names: "
+                   f"{', '.join(NAMES)} ({ALIAS_NOTE})")
     p.add_argument("--data", default=None, help="local copy in the benchmark's published layout (or a hub id); "
                    "one for all the --benchmark names given, so several names are subsets of one benchmark")
     p.add_argument("--model", required=True, help="checkpoint directory or model YAML")
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
     if bool(args.judge_url) != bool(args.judge_model):
         raise SystemExit("--judge-url and --judge-model go together")
     items, errors, notes = [], [], []
-    for spec in [s for s in args.benchmark.split(",") if s.strip()]:
+    specs = [s.strip() for s in args.benchmark.split(",") if s.strip()]
+    for spec in specs:
         try:
             got, errs = load_benchmark(spec, args.data, args.split, args.limit)
         except BenchmarkError as err:
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber=None, speech_transc
                                  speaker=model if can_speak else None, speech_judge=speech_transcriber,
                                  max_new_tokens=args.max_new_tokens, errors=errors, notes=notes,
                                  progress=not args.no_progress)
-    meta = {"llasm_version": __version__, "benchmarks": args.benchmark, "data": args.data, "model": str(args.model),
+    meta = {"llasm_version": __version__, "benchmarks": ",".join(map(canonical_spec, specs)), "data": args.data, "model": str(args.model),
             "split": args.split, "limit": args.limit, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
             "cascade": cascade, "primary_metric": PRIMARY_METRIC, "fixture": _fixture_note(args.data),
             "speech_judge": getattr(speech_transcriber, "path", "injected" if speech_transcriber else None),

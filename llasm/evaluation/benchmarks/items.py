@@ -48,12 +48,23 @@ class BenchItem:
         return f"{self.benchmark}:{self.subset}"
 
 
+# other names of a benchmark -> its canonical name (the one reports carry)
+ALIASES = {"aishell": "aishell1"}  # `llasm prepare-asr --format aishell` names the same corpus so
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"voicebench:mmsu"`` -> ``("voicebench", "mmsu")``; ``"aishell1"`` -> ``("aishell1", None)``."""
+    """``"voicebench:mmsu"`` -> ``("voicebench", "mmsu")``; ``"aishell1"`` -> ``("aishell1", None)``;
+    an alias (:data:`ALIASES`) gives the canonical name: ``"aishell:test"`` -> ``("aishell1", "test")``."""
     name, _, subset = spec.strip().partition(":")
     if not name:
         raise BenchmarkError(f"--benchmark {spec!r}: expected NAME[:subset]")
-    return name.lower(), (subset or None)
+    return ALIASES.get(name.lower(), name.lower()), (subset or None)
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` with its canonical name: ``"aishell:test"`` -> ``"aishell1:test"``."""
+    name, subset = parse_spec(spec)
+    return f"{name}:{subset}" if subset else name
 
 
 def load_item_audio(audio: Any):
