@@ -424,3 +424,24 @@ def test_llasm_transcription_is_capped_by_audio_length():
     system.transcribe(ten, "zh")
     system.transcribe_batch([one, ten], ["en", "zh"])
     assert limits == [[22], [40], [22, 40]]
+
+
+def test_text_only_records_are_skipped_with_a_note_not_errors(tmp_path):
+    """`llasm synthesize` keeps --text-turn-ratio of the items typed; as eval data those are no spoken
+    items: skipped and counted in a note, never reported as failures."""
+    from llasm.evaluation import items
+
+    sf.write(tmp_path / "q.wav", tone(1.0), SR)
+    spoken = {"id": "s", "lang": "en", "audios": ["q.wav"], "keywords": ["tokyo"],
+              "conversations": [{"from": "human", "value": "<speech>", "transcript": "Capital of Japan?"},
+                                {"from": "gpt", "value": "Tokyo."}]}
+    typed = {"id": "t", "lang": "en", "conversations": [{"from": "human", "value": "Capital of Japan?"},
+                                                        {"from": "gpt", "value": "Tokyo."}]}
+    broken = {"id": "b", "lang": "en", "audios": ["q.wav"], "conversations": [{"from": "human", "value": "hi"},
+                                                                             {"from": "gpt", "value": "ho"}]}
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (spoken, typed, broken)) + "\n")
+    loaded, errors = items.load_instruct_items(path, split=None)
+    assert [i.id for i in loaded] == ["s"]
+    assert [e["id"] for e in errors] == ["b"]  # audios but no <speech> mark: a real mistake, still an error
+    assert items.text_only_note(path, None) == f"{path}: 1 text-only record(s) without a spoken turn skipped"

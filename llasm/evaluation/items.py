@@ -78,6 +78,11 @@ class AsrItem:
     text: str
 
 
+class TextOnlyRecord(ValueError):
+    """A record without a spoken turn (``synthesize`` keeps ``--text-turn-ratio`` of them typed): not an
+    item of the spoken tasks, skipped and counted in a note, never an error."""
+
+
 def _first_spoken_turn(record: dict) -> tuple[int, dict, dict | None]:
     """(index in ``audios``, the human turn holding the first ``<speech>``, the gpt turn after it)."""
     convs = record.get("conversations") or []
@@ -88,6 +93,8 @@ def _first_spoken_turn(record: dict) -> tuple[int, dict, dict | None]:
             answer = next((t for t in convs[i + 1:] if t.get("from") in ("gpt", "assistant")), None)
             return n_audio, turn, answer
         n_audio += value.count(SPEECH_TOKEN)
+    if not record.get("audios") and not any(SPEECH_TOKEN in str(t.get("value") or "") for t in convs):
+        raise TextOnlyRecord("a text-only record (no <speech> turn, no audios)")
     raise ValueError("no human turn with <speech>")
 
 
@@ -122,6 +129,19 @@ def split_note(path, split: str | None) -> str | None:
             "(choose one with --split, or --split all)")
 
 
+def text_only_note(path, split: str | None, limit: int | None = None) -> str | None:
+    """How many selected records of ``path`` are text-only (skipped by the spoken tasks), or ``None``."""
+    count = 0
+    for record in _select(_read_jsonl(Path(path)), split, limit):
+        try:
+            _first_spoken_turn(record)
+        except TextOnlyRecord:
+            count += 1
+        except ValueError:
+            pass
+    return f"{path}: {count} text-only record(s) without a spoken turn skipped" if count else None
+
+
 def _load_items(path, split, limit, task: str, make) -> tuple[list, list[dict]]:
     """``make(record_id, record, folder)`` for each selected record; a bad record is an error."""
     path = Path(path)
@@ -130,6 +150,8 @@ def _load_items(path, split, limit, task: str, make) -> tuple[list, list[dict]]:
         rid = str(record.get("id") or f"{path.stem}-{n}")
         try:
             items.append(make(rid, record, path.parent))
+        except TextOnlyRecord:  # counted by text_only_note
+            continue
         except Exception as err:  # noqa: BLE001 - a bad record must not stop the run
             errors.append(_error(task, "data", rid, err))
     return items, errors

@@ -65,6 +65,7 @@ from llasm.evaluation.items import (
     load_prompts,
     prompt_info,
     split_note,
+    text_only_note,
 )
 from llasm.evaluation.report import summary_tables, write_report
 from llasm.evaluation.systems import (
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace, *, model=None, transcriber: Callable[[Any, str
         if instruct_path and {"instruct", "invariance"} & set(tasks):
             instruct_items, errs = load_instruct_items(instruct_path, split, args.limit)
             errors += errs
+            notes += [n for n in [text_only_note(instruct_path, split, args.limit)] if n]
             notes += [] if instruct_items else [n for n in [split_note(instruct_path, split)] if n]
     speech_items = []
     if "speech" in tasks and instruct_path:
