@@ -1,18 +1,8 @@
-"""Build the encoder cache before training, on many machines: ``llasm encoder-cache``.
+"""The encoder cache built before training: the work behind ``llasm encoder-cache`` (its command line,
+sharded over machines, is :mod:`llasm.training.cache_cli`).
 
-Reads a stage YAML (the same one training uses, so the model, its feature settings, the data
-sources and ``encoder_cache.dir`` agree), and runs the frozen Whisper tower once over every audio
-chunk of its rows, through :class:`~llasm.training.encoder_cache.EncoderCache` (keys are content
-hashes, written as atomic safetensors shards with unique names, so any number of processes may add
-to one directory at once). ``--num-shards N --shard-index i`` makes rows ``i, i+N, ...`` (see
-:mod:`llasm.sharding`); a rerun skips chunks already cached; each shard leaves
-``<cache>/built.shard-*-of-*.jsonl`` + its done marker, and ``llasm merge-shards --output
-<cache>/built.jsonl --num-shards N`` checks the shards covered every row exactly once. Training
-then reads the directory with ``encoder_cache.read_only: true`` (a shared, read-only mount)::
-
-    sbatch --array=0-63 --wrap "llasm encoder-cache configs/stage1_asr_align.yaml \\
-        --num-shards 64 --shard-index \\$SLURM_ARRAY_TASK_ID"
-    llasm merge-shards --output $CACHE/built.jsonl --num-shards 64
+:func:`build_cache` reads a stage YAML's model and data sources and runs the frozen Whisper tower once
+over every audio chunk of a shard's rows, through :class:`~llasm.training.encoder_cache.EncoderCache`.
 """
 
 from __future__ import annotations
