@@ -47,3 +47,21 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out and "(<= 15 %)" in out
+
+
+def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):
+    """A round trip whose model said nothing leaves a 0-sample wav: the PNG still has its panel
+    (the demo crashed in load_audio on it, after the whole evaluation had run)."""
+    import numpy as np
+    import soundfile as sf
+
+    from llasm.apps.speech_demo import spectrograms
+
+    wavs = {}
+    for name, samples in (("source", 16000), ("resynthesis", 16000), ("round_trip", 0)):
+        wavs[name] = str(tmp_path / f"{name}.wav")
+        sf.write(wavs[name], np.random.default_rng(0).normal(0, 0.1, samples).astype(np.float32), 16000)
+    row = {"lang": "en"} | {name: {"wav": path} for name, path in wavs.items()}
+    (tmp_path / "report.json").write_text(json.dumps({"details": {"speech": [row]}}))
+    assert spectrograms(tmp_path) == [tmp_path / "spectrograms_en.png"]
+    assert (tmp_path / "spectrograms_en.png").stat().st_size > 0

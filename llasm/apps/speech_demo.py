@@ -24,11 +24,13 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from llasm.apps.demo import Clock
-from llasm.audio import load_audio, save_audio
+from llasm.audio import save_audio
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
 from llasm.prep.seed import SEED
@@ -156,6 +158,12 @@ def head_rows(answers: list[dict], sentences: list[dict], units: dict) -> list[d
     return rows
 
 
+def _samples(path: str) -> np.ndarray:
+    """A kept sample wav as float32 (at least one hop of silence: an empty reply still gets its panel)."""
+    audio, _ = sf.read(path, dtype="float32")
+    return np.pad(audio, (0, max(0, 400 - len(audio))))
+
+
 def spectrograms(report_dir: Path) -> list[Path]:
     """One PNG per language: the log-mel of the TTS answer, its resynthesis and a round trip."""
     log_mel, written = LogMel(MelConfig(sampling_rate=16_000)), []
@@ -166,7 +174,8 @@ def spectrograms(report_dir: Path) -> list[Path]:
         if row is None:
             continue
         # titles name the system only: the plot font has no CJK glyphs for the judge's Chinese
-        panels = [(f"{lang} {name} (16 kHz log-mel)", log_mel(load_audio(row[name]["wav"])).numpy())
+        # a reply of no or a few units is a wav too short to be audio input: drawn as said, not loaded
+        panels = [(f"{lang} {name} (16 kHz log-mel)", log_mel(_samples(row[name]["wav"])).numpy())
                   for name in ("source", "resynthesis", "round_trip") if row.get(name, {}).get("wav")]
         written.append(plot_mels(panels, report_dir / f"spectrograms_{lang}.png"))
     return written
