@@ -47,6 +47,7 @@ class Shard:
 
     num_shards: int = 1
     index: int = 0
+    job: str = ""  # fingerprint of the job's settings and inputs (:func:`job_fingerprint`); "" = unchecked
 
     def __post_init__(self):
         if self.num_shards < 1:
@@ -74,8 +75,16 @@ class Shard:
         return self.path(output, ".done.json")
 
     def is_done(self, output: str | os.PathLike) -> bool:
-        """Whether this shard of ``output`` finished (its marker exists)."""
-        return self.split and self.done_path(output).exists()
+        """Whether this shard of ``output`` finished with the same settings and inputs (its marker
+        exists and holds this job's fingerprint); a marker of another job is said and ignored."""
+        if not (self.split and self.done_path(output).exists()):
+            return False
+        done = json.loads(self.done_path(output).read_text(encoding="utf-8")).get("job", "")
+        if self.job and done != self.job:
+            log.warning("%s: the inputs or the settings changed since this shard finished: making it again",
+                        self.path(output))
+            return False
+        return True
 
 
 class Records:
@@ -122,7 +131,8 @@ def write(output: str | os.PathLike, shard: Shard, records: Records) -> Path:
     rejects = write_batch_output(shard.path(output), records.items, records.rejects)
     if shard.split:
         write_json(shard.done_path(output), {
-            "num_shards": shard.num_shards, "shard_index": shard.index, "input_count": records.input_count,
+            "num_shards": shard.num_shards, "shard_index": shard.index, "job": shard.job,
+            "input_count": records.input_count,
             "input_digest": records.input_digest, "item_positions": records.item_positions,
             "reject_positions": records.reject_positions, "dedup": records.dedup})
     return rejects
@@ -135,8 +145,9 @@ def check_coverage(markers: list[dict], num_shards: int, where: str) -> None:
     for marker in markers[1:]:
         if (marker["input_count"], marker["input_digest"]) != (first["input_count"], first["input_digest"]):
             raise ShardError(f"{where}: shard {marker['shard_index']} saw another input ({marker['input_count']} "
-                             f"items) than shard 0 ({first['input_count']} items): rerun it after deleting its "
-                             f"{Shard(num_shards, marker['shard_index']).path(where, '.done.json').name}")
+                             f"items) than shard 0 ({first['input_count']} items): run every shard "
+                             "again with the current input (a shard whose input changed since it finished is "
+                             "made again, the others are kept)")
     seen = [0] * first["input_count"]
     for marker in markers:
         for position in marker["item_positions"] + marker["reject_positions"]:
@@ -220,7 +231,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> Shard:
-    return Shard(args.num_shards, args.shard_index)
+    """The shard a command line asks for, fingerprinted by its other arguments and their files."""
+    return Shard(args.num_shards, args.shard_index, job_fingerprint(args))
+
+
+OUTPUT_ARGS = {"output", "audio_dir"}
+
+
+def job_fingerprint(args: argparse.Namespace) -> str:
+    """sha1 of a job's arguments (all but ``--shard-index``) and of every file or folder they name (size
+    and modification time of each file below it), so that a changed input, config or setting makes a
+    finished shard run again instead of being skipped as done."""
+    h = hashlib.sha1()
+    for key, value in sorted(vars(args).items()):
+        if key == "shard_index":
+            continue
+        h.update(f"{key}={value!r}\n".encode())
+        if key in OUTPUT_ARGS:  # what the job writes is not its input
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item and os.path.exists(item):
+                for path, stat in _files_below(item):
+                    h.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _files_below(path: str) -> Iterator[tuple[str, os.stat_result]]:
+    if os.path.isfile(path):
+        yield path, os.stat(path)
+        return
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            yield full, os.stat(full)
 
 
 def main(argv: list[str] | None = None) -> int:

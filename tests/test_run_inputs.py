@@ -206,3 +206,23 @@ def test_broken_rows_still_train_the_rest(tmp_path, data, capsys):
     result = train(config(tmp_path, data))
     out = capsys.readouterr().out
     assert result["steps"] == 2 and "6 of 7 rows usable (1 rejected, see" in out
+
+
+def test_a_read_only_encoder_cache_must_exist_and_its_use_is_reported(tmp_path, data, capsys):
+    """A mistyped read-only cache path stops before the model loads (it would mean a live Whisper pass
+    every epoch); a run with the cache says how many audio chunks it read and how many it encoded."""
+    from llasm.training import train
+    from llasm.training.describe import InputError
+
+    with pytest.raises(InputError, match=r"encoder_cache.read_only needs the cache built beforehand"):
+        train(config(tmp_path, data, **{"encoder_cache.enabled": True, "encoder_cache.read_only": True,
+                                          "encoder_cache.dir": str(tmp_path / "no-such-cache")}))
+    result = train(config(tmp_path, data, **{"encoder_cache.enabled": True, "encoder_cache.dir": str(tmp_path / "c"),
+                                               "train.max_steps": 2}))
+    cache = json.loads((tmp_path / "out" / "train_summary.json").read_text())["encoder_cache"]
+    assert cache["dir"] == str(tmp_path / "c") and cache["hits"] + cache["misses"] > 0 and result["steps"] == 2
+    assert "audio chunks read" in capsys.readouterr().out
+    from llasm.io import umask
+
+    shards = list((tmp_path / "c").glob("shard-*.safetensors"))  # others read a shared cache: umask, not 0600
+    assert shards and all(f.stat().st_mode & 0o777 == 0o666 & ~umask() for f in shards)

@@ -172,3 +172,29 @@ def test_slurm_array_script_runs_each_task_then_the_merge(tmp_path):
     assert len(read_jsonl(out)) == 7
     for script in ("train/slurm/multinode.sbatch", "data_prep/slurm/prepare_array.sbatch"):
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)  # srun is not here: syntax only
+
+
+def test_a_finished_shard_of_a_changed_input_is_made_again(tmp_path, caplog):
+    """A finished shard is skipped only while its job is the same: a clip added to the input (or another
+    setting) makes every shard again on the rerun, so the merge holds the new clip instead of a stale
+    'already done' output."""
+    tsv = make_tsv_corpus(tmp_path / "corpus")
+    out = tmp_path / "sharded" / "asr.jsonl"
+    for index in range(2):
+        assert run_asr(tsv, out, "--num-shards", "2", "--shard-index", str(index)) == 0
+    assert sharding.main(["--output", str(out), "--num-shards", "2"]) == 0
+    before = len(read_jsonl(out))
+    sf.write(tsv.parent / "wavs" / "7.wav", tone(0.9, seed=7, freq=333), SR)
+    with open(tsv, "a", encoding="utf-8") as f:
+        f.write("wavs/7.wav\tsentence seven\n")
+    for index in range(2):
+        assert run_asr(tsv, out, "--num-shards", "2", "--shard-index", str(index)) == 0
+    assert "changed since this shard finished: making it again" in caplog.text
+    assert sharding.main(["--output", str(out), "--num-shards", "2"]) == 0
+    assert len(read_jsonl(out)) == before + 1
+    marker = Shard(2, 0).done_path(out)
+    mtime = marker.stat().st_mtime_ns
+    assert run_asr(tsv, out, "--num-shards", "2", "--shard-index", "0") == 0  # unchanged: still skipped
+    assert marker.stat().st_mtime_ns == mtime
+    assert run_asr(tsv, out, "--num-shards", "2", "--shard-index", "0", "--lang", "zh") == 0  # another setting
+    assert marker.stat().st_mtime_ns != mtime

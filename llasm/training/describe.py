@@ -27,7 +27,7 @@ import yaml
 from llasm.data.dataset import check_row
 from llasm.data.records import read_rows
 from llasm.data.shards import INDEX, is_sharded, read_index
-from llasm.io import read_jsonl, resolve_path, write_jsonl, write_text
+from llasm.io import llasm_home, read_jsonl, resolve_path, write_jsonl, write_text
 from llasm.training.config import OBJECTIVES, TrainConfig
 from llasm.training.resume import latest_checkpoint
 
@@ -76,6 +76,10 @@ def check_inputs(cfg: TrainConfig, main_process: bool = True, check_model: bool 
             hint = f" (the run's checkpoint is {os.path.join(cfg.model, 'final')})"
         problems.append(f"model: {cfg.model} is neither a checkpoint directory (with config.json) nor a model "
                         f"YAML{hint}")
+    cache_dir = cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache")
+    if cfg.encoder_cache.enabled and cfg.encoder_cache.read_only and not os.path.isdir(cache_dir):
+        problems.append(f"encoder_cache.read_only needs the cache built beforehand (llasm encoder-cache), but "
+                        f"encoder_cache.dir {cache_dir} is not a directory")
     if cfg.deepspeed and not os.path.isfile(resolve_path(cfg.deepspeed)):
         problems.append(f"deepspeed: {cfg.deepspeed} not found")
     if cfg.objective.type not in OBJECTIVES:
@@ -339,6 +343,10 @@ def describe_end(trainer, result: dict) -> str:
         memory = result.get("peak_memory_gib")
         lines.append(f"    {result['seconds_per_step']:.2f} s/step on {result.get('device')}"
                      + (f", peak GPU memory {memory:.2f} GiB (rank 0)" if memory is not None else ""))
+    cache = result.get("encoder_cache")
+    if cache and cache["hits"] + cache["misses"]:
+        lines.append(f"    encoder cache {cache['dir']}: {cache['hits']} audio chunks read, {cache['misses']} encoded "
+                     "during the run (this process)")
     if losses:
         tail = losses[-10:]
         lines.append(f"    final loss {losses[-1]:.4f} (mean of the last {len(tail)} steps {sum(tail) / len(tail):.4f}; "

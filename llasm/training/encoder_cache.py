@@ -21,7 +21,7 @@ from tqdm import tqdm
 from llasm.audio import load_audio
 from llasm.configuration import encoder_frames
 from llasm.data.dataset import audio_key
-from llasm.io import atomic_path, read_jsonl
+from llasm.io import atomic_path, read_jsonl, umask
 
 
 def model_key(model, processor) -> str:
@@ -107,6 +107,7 @@ class EncoderCache:
         shard = self.directory / f"shard-{rank}-{uuid.uuid4().hex[:12]}.safetensors"
         with atomic_path(shard) as tmp:
             save_file(self.pending, str(tmp))
+            tmp.chmod(0o666 & ~umask())  # safetensors writes a new file: readable by others on a shared cache
         for key in self.pending:
             self.where[key] = shard
         self.pending = {}

@@ -344,7 +344,9 @@ class Trainer:
                   "skipped_batches": self.skipped_batches, "device": str(self.device),
                   "world_size": self.accelerator.num_processes, "mixed_precision": self.mixed_precision,
                   "peak_memory_gib": (torch.cuda.max_memory_allocated(self.device) / 2**30
-                                      if self.device.type == "cuda" else None)}  # rank 0's
+                                      if self.device.type == "cuda" else None),  # rank 0's
+                  "encoder_cache": None if self.cache is None else {  # this rank's chunks: read vs encoded now
+                      "dir": str(self.cache.directory), "hits": self.cache.hits, "misses": self.cache.misses}}
         result["summary"] = describe.describe_end(self, result)
         if self.is_main:
             write_json(self.out / "train_summary.json", {k: v for k, v in result.items() if k not in ("losses", "summary")})
