@@ -68,8 +68,14 @@ def test_packed_loss_equals_padded(tmp_path, data, fast_loss):
 
 
 def test_packing_needs_the_ce_objective(tmp_path, data):
-    with pytest.raises(ValueError, match="data.packing needs objective.type ce"):
+    from llasm.training import train
+    from llasm.training.describe import InputError
+
+    with pytest.raises(ValueError, match="data.packing works with objective.type ce only, got units"):
         Trainer(load_config(config(tmp_path, data, **{"data.packing": True, "objective.type": "units"})))
+    # before any model loads, naming the setting that is wrong
+    with pytest.raises(InputError, match="data.packing works with objective.type ce only, got kl"):
+        train(config(tmp_path, data, **{"data.packing": True, "objective.type": "kl", "data.max_length": 64}))
 
 
 @pytest.mark.parametrize("language_model", ["full", "lora"])
@@ -168,3 +174,18 @@ def test_shard_and_jsonl_sources_do_not_mix(tmp_path):
     cfg["data"]["sources"].append({"path": str(tmp_path / "shards")})
     with pytest.raises(ValueError, match="mixes shard folders and JSONL files"):
         Trainer(load_config(cfg))
+
+
+def test_alpaca_json_becomes_a_shard_folder_and_empty_data_says_why(tmp_path):
+    """Stage 2's text-only sources stream too: an Alpaca JSON list is read as it comes; a file without a
+    usable row names the first reasons."""
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Say hi", "input": "", "output": "Hi!"},
+                                  {"instruction": "Capital of France?", "input": "", "output": "Paris."}]))
+    index = write_shards(alpaca, tmp_path / "alpaca.shards", num_shards=1, progress=False)
+    assert sum(index["num_rows"]) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "audios": ["gone.wav"], "conversations": [
+        {"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "y"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"no usable row \(1 rejected; the first: x: .*gone.wav: file not found"):
+        write_shards(bad, tmp_path / "bad.shards", num_shards=1, progress=False)

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import random
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +37,8 @@ import torch
 from tqdm import tqdm
 
 from llasm.data.dataset import RowEncoder, Source, _resolve, check_row, clip_samples
-from llasm.io import atomic_path, read_jsonl, write_json, write_jsonl
+from llasm.data.records import read_rows
+from llasm.io import atomic_path, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 FORMAT = "llasm-shards/1"
@@ -84,7 +84,7 @@ def write_shards(source: str | Path, output: str | Path, num_shards: int | None 
     source, output = Path(source), Path(output)
     root = str(source.parent)
     rows, rejects = [], []
-    for n, row in enumerate(read_jsonl(source)):
+    for n, row in enumerate(read_rows(source)):  # llasm JSONL, or Alpaca / ShareGPT as they come
         reason = check_row(row, root)
         if reason is None and any(clip_samples(_resolve(p, root)) is None for p in row.get("audios", [])):
             reason = "an audio file has no readable header"
@@ -93,7 +93,8 @@ def write_shards(source: str | Path, output: str | Path, num_shards: int | None 
         else:
             rows.append(row)
     if not rows:
-        raise ValueError(f"{source}: no usable row ({len(rejects)} rejected)")
+        first = "; ".join(f"{r['id']}: {r['reason']}" for r in rejects[:3])
+        raise ValueError(f"{source}: no usable row ({len(rejects)} rejected; the first: {first})")
     random.Random(seed).shuffle(rows)
     num_shards = num_shards or math.ceil(len(rows) / rows_per_shard)
     if not 1 <= num_shards <= len(rows):

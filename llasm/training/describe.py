@@ -82,6 +82,10 @@ def check_inputs(cfg: TrainConfig, main_process: bool = True, check_model: bool 
                         f"encoder_cache.dir {cache_dir} is not a directory")
     if cfg.deepspeed and not os.path.isfile(resolve_path(cfg.deepspeed)):
         problems.append(f"deepspeed: {cfg.deepspeed} not found")
+    if cfg.data.packing and cfg.objective.type != "ce":
+        problems.append(f"data.packing works with objective.type ce only, got {cfg.objective.type}")
+    elif cfg.data.packing and not cfg.data.max_length:
+        problems.append("data.packing needs data.max_length (the length of a packed row)")
     if cfg.objective.type not in OBJECTIVES:
         problems.append(f"objective.type must be one of {', '.join(OBJECTIVES)}, got {cfg.objective.type!r}")
     if not cfg.data.sources:

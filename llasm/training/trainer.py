@@ -187,8 +187,6 @@ class Trainer:
         if self.cfg.objective.type == "self_reply":
             sources = self_reply_sources(sources, self.out, self.model, self.processor, self.cfg.objective,
                                          self.accelerator, synced=self.zero_stage == 3)
-        if self.cfg.data.packing and (self.cfg.objective.type != "ce" or not self.cfg.data.max_length):
-            raise ValueError("data.packing needs objective.type ce and data.max_length (the row length)")
         if self.cfg.objective.type == "kl" and self.cfg.trainable.get("language_model") == "full":
             raise ValueError("objective kl needs a frozen (or LoRA) language_model as its teacher")
         if self.is_main:  # this run's rejects only: the dataset appends what it finds
