@@ -187,7 +187,7 @@ class Smoke:
         return self.report()
 
     def resume(self) -> None:
-        """Stop after a checkpoint (3 steps, saved at 2), then run on to 4 steps from it."""
+        """A 3-step run (checkpoints at 2 and at its last step, 3), then run on to 4 steps from checkpoint-3."""
         launcher = self.args.launchers[-1]
         run = self.out / "runs" / f"resume-{launcher}"
         first = self.train_command(launcher, run, "stage1", ["resume=none", "train.max_steps=3", "train.save_every=2"])
@@ -197,8 +197,8 @@ class Smoke:
         again = self.train_command(launcher, run, "stage1", ["resume=auto", "train.max_steps=4", "train.save_every=2"])
 
         def resumed(log, summary):
-            if not str(summary.get("resumed_from") or "").endswith("checkpoint-2") or summary.get("steps") != 4:
-                return f"did not resume from checkpoint-2 (summary: {summary})"
+            if not str(summary.get("resumed_from") or "").endswith("checkpoint-3") or summary.get("steps") != 4:
+                return f"did not resume from checkpoint-3 (summary: {summary})"
             return finite_losses(log, summary)
 
         self.record("resume-b", launcher, processes, again, run, check=resumed)

@@ -173,7 +173,8 @@ def test_loaders_split_extra_text_and_bad_records(tmp_path):
                                 {"from": "gpt", "value": "a"}]}) + "\n")
     items, errors = E.load_instruct_items(instruct)
     assert [i.id for i in items] == ["q-en-1", "q-en-2", "q-zh-1", "typed-1"]  # train split dropped
-    assert [e["id"] for e in errors] == ["bad-1"] and "speech" in errors[0]["error"]
+    assert not errors  # bad-1 has no spoken turn and no audio: a typed row, skipped and counted in a note
+    assert E.items.text_only_note(instruct, "test") == f"{instruct}: 1 text-only record(s) without a spoken turn skipped"
     typed = items[-1]
     assert typed.extra_text == "Answer briefly." and typed.text_prompt == "Say a.\nAnswer briefly."
     assert Path(items[0].audio) == tmp_path / "wavs" / "q-en-1.wav"
