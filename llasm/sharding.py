@@ -9,8 +9,9 @@ and the same on every machine. A shard writes, next to the job's ``--output out.
     out.shard-00003-of-00016.done.json       written last: the commit marker, holding the input's size
                                              and fingerprint and the input position of every record
 
-A rerun of a shard whose marker exists does nothing (Slurm requeues and reruns of the whole array are
-cheap); an unfinished shard starts again (``synthesize`` resumes item by item from its own progress
+A rerun of a shard whose marker holds the same job (arguments and input files, :func:`job_fingerprint`)
+does nothing (Slurm requeues and reruns of the whole array are cheap); a changed job or an unfinished
+shard starts again (``synthesize`` resumes item by item from its own progress
 file). ``llasm merge-shards --output out.jsonl --num-shards N`` then checks that the N shards saw the
 same input and together wrote exactly one record (item or reject) for each input item, and writes
 ``out.jsonl`` + ``out.rejects.jsonl`` in input order, rejecting an item whose dedup keys (prepare-asr:
