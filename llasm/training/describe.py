@@ -292,8 +292,12 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
     cfg, out = trainer.cfg, trainer.out
     dataset = trainer.dataset
     world = trainer.accelerator.num_processes
-    rows = len(dataset) if hasattr(dataset, "source_of") else sum(c.usable for c in counts)  # shards: len = batches
-    warnings = warnings_for(cfg, trainer.total_steps, rows, world,
+    kept = [c.usable for c in counts]  # shard folders: their rows were checked when the folder was written
+    if hasattr(dataset, "source_of"):  # JSONL sources, loaded: what survived the checks, per source
+        kept = [0] * len(counts)
+        for s in dataset.source_of:
+            kept[s] += 1
+    warnings = warnings_for(cfg, trainer.total_steps, sum(kept), world,
                             lr_factors(trainer.scheduler, trainer.total_steps))
     if not trainer.is_main:
         return warnings
@@ -301,11 +305,6 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
     compact = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=None,
                              width=110)  # a section's keys on a line or two
     lines += ["    " + line for line in compact.rstrip().splitlines()]
-    kept = [0] * len(counts)
-    for s in getattr(dataset, "source_of", ()):
-        kept[s] += 1
-    if not hasattr(dataset, "source_of"):  # streamed shard folders: rows checked when the folder was written
-        kept = [c.usable for c in counts]
     total_weight = sum(c.weight for c in counts) or 1.0
     lines.append("[train] data:")
     for c, n in zip(counts, kept):
