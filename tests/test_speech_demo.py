@@ -65,3 +65,18 @@ def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"details": {"speech": [row]}}))
     assert spectrograms(tmp_path) == [tmp_path / "spectrograms_en.png"]
     assert (tmp_path / "spectrograms_en.png").stat().st_size > 0
+
+
+def test_head_rows_keep_every_answer_and_a_seeded_draw_of_sentences():
+    from llasm.apps.speech_demo import head_rows
+
+    answers = [{"id": f"a{i}", "lang": "en", "split": "train" if i < 3 else "test", "question": "Q?", "text": "A.",
+                "audio": f"a{i}.flac"} for i in range(4)]
+    sentences = [{"id": f"s{i}", "lang": "zh", "split": "train", "text": "句子。", "audio": f"s{i}.flac"} for i in range(10)]
+    units = {r["audio"]: ([1, 2], [1, 1]) for r in answers + sentences}
+    everything = head_rows(answers, sentences, units)
+    assert [r["id"] for r in everything] == ["a0", "a1", "a2"] + [f"s{i}" for i in range(10)]
+    limited = head_rows(answers, sentences, units, limit=6)
+    assert [r["id"] for r in limited][:3] == ["a0", "a1", "a2"] and len(limited) == 6
+    assert limited == head_rows(answers, sentences, units, limit=6)  # seeded
+    assert limited[3]["conversations"][0]["value"] == "请跟我读：句子。"

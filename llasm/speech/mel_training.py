@@ -149,6 +149,21 @@ class UnitMelDataset:
         target = np.pad(target, ((0, frames - len(target)), (0, 0)), constant_values=self.config.mel.log_floor)
         return units[first], counts, whole, target
 
+    def unit_mel_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per unit id, the sum of the target log-mel frames it covers ``(K, M)`` and their count ``(K,)``
+        (each mel frame reads the 50 Hz unit frame :meth:`UnitMelDecoder.source_frames` gives it): the
+        decoder's closed-form start, :meth:`UnitMelDecoder.init_unit_prior`."""
+        c = self.config
+        sums, counts = torch.zeros(c.num_units, c.mel.num_mels, dtype=torch.float64), torch.zeros(c.num_units)
+        for row, mel in zip(self.rows, self.mels):
+            frame_units = torch.from_numpy(np.repeat(np.asarray(row["units"]), row["durations"]))
+            source = torch.arange(len(mel)) * (FRAME_RATE * c.mel.hop_size) // c.mel.sampling_rate
+            keep = source < len(frame_units)
+            ids = frame_units[source[keep]]
+            sums.index_add_(0, ids, torch.from_numpy(mel[keep.numpy()]).double())
+            counts += torch.bincount(ids, minlength=c.num_units)
+        return sums.float(), counts
+
     def batch(self, step: int, batch_size: int, segment_frames: int) -> dict[str, torch.Tensor]:
         """Crops padded to one length: a padding unit (id 0, excluded from the losses) takes the rest."""
         rng = np.random.default_rng([self.seed, step])
@@ -193,6 +208,8 @@ class UnitMelTrainer:
         self.step = 0
         self.resumed_from: Path | None = None
         self._vocoder = None
+        if config.unit_prior:  # a resumed run replaces this start with its checkpoint
+            self.model.init_unit_prior(*self.dataset.unit_mel_sums())
         self._maybe_resume()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:

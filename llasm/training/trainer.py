@@ -259,9 +259,10 @@ class Trainer:
         inputs, objective = self.model_inputs(batch, needs), self.cfg.objective
         if objective.type == "kl":
             return losses.ce_plus_kl(self.engine, self.model, inputs, batch, objective.kl_weight, objective.temperature)
-        if objective.type == "units":
-            return losses.unit_ctc(self.engine, self.model, inputs, batch, self.processor.end_of_turn_ids,
-                                   self.state_cache)
+        if objective.type == "units":  # autocast here too: the state cache runs the LLM outside the engine
+            with self.accelerator.autocast():
+                return losses.unit_ctc(self.engine, self.model, inputs, batch, self.processor.end_of_turn_ids,
+                                       self.state_cache)
         if not self.cfg.train.fast_loss:
             return self.engine(**inputs).loss
         return losses.answer_ce(self.engine, self.model, inputs, self.prefix, batch["ids"])
