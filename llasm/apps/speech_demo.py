@@ -190,7 +190,7 @@ def spectrograms(report_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo"))
+    out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo")).resolve()  # manifests hold paths
     model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
     token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "7"))
     head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "7.5"))
