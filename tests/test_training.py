@@ -591,3 +591,19 @@ def test_stage3_cached_states_need_frozen_parts(tmp_path, data):
     cfg["deepspeed"] = "configs/deepspeed/zero3.json"
     with pytest.raises(ValueError, match="not with ZeRO-3, whose parameters are partitioned"):
         Trainer(load_config(cfg))
+
+
+def test_a_second_precision_in_one_process_starts_a_fresh_accelerator_state():
+    """accelerate refuses a second mixed precision in one process; one process without a launcher may
+    start afresh (train() in bf16 after an fp32 run), a launched rank keeps accelerate's error."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from llasm.training.distributed import release_precision
+
+    Accelerator(cpu=True, mixed_precision="no")
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(cpu=True, mixed_precision=release_precision("bf16", world_size=2))
+    assert Accelerator(cpu=True, mixed_precision=release_precision("bf16", world_size=1)).mixed_precision == "bf16"
+    assert release_precision("bf16", world_size=1) == "bf16" and AcceleratorState().mixed_precision == "bf16"
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -17,6 +17,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import torch
+from accelerate.state import AcceleratorState
 
 from llasm.io import resolve_path
 
@@ -70,6 +71,21 @@ class BatchNeeds:
     empty: bool = False
     audio: bool = False
     tower: bool = False
+
+
+def release_precision(mixed_precision: str, world_size: int) -> str:
+    """``mixed_precision`` for a new ``Accelerator``, after forgetting a single process's earlier one.
+
+    accelerate keeps one process-wide state and refuses a second precision in the same process
+    ("AcceleratorState has already been initialized"), so ``train()`` twice in one Python process
+    (stage 3 in bf16 after an fp32 run, as ``make speech-demo``'s tests do) would fail. With one process
+    and no launcher there is nothing to keep: the state is reset as accelerate's own tests do. Under a
+    launcher (``world_size`` > 1) the state is left alone and accelerate's error stands.
+    """
+    state = AcceleratorState._shared_state
+    if world_size == 1 and state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return mixed_precision
 
 
 def agree(accelerator, needs: BatchNeeds) -> BatchNeeds:

@@ -41,7 +41,7 @@ from llasm.device import resolve_device, resolve_mixed_precision, to_device
 from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
-from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, zero_stage
+from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, release_precision, zero_stage
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import self_reply_sources
 from llasm.training.parts import (
@@ -99,7 +99,8 @@ class Trainer:
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
         self.accelerator = Accelerator(cpu=on_cpu and plugin is None, deepspeed_plugin=plugin, kwargs_handlers=handlers,
                                        gradient_accumulation_steps=cfg.train.grad_accum,
-                                       mixed_precision=None if plugin is not None else self.mixed_precision)
+                                       mixed_precision=None if plugin is not None else
+                                       release_precision(self.mixed_precision, int(os.environ.get("WORLD_SIZE", "1"))))
         self.device = self.accelerator.device  # this rank's: cuda:LOCAL_RANK on a GPU node
         self.is_main = self.accelerator.is_main_process
         seed_everything(cfg.seed)
