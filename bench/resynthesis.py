@@ -24,14 +24,13 @@ import numpy as np
 import torch
 
 from llasm.evaluation import metrics
-from llasm.evaluation.speech import load_speech_items
+from llasm.evaluation.speech import MIN_JUDGE_SAMPLES, load_speech_items
 from llasm.evaluation.systems import WhisperTranscriber
 from llasm.io import llasm_home
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs
 from llasm.speech.units import UnitExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
-MIN_JUDGE_SAMPLES = 8000  # 0.5 s: pad very short speech with silence, as the speech evaluation does
 
 
 def judge_arm(token2wav, items, units, judge) -> dict[str, dict[str, float]]:
