@@ -68,6 +68,9 @@ class MbMelgan:
     # frames of mel context on each side after which a chunk's audio equals the whole call's exactly
     # (the generator's receptive field; checked by tests/test_token2wav.py)
     receptive_field = 24
+    # the graph's first reflection padding needs more frames than it pads: shorter mels (a reply of
+    # a few units) are padded with silence (the log floor) to this length and the audio trimmed back
+    min_frames = 10
 
     def __init__(self, threads: int | None = None, stats: str | Path | None = None):
         if importlib.util.find_spec("ai_edge_litert") is None:
@@ -95,17 +98,24 @@ class MbMelgan:
         return (log_mel - self.mean) / self.scale
 
     def __call__(self, log_mel) -> np.ndarray:
-        """``(T, 80)`` Baker log10-mel -> float32 audio at 24 kHz, ``T * 300`` samples."""
+        """``(T, 80)`` Baker log10-mel -> float32 audio at 24 kHz, ``T * 300`` samples.
+
+        Raises ``ValueError`` for another shape or no frames. ``T < min_frames`` is padded at the
+        end with silence (``log_floor``) for the graph and the audio cut back to ``T * 300``.
+        """
         log_mel = np.asarray(log_mel, dtype=np.float32)
         if log_mel.ndim != 2 or log_mel.shape[1] != self.mel.num_mels or len(log_mel) == 0:
             raise ValueError(f"log-mel must be (frames >= 1, {self.mel.num_mels}), got {log_mel.shape}")
+        frames = len(log_mel)
+        if frames < self.min_frames:
+            log_mel = np.pad(log_mel, ((0, self.min_frames - frames), (0, 0)), constant_values=self.mel.log_floor)
         if len(log_mel) != self._frames:  # LiteRT re-plans its buffers only when the length changes
             self.interpreter.resize_tensor_input(self._input, [1, len(log_mel), self.mel.num_mels])
             self.interpreter.allocate_tensors()
             self._frames = len(log_mel)
         self.interpreter.set_tensor(self._input, self.normalize(log_mel)[None].astype(np.float32))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output)[0, :, 0].copy()
+        return self.interpreter.get_tensor(self._output)[0, : frames * self.mel.hop_size, 0].copy()
 
 
 class GriffinLimVocoder:
