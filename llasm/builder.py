@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -96,6 +97,26 @@ def load_spec(source, overrides: Sequence[str] = (), **fields) -> ModelSpec:
     return settings.load(ModelSpec, {**source, **fields}, overrides, where=where)
 
 
+def check_base_paths(paths: dict[str, str | None]) -> None:
+    """Raise one ``FileNotFoundError`` naming every base model given as a local path that does not exist.
+
+    ``paths``: setting name -> value. A value is a local path when it starts with ``/``, ``.`` or
+    ``~`` or has more than one ``/``; ``org/name`` may be a hub id and is left to the loader.
+    """
+    missing = []
+    for name, value in paths.items():
+        if not value:
+            continue
+        text = str(value)
+        local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or os.path.isabs(text)
+        if local and not Path(text).expanduser().exists():
+            missing.append(f"{name}: {text}")
+    if missing:
+        raise FileNotFoundError("base model(s) not found: " + "; ".join(missing)
+                                + " (`make starter` converts the starter models into $LLASM_HOME; "
+                                  "or give a hub id or another local path)")
+
+
 def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) -> tuple[LlasmForConditionalGeneration,
                                                                                      LlasmProcessor]:
     """Return ``(model, processor)`` for a model YAML path, a dict or a :class:`ModelSpec`.
@@ -110,6 +131,8 @@ def build_model(config_path_or_dict, overrides: Sequence[str] = (), **fields) ->
         torch.manual_seed(spec.seed)
 
     audio_path = spec.audio_tower or audio.name_or_path
+    check_base_paths({"audio_tower" if spec.audio_tower else "audio.name_or_path": audio_path,
+                      "text.name_or_path": text.name_or_path, "text.tokenizer": text.tokenizer})
     audio_config = whisper_config(audio_path) if audio_path else WhisperConfig(**(audio.config or {}))
     text_path = text.name_or_path
     text_config = (AutoConfig.from_pretrained(text_path) if text_path

@@ -178,8 +178,9 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         text = answer_text(text)
     if not speak:
         return text
-    hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids),  # (n, D), one per reply token
-                                  state=model.unit_head.config.state)
+    head = model.unit_head.config
+    hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids), state=head.state,  # a reply token each
+                                  embed=model.language_model.get_input_embeddings() if head.text_embeddings else None)
     if chain:  # speak only the answer: the tokens after the "[ta]" marker
         hidden = hidden[_answer_start(processor, reply_ids):]
     return text, speak_units(model, hidden, model.vocoder)
@@ -286,10 +287,12 @@ def _decode_speaking(model, messages, max_new_tokens):
             yield "text", decoded[shown:]
             shown = len(decoded)
         if producing:
-            yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state that produced `token`
+            yield "units", streamer.push(model.unit_head_inputs(  # the state that produced `token`
+                out.hidden_states[-1][0, -1:], torch.tensor([token])))
         mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         out = model(input_ids=torch.tensor([[token]], device=model.device), attention_mask=mask,
                     past_key_values=past, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         if not producing:
-            yield "units", streamer.push(out.hidden_states[-1][0, -1:])  # the state where `token` is the input
+            yield "units", streamer.push(model.unit_head_inputs(  # the state where `token` is the input
+                out.hidden_states[-1][0, -1:], torch.tensor([token])))
         past, token = out.past_key_values, int(out.logits[0, -1].argmax())

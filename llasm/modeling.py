@@ -293,17 +293,31 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def answer_states(self, inputs_embeds, attention_mask, unit_mask):
         """The LLM's last hidden states where the answer tokens are the input (``unit_mask``,
         ``(B, L)``; one position earlier with ``unit_head.state: output``), moved to the left:
-        ``rows (B, L_ans, D)`` and ``keep (B, L_ans)`` (True = an answer token)."""
+        ``rows (B, L_ans, D)`` (``2 * D`` with ``unit_head.text_embeddings``: each state, then its
+        token's input embedding) and ``keep (B, L_ans)`` (True = an answer token)."""
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]  # (B, L, D)
+        tokens = unit_mask.bool()  # where y_i is the input: its input embedding
         if self.unit_head.config.state == "output":  # y_i's state is the one that produced it: position - 1
             unit_mask = torch.cat([unit_mask[:, 1:], unit_mask.new_zeros(len(unit_mask), 1)], dim=1)
+        states = hidden[unit_mask.bool()]  # (N, D), the answers of all rows in order
+        if self.unit_head.config.text_embeddings:  # LLaMA-Omni 2: the state, then the token's embedding
+            states = torch.cat([states, inputs_embeds[tokens].to(states.dtype)], dim=-1)
         lengths = unit_mask.sum(-1)  # answer tokens per row
-        rows = torch.zeros(len(hidden), int(lengths.max()), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        rows = states.new_zeros(len(hidden), int(lengths.max()), states.shape[-1])
         keep = torch.arange(rows.shape[1], device=hidden.device)[None] < lengths[:, None]  # (B, L_ans)
-        rows[keep] = hidden[unit_mask.bool()]  # answers moved to the left, in order
+        rows[keep] = states  # answers moved to the left, in order
         return rows, keep
+
+    def unit_head_inputs(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The unit head's input for answer states ``hidden (..., D)`` of tokens ``token_ids (...)``: the
+        states themselves, or with ``unit_head.text_embeddings`` each followed by its token's input
+        embedding ``(..., 2 * D)`` (what :meth:`answer_states` gives in training)."""
+        if not self.unit_head.config.text_embeddings:
+            return hidden
+        embeds = self.language_model.get_input_embeddings()(token_ids.to(hidden.device))
+        return torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)
 
     def set_vocoder(self, vocoder):
         """Attach a token2wav for ``chat(speak=True)`` / ``chat_stream``: a units -> mel -> mel vocoder

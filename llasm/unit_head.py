@@ -1,7 +1,8 @@
 """LLaMA-Omni's CTC unit head: the LLM's answer hidden states -> discrete speech units.
 
-``(B, L, D_llm)`` last-layer hidden states of the answer tokens -> repeat each ``upsample_factor``
-times (λ = 25 in the paper) -> Linear to ``hidden_size`` -> ``num_layers`` causal
+``(B, L, D_llm)`` last-layer hidden states of the answer tokens -> Linear to ``hidden_size`` (with
+``text_embeddings``, LLaMA-Omni 2's gate fusion with each token's input embedding, given after the
+state: ``(B, L, 2 * D_llm)``) -> repeat each ``upsample_factor`` times (λ = 25 in the paper) -> ``num_layers`` causal
 ``LlamaDecoderLayer`` s (RoPE, no cache) -> Linear to ``num_units + 1`` classes; the blank is
 ``num_units`` (the last class). Trained with ``F.ctc_loss(blank=num_units, zero_infinity=True)``;
 unit targets are padded with ``-100`` (padding with 0 would be unit 0, LLaMA-Omni's reproduction bug).
@@ -43,6 +44,10 @@ class UnitHeadConfig:
     # chosen token; its units come one LLM step after the token), or "output" — the state that
     # produced y_i (LLaMA-Omni's inference: text and its units come from the same step, one step sooner)
     state: str = "input"
+    # LLaMA-Omni 2's input (arXiv 2505.02625, "gate fusion"): the head also reads the chosen token's
+    # input embedding, so it need not recover the token from the LLM state; the caller appends that
+    # embedding to each state (``(..., 2 * D_llm)``: ``model.unit_head_inputs``)
+    text_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_units", "upsample_factor", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
@@ -89,6 +94,9 @@ class CtcUnitHead(nn.Module):
         llama._attn_implementation = "sdpa"
         self.llama_config = llama
         self.input_proj = nn.Linear(config.input_size, config.hidden_size)
+        if config.text_embeddings:  # g = sigmoid(W [h; e]); g * h + (1 - g) * e (LLaMA-Omni 2's gate fusion)
+            self.text_proj = nn.Linear(config.input_size, config.hidden_size)
+            self.gate = nn.Linear(2 * config.hidden_size, config.hidden_size)
         self.layers = nn.ModuleList([LlamaDecoderLayer(llama, layer_idx=i) for i in range(config.num_layers)])
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(llama)
@@ -105,17 +113,35 @@ class CtcUnitHead(nn.Module):
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return hidden.repeat_interleave(lam, dim=1), mask.bool().repeat_interleave(lam, dim=1)
 
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D_llm)`` states (``(B, L, 2 * D_llm)`` with ``text_embeddings``) -> ``(B, L, H)``.
+
+        Raises ``ValueError`` when the last dimension is not the one the config expects."""
+        d = self.config.input_size
+        want = 2 * d if self.config.text_embeddings else d
+        if hidden.shape[-1] != want:
+            extra = " (the state, then the token's input embedding: model.unit_head_inputs)" if self.config.text_embeddings else ""
+            raise ValueError(f"unit head input has {hidden.shape[-1]} features, expected {want}{extra}")
+        hidden = hidden.to(self.input_proj.weight.dtype)
+        x = self.input_proj(hidden[..., :d])
+        if self.config.text_embeddings:
+            e = self.text_proj(hidden[..., d:])
+            g = torch.sigmoid(self.gate(torch.cat([x, e], dim=-1)))
+            x = g * x + (1 - g) * e
+        return x
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None, units: torch.Tensor | None = None,
                 unit_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """hidden ``(B, L, D_llm)``; mask ``(B, L)`` 1 = answer token (right padding); units ``(B, U)``
+        """hidden ``(B, L, D_llm)`` (``(B, L, 2 * D_llm)``, state then token embedding, with
+        ``text_embeddings``); mask ``(B, L)`` 1 = answer token (right padding); units ``(B, U)``
         padded with -100 (``unit_lengths`` optional: derived from the padding).
 
         Returns ``log_probs (B, L*λ, K+1)``, ``lengths (B,)`` (valid upsampled frames) and, with
         targets, ``loss`` (CTC, mean over the batch of per-sample loss / target length, as
-        ``reduction="mean"``).
+        ``reduction="mean"``). Raises ``ValueError`` for an input width the config does not expect.
         """
-        x, frame_mask = self.upsample(hidden, mask)
-        x = self.input_proj(x.to(self.input_proj.weight.dtype))  # (B, T, H)
+        # projecting per token before the repetition is the same map as after it, λ times cheaper
+        x, frame_mask = self.upsample(self.project(hidden), mask)  # (B, T, H)
         b, t, _ = x.shape
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         # right padding: padded keys are only seen by padded queries, whose outputs are ignored; keep each
@@ -243,7 +269,8 @@ def speak(model_or_head: Any, hidden_states_of_answer: torch.Tensor, vocoder, ma
     return vocoder.synthesize(units)
 
 
-def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: str = "input") -> torch.Tensor:
+def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: str = "input",
+                         embed: Any = None) -> torch.Tensor:
     """Last-layer hidden states of the generated answer tokens from ``generate(...,
     return_dict_in_generate=True, output_hidden_states=True)`` (batch of one): ``(n, D)``.
 
@@ -253,7 +280,9 @@ def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: st
     ``y_0..y_{n-2}``; the last generated token is normally an end token, which is excluded anyway
     (if generation hit ``max_new_tokens`` its last token has no state and is dropped).
     With ``state="output"`` (:attr:`UnitHeadConfig.state`) the state of ``y_i`` is the one that
-    produced it: step ``k`` gives ``y_k``'s, every generated token has one.
+    produced it: step ``k`` gives ``y_k``'s, every generated token has one. With ``embed`` (the LLM's
+    input embedding module) each state is followed by its token's embedding: ``(n, 2 * D)``, the
+    input of a head with ``text_embeddings``.
     """
     steps = generate_output.hidden_states
     if steps is None:
@@ -265,7 +294,12 @@ def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: st
     else:
         states = [step[-1][0, -1] for step in steps[1:]]  # state of y_0 .. y_{n-2}
     tokens = generate_output.sequences[0, -len(steps):].tolist()[: len(states)]
-    keep = [s for s, t in zip(states, tokens) if t not in set(end_ids)]
+    keep = [(s, t) for s, t in zip(states, tokens) if t not in set(end_ids)]
+    width = steps[0][-1].shape[-1] * (1 if embed is None else 2)
     if not keep:
-        return steps[0][-1].new_zeros(0, steps[0][-1].shape[-1])
-    return torch.stack(keep)
+        return steps[0][-1].new_zeros(0, width)
+    hidden = torch.stack([s for s, _ in keep])
+    if embed is not None:
+        ids = torch.tensor([t for _, t in keep], device=hidden.device)
+        hidden = torch.cat([hidden, embed(ids).to(hidden.dtype)], dim=-1)
+    return hidden

@@ -101,3 +101,18 @@ def test_quick_start_paths_work_outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model, processor = llasm.build_model("configs/model/tiny.yaml")
     assert processor.num_audio_tokens(16000) > 0 and model.config.model_type == "llasm"
+
+
+def test_missing_base_models_are_named_together(tmp_path, monkeypatch):
+    """A model YAML whose Whisper and LLM folders are both missing names both in one error (not the
+    first, then the next after the user fixed it); hub ids are left to the loader."""
+    from llasm.builder import build_model, check_base_paths
+
+    monkeypatch.setenv("LLASM_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(FileNotFoundError, match=r"audio.name_or_path: .*empty-home/whisper-base; "
+                                                r"text.name_or_path: .*empty-home/qwen2.5-0.5b-instruct .*make starter"):
+        build_model(ROOT / "configs" / "model" / "starter.yaml")
+    check_base_paths({"audio.name_or_path": "openai/whisper-base", "text.name_or_path": "Qwen/Qwen2.5-0.5B-Instruct",
+                      "text.tokenizer": None, "audio_tower": str(tmp_path)})  # hub ids, and a folder that exists
+    with pytest.raises(FileNotFoundError, match=r"^base model\(s\) not found: text.tokenizer: ./nowhere "):
+        check_base_paths({"text.tokenizer": "./nowhere"})

@@ -47,6 +47,19 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out and "(<= 15 %)" in out
+    # bench/unit_head.py on this demo's data: two heads at equal (tiny) minutes, judged round trip
+    import runpy
+    import sys
+
+    table = tmp_path / "heads.json"
+    monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--minutes", "0.05", "--limit", "2",
+                                      "--arm", "state=unit_head.text_embeddings=false",
+                                      "--arm", "fused=unit_head.text_embeddings=true", "--json", str(table)])
+    runpy.run_path(str(Path(speech_demo.REPO) / "bench" / "unit_head.py"), run_name="__main__")
+    arms = json.loads(table.read_text())
+    assert [a["arm"] for a in arms] == ["state", "fused"] and all(a["steps"] >= 1 for a in arms)
+    assert all(a["replies"] + a["errors"] >= 2 and set(a["round_trip"]) <= {"en", "zh"} for a in arms)
+    assert "| fused |" in capsys.readouterr().out
 
 
 def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):

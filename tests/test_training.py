@@ -533,11 +533,12 @@ def test_fast_loss_equals_plain_loss(tmp_path, data):
     assert keep < length and inputs["input_ids"].shape[1] == inputs["attention_mask"].shape[1] == keep
 
 
-@pytest.mark.parametrize("state", ["input", "output"])
-def test_stage3_trains_only_the_unit_head(tmp_path, data, state):
-    """Stage 3: rows whose answers carry units; everything but the unit head stays bit-identical."""
+@pytest.mark.parametrize("state,fused", [("input", False), ("output", False), ("output", True)])
+def test_stage3_trains_only_the_unit_head(tmp_path, data, state, fused):
+    """Stage 3: rows whose answers carry units; everything but the unit head stays bit-identical
+    (with ``text_embeddings`` too: the LLM's embedding table is read, not trained)."""
     cfg = _units_config(tmp_path, data, "run")
-    cfg["unit_head"]["state"] = state
+    cfg["unit_head"].update(state=state, text_embeddings=fused)
     trainer, before, result = run_trainer(cfg)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all(n.startswith("unit_head.") for n in changed)

@@ -82,6 +82,26 @@ def test_overfit_fixed_sequence():
     assert ctc_decode(out["log_probs"], out["lengths"]) == [target]
 
 
+def test_text_embeddings_gate_fusion():
+    """LLaMA-Omni 2's input: the state then the token's embedding; a wrong width is named; the
+    token embedding changes the units (it is read); padding and causality still hold."""
+    head = make_head(text_embeddings=True)
+    states, embeds = torch.randn(2, 5, D_LLM), torch.randn(2, 5, D_LLM)
+    out = head(torch.cat([states, embeds], -1), torch.tensor([[1] * 5, [1] * 3 + [0] * 2]))
+    assert out["log_probs"].shape == (2, 20, 21)
+    other = head(torch.cat([states, embeds.flip(0)], -1))["log_probs"]
+    assert not torch.allclose(other, head(torch.cat([states, embeds], -1))["log_probs"])
+    single = head(torch.cat([states, embeds], -1)[1:, :3])["log_probs"]
+    torch.testing.assert_close(single[0], out["log_probs"][1, :12], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected 32 .*unit_head_inputs"):
+        head(states)
+    with pytest.raises(ValueError, match="expected 16"):
+        make_head()(torch.cat([states, embeds], -1))
+    loss = head(torch.cat([states, embeds], -1), units=torch.tensor([[1, 2, 3], [4, 5, -100]]))["loss"]
+    loss.backward()
+    assert head.text_proj.weight.grad.abs().sum() > 0 and head.gate.weight.grad.abs().sum() > 0
+
+
 def test_causal():
     head = make_head()
     hidden = torch.randn(1, 6, D_LLM)
@@ -156,8 +176,40 @@ def test_answer_hidden_states_match_teacher_forcing():
     produced = answer_hidden_states(out, end_ids=[end], state="output")
     expected = torch.stack([full[3 + i] for i, t in enumerate(gen) if t != end])
     torch.testing.assert_close(produced, expected, atol=1e-4, rtol=1e-4)
+    # with the token embeddings (unit_head.text_embeddings): each state, then its own token's embedding
+    embed = lm.get_input_embeddings()
+    fused = answer_hidden_states(out, end_ids=[end], state="output", embed=embed)
+    torch.testing.assert_close(fused[:, :D_LLM], expected)
+    torch.testing.assert_close(fused[:, D_LLM:], embed(torch.tensor([t for t in gen if t != end])))
     with pytest.raises(ValueError, match="state must be"):
         UnitHeadConfig(state="middle")
+
+
+@pytest.mark.parametrize("state", ["input", "output"])
+def test_training_states_with_text_embeddings_match_inference(state):
+    """``answer_states`` (training) gives each answer token its state, then its own token embedding,
+    the same as ``unit_head_inputs`` on the states of a full forward pass (inference's convention)."""
+    import llasm
+    from llasm.io import load_yaml
+    from tests.conftest import TINY_YAML
+
+    model, _ = llasm.build_model(load_yaml(TINY_YAML))
+    model.config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1,
+                              "num_heads": 2, "intermediate_size": 64, "state": state, "text_embeddings": True}
+    spoken = llasm.LlasmForConditionalGeneration(model.config).eval()
+    ids = torch.randint(5, 100, (2, 9))
+    unit_mask = torch.zeros(2, 9, dtype=torch.bool)
+    unit_mask[0, 4:8], unit_mask[1, 3:6] = True, True
+    with torch.no_grad():
+        embeds = spoken.embed_inputs(ids)
+        rows, keep = spoken.answer_states(embeds, torch.ones(2, 9, dtype=torch.long), unit_mask)
+        hidden = spoken.language_model(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1]
+    shift = 1 if state == "output" else 0
+    for b in range(2):
+        positions = unit_mask[b].nonzero().flatten()
+        expected = spoken.unit_head_inputs(hidden[b, positions - shift], ids[b, positions])
+        torch.testing.assert_close(rows[b, keep[b]], expected, atol=1e-5, rtol=1e-5)
+    assert keep.sum(-1).tolist() == [4, 3] and rows.shape[-1] == 2 * hidden.shape[-1]
 
 
 @pytest.mark.parametrize("kind", TOKEN2WAV_KINDS)
@@ -206,8 +258,10 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path, kind):
     assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
 
 
-@pytest.mark.parametrize("state,kind", [("input", "unit_hifigan"), ("output", "unit_hifigan"), ("output", "unit_mel")])
-def test_chat_stream_speaks_as_it_generates(state, kind):
+@pytest.mark.parametrize("state,kind,fused", [("input", "unit_hifigan", False), ("output", "unit_hifigan", False),
+                                              ("output", "unit_mel", False), ("input", "unit_hifigan", True),
+                                              ("output", "unit_hifigan", True)])
+def test_chat_stream_speaks_as_it_generates(state, kind, fused):
     """Streaming speech: text and audio events; together they equal chat(speak=True) (the unit HiFi-GAN
     exactly; Griffin-Lim, global, in length)."""
     import numpy as np
@@ -218,7 +272,7 @@ def test_chat_stream_speaks_as_it_generates(state, kind):
 
     model, processor = llasm.build_model(load_yaml(TINY_YAML))
     model.config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1,
-                              "num_heads": 2, "intermediate_size": 64, "state": state}
+                              "num_heads": 2, "intermediate_size": 64, "state": state, "text_embeddings": fused}
     spoken = llasm.LlasmForConditionalGeneration(model.config)
     spoken.load_state_dict(model.state_dict(), strict=False)
     torch.manual_seed(0)

@@ -1,0 +1,100 @@
+"""Round trip of unit heads trained for equal minutes: one arm per set of overrides of the speech
+demo's stage 3 (``configs/speech_demo/stage3.yaml``), each judged by Whisper on the held-out answers
+of a speech demo, against the first arm in the same run.
+
+    .venv/bin/python bench/unit_head.py --demo outputs/speech-demo --minutes 4 \\
+        --arm "state only=unit_head.text_embeddings=false" --arm "state + token=unit_head.text_embeddings=true"
+
+Each arm trains a fresh CTC unit head on the frozen starter LLM (or ``--model``) with the demo's
+``data/stage3_train.jsonl`` for ``--minutes`` of wall time, then answers the held-out questions with
+``model.chat(speak=True)`` through the demo's ``token2wav``; Whisper (``--judge``) reads the speech and
+is scored against the text the model wrote (``llasm.evaluation.speech``'s ``round_trip``): en WER /
+zh CER, lower is better. The ratio column is each arm's error over the first arm's; the units per
+answer token say how close a head is to speaking at all (the training answers hold ~9-12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE3 = ROOT / "configs" / "speech_demo" / "stage3.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", default=str(ROOT / "outputs" / "speech-demo"), help="a `make speech-demo` output folder")
+    parser.add_argument("--model", default=str(ROOT / "configs" / "model" / "starter.yaml"))
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
+                        help="one head to train: a name and dotted overrides of the stage-3 YAML (repeat; the first is the baseline)")
+    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock training minutes per arm")
+    parser.add_argument("--limit", type=int, default=24, help="held-out answers (split between the languages)")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    import llasm
+    from llasm.evaluation.speech import evaluate_speech, load_speech_items
+    from llasm.evaluation.systems import WhisperTranscriber
+    from llasm.io import llasm_home, read_jsonl
+    from llasm.speech.token2wav import load_token2wav
+    from llasm.training.config import load_config
+    from llasm.training.trainer import train
+
+    torch.set_num_threads(args.threads)
+    demo = Path(args.demo).resolve()
+    data = demo / "data" / "stage3_train.jsonl"
+    for path in (data, demo / "token2wav", demo / "data" / "answers.jsonl"):
+        if not path.exists():
+            parser.error(f"{path}: missing (run `make speech-demo` with LLASM_SPEECH_DIR={args.demo} first)")
+    arms = [a.split("=", 1) for a in args.arm] or [["default", ""]]
+    items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
+    judge = WhisperTranscriber(args.judge or str(Path(llasm_home()) / "whisper-base"))
+    token2wav = load_token2wav(demo / "token2wav")
+    rows_trained = len(read_jsonl(data))
+    print(f"{len(items)} held-out answers of {demo}; {rows_trained} training rows; {args.minutes} min per arm")
+    rows = []
+    for name, overrides in arms:
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.monotonic()
+            result = train(load_config(STAGE3, [
+                f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
+                f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={args.minutes}",
+                *[o for o in overrides.split(",") if o]]))
+            seconds = time.monotonic() - started
+            model = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"]).eval()
+        model.set_vocoder(token2wav)
+        report = evaluate_speech(items, judge, model=model, max_new_tokens=args.max_new_tokens, progress=False)
+        spoken = [r["round_trip"] for r in report["details"]["speech"] if "round_trip" in r]
+        losses = [x for _, x in result.get("losses") or []]
+        rows.append({"arm": name, "overrides": overrides, "steps": len(losses), "seconds": round(seconds),
+                     "ctc_loss": [losses[0], sum(losses[-10:]) / len(losses[-10:])] if losses else None,
+                     "round_trip": {lang: m.get("wer", m.get("cer")) for lang, m in report["results"].get("round_trip", {}).items()},
+                     "silent_replies": sum(not r["judge"] for r in spoken), "replies": len(spoken),
+                     "errors": len(report["errors"])})
+        print(json.dumps(rows[-1]), flush=True)
+        del model
+    base = rows[0]
+    print("\n| arm | steps | CTC loss first -> last 10 | round trip en WER | zh CER | silent replies | ratio to the first (en / zh) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        loss = f"{r['ctc_loss'][0]:.2f} -> {r['ctc_loss'][1]:.2f}" if r["ctc_loss"] else "-"
+        cells = [f"{100 * r['round_trip'][lang]:.1f} %" if lang in r["round_trip"] else "-" for lang in ("en", "zh")]
+        ratio = " / ".join(f"{r['round_trip'][lang] / base['round_trip'][lang]:.2f}"
+                           if base["round_trip"].get(lang) and lang in r["round_trip"] else "-" for lang in ("en", "zh"))
+        print(f"| {r['arm']} | {r['steps']} | {loss} | " + " | ".join(cells)
+              + f" | {r['silent_replies']} / {r['replies']} | {ratio} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
