@@ -175,9 +175,11 @@ def test_goals_spread_and_levers_are_printed(tmp_path, monkeypatch, capsys):
     assert "first run of these settings" in capsys.readouterr().out
     report["results"]["llasm"]["en"]["wer"] = 0.40
     runs = demo.record_run(tmp_path / "run2", report, {"stage 1": 220}, plan, 25.5)
-    monkeypatch.delenv("LLASM_DEMO_AUGMENT")
+    monkeypatch.delenv("LLASM_DEMO_TTS")
     other = demo.record_run(tmp_path / "run3", report, {"stage 1": 220}, plan, 25.5)  # other settings: their own spread
-    assert len(runs) == 2 and len(other) == 1 and other[0]["augment"] == "configs/augment_demo.yaml"
+    assert len(runs) == 2 and len(other) == 1 and other[0]["tts"] == "configs/tts_demo.yaml"
+    monkeypatch.delenv("LLASM_DEMO_AUGMENT")
+    assert demo.demo_levers(plan) == ("configs/tts_demo.yaml", None)  # the starter demo: the voices, no augmentation
     assert [r["output"] for r in runs] == [str(tmp_path / "run1"), str(tmp_path / "run2")]
     demo.print_spread(runs)
     out = capsys.readouterr().out
