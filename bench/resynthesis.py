@@ -9,7 +9,12 @@ Each arm trains a fresh units -> mel decoder on the demo's ``data/token2wav_trai
 units: ``kmeans/``) for ``--minutes`` of wall time, then speaks the held-out answers' units twice —
 with the decoder's *predicted* durations (as in generation) and with the units' own run lengths
 (gold durations: the duration predictor's share of the error) — and Whisper (``--judge``) reads
-them: en WER / zh CER, lower is better. The ratio column is each arm's error over the first arm's.
+them: en WER / zh CER, lower is better. The ratio column is each arm's error over the first arm's
+at the same minutes.
+
+``--at 2.5,7.5,15,30`` judges each arm at those cumulative training minutes instead (one decoder
+trained on, judged between legs: the judging is off the clock): the decoder's learning curve, and with
+``--plot`` a PNG of it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,35 @@ def judge_arm(token2wav, items, units, judge) -> dict[str, dict[str, float]]:
     return out
 
 
+def legs(marks: list[float]) -> list[float]:
+    """Minutes to train before each judging, for cumulative ``marks`` (ascending, > 0)."""
+    if not marks or any(b <= a for a, b in zip([0.0, *marks], marks)):
+        raise ValueError(f"--at {marks}: give ascending minute marks above 0")
+    return [b - a for a, b in zip([0.0, *marks], marks)]
+
+
+def plot_curve(rows: list[dict], path: Path) -> None:
+    """Error rate against training minutes, one line per arm, language and duration source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, lang, metric in zip(axes, ("en", "zh"), ("WER", "CER")):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            mine = [r for r in rows if r["arm"] == arm]
+            for kind, style in (("predicted", "-o"), ("gold", "--s")):
+                ax.plot([r["minutes"] for r in mine], [100 * r[kind].get(lang, float("nan")) for r in mine], style,
+                        label=f"{arm}, {kind} durations")
+        ax.set(title=f"resynthesis {lang} {metric}", xlabel="decoder training minutes", ylabel=f"{metric} %")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", default=str(ROOT / "outputs" / "speech-demo"), help="a `make speech-demo` output folder")
@@ -55,44 +89,58 @@ def main() -> None:
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
                         help="one decoder to train: a name and dotted overrides (repeat; the first is the baseline)")
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training minutes per arm")
+    parser.add_argument("--at", default=None, metavar="M1,M2,...",
+                        help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
+    parser.add_argument("--plot", default=None, help="with --at: write the curve here (PNG)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers (split between the languages)")
     parser.add_argument("--judge", default=str(Path(llasm_home()) / "whisper-base"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args()
     arms = [a.split("=", 1) for a in args.arm] or [["default", ""]]
+    marks = [float(m) for m in args.at.split(",")] if args.at else [args.minutes]
+    try:
+        steps_in_minutes = legs(marks)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     demo = Path(args.demo)
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
     extractor, judge = UnitExtractor.load(demo / "kmeans"), WhisperTranscriber(args.judge)
     units = {item.id: extractor.extract(item.answer_audio) for item in items}
-    print(f"{len(items)} held-out answers of {demo}; {args.minutes} min per arm; judge {args.judge}")
+    print(f"{len(items)} held-out answers of {demo}; judged at {marks} min of training per arm; judge {args.judge}")
     rows = []
     for name, overrides in arms:
         with tempfile.TemporaryDirectory() as scratch:
             t2w, decoder, train = load_token2wav_configs(args.config, [
                 f"mel_decoder.num_units={extractor.num_units}",
                 f"train.train_manifest={demo / 'data' / 'token2wav_train.jsonl'}", f"train.output_dir={scratch}",
-                f"train.max_minutes={args.minutes}", "train.resume=never", "train.sample_every=0", "train.progress=false",
+                f"train.max_minutes={marks[0]}", "train.resume=never", "train.sample_every=0", "train.progress=false",
                 *[o for o in overrides.split(",") if o]])
-            trainer = UnitMelTrainer(t2w, decoder, train)
-            started = time.monotonic()
-            history = trainer.train()
-            seconds = time.monotonic() - started
-            rates = judge_arm(trainer.token2wav(), items, units, judge)
-        rows.append({"arm": name, "overrides": overrides, "steps": trainer.step, "seconds": round(seconds),
-                     "mel_loss": [history[0]["mel"], history[-1]["mel"]] if history else None, **rates})
-        print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]
-    print("\n| arm | steps | mel loss first -> last | en WER pred. | zh CER pred. | en WER gold dur. | zh CER gold dur. "
-          "| ratio to the first (pred. en / zh) |")
-    print("|---|---|---|---|---|---|---|---|")
+            trainer, history, seconds = UnitMelTrainer(t2w, decoder, train), [], 0.0
+            for mark, leg in zip(marks, steps_in_minutes):
+                trainer.train_config.max_minutes = leg  # train() continues from trainer.step, its own clock
+                started = time.monotonic()
+                history += trainer.train()
+                seconds += time.monotonic() - started
+                rates = judge_arm(trainer.token2wav(), items, units, judge)
+                rows.append({"arm": name, "overrides": overrides, "minutes": mark, "steps": trainer.step,
+                             "seconds": round(seconds),
+                             "mel_loss": [history[0]["mel"], sum(h["mel"] for h in history[-20:]) / len(history[-20:])] if history else None, **rates})
+                print(json.dumps(rows[-1]), flush=True)
+    base = {r["minutes"]: r for r in rows if r["arm"] == rows[0]["arm"]}
+    print("\n| arm | minutes | steps | mel loss first -> last 20 | en WER pred. | zh CER pred. | en WER gold dur. "
+          "| zh CER gold dur. | ratio to the first arm (pred. en / zh) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         loss = f"{r['mel_loss'][0]:.3f} -> {r['mel_loss'][1]:.3f}" if r["mel_loss"] else "-"
         cells = [f"{100 * r[kind].get(lang, float('nan')):.1f} %" for kind in ("predicted", "gold") for lang in ("en", "zh")]
-        ratio = " / ".join(f"{r['predicted'][lang] / base['predicted'][lang]:.2f}" if base["predicted"].get(lang) else "-"
-                           for lang in ("en", "zh"))
-        print(f"| {r['arm']} | {r['steps']} | {loss} | " + " | ".join(cells) + f" | {ratio} |")
+        first = base[r["minutes"]]["predicted"]
+        ratio = " / ".join(f"{r['predicted'][lang] / first[lang]:.2f}" if first.get(lang) else "-" for lang in ("en", "zh"))
+        print(f"| {r['arm']} | {r['minutes']:g} | {r['steps']} | {loss} | " + " | ".join(cells) + f" | {ratio} |")
+    if args.plot:
+        plot_curve(rows, Path(args.plot))
+        print(f"curve: {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -11,6 +11,9 @@ Each arm trains a fresh CTC unit head on the frozen starter LLM (or ``--model``)
 is scored against the text the model wrote (``llasm.evaluation.speech``'s ``round_trip``): en WER /
 zh CER, lower is better. The ratio column is each arm's error over the first arm's; the units per
 answer token say how close a head is to speaking at all (the training answers hold ~9-12).
+
+``--at 5,10,20`` judges each arm at those cumulative training minutes instead: one head trained on
+(the same trainer, its state cache kept), judged between legs off the clock — the head's learning curve.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
                         help="one head to train: a name and dotted overrides of the stage-3 YAML (repeat; the first is the baseline)")
     parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock training minutes per arm")
+    parser.add_argument("--at", default=None, metavar="M1,M2,...",
+                        help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers (split between the languages)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
@@ -47,7 +52,7 @@ def main() -> None:
     from llasm.io import llasm_home, read_jsonl
     from llasm.speech.token2wav import load_token2wav
     from llasm.training.config import load_config
-    from llasm.training.trainer import train
+    from llasm.training.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     demo = Path(args.demo).resolve()
@@ -56,41 +61,52 @@ def main() -> None:
         if not path.exists():
             parser.error(f"{path}: missing (run `make speech-demo` with LLASM_SPEECH_DIR={args.demo} first)")
     arms = [a.split("=", 1) for a in args.arm] or [["default", ""]]
+    marks = [float(m) for m in args.at.split(",")] if args.at else [args.minutes]
+    if any(b <= a for a, b in zip([0.0, *marks], marks)):
+        parser.error(f"--at {args.at}: give ascending minute marks above 0")
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
     judge = WhisperTranscriber(args.judge or str(Path(llasm_home()) / "whisper-base"))
     token2wav = load_token2wav(demo / "token2wav")
     rows_trained = len(read_jsonl(data))
-    print(f"{len(items)} held-out answers of {demo}; {rows_trained} training rows; {args.minutes} min per arm")
+    print(f"{len(items)} held-out answers of {demo}; {rows_trained} training rows; judged at {marks} min per arm")
     rows = []
     for name, overrides in arms:
         with tempfile.TemporaryDirectory() as scratch:
-            started = time.monotonic()
-            result = train(load_config(STAGE3, [
+            trainer, seconds = Trainer(load_config(STAGE3, [
                 f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
-                f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={args.minutes}",
-                *[o for o in overrides.split(",") if o]]))
-            seconds = time.monotonic() - started
-            model = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"]).eval()
-        model.set_vocoder(token2wav)
-        report = evaluate_speech(items, judge, model=model, max_new_tokens=args.max_new_tokens, progress=False)
-        spoken = [r["round_trip"] for r in report["details"]["speech"] if "round_trip" in r]
-        losses = [x for _, x in result.get("losses") or []]
-        rows.append({"arm": name, "overrides": overrides, "steps": len(losses), "seconds": round(seconds),
-                     "ctc_loss": [losses[0], sum(losses[-10:]) / len(losses[-10:])] if losses else None,
-                     "round_trip": {lang: m.get("wer", m.get("cer")) for lang, m in report["results"].get("round_trip", {}).items()},
-                     "silent_replies": sum(not r["judge"] for r in spoken), "replies": len(spoken),
-                     "errors": len(report["errors"])})
-        print(json.dumps(rows[-1]), flush=True)
-        del model
-    base = rows[0]
-    print("\n| arm | steps | CTC loss first -> last 10 | round trip en WER | zh CER | silent replies | ratio to the first (en / zh) |")
-    print("|---|---|---|---|---|---|---|")
+                f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={marks[0]}",
+                *[o for o in overrides.split(",") if o]])), 0.0
+            for mark, before in zip(marks, [0.0, *marks]):
+                trainer.cfg.train.max_minutes = mark - before  # fit() again continues this trainer mid-epoch
+                started = time.monotonic()
+                result = trainer.fit()
+                seconds += time.monotonic() - started
+                model = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"]).eval()
+                model.set_vocoder(token2wav)
+                report = evaluate_speech(items, judge, model=model, max_new_tokens=args.max_new_tokens, progress=False)
+                del model
+                spoken = [r["round_trip"] for r in report["details"]["speech"] if "round_trip" in r]
+                losses = [x for _, x in result.get("losses") or []]
+                rows.append({"arm": name, "overrides": overrides, "minutes": mark, "steps": len(losses),
+                             "seconds": round(seconds),
+                             "ctc_loss": [losses[0], sum(losses[-10:]) / len(losses[-10:])] if losses else None,
+                             "round_trip": {lang: m.get("wer", m.get("cer"))
+                                            for lang, m in report["results"].get("round_trip", {}).items()},
+                             "silent_replies": sum(not r["judge"] for r in spoken), "replies": len(spoken),
+                             "errors": len(report["errors"])})
+                print(json.dumps(rows[-1]), flush=True)
+            del trainer
+    base = {r["minutes"]: r for r in rows if r["arm"] == rows[0]["arm"]}
+    print("\n| arm | minutes | steps | CTC loss first -> last 10 | round trip en WER | zh CER | silent replies "
+          "| ratio to the first arm (en / zh) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         loss = f"{r['ctc_loss'][0]:.2f} -> {r['ctc_loss'][1]:.2f}" if r["ctc_loss"] else "-"
         cells = [f"{100 * r['round_trip'][lang]:.1f} %" if lang in r["round_trip"] else "-" for lang in ("en", "zh")]
-        ratio = " / ".join(f"{r['round_trip'][lang] / base['round_trip'][lang]:.2f}"
-                           if base["round_trip"].get(lang) and lang in r["round_trip"] else "-" for lang in ("en", "zh"))
-        print(f"| {r['arm']} | {r['steps']} | {loss} | " + " | ".join(cells)
+        first = base[r["minutes"]]["round_trip"]
+        ratio = " / ".join(f"{r['round_trip'][lang] / first[lang]:.2f}" if first.get(lang) and lang in r["round_trip"]
+                           else "-" for lang in ("en", "zh"))
+        print(f"| {r['arm']} | {r['minutes']:g} | {r['steps']} | {loss} | " + " | ".join(cells)
               + f" | {r['silent_replies']} / {r['replies']} | {ratio} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

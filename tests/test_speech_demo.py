@@ -47,17 +47,19 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out and "(<= 15 %)" in out
-    # bench/unit_head.py on this demo's data: two heads at equal (tiny) minutes, judged round trip
+    # bench/unit_head.py on this demo's data: two heads judged round trip at the same (tiny) minute marks,
+    # each trained on between them
     import runpy
     import sys
 
     table = tmp_path / "heads.json"
-    monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--minutes", "0.05", "--limit", "2",
+    monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--at", "0.03,0.06", "--limit", "2",
                                       "--arm", "state=unit_head.text_embeddings=false",
                                       "--arm", "fused=unit_head.text_embeddings=true", "--json", str(table)])
     runpy.run_path(str(Path(speech_demo.REPO) / "bench" / "unit_head.py"), run_name="__main__")
     arms = json.loads(table.read_text())
-    assert [a["arm"] for a in arms] == ["state", "fused"] and all(a["steps"] >= 1 for a in arms)
+    assert [(a["arm"], a["minutes"]) for a in arms] == [("state", 0.03), ("state", 0.06), ("fused", 0.03), ("fused", 0.06)]
+    assert all(a["steps"] >= 1 for a in arms) and arms[1]["steps"] > arms[0]["steps"] and arms[3]["steps"] > arms[2]["steps"]
     assert all(a["replies"] + a["errors"] >= 2 and set(a["round_trip"]) <= {"en", "zh"} for a in arms)
     assert "| fused |" in capsys.readouterr().out
 

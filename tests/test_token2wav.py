@@ -320,3 +320,20 @@ def test_resynthesis_bench_judges_predicted_and_gold_durations():
     assert rates == {"predicted": {"en": 0.0, "zh": 0.5}, "gold": {"en": 0.0, "zh": 0.5}}
     assert heard[1] == len(t2w.synthesize([1, 2, 3], durations=[20, 20, 20]))  # the gold-duration reading
     assert heard[0] == max(bench.MIN_JUDGE_SAMPLES, len(t2w.synthesize([1, 2, 3])))
+
+
+def test_resynthesis_bench_curve_legs_and_plot(tmp_path):
+    """--at trains one decoder in legs between cumulative minute marks and plots the error against them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("resynthesis", "bench/resynthesis.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.legs([2.5, 7.5, 15, 30]) == [2.5, 5.0, 7.5, 15.0]
+    for bad in ([], [5, 5], [3, 1], [0, 1]):
+        with pytest.raises(ValueError, match="ascending"):
+            bench.legs(bad)
+    rows = [{"arm": "prior", "minutes": m, "predicted": {"en": e, "zh": z}, "gold": {"en": e / 2, "zh": z / 2}}
+            for m, e, z in ((2.5, 0.9, 1.1), (7.5, 0.7, 1.0))]
+    bench.plot_curve(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
