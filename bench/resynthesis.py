@@ -36,6 +36,7 @@ from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs
 from llasm.speech.units import UnitExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"en": 15.0, "zh": 25.0}  # issue 24's resynthesis goals: en WER / zh CER, %
 
 
 def judge_arm(token2wav, items, units, judge) -> dict[str, dict[str, float]]:
@@ -67,14 +68,16 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, lang, metric in zip(axes, ("en", "zh"), ("WER", "CER")):
         for arm in dict.fromkeys(r["arm"] for r in rows):
             mine = [r for r in rows if r["arm"] == arm]
             for kind, style in (("predicted", "-o"), ("gold", "--s")):
                 ax.plot([r["minutes"] for r in mine], [100 * r[kind].get(lang, float("nan")) for r in mine], style,
                         label=f"{arm}, {kind} durations")
+        ax.axhline(GOALS[lang], color="grey", linestyle=":", label=f"goal {GOALS[lang]:g} %")
         ax.set(title=f"resynthesis {lang} {metric}", xlabel="decoder training minutes", ylabel=f"{metric} %")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

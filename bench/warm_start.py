@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every run's numbers here (JSON)")
     parser.add_argument("--sentences", type=int, help="with --train: only these many sentences, the same in every set "
                         "(drawn from the first set's rows; an augmented row counts as its clean row's sentence)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the adaptor's initialization and the batch order (a second seed measures the run-to-run spread)")
     args = parser.parse_args(argv)
     sets = dict(item.split("=", 1) for item in args.train)
     for name, path in sets.items():
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("asr_train.jsonl", "asr_test.jsonl", "instruct_test.jsonl"):
         if not (args.data / name).is_file():
             parser.error(f"{args.data / name} is missing: run `make demo` first (or point --data at its data folder)")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model, processor = build_model(args.model)
     initial = {k: v.clone() for k, v in model.adaptor.state_dict().items()}
     cache = args.cache or args.data.parent / "encoder_cache"
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes_of(train):
                 config = (config_reader.load(AlignConfig, DEMO_WARM_START) if settings is None
                           else AlignConfig(batch_size=16, lr=2e-3, **settings))
-                config.max_minutes, config.log_every = None, 0
+                config.max_minutes, config.log_every, config.seed = None, 0, args.seed
                 if args.steps:
                     config.steps = args.steps
                 subset = sorted(torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:n].tolist())
