@@ -40,7 +40,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     # the data curve: subsets of the training clips (+ one more file of clips), a power-law fit and a PNG
     curve = subprocess.run([sys.executable, "bench/warm_start.py", "--data", str(tmp_path / "demo" / "data"),
                             "--model", "configs/model/tiny.yaml", "--steps", "3", "--variants", "demo",
-                            "--clips", "4", "8", "--extra-train", str(tmp_path / "demo" / "data" / "asr_test.jsonl"),
+                            "--clips", "4", "8", "--seed", "1", "--extra-train", str(tmp_path / "demo" / "data" / "asr_test.jsonl"),
                             "--plot", str(tmp_path / "curve.png")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert curve.returncode == 0, curve.stdout[-3000:] + curve.stderr[-3000:]
     assert re.search(r"^demo@4 +3 steps ", curve.stdout, re.M) and re.search(r"^demo@8 +3 steps ", curve.stdout, re.M)
