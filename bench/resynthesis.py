@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ from llasm.evaluation.systems import WhisperTranscriber
 from llasm.io import llasm_home
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs
 from llasm.speech.units import UnitExtractor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _arms import legs, minute_marks, parse_arms, ratio_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"en": 15.0, "zh": 25.0}  # issue 24's resynthesis goals: en WER / zh CER, %
@@ -52,13 +56,6 @@ def judge_arm(token2wav, items, units, judge) -> dict[str, dict[str, float]]:
     for (name, lang), scored in pairs.items():
         out.setdefault(name, {})[lang] = metrics.asr_error_rate([r for r, _ in scored], [h for _, h in scored], lang)["value"]
     return out
-
-
-def legs(marks: list[float]) -> list[float]:
-    """Minutes to train before each judging, for cumulative ``marks`` (ascending, > 0)."""
-    if not marks or any(b <= a for a, b in zip([0.0, *marks], marks)):
-        raise ValueError(f"--at {marks}: give ascending minute marks above 0")
-    return [b - a for a, b in zip([0.0, *marks], marks)]
 
 
 def plot_curve(rows: list[dict], path: Path) -> None:
@@ -100,10 +97,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args()
-    arms = [a.split("=", 1) for a in args.arm] or [["default", ""]]
-    marks = [float(m) for m in args.at.split(",")] if args.at else [args.minutes]
+    arms = parse_arms(args.arm)
     try:
-        steps_in_minutes = legs(marks)
+        marks = minute_marks(args.at, args.minutes)
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)
@@ -119,15 +115,15 @@ def main() -> None:
                 f"mel_decoder.num_units={extractor.num_units}",
                 f"train.train_manifest={demo / 'data' / 'token2wav_train.jsonl'}", f"train.output_dir={scratch}",
                 f"train.max_minutes={marks[0]}", "train.resume=never", "train.sample_every=0", "train.progress=false",
-                *[o for o in overrides.split(",") if o]])
+                *overrides])
             trainer, history, seconds = UnitMelTrainer(t2w, decoder, train), [], 0.0
-            for mark, leg in zip(marks, steps_in_minutes):
+            for mark, leg in zip(marks, legs(marks)):
                 trainer.train_config.max_minutes = leg  # train() continues from trainer.step, its own clock
                 started = time.monotonic()
                 history += trainer.train()
                 seconds += time.monotonic() - started
                 rates = judge_arm(trainer.token2wav(), items, units, judge)
-                rows.append({"arm": name, "overrides": overrides, "minutes": mark, "steps": trainer.step,
+                rows.append({"arm": name, "overrides": ",".join(overrides), "minutes": mark, "steps": trainer.step,
                              "seconds": round(seconds),
                              "mel_loss": [history[0]["mel"], sum(h["mel"] for h in history[-20:]) / len(history[-20:])] if history else None, **rates})
                 print(json.dumps(rows[-1]), flush=True)
@@ -138,8 +134,7 @@ def main() -> None:
     for r in rows:
         loss = f"{r['mel_loss'][0]:.3f} -> {r['mel_loss'][1]:.3f}" if r["mel_loss"] else "-"
         cells = [f"{100 * r[kind].get(lang, float('nan')):.1f} %" for kind in ("predicted", "gold") for lang in ("en", "zh")]
-        first = base[r["minutes"]]["predicted"]
-        ratio = " / ".join(f"{r['predicted'][lang] / first[lang]:.2f}" if first.get(lang) else "-" for lang in ("en", "zh"))
+        ratio = ratio_cell(r["predicted"], base[r["minutes"]]["predicted"])
         print(f"| {r['arm']} | {r['minutes']:g} | {r['steps']} | {loss} | " + " | ".join(cells) + f" | {ratio} |")
     if args.plot:
         plot_curve(rows, Path(args.plot))

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _arms import minute_marks, parse_arms, ratio_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE3 = ROOT / "configs" / "speech_demo" / "stage3.yaml"
@@ -60,10 +64,11 @@ def main() -> None:
     for path in (data, demo / "token2wav", demo / "data" / "answers.jsonl"):
         if not path.exists():
             parser.error(f"{path}: missing (run `make speech-demo` with LLASM_SPEECH_DIR={args.demo} first)")
-    arms = [a.split("=", 1) for a in args.arm] or [["default", ""]]
-    marks = [float(m) for m in args.at.split(",")] if args.at else [args.minutes]
-    if any(b <= a for a, b in zip([0.0, *marks], marks)):
-        parser.error(f"--at {args.at}: give ascending minute marks above 0")
+    arms = parse_arms(args.arm)
+    try:
+        marks = minute_marks(args.at, args.minutes)
+    except ValueError as error:
+        parser.error(str(error))
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
     judge = WhisperTranscriber(args.judge or str(Path(llasm_home()) / "whisper-base"))
     token2wav = load_token2wav(demo / "token2wav")
@@ -75,7 +80,7 @@ def main() -> None:
             trainer, seconds = Trainer(load_config(STAGE3, [
                 f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
                 f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={marks[0]}",
-                *[o for o in overrides.split(",") if o]])), 0.0
+                *overrides])), 0.0
             for mark, before in zip(marks, [0.0, *marks]):
                 trainer.cfg.train.max_minutes = mark - before  # fit() again continues this trainer mid-epoch
                 started = time.monotonic()
@@ -87,7 +92,7 @@ def main() -> None:
                 del model
                 spoken = [r["round_trip"] for r in report["details"]["speech"] if "round_trip" in r]
                 losses = [x for _, x in result.get("losses") or []]
-                rows.append({"arm": name, "overrides": overrides, "minutes": mark, "steps": len(losses),
+                rows.append({"arm": name, "overrides": ",".join(overrides), "minutes": mark, "steps": len(losses),
                              "seconds": round(seconds),
                              "ctc_loss": [losses[0], sum(losses[-10:]) / len(losses[-10:])] if losses else None,
                              "round_trip": {lang: m.get("wer", m.get("cer"))
@@ -103,9 +108,7 @@ def main() -> None:
     for r in rows:
         loss = f"{r['ctc_loss'][0]:.2f} -> {r['ctc_loss'][1]:.2f}" if r["ctc_loss"] else "-"
         cells = [f"{100 * r['round_trip'][lang]:.1f} %" if lang in r["round_trip"] else "-" for lang in ("en", "zh")]
-        first = base[r["minutes"]]["round_trip"]
-        ratio = " / ".join(f"{r['round_trip'][lang] / first[lang]:.2f}" if first.get(lang) and lang in r["round_trip"]
-                           else "-" for lang in ("en", "zh"))
+        ratio = ratio_cell(r["round_trip"], base[r["minutes"]]["round_trip"])
         print(f"| {r['arm']} | {r['minutes']:g} | {r['steps']} | {loss} | " + " | ".join(cells)
               + f" | {r['silent_replies']} / {r['replies']} | {ratio} |")
     if args.json:

@@ -333,6 +333,11 @@ def test_resynthesis_bench_curve_legs_and_plot(tmp_path):
     for bad in ([], [5, 5], [3, 1], [0, 1]):
         with pytest.raises(ValueError, match="ascending"):
             bench.legs(bad)
+    assert bench.minute_marks(None, 3.0) == [3.0] and bench.minute_marks("2.5,5", 3.0) == [2.5, 5.0]
+    assert bench.parse_arms(["no prior=mel_decoder.unit_prior=false,train.lr=1e-3", "base="]) == [
+        ("no prior", ["mel_decoder.unit_prior=false", "train.lr=1e-3"]), ("base", [])]
+    assert bench.parse_arms([]) == [("default", [])]
+    assert bench.ratio_cell({"en": 0.5, "zh": 0.3}, {"en": 1.0, "zh": 0.0}) == "0.50 / -"
     rows = [{"arm": "prior", "minutes": m, "predicted": {"en": e, "zh": z}, "gold": {"en": e / 2, "zh": z / 2}}
             for m, e, z in ((2.5, 0.9, 1.1), (7.5, 0.7, 1.0))]
     bench.plot_curve(rows, tmp_path / "curve.png")
