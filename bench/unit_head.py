@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _arms import minute_marks, parse_arms, ratio_cell  # noqa: E402
+from _arms import legs, minute_marks, parse_arms, ratio_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE3 = ROOT / "configs" / "speech_demo" / "stage3.yaml"
@@ -81,8 +81,8 @@ def main() -> None:
                 f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
                 f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={marks[0]}",
                 *overrides])), 0.0
-            for mark, before in zip(marks, [0.0, *marks]):
-                trainer.cfg.train.max_minutes = mark - before  # fit() again continues this trainer mid-epoch
+            for mark, leg in zip(marks, legs(marks)):
+                trainer.cfg.train.max_minutes = leg  # fit() again continues this trainer mid-epoch
                 started = time.monotonic()
                 result = trainer.fit()
                 seconds += time.monotonic() - started

@@ -85,9 +85,8 @@ PLANS = {
                         batch_size=8, eval_limit=48, asr_eval_limit=70, max_new_tokens=40, cascade=False,
                         # reserve: stage 2 3.5 + evaluation ~5.8 (2.9 idle with 24 questions, + 24 x 7 s) + answers 0.2
                         budget_minutes=26.0, reserve_minutes=9.5,
-                        # no augmentation: on the warm start it raised every error (real voices 59.0 -> 65.6 %
-                        # with the many voices, 61.2 -> 66.5 % with the old three), and the whole demo without
-                        # it read the real voices best (docs/experiments/voices.md); LLASM_DEMO_AUGMENT turns it on
+                        # no augmentation: on the warm start it raised every error, real voices included, with
+                        # both voice sets and two seeds (docs/experiments/voices.md); LLASM_DEMO_AUGMENT turns it on
                         augment=None),
     # the same pipeline on the tiny random model: shows that every step runs, in about half a minute
     "tiny": DemoPlan(model="configs/model/tiny.yaml", starter=(), extra_sentences=10, seed_limit=12,
