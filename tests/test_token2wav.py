@@ -263,7 +263,10 @@ def test_token2wav_yaml_checks_its_sections(tmp_path):
     from llasm.speech.mel_training import load_token2wav_configs
 
     t2w, decoder, train = load_token2wav_configs("configs/token2wav_cpu.yaml", ["train.max_steps=5"])
-    assert t2w.mel_vocoder == "mb_melgan" and decoder.mel.hop_size == 300 and train.max_steps == 5
+    assert t2w.mel_vocoder == "griffin_lim" and decoder.mel.hop_size == 300 and train.max_steps == 5
+    assert t2w.mel_source == "unit_selection" and t2w.unit_selection.candidates == 150
+    with pytest.raises(ValueError, match="unknown config key 'token2wav.unit_selection.lookahed'"):
+        load_token2wav_configs("configs/token2wav_cpu.yaml", ["token2wav.unit_selection.lookahed=1"])
     (tmp_path / "bad.yaml").write_text("token2wav: {type: unit_mel}\nvocoder: {}\n")
     with pytest.raises(ValueError, match="unknown top-level key"):
         load_token2wav_configs(tmp_path / "bad.yaml")

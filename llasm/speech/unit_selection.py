@@ -1,0 +1,305 @@
+"""Units -> mel by unit selection: the voice's own recorded mel frames, chosen and joined.
+
+A regression decoder (:mod:`llasm.speech.mel_decoder`) trained for CPU minutes averages the frames a
+unit can stand for, and the vocoder then mumbles. Unit selection keeps real frames: the training
+corpus (the token2wav manifest: each clip's deduplicated units, their 50 Hz run lengths and its
+log-mel in the target vocoder's domain) is cut into *runs* (one deduplicated unit and the mel frames
+it covers). To speak a unit sequence, each unit picks one run of the same unit id and the runs are
+joined, the way a concatenative TTS picks recorded segments:
+
+- **target cost** of a run for unit ``t``: ``context_weight`` per neighbour unit (``t - 1``, ``t + 1``)
+  that differs from the run's neighbours in its clip, plus ``duration_weight * |log(source frames /
+  target frames)|``; the ``candidates`` cheapest runs are kept (ties: corpus order);
+- **join cost** between the runs of ``t`` and ``t + 1``: zero when they were adjacent in the corpus
+  (a recorded stretch continues), otherwise ``break_cost + join_weight * RMS(log-mel of the last
+  frame - log-mel of the first)``;
+- the path minimizing the sum is searched with a **fixed lookahead**: the run of unit ``s`` is the
+  first step of the best path over units ``s .. s + lookahead`` that starts from the run already
+  chosen for ``s - 1`` (receding-horizon Viterbi). A choice then depends only on the units up to
+  ``s + lookahead + 1``, so streaming chooses exactly what a whole-utterance call chooses.
+
+Each chosen run's frames are stretched (nearest frame) to the target duration's mel frames. Unit ids
+the corpus never saw speak silence (``log_floor``). The mel goes to the same pretrained mel vocoder
+as the decoder's (:mod:`llasm.speech.mel_vocoder`); the decoder still predicts the durations.
+
+Design: Hunt & Black 1996 ("Unit selection in a concatenative speech synthesis system using a large
+speech database": target + concatenation costs, Viterbi search); kNN-VC (Baas et al. 2023) for the
+idea that a voice's own frames, matched by self-supervised features, are intelligible through a
+pretrained vocoder. Saved as ``unit_selection.safetensors`` (the corpus frames, float16, and the run
+table) beside the token2wav's other files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from llasm.io import atomic_path
+from llasm.speech.mel import MelConfig
+from llasm.speech.vocoder_config import FRAME_RATE
+
+WEIGHTS = "unit_selection.safetensors"
+
+
+@dataclass
+class UnitSelectionConfig:
+    """The search's costs (``token2wav.unit_selection`` in YAML; saved in ``token2wav.json``)."""
+
+    candidates: int = 150  # runs kept per unit, the cheapest by target cost
+    context_weight: float = 1.0  # per neighbour unit (left, right) that differs from the run's
+    duration_weight: float = 0.5  # times |log(source mel frames / target mel frames)|
+    join_weight: float = 1.0  # times the RMS log-mel step across a join of non-adjacent runs
+    break_cost: float = 1.0  # per join of runs that were not adjacent in the corpus
+    lookahead: int = 3  # units ahead of a unit its choice looks at (0: greedy)
+
+    def __post_init__(self) -> None:
+        if int(self.candidates) < 1:
+            raise ValueError(f"unit_selection.candidates must be >= 1, got {self.candidates}")
+        if int(self.lookahead) < 0:
+            raise ValueError(f"unit_selection.lookahead must be >= 0, got {self.lookahead}")
+        for name in ("context_weight", "duration_weight", "join_weight", "break_cost"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"unit_selection.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def unit_frame_of_mel(mel: MelConfig, mel_begin: int, mel_end: int) -> np.ndarray:
+    """The 50 Hz unit frame each mel frame in ``[mel_begin, mel_end)`` reads: ``j * 50 * hop // rate``
+    (the decoder's length regulator, :meth:`UnitMelDecoder.source_frames`)."""
+    return np.arange(mel_begin, mel_end) * (FRAME_RATE * mel.hop_size) // mel.sampling_rate
+
+
+def mel_frames(mel: MelConfig, unit_frames: int) -> int:
+    """Mel frames that ``unit_frames`` 50 Hz frames make (:meth:`UnitMelDecoder.mel_frames`)."""
+    return unit_frames * mel.sampling_rate // (FRAME_RATE * mel.hop_size)
+
+
+def run_spans(mel: MelConfig, durations: Sequence[int], num_mel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per run (deduplicated unit), the ``[begin, end)`` of the mel frames that read its 50 Hz frames
+    (:func:`unit_frame_of_mel`): ``begin = ceil(first 50 Hz frame * rate / (50 * hop))``, so a run's span
+    depends only on the durations up to it. Spans are clipped to ``num_mel`` frames when given; a run
+    may cover no mel frame (begin == end)."""
+    edges = np.r_[0, np.cumsum(np.asarray(durations, dtype=np.int64))]
+    edges = -(-edges * mel.sampling_rate // (FRAME_RATE * mel.hop_size))
+    if num_mel is not None:
+        edges = np.minimum(edges, num_mel)
+    return edges[:-1], edges[1:]
+
+
+class UnitSelection:
+    """A corpus of runs and the search over it; :meth:`generate` speaks a unit sequence as log-mel.
+
+    ``frames`` (F, num_mels) are the corpus's log-mel frames, clip after clip; run ``r`` covers
+    ``frames[begin[r]:end[r]]``, has unit id ``unit[r]`` and belongs to clip ``clip[r]`` (runs of a clip
+    are consecutive and in order). Build one with :meth:`from_corpus`.
+    """
+
+    def __init__(self, frames: np.ndarray, unit: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                 clip: np.ndarray, num_units: int, mel: MelConfig, config: UnitSelectionConfig | None = None):
+        self.frames = np.asarray(frames, dtype=np.float16)
+        self.unit, self.begin, self.end, self.clip = (np.asarray(a, dtype=np.int64) for a in (unit, begin, end, clip))
+        self.num_units, self.mel, self.config = int(num_units), mel, config or UnitSelectionConfig()
+        if self.frames.ndim != 2 or self.frames.shape[1] != mel.num_mels:
+            raise ValueError(f"frames must be (F, {mel.num_mels}), got {self.frames.shape}")
+        if not (len(self.unit) == len(self.begin) == len(self.end) == len(self.clip)):
+            raise ValueError("unit, begin, end and clip must have one entry per run")
+        if len(self.unit) and (self.unit.min() < 0 or self.unit.max() >= self.num_units):
+            raise ValueError(f"run unit ids must lie in [0, {self.num_units})")
+        if len(self.unit) and (self.begin.min() < 0 or self.end.max() > len(self.frames) or (self.end <= self.begin).any()):
+            raise ValueError("every run must cover at least one frame inside frames")
+        # a silent run for unit ids the corpus never saw: one log_floor frame, no neighbours
+        self.silence = len(self.unit)
+        self._frames = np.concatenate([self.frames, np.full((1, mel.num_mels), mel.log_floor, np.float16)])
+        self._begin = np.r_[self.begin, len(self.frames)]
+        self._end = np.r_[self.end, len(self.frames) + 1]
+        self._clip = np.r_[self.clip, -1]
+        same_prev = np.r_[False, self.clip[1:] == self.clip[:-1]]
+        same_next = np.r_[self.clip[:-1] == self.clip[1:], False]
+        self._prev = np.r_[np.where(same_prev, np.r_[-1, self.unit[:-1]], -1), -1]
+        self._next = np.r_[np.where(same_next, np.r_[self.unit[1:], -1], -1), -1]
+        self._order = np.argsort(self.unit, kind="stable")
+        self._start = np.searchsorted(self.unit[self._order], np.arange(self.num_units + 1))
+
+    @classmethod
+    def from_corpus(cls, units: Sequence[Sequence[int]], durations: Sequence[Sequence[int]],
+                    mels: Sequence[np.ndarray], num_units: int, mel: MelConfig,
+                    config: UnitSelectionConfig | None = None) -> "UnitSelection":
+        """Clips' deduplicated units, their 50 Hz run lengths and log-mels ``(T_i, num_mels)`` -> the
+        corpus. Runs that cover no mel frame (the 50 Hz -> mel rounding, or a log-mel shorter than the
+        units) are left out."""
+        frames, unit, begin, end, clip, offset = [], [], [], [], [], 0
+        for index, (u, d, m) in enumerate(zip(units, durations, mels)):
+            b, e = run_spans(mel, d, len(m))  # a clip's log-mel usually runs a frame past its units
+            keep = e > b
+            unit.append(np.asarray(u, dtype=np.int64)[keep])
+            begin.append(b[keep] + offset)
+            end.append(e[keep] + offset)
+            clip.append(np.full(int(keep.sum()), index))
+            frames.append(np.asarray(m, dtype=np.float16)[: int(e.max(initial=0))])
+            offset += len(frames[-1])
+        cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+        frame_array = np.concatenate(frames) if frames else np.zeros((0, mel.num_mels), np.float16)
+        return cls(frame_array, cat(unit, np.int64), cat(begin, np.int64), cat(end, np.int64), cat(clip, np.int64),
+                   num_units, mel, config)
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.unit)
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def search(self) -> "SelectionSearch":
+        """A search over one utterance whose units may still be arriving (:class:`SelectionSearch`)."""
+        return SelectionSearch(self)
+
+    def candidates(self, unit: int, previous: int, following: int, target_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kept runs for one unit (``previous`` / ``following``: its neighbours, -1 at an edge) and
+        their target costs."""
+        c = self.config
+        pool = self._order[self._start[unit]: self._start[unit + 1]]
+        if len(pool) == 0:
+            return np.array([self.silence]), np.zeros(1)
+        mismatch = (self._prev[pool] != previous).astype(np.float64) + (self._next[pool] != following)
+        length = (self._end[pool] - self._begin[pool]).astype(np.float64)
+        cost = c.context_weight * mismatch + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))
+        keep = np.argsort(cost, kind="stable")[: c.candidates]
+        return pool[keep], cost[keep]
+
+    def join_costs(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """(len(left), len(right)) costs of following run ``left[i]`` by run ``right[j]``."""
+        c = self.config
+        last = self._frames[self._end[left] - 1].astype(np.float32)
+        first = self._frames[self._begin[right]].astype(np.float32)
+        squared = (last ** 2).sum(1)[:, None] + (first ** 2).sum(1)[None] - 2 * last @ first.T
+        distance = np.sqrt(np.maximum(squared, 0) / self.mel.num_mels)
+        adjacent = (self._clip[left][:, None] == self._clip[right][None]) & (left[:, None] + 1 == right[None])
+        adjacent &= self._clip[left][:, None] >= 0
+        return np.where(adjacent, 0.0, c.break_cost + c.join_weight * distance)
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def render(self, path: Sequence[int], durations: Sequence[int], mel_begin: int = 0,
+               mel_end: int | None = None) -> np.ndarray:
+        """Mel frames ``[mel_begin, mel_end)`` (default: all) of the utterance whose units chose runs
+        ``path`` with 50 Hz ``durations`` (one per chosen unit): ``(frames, num_mels)`` float32. Each
+        frame depends only on its own run, so any window equals the same rows of the whole."""
+        durations = np.asarray(durations, dtype=np.int64)
+        path = np.asarray(path, dtype=np.int64)
+        if len(path) != len(durations) or len(path) == 0:
+            raise ValueError(f"path ({len(path)}) and durations ({len(durations)}) must be equal, non-empty")
+        total = int(durations.sum())
+        num_mel = mel_frames(self.mel, total)
+        mel_end = num_mel if mel_end is None else mel_end
+        if total == 0 or mel_end <= mel_begin:
+            return np.zeros((0, self.mel.num_mels), np.float32)
+        begins, ends = run_spans(self.mel, durations)
+        frame = np.arange(mel_begin, mel_end)
+        run = np.searchsorted(ends, frame, side="right").clip(max=len(durations) - 1)  # the run frame j reads
+        chosen = path[run]
+        source_length = self._end[chosen] - self._begin[chosen]
+        target_length = np.maximum(ends[run] - begins[run], 1)
+        offset = np.minimum((frame - begins[run]) * source_length // target_length, source_length - 1)
+        return self._frames[self._begin[chosen] + offset].astype(np.float32)
+
+    def generate(self, units: Sequence[int], durations: Sequence[int]) -> np.ndarray:
+        """Deduplicated units + their 50 Hz frames -> ``(T_mel, num_mels)`` float32 log-mel.
+
+        Raises ``ValueError`` for no units, ids outside ``[0, num_units)`` or a durations list of another length.
+        """
+        search = self.search()
+        path = search.extend(units, durations, final=True)
+        return self.render(path, durations)
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """``unit_selection.safetensors`` (frames float16 + the run table); the costs live in token2wav.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"frames": torch.from_numpy(self.frames), "unit": torch.from_numpy(self.unit),
+                   "begin": torch.from_numpy(self.begin), "end": torch.from_numpy(self.end),
+                   "clip": torch.from_numpy(self.clip)}
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"num_units": str(self.num_units),
+                                                  "mel": repr(dataclasses.asdict(self.mel))})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, num_units: int, mel: MelConfig,
+                        config: UnitSelectionConfig | None = None) -> "UnitSelection":
+        """Open ``unit_selection.safetensors``; ``FileNotFoundError`` naming the directory without it."""
+        path = Path(directory) / WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}: no {WEIGHTS} (token2wav.mel_source is unit_selection; "
+                                    "train/train_token2wav.py writes it)")
+        t = {k: v.numpy() for k, v in load_file(str(path)).items()}
+        return cls(t["frames"], t["unit"], t["begin"], t["end"], t["clip"], num_units, mel, config)
+
+
+class SelectionSearch:
+    """The receding-horizon search over one utterance; units and durations may arrive in pieces.
+
+    :meth:`extend` takes the whole unit list so far and the durations known so far, and returns the
+    runs chosen so far (``path``). Without ``final``, unit ``s`` is chosen once units up to
+    ``s + lookahead + 1`` and durations up to ``s + lookahead`` are known; the choice is the one a
+    single ``final`` call over the whole utterance makes.
+    """
+
+    def __init__(self, selection: UnitSelection):
+        self.selection = selection
+        self.path: list[int] = []
+        self._candidates: list[tuple[np.ndarray, np.ndarray]] = []
+        self._joins: list[np.ndarray] = []  # _joins[t]: costs from unit t's candidates to unit t + 1's
+        self._chosen: list[int] = []  # index of each chosen run among its unit's candidates
+
+    def _target_frames(self, durations: np.ndarray, t: int) -> int:
+        begins, ends = run_spans(self.selection.mel, durations[: t + 1])
+        return int(ends[t] - begins[t])
+
+    def extend(self, units: Sequence[int], durations: Sequence[int], final: bool = False) -> list[int]:
+        sel, lookahead = self.selection, self.selection.config.lookahead
+        units = np.asarray(units, dtype=np.int64).reshape(-1)
+        durations = np.asarray(durations, dtype=np.int64).reshape(-1)
+        if len(units) and (units.min() < 0 or units.max() >= sel.num_units):
+            raise ValueError(f"unit ids must lie in [0, {sel.num_units}); got {units.min()}..{units.max()}")
+        if final and len(durations) != len(units):
+            raise ValueError(f"durations ({len(durations)}) must give one count per unit ({len(units)})")
+        if final and len(units) == 0:
+            raise ValueError("no units to synthesize")
+        # target costs need the unit's neighbours and its own duration
+        costed = len(units) if final else min(len(units) - 1, len(durations))
+        while len(self._candidates) < costed:
+            t = len(self._candidates)
+            previous = int(units[t - 1]) if t else -1
+            following = int(units[t + 1]) if t + 1 < len(units) else -1
+            self._candidates.append(sel.candidates(int(units[t]), previous, following,
+                                                   self._target_frames(durations, t)))
+            if t:
+                self._joins.append(sel.join_costs(self._candidates[t - 1][0], self._candidates[t][0]))
+        ready = costed if final else costed - lookahead
+        while len(self.path) < ready:
+            s = len(self.path)
+            horizon = min(costed, s + lookahead + 1)
+            runs, cost = self._candidates[s]
+            accumulated = cost + (self._joins[s - 1][self._chosen[s - 1]] if s else 0.0)
+            origin = np.arange(len(runs))
+            for t in range(s + 1, horizon):
+                total = accumulated[:, None] + self._joins[t - 1]
+                best = total.argmin(0)
+                origin, accumulated = origin[best], total[best, np.arange(total.shape[1])] + self._candidates[t][1]
+            self._chosen.append(int(origin[accumulated.argmin()]))
+            self.path.append(int(runs[self._chosen[-1]]))
+        return list(self.path)
+
+    @property
+    def cost(self) -> float:
+        """Target plus join costs of the runs chosen so far (what the search minimizes)."""
+        chosen = self._chosen
+        target = sum(float(self._candidates[t][1][i]) for t, i in enumerate(chosen))
+        return target + sum(float(self._joins[t][a, b]) for t, (a, b) in enumerate(zip(chosen, chosen[1:])))

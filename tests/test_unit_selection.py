@@ -1,0 +1,235 @@
+"""Unit selection (llasm.speech.unit_selection): the corpus, the search, rendering, streaming, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llasm.speech.mel import MelConfig
+from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav, load_token2wav
+from llasm.speech.unit_selection import UnitSelection, UnitSelectionConfig, mel_frames, run_spans, unit_frame_of_mel
+from tests.test_token2wav import needs_mb_melgan, tiny_decoder
+
+MEL = MelConfig()  # the MB-MelGAN's domain: 80 mel frames a second against 50 unit frames
+
+
+def corpus(clips: int = 6, length: int = 40, num_units: int = 20, seed: int = 0):
+    """Random clips: units without repeats, durations 1-4, a log-mel whose frames are all different."""
+    rng = np.random.default_rng(seed)
+    units, durations, mels = [], [], []
+    for _ in range(clips):
+        u = [int(rng.integers(num_units))]
+        while len(u) < length:
+            nxt = int(rng.integers(num_units))
+            if nxt != u[-1]:
+                u.append(nxt)
+        d = rng.integers(1, 5, length)
+        units.append(u)
+        durations.append(d.tolist())
+        frames = mel_frames(MEL, int(d.sum())) + 2  # a clip's log-mel runs past its last unit frame
+        mels.append(rng.normal(-2, 1, (frames, MEL.num_mels)).astype(np.float32))
+    return units, durations, mels
+
+
+def test_run_spans_are_the_frames_the_length_regulator_gives_each_run():
+    durations = np.random.default_rng(1).integers(0, 5, 50)
+    begins, ends = run_spans(MEL, durations)
+    frames = mel_frames(MEL, int(durations.sum()))
+    reads = np.repeat(np.arange(len(durations)), durations)[unit_frame_of_mel(MEL, 0, frames)]
+    for run in range(len(durations)):
+        assert np.flatnonzero(reads == run).tolist() == list(range(begins[run], min(ends[run], frames)))
+    # a run's span does not depend on the units after it (what streaming needs)
+    assert run_spans(MEL, durations[:20])[1].tolist() == ends[:20].tolist()
+    decoder = tiny_decoder()
+    assert decoder.source_frames(0, frames).tolist() == unit_frame_of_mel(MEL, 0, frames).tolist()
+
+
+def test_a_corpus_clip_is_spoken_back_with_its_own_frames():
+    """Its own runs match every neighbour and duration and join for free: the search finds them."""
+    units, durations, mels = corpus()
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
+    for clip in (0, 3):
+        mel = selection.generate(units[clip], durations[clip])
+        assert mel.shape == (mel_frames(MEL, sum(durations[clip])), MEL.num_mels)
+        np.testing.assert_allclose(mel, mels[clip][: len(mel)].astype(np.float16).astype(np.float32))
+
+
+def test_new_sequences_use_corpus_frames_and_unseen_units_speak_silence():
+    units, durations, mels = corpus(num_units=20)
+    selection = UnitSelection.from_corpus(units, durations, mels, 30, MEL)  # ids 20-29 never seen
+    corpus_frames = {tuple(f) for f in selection.frames.astype(np.float32)}
+    sequence, lengths = [3, 7, 1, 25, 9, 4], [2, 3, 1, 4, 2, 2]
+    mel = selection.generate(sequence, lengths)
+    assert mel.shape == (mel_frames(MEL, sum(lengths)), MEL.num_mels)
+    begins, ends = run_spans(MEL, lengths)
+    for run in range(len(sequence)):
+        for frame in mel[begins[run]: ends[run]]:
+            if sequence[run] == 25:
+                assert (frame == MEL.log_floor).all()
+            else:
+                assert tuple(frame) in corpus_frames
+    with pytest.raises(ValueError, match=r"unit ids must lie in \[0, 30\)"):
+        selection.generate([3, 30], [1, 1])
+    with pytest.raises(ValueError, match="one count per unit"):
+        selection.generate([3, 4], [1])
+    with pytest.raises(ValueError, match="no units"):
+        selection.generate([], [])
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_the_search_chooses_the_same_runs_when_units_arrive_one_by_one(lookahead):
+    units, durations, mels = corpus(clips=8)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL,
+                                          UnitSelectionConfig(candidates=8, lookahead=lookahead))
+    target_units, target_durations = corpus(clips=1, length=30, seed=5)[:2]
+    target_units, target_durations = target_units[0], target_durations[0]
+    whole = selection.search().extend(target_units, target_durations, final=True)
+    assert len(whole) == len(target_units)
+    search, grown = selection.search(), []
+    for n in range(1, len(target_units) + 1):  # durations lag the units by two, as the decoder's do
+        path = search.extend(target_units[:n], target_durations[: max(0, n - 2)])
+        assert path[: len(grown)] == grown  # a choice, once made, stays
+        assert len(path) <= max(0, min(n - 1, n - 2) - lookahead)
+        grown = path
+    assert search.extend(target_units, target_durations, final=True) == whole
+    # any window of the rendering equals the same rows of the whole
+    mel = selection.render(whole, target_durations)
+    np.testing.assert_array_equal(selection.render(whole, target_durations, 7, 41), mel[7:41])
+
+
+def test_a_lookahead_never_costs_more_than_greedy_choice():
+    units, durations, mels = corpus(clips=8)
+    target_units, target_durations = corpus(clips=1, length=30, seed=7)[:2]
+
+    def cost(lookahead):
+        selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL, UnitSelectionConfig(lookahead=lookahead))
+        search = selection.search()
+        search.extend(target_units[0], target_durations[0], final=True)
+        return search.cost
+
+    assert cost(len(target_units[0])) <= cost(0) + 1e-9  # a full-length horizon is the Viterbi path
+
+
+def test_config_and_corpus_checks():
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        UnitSelectionConfig(candidates=0)
+    with pytest.raises(ValueError, match="lookahead must be >= 0"):
+        UnitSelectionConfig(lookahead=-1)
+    with pytest.raises(ValueError, match="join_weight must be >= 0"):
+        UnitSelectionConfig(join_weight=-1)
+    frames = np.zeros((4, MEL.num_mels))
+    with pytest.raises(ValueError, match=r"unit ids must lie in \[0, 5\)"):
+        UnitSelection(frames, [7], [0], [2], [0], 5, MEL)
+    with pytest.raises(ValueError, match="at least one frame inside frames"):
+        UnitSelection(frames, [1], [2], [9], [0], 5, MEL)
+    with pytest.raises(ValueError, match=r"frames must be \(F, 80\)"):
+        UnitSelection(np.zeros((4, 3)), [1], [0], [2], [0], 5, MEL)
+
+
+def selection_token2wav(vocoder: str = "griffin_lim") -> UnitMelToken2Wav:
+    units, durations, mels = corpus(clips=6, num_units=20)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
+    config = Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1, mel_source="unit_selection")
+    return UnitMelToken2Wav(tiny_decoder(), config, selection=selection)
+
+
+def test_token2wav_with_unit_selection_saves_loads_and_checks(tmp_path):
+    t2w = selection_token2wav()
+    units = [3, 7, 1, 9, 4, 12, 5]
+    audio = t2w.synthesize(units)
+    assert audio.dtype == np.float32 and len(audio) > 0
+    given = t2w.synthesize(units, durations=[2] * 7)
+    assert len(given) == round(mel_frames(MEL, 14) * MEL.hop_size * 16000 / MEL.sampling_rate)
+    t2w.save_pretrained(tmp_path / "t2w")
+    loaded = load_token2wav(tmp_path / "t2w")
+    assert loaded.config.mel_source == "unit_selection" and loaded.selection.num_runs == t2w.selection.num_runs
+    np.testing.assert_array_equal(loaded.log_mel(units), t2w.log_mel(units))
+    # the saved costs travel in token2wav.json; a load may override them
+    tuned = load_token2wav(tmp_path / "t2w", unit_selection={"candidates": 3, "lookahead": 0})
+    assert tuned.selection.config.candidates == 3
+    (tmp_path / "t2w" / "unit_selection.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no unit_selection.safetensors"):
+        load_token2wav(tmp_path / "t2w")
+    with pytest.raises(ValueError, match="mel_source is 'unit_selection' but a unit selection was not given"):
+        UnitMelToken2Wav(tiny_decoder(), Token2WavConfig(mel_vocoder="griffin_lim", mel_source="unit_selection"))
+    with pytest.raises(ValueError, match="has 20 units, the decoder 30"):
+        UnitMelToken2Wav(tiny_decoder(num_units=30), t2w.config, selection=t2w.selection)
+    with pytest.raises(ValueError, match="mel_source must be one of"):
+        Token2WavConfig(mel_source="lookup")
+    with pytest.raises(ValueError, match="one non-negative count per unit"):
+        t2w.synthesize(units, durations=[1, 2])
+
+
+@needs_mb_melgan
+def test_mb_melgan_stream_of_selected_frames_equals_whole_synthesis():
+    t2w = selection_token2wav("mb_melgan")
+    units = np.random.default_rng(2).integers(0, 20, 60).tolist()
+    units = [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
+    whole = t2w.synthesize(units)
+    pieces = [units[i: i + 3] for i in range(0, len(units), 3)]
+    chunks = list(t2w.stream(iter(pieces), chunk_units=12))
+    assert len(chunks) >= 3
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() <= 1e-4 * max(1e-6, np.abs(whole).max())
+
+
+def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path):
+    from llasm.audio import save_audio
+    from llasm.io import write_jsonl
+    from llasm.speech.mel_training import MelTrainConfig, UnitMelTrainer, load_token2wav_configs
+    from tests.conftest import tone
+
+    rows = []
+    for i in range(2):
+        save_audio(tmp_path / f"c{i}.wav", tone(1.0, seed=i, freq=150.0 + 50 * i))
+        order = list(range(20)) if i == 0 else list(range(19, -1, -1))  # no unit twice in one context
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "units": order, "durations": [2] * 20})
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    t2w_config, decoder_config, _ = load_token2wav_configs("configs/token2wav_cpu.yaml", [
+        "mel_decoder.num_units=20", "mel_decoder.hidden_size=16", "mel_decoder.encoder_layers=1",
+        "mel_decoder.decoder_layers=1", "token2wav.mel_vocoder=griffin_lim", "token2wav.griffin_lim_iterations=2",
+        "token2wav.mel_source=unit_selection", "token2wav.unit_selection.candidates=4"])
+    trainer = UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(
+        train_manifest=str(tmp_path / "m.jsonl"), output_dir=str(tmp_path / "out"), batch_size=2, segment_frames=30,
+        max_steps=2, sample_every=2, checkpoint_every=0, progress=False, warmup_steps=1))
+    trainer.train()
+    t2w = load_token2wav(tmp_path / "out")
+    assert t2w.selection is not None and t2w.selection.config.candidates == 4
+    assert t2w.selection.num_runs == 40  # every run of both clips covers a mel frame at 2 x 20 ms
+    # a training row spoken with its own durations is its own recording's frames
+    target = trainer.dataset.mels[0]
+    mel = t2w.log_mel(rows[0]["units"], rows[0]["durations"])
+    np.testing.assert_allclose(mel, target[: len(mel)].astype(np.float16).astype(np.float32))
+    assert (tmp_path / "out" / "samples" / "step_00000002.png").exists()
+    assert torch.is_tensor(next(t2w.decoder.parameters()))
+
+
+def test_selection_bench_leaves_a_clip_out_and_picks_dev_clips(tmp_path):
+    """bench/unit_selection.py: a left-out clip is spoken from the other clips' frames only."""
+    import importlib.util
+
+    from llasm.io import write_jsonl
+
+    spec = importlib.util.spec_from_file_location("unit_selection_bench", "bench/unit_selection.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    units, durations, mels = corpus(clips=4)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
+    without = bench.leave_out(selection, 2)
+    assert without.num_runs == selection.num_runs - int((selection.clip == 2).sum())
+    path = without.search().extend(units[2], durations[2], final=True)
+    assert not (without.clip[path] == 2).any()
+    own = selection.search().extend(units[2], durations[2], final=True)
+    assert (selection.clip[own] == 2).all()  # with it, the clip speaks itself back
+
+    demo = tmp_path / "demo"
+    write_jsonl(demo / "data" / "token2wav_train.jsonl", [
+        {"id": f"{lang}{i}", "audio": "x.flac", "units": [1, 2], "durations": [1, 1]} for lang in ("en", "zh") for i in range(3)])
+    write_jsonl(demo / "data" / "clips.jsonl", [
+        {"id": f"{lang}{i}", "lang": lang, "split": "train", "text": f"{lang} {i}"} for lang in ("en", "zh") for i in range(3)])
+    picked = bench.dev_clips(demo, 2)
+    assert [p["lang"] for p in picked] == ["en", "en", "zh", "zh"]
+    assert all(p["text"] == f"{p['lang']} {p['clip'] % 3}" for p in picked)
+    assert len({p["clip"] for p in picked}) == 4
