@@ -103,10 +103,17 @@ def test_export_writes_full_checkpoint(tiny_bases, tmp_path):
     assert json.loads((tmp_path / "full" / "config.json").read_text())["checkpoint_format"] == "full"
 
 
-def test_chat_speak_needs_a_unit_head(tiny, tmp_path, capsys):
+def test_chat_speak_needs_a_vocoder_and_a_unit_head(tiny, tmp_path, capsys):
+    from tests.conftest import tiny_token2wav
+
     model, _ = tiny
     model.save_pretrained(tmp_path / "m")
-    assert cli.main(["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--speak", str(tmp_path / "r.wav")]) == 1
+    speak = ["chat", "--model", str(tmp_path / "m"), "--text", "hi", "--speak", str(tmp_path / "r.wav")]
+    with pytest.raises(SystemExit) as stop:  # said before the model loads
+        cli.main(speak)
+    assert stop.value.code == 2 and "--speak needs --vocoder DIR" in capsys.readouterr().err
+    tiny_token2wav("unit_mel").save_pretrained(tmp_path / "voc")
+    assert cli.main([*speak, "--vocoder", str(tmp_path / "voc")]) == 1
     assert "unit head" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ parsed as YAML. The manifest is a JSONL of ``{"id", "audio": 16 kHz wav/flac, "u
 [deduplicated ids], "durations": [50 Hz frames per unit]}`` (``data_prep/units.py manifest``).
 Re-running the same command resumes from the newest checkpoint in ``output_dir``
 (``train.resume=auto``). The result loads with ``llasm.speech.token2wav.load_token2wav(output_dir)``
-and speaks with ``model.set_token2wav(output_dir)``.
+and speaks with ``model.set_vocoder(output_dir)``.
 """
 
 from __future__ import annotations

@@ -105,14 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--speak", metavar="OUT.wav",
                         help="also speak the reply to --audio/--text into this file (unit head + vocoder), then exit")
-    parser.add_argument("--vocoder", help="token2wav directory for --speak: train/train_token2wav.py (units -> mel -> "
-                        "MB-MelGAN) or train/train_vocoder.py (unit HiFi-GAN) output")
+    parser.add_argument("--vocoder", help="token2wav directory for --speak: train/train_token2wav.py (units -> "
+                        "durations + a decoder's or selected mel -> a mel vocoder) or train/train_vocoder.py "
+                        "(unit HiFi-GAN) output")
     add_device_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.speak and not args.vocoder:
+        parser.error("--speak needs --vocoder DIR (a token2wav directory: train/train_token2wav.py or "
+                     "train/train_vocoder.py output, e.g. make speech-demo's outputs/speech-demo/token2wav)")
     from llasm.builder import load_model
     from llasm.chat import PromptCache, user_turn
 

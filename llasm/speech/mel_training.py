@@ -54,7 +54,7 @@ class MelTrainConfig:
     max_minutes: float | None = None  # wall-clock bound of this run (a resumed run gets a fresh one)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    sample_every: int = 500  # wav + mel PNG; 0 disables
+    sample_every: int = 500  # wav + mel PNG every N steps and at the end; 0 disables
     log_every: int = 20
     resume: str | None = "auto"  # "auto" (latest checkpoint in output_dir), "never", or a checkpoint dir
     seed: int = 1234
@@ -70,11 +70,11 @@ def load_token2wav_configs(path: str | os.PathLike, overrides: Sequence[str] = (
                            ) -> tuple[Token2WavConfig, UnitMelDecoderConfig, MelTrainConfig]:
     """Read a token2wav YAML (sections ``token2wav:``, ``mel_decoder:``, ``train:``) + dotted overrides
     (``train.max_steps=100``, ``mel_decoder.num_units=500``). Unknown keys are errors naming the file."""
-    data = load_yaml(path)
-    stray = sorted(set(data) - set(SECTIONS))
+    data = settings.apply_overrides(load_yaml(path), overrides, str(path))
+    stray = sorted(set(data) - set(SECTIONS))  # after the overrides: a bare `max_steps=2` is a stray key too
     if stray:
-        raise ValueError(f"{path}: unknown top-level key(s) {stray}; expected {sorted(SECTIONS)}")
-    data = settings.apply_overrides(data, overrides, str(path))
+        raise ValueError(f"{path}: unknown top-level key(s) {stray}; expected {sorted(SECTIONS)} "
+                         "(overrides are dotted: train.max_steps=2)")
     token2wav, decoder, train = (settings.from_dict(cls, data.get(name), str(path), f"{name}.")
                                  for name, cls in SECTIONS.items())
     if token2wav.type != "unit_mel":
@@ -255,6 +255,8 @@ class UnitMelTrainer:
         bar.close()
         if last_saved != self.step:
             self.save_checkpoint()
+        if t.sample_every and history and self.step % t.sample_every:  # the run's last state, heard and drawn
+            self.write_sample()
         self.token2wav().save_pretrained(self.output_dir)
         return history
 
@@ -282,7 +284,9 @@ class UnitMelTrainer:
         return t2w
 
     def write_sample(self, index: int = 0) -> Path:
-        """Speak row ``index`` with predicted durations; write ``samples/step_N.wav`` and a mel PNG."""
+        """Speak row ``index`` with predicted durations; write ``samples/step_N.wav`` and a mel PNG. (With
+        ``mel_source: unit_selection`` a training row is mostly its own recording's frames again: the sample
+        shows the durations and the joins, not how new units sound.)"""
         row, target = self.dataset.rows[index], self.dataset.mels[index]
         t2w = self.token2wav()
         predicted = t2w.log_mel(row["units"])

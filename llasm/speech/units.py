@@ -1,6 +1,7 @@
 """Discrete speech units: k-means over one encoder layer, deduplicated units with durations.
 
-By default the features are the frozen Whisper encoder's middle layer (no second model needed);
+By default the features are the frozen Whisper encoder's layer at two-thirds depth (layer 4 of
+whisper-base's 6, the most intelligible in ``bench/unit_choice.py``; no second model needed);
 a HuBERT model through transformers can be used instead when its weights are available. Both run
 at 50 Hz (320 samples at 16 kHz per frame), matching the unit vocoder's 320 samples per unit.
 
@@ -85,7 +86,9 @@ class WhisperLayerFeatures:
         self.encoder.requires_grad_(False)
         self.feature_extractor = feature_extractor or WhisperFeatureExtractor.from_pretrained(name_or_path)
         num_layers = len(self.encoder.layers)
-        self.layer = num_layers // 2 if layer is None else int(layer)
+        # two-thirds deep: on whisper-base (6 layers) layer 4 carried the words best, layer 3 (the middle)
+        # worse, at every K (bench/unit_choice.py; docs/experiments/token2wav.md)
+        self.layer = (2 * num_layers) // 3 if layer is None else int(layer)
         if not 0 <= self.layer <= num_layers:
             raise ValueError(f"layer must lie in [0, {num_layers}] for {name_or_path}, got {self.layer}")
         self.device = device

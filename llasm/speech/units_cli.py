@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit k-means on encoder-layer features")
     fit.add_argument("--encoder", required=True, help="Whisper (or HuBERT) hub id or dir")
     fit.add_argument("--encoder-type", choices=["whisper", "hubert"], default="whisper")
-    fit.add_argument("--layer", type=int, default=None, help="hidden-state index (default: middle layer)")
+    fit.add_argument("--layer", type=int, default=None, help="hidden-state index (default: Whisper two-thirds deep, 4 of whisper-base's 6; HuBERT the middle)")
     fit.add_argument("--num-units", type=int, default=500, help="K (500 or 1000 in the references)")
     fit.add_argument("--input", nargs="+", required=True, help="JSONL files, audio dirs or audio files")
     fit.add_argument("--output", required=True, help="directory for kmeans.safetensors + kmeans.json")
