@@ -38,7 +38,8 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     km = json.loads((tmp_path / "kmeans" / "kmeans.json").read_text())
     assert km["num_units"] == speech_demo.NUM_UNITS and km["layer"] == speech_demo.LAYER
     token2wav = json.loads((tmp_path / "token2wav" / "token2wav.json").read_text())
-    assert token2wav["type"] == "unit_mel" and token2wav["mel_vocoder"] == "mb_melgan"
+    assert token2wav["type"] == "unit_mel" and token2wav["mel_vocoder"] == "griffin_lim"
+    assert token2wav["mel_source"] == "unit_selection" and (tmp_path / "token2wav" / "unit_selection.safetensors").exists()
     assert (tmp_path / "stage3" / "final").is_dir()
     head_rows = [json.loads(line) for line in open(tmp_path / "data" / "stage3_train.jsonl")]
     assert {r["id"].split("-")[0] for r in head_rows} == {"inst", "asr", "gen"}  # answers + "repeat after me"
