@@ -265,6 +265,8 @@ def test_token2wav_yaml_checks_its_sections(tmp_path):
     t2w, decoder, train = load_token2wav_configs("configs/token2wav_cpu.yaml", ["train.max_steps=5"])
     assert t2w.mel_vocoder == "griffin_lim" and decoder.mel.hop_size == 300 and train.max_steps == 5
     assert t2w.mel_source == "unit_selection" and t2w.unit_selection.candidates == 150
+    with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['max_steps'\].*train.max_steps=2"):
+        load_token2wav_configs("configs/token2wav_cpu.yaml", ["max_steps=2"])  # a bare override is not ignored
     with pytest.raises(ValueError, match="unknown config key 'token2wav.unit_selection.lookahed'"):
         load_token2wav_configs("configs/token2wav_cpu.yaml", ["token2wav.unit_selection.lookahed=1"])
     (tmp_path / "bad.yaml").write_text("token2wav: {type: unit_mel}\nvocoder: {}\n")

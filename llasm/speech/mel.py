@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
+from llasm.speech.vocoder_config import FRAME_RATE
+
 
 @dataclass
 class MelConfig:
@@ -49,6 +51,17 @@ class MelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def mel_frames(mel: MelConfig, unit_frames: int) -> int:
+    """Mel frames that ``unit_frames`` 50 Hz unit frames make: ``floor(unit_frames * rate / (50 * hop))``."""
+    return unit_frames * mel.sampling_rate // (FRAME_RATE * mel.hop_size)
+
+
+def unit_frame_of_mel(mel: MelConfig, mel_begin: int, mel_end: int) -> np.ndarray:
+    """The 50 Hz unit frame each mel frame in ``[mel_begin, mel_end)`` reads: ``j * 50 * hop // rate``
+    (nearest, exact integers; the units -> mel length regulator's mapping)."""
+    return np.arange(mel_begin, mel_end) * (FRAME_RATE * mel.hop_size) // mel.sampling_rate
 
 
 class LogMel(torch.nn.Module):

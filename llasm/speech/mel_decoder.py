@@ -33,9 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from llasm import settings
 from llasm.io import atomic_path, write_json
-from llasm.speech.mel import MelConfig
+from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel
 from llasm.speech.vocoder import DurationPredictor
-from llasm.speech.vocoder_config import FRAME_RATE
 
 WEIGHTS, CONFIG = "mel_decoder.safetensors", "mel_decoder_config.json"
 
@@ -115,14 +114,11 @@ class UnitMelDecoder(nn.Module):
 
     def mel_frames(self, unit_frames: int) -> int:
         """Mel frames that ``unit_frames`` 50 Hz frames make: ``floor(unit_frames * mel_rate / 50)``."""
-        m = self.config.mel
-        return unit_frames * m.sampling_rate // (FRAME_RATE * m.hop_size)
+        return mel_frames(self.config.mel, unit_frames)
 
     def source_frames(self, mel_begin: int, mel_end: int) -> torch.Tensor:
         """The 50 Hz unit frame each mel frame in ``[mel_begin, mel_end)`` reads (nearest, exact integers)."""
-        m = self.config.mel
-        j = torch.arange(mel_begin, mel_end)
-        return j * (FRAME_RATE * m.hop_size) // m.sampling_rate
+        return torch.from_numpy(unit_frame_of_mel(self.config.mel, mel_begin, mel_end))
 
     @property
     def unit_radius(self) -> int:

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llasm.io import atomic_path
-from llasm.speech.mel import MelConfig
+from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel  # noqa: F401  (re-exported)
 from llasm.speech.vocoder_config import FRAME_RATE
 
 WEIGHTS = "unit_selection.safetensors"
@@ -67,17 +67,6 @@ class UnitSelectionConfig:
         for name in ("context_weight", "duration_weight", "join_weight", "break_cost"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"unit_selection.{name} must be >= 0, got {getattr(self, name)}")
-
-
-def unit_frame_of_mel(mel: MelConfig, mel_begin: int, mel_end: int) -> np.ndarray:
-    """The 50 Hz unit frame each mel frame in ``[mel_begin, mel_end)`` reads: ``j * 50 * hop // rate``
-    (the decoder's length regulator, :meth:`UnitMelDecoder.source_frames`)."""
-    return np.arange(mel_begin, mel_end) * (FRAME_RATE * mel.hop_size) // mel.sampling_rate
-
-
-def mel_frames(mel: MelConfig, unit_frames: int) -> int:
-    """Mel frames that ``unit_frames`` 50 Hz frames make (:meth:`UnitMelDecoder.mel_frames`)."""
-    return unit_frames * mel.sampling_rate // (FRAME_RATE * mel.hop_size)
 
 
 def run_spans(mel: MelConfig, durations: Sequence[int], num_mel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
