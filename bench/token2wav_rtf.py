@@ -59,8 +59,8 @@ def measure(token2wav, seconds: float, repeats: int) -> dict:
     times, split = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        if isinstance(token2wav, UnitMelToken2Wav):
-            mel = token2wav.log_mel(units, durations)
+        if isinstance(token2wav, UnitMelToken2Wav):  # recorded durations: the runs' own, as deployed
+            mel = token2wav.log_mel(units, None if token2wav.recorded_durations else durations)
             middle = time.perf_counter()
             audio = token2wav.to_16k(token2wav.vocoder(mel))
             split.append((middle - start) / (time.perf_counter() - start))
@@ -95,8 +95,9 @@ def main() -> None:
         selection = random_selection(decoder.num_units, decoder.mel, args.corpus_minutes, token2wav.unit_selection)
         config = Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=token2wav.griffin_lim_iterations,
                                  mel_source="unit_selection", unit_selection=token2wav.unit_selection)
+        recorded = token2wav.unit_selection.durations == "recorded"  # then no decoder
         systems[f"unit_mel unit selection ({args.corpus_minutes:g} min) + griffin_lim"] = UnitMelToken2Wav(
-            UnitMelDecoder(decoder), config, selection=selection)
+            None if recorded else UnitMelDecoder(decoder), config, selection=selection)
     baseline = UnitHifiGan(UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")).remove_weight_norm().eval()
     systems["unit_hifigan (configs/vocoder_cpu.yaml, baseline)"] = baseline
     print(f"torch {torch.__version__}, {args.threads} threads, {args.seconds:g} s of units, {args.repeats} runs")

@@ -71,7 +71,7 @@ def test_new_sequences_use_corpus_frames_and_unseen_units_speak_silence():
                 assert tuple(frame) in corpus_frames
     with pytest.raises(ValueError, match=r"unit ids must lie in \[0, 30\)"):
         selection.generate([3, 30], [1, 1])
-    with pytest.raises(ValueError, match="one count per unit"):
+    with pytest.raises(ValueError, match="one non-negative count per unit"):
         selection.generate([3, 4], [1])
     with pytest.raises(ValueError, match="no units"):
         selection.generate([], [])
@@ -96,6 +96,33 @@ def test_the_search_chooses_the_same_runs_when_units_arrive_one_by_one(lookahead
     # any window of the rendering equals the same rows of the whole
     mel = selection.render(whole, target_durations)
     np.testing.assert_array_equal(selection.render(whole, target_durations, 7, 41), mel[7:41])
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_recorded_durations_speak_each_chosen_run_at_its_own_length(lookahead):
+    """No durations: no duration term, each run keeps its recorded mel frames; streaming = whole."""
+    units, durations, mels = corpus(clips=8)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL,
+                                          UnitSelectionConfig(candidates=8, lookahead=lookahead))
+    # a corpus clip without its durations comes back as its own runs: exactly its recorded frames
+    mel = selection.generate(units[2])
+    np.testing.assert_array_equal(mel, mels[2][: run_spans(MEL, durations[2])[1][-1]].astype(np.float16))
+    target = corpus(clips=1, length=30, seed=5)[0][0]
+    whole = selection.search().extend(target, None, final=True)
+    mel = selection.render(whole)
+    lengths = selection.end[whole] - selection.begin[whole]
+    assert len(mel) == lengths.sum() == selection.spans(whole)[2]
+    np.testing.assert_array_equal(mel[lengths[0]: lengths[0] + lengths[1]], selection.frames[
+        selection.begin[whole[1]]: selection.end[whole[1]]].astype(np.float32))
+    np.testing.assert_array_equal(selection.render(whole, None, 5, 33), mel[5:33])
+    search, grown = selection.search(), []
+    for n in range(1, len(target) + 1):
+        path = search.extend(target[:n])
+        assert path[: len(grown)] == grown and len(path) <= max(0, n - 1 - lookahead)
+        grown = path
+    assert search.extend(target, final=True) == whole
+    with pytest.raises(ValueError, match="on every call of one search, or on none"):
+        search.extend(target, [2] * len(target))
 
 
 def test_a_lookahead_never_costs_more_than_greedy_choice():
@@ -127,11 +154,31 @@ def test_config_and_corpus_checks():
         UnitSelection(np.zeros((4, 3)), [1], [0], [2], [0], 5, MEL)
 
 
-def selection_token2wav(vocoder: str = "griffin_lim") -> UnitMelToken2Wav:
-    units, durations, mels = corpus(clips=6, num_units=20)
-    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
-    config = Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1, mel_source="unit_selection")
-    return UnitMelToken2Wav(tiny_decoder(), config, selection=selection)
+def selection_token2wav(vocoder: str = "griffin_lim", durations: str = "predicted") -> UnitMelToken2Wav:
+    """With predicted durations (the tiny decoder's) or recorded ones (no decoder)."""
+    units, durations_, mels = corpus(clips=6, num_units=20)
+    selection = UnitSelection.from_corpus(units, durations_, mels, 20, MEL)
+    config = Token2WavConfig(mel_vocoder=vocoder, griffin_lim_iterations=2, threads=1, mel_source="unit_selection",
+                             unit_selection=UnitSelectionConfig(durations=durations))
+    return UnitMelToken2Wav(tiny_decoder() if durations == "predicted" else None, config, selection=selection)
+
+
+def test_token2wav_without_a_decoder_speaks_recorded_durations_and_saves_no_decoder(tmp_path):
+    t2w = selection_token2wav(durations="recorded")
+    units = [3, 7, 1, 9, 4, 12, 5]
+    assert t2w.decoder is None and t2w.num_units == 20 and t2w.recorded_durations
+    assert len(t2w.synthesize(units)) > 0
+    t2w.save_pretrained(tmp_path / "t2w")
+    assert sorted(p.name for p in (tmp_path / "t2w").iterdir()) == ["token2wav.json", "unit_selection.safetensors"]
+    loaded = load_token2wav(tmp_path / "t2w")
+    assert loaded.decoder is None and loaded.selection.mel == MEL and loaded.num_units == 20
+    np.testing.assert_array_equal(loaded.log_mel(units), t2w.log_mel(units))
+    with pytest.raises(FileNotFoundError):  # predicted durations need the decoder this folder has not
+        load_token2wav(tmp_path / "t2w", unit_selection={"durations": "predicted"})
+    with pytest.raises(ValueError, match="no mel decoder"):
+        UnitMelToken2Wav(None, Token2WavConfig(mel_vocoder="griffin_lim"))
+    with pytest.raises(ValueError, match="durations must be one of"):
+        UnitSelectionConfig(durations="guessed")
 
 
 def test_token2wav_with_unit_selection_saves_loads_and_checks(tmp_path):
@@ -162,8 +209,9 @@ def test_token2wav_with_unit_selection_saves_loads_and_checks(tmp_path):
 
 
 @needs_mb_melgan
-def test_mb_melgan_stream_of_selected_frames_equals_whole_synthesis():
-    t2w = selection_token2wav("mb_melgan")
+@pytest.mark.parametrize("durations", ["predicted", "recorded"])
+def test_mb_melgan_stream_of_selected_frames_equals_whole_synthesis(durations):
+    t2w = selection_token2wav("mb_melgan", durations)
     units = np.random.default_rng(2).integers(0, 20, 60).tolist()
     units = [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
     whole = t2w.synthesize(units)
@@ -175,7 +223,9 @@ def test_mb_melgan_stream_of_selected_frames_equals_whole_synthesis():
     assert np.abs(streamed - whole).max() <= 1e-4 * max(1e-6, np.abs(whole).max())
 
 
-def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path):
+@pytest.mark.parametrize("durations", ["predicted", "recorded"])
+def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path, durations):
+    """Predicted durations train the decoder; recorded ones need none: no steps, no checkpoints, no decoder."""
     from llasm.audio import save_audio
     from llasm.io import write_jsonl
     from llasm.speech.mel_training import MelTrainConfig, UnitMelTrainer, load_token2wav_configs
@@ -190,7 +240,8 @@ def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path):
     t2w_config, decoder_config, _ = load_token2wav_configs("configs/token2wav_cpu.yaml", [
         "mel_decoder.num_units=20", "mel_decoder.hidden_size=16", "mel_decoder.encoder_layers=1",
         "mel_decoder.decoder_layers=1", "token2wav.mel_vocoder=griffin_lim", "token2wav.griffin_lim_iterations=2",
-        "token2wav.mel_source=unit_selection", "token2wav.unit_selection.candidates=4"])
+        "token2wav.mel_source=unit_selection", "token2wav.unit_selection.candidates=4",
+        f"token2wav.unit_selection.durations={durations}"])
     trainer = UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(
         train_manifest=str(tmp_path / "m.jsonl"), output_dir=str(tmp_path / "out"), batch_size=2, segment_frames=30,
         max_steps=2, sample_every=2, checkpoint_every=0, progress=False, warmup_steps=1))
@@ -202,8 +253,15 @@ def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path):
     target = trainer.dataset.mels[0]
     mel = t2w.log_mel(rows[0]["units"], rows[0]["durations"])
     np.testing.assert_allclose(mel, target[: len(mel)].astype(np.float16).astype(np.float32))
-    assert (tmp_path / "out" / "samples" / "step_00000002.png").exists()
-    assert torch.is_tensor(next(t2w.decoder.parameters()))
+    step = 2 if durations == "predicted" else 0
+    assert (tmp_path / "out" / "samples" / f"step_{step:08d}.png").exists()
+    if durations == "predicted":
+        assert torch.is_tensor(next(t2w.decoder.parameters()))
+        return
+    assert trainer.step == 0 and trainer.model is None and t2w.decoder is None
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "mel_decoder.safetensors").exists()
+    # without durations its runs come back at their recorded lengths: the same frames again
+    np.testing.assert_array_equal(t2w.log_mel(rows[0]["units"]), mel)
 
 
 def test_selection_bench_leaves_a_clip_out_and_picks_dev_clips(tmp_path):

@@ -1,7 +1,8 @@
-r"""Train the units -> mel decoder of token2wav ``unit_mel`` from a YAML config.
+r"""Build token2wav ``unit_mel`` from a YAML config: the unit selection's corpus, and the units -> mel
+decoder when the config uses one (``mel_source: decoder`` or ``unit_selection.durations: predicted``).
 
-    .venv/bin/python train/train_token2wav.py configs/token2wav_cpu.yaml                  # ~8 min on a CPU
-    .venv/bin/python train/train_token2wav.py configs/token2wav_cpu.yaml \
+    .venv/bin/python train/train_token2wav.py configs/token2wav_cpu.yaml      # unit selection: the clips' mels only
+    .venv/bin/python train/train_token2wav.py configs/token2wav_cpu.yaml token2wav.mel_source=decoder \
         train.train_manifest=data/vocoder/train.jsonl train.output_dir=runs/t2w train.max_steps=4000
 
 Overrides are ``section.key=value`` (sections ``token2wav``, ``mel_decoder``, ``train``), values
@@ -40,6 +41,10 @@ def main(argv: list[str]) -> int:
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if not trainer.learns:
+        print(f"unit selection over {len(trainer.dataset)} clips ({trainer.token2wav().selection.num_runs} runs; "
+              f"durations recorded, so no decoder to train); token2wav saved in {train.output_dir}")
+        return 0
     last = history[-1] if history else {"step": trainer.step}
     print(f"done at step {trainer.step}: {last}; token2wav saved in {train.output_dir}")
     return 0

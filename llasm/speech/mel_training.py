@@ -10,6 +10,10 @@ Output folder: ``checkpoints/step_N/`` (resumable), ``log.jsonl``, ``samples/ste
 (a training row spoken with *predicted* durations through the target vocoder, and its mel against
 the target's) and, at the end, a token2wav directory (``token2wav.json`` + the decoder) that
 :func:`llasm.speech.token2wav.load_token2wav` opens.
+
+With ``mel_source: unit_selection`` and ``unit_selection.durations: recorded`` nothing is learned:
+the run reads the target mels, builds the unit selection's corpus, writes one sample and saves the
+token2wav (no decoder, no checkpoints; seconds to minutes for the mel features).
 """
 
 from __future__ import annotations
@@ -193,7 +197,9 @@ class UnitMelTrainer:
     def __init__(self, token2wav: Token2WavConfig, config: UnitMelDecoderConfig, train_config: MelTrainConfig,
                  dataset: UnitMelDataset | None = None):
         t = train_config
-        if t.max_steps is None and t.max_minutes is None:
+        # unit selection at recorded durations uses no decoder: there is nothing to train
+        self.learns = not (token2wav.mel_source == "unit_selection" and token2wav.unit_selection.durations == "recorded")
+        if self.learns and t.max_steps is None and t.max_minutes is None:
             raise ValueError("set train.max_steps and/or train.max_minutes (the run needs a bound)")
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -202,14 +208,17 @@ class UnitMelTrainer:
         self.dataset = dataset or UnitMelDataset(t.train_manifest, config, seed=t.seed, progress=t.progress)
         torch.manual_seed(t.seed)
         self.device = resolve_device(t.device)  # the decoder and its batches; checkpoints on the CPU
-        self.model = UnitMelDecoder(config).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-        warmup = max(1, t.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.step = 0
         self.resumed_from: Path | None = None
         self._vocoder = None
         self._selection: UnitSelection | None = None
+        self.model: UnitMelDecoder | None = None
+        if not self.learns:
+            return
+        self.model = UnitMelDecoder(config).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        warmup = max(1, t.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         if config.unit_prior:  # a resumed run replaces this start with its checkpoint
             self.model.init_unit_prior(*self.dataset.unit_mel_sums())
         self._maybe_resume()
@@ -235,6 +244,11 @@ class UnitMelTrainer:
     def train(self) -> list[dict]:
         """Run until ``max_steps`` or ``max_minutes``; returns this run's per-step losses; saves the token2wav."""
         t = self.train_config
+        if not self.learns:  # the corpus is the model
+            if t.sample_every:
+                self.write_sample()
+            self.token2wav().save_pretrained(self.output_dir)
+            return []
         started, history = time.monotonic(), []
         last_saved = self.step if self.resumed_from else -1
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="token2wav", unit="step")
@@ -284,18 +298,19 @@ class UnitMelTrainer:
         return t2w
 
     def write_sample(self, index: int = 0) -> Path:
-        """Speak row ``index`` with predicted durations; write ``samples/step_N.wav`` and a mel PNG. (With
-        ``mel_source: unit_selection`` a training row is mostly its own recording's frames again: the sample
-        shows the durations and the joins, not how new units sound.)"""
+        """Speak row ``index`` without its durations (predicted, or the selected runs' recorded ones); write
+        ``samples/step_N.wav`` and a mel PNG. (With ``mel_source: unit_selection`` a training row is mostly its
+        own recording's frames again: the sample shows the durations and the joins, not how new units sound.)"""
         row, target = self.dataset.rows[index], self.dataset.mels[index]
         t2w = self.token2wav()
-        predicted = t2w.log_mel(row["units"])
-        audio = t2w.to_16k(t2w.vocoder(predicted))
-        self.model.train()
+        spoken = t2w.log_mel(row["units"])
+        audio = t2w.to_16k(t2w.vocoder(spoken))
+        if self.model is not None:
+            self.model.train()
         folder, name = self.output_dir / "samples", f"step_{self.step:08d}"
         save_audio(folder / f"{name}.wav", audio)
-        return plot_mels([("target", target), (f"predicted durations, step {self.step}", predicted)],
-                         folder / f"{name}.png")
+        kind = "recorded" if t2w.recorded_durations else "predicted"
+        return plot_mels([("target", target), (f"{kind} durations, step {self.step}", spoken)], folder / f"{name}.png")
 
     # -- checkpoints ---------------------------------------------------------------------------
 

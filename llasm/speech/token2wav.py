@@ -11,7 +11,8 @@ Two kinds, chosen by ``token2wav.type`` in YAML (``configs/token2wav_cpu.yaml``,
     Griffin-Lim), CosyVoice's token2wav split (flow/regression to mel + HiFT/HiFi-GAN), which
     LLaMA-Omni 2, SLAM-Omni and MiniCPM-o follow. Only the easy half is learned. With
     ``mel_source: unit_selection`` the mel comes from the voice's own recorded frames instead
-    (:mod:`llasm.speech.unit_selection`); the decoder then only predicts the durations.
+    (:mod:`llasm.speech.unit_selection`); the decoder then at most predicts the durations, and with
+    ``unit_selection.durations: recorded`` (the runs' own lengths) there is no decoder at all.
 
 Both have ``num_units``, ``sampling_rate`` (16 kHz out), ``synthesize(units, durations=None)``,
 ``stream(units_iter, chunk_units=40, ...)``, ``streamer(...)`` (push-style: ``push(units)`` /
@@ -35,6 +36,8 @@ import torch
 from llasm import settings
 from llasm.audio import SAMPLING_RATE
 from llasm.io import write_json
+from llasm.speech.mel import mel_frames
+from llasm.speech.mel_decoder import CONFIG as DECODER_CONFIG
 from llasm.speech.mel_decoder import UnitMelDecoder
 from llasm.speech.mel_vocoder import load_mel_vocoder
 from llasm.speech.unit_selection import UnitSelection, UnitSelectionConfig
@@ -78,23 +81,31 @@ class Token2WavConfig:
 class UnitMelToken2Wav:
     """Units -> :class:`UnitMelDecoder` (durations and, by default, the log-mel) -> pretrained mel vocoder
     -> 16 kHz float32 audio. With ``selection`` (a :class:`UnitSelection` over the same mel domain and
-    ``config.mel_source == "unit_selection"``) the log-mel is chosen from recorded frames instead."""
+    ``config.mel_source == "unit_selection"``) the log-mel is chosen from recorded frames instead; the
+    decoder may then be None when ``config.unit_selection.durations`` is ``recorded``.
 
-    def __init__(self, decoder: UnitMelDecoder, config: Token2WavConfig | None = None, vocoder=None,
+    Raises ``ValueError`` when the parts disagree (mel domains, K, a selection without ``mel_source:
+    unit_selection`` or the reverse, no decoder where one is needed)."""
+
+    def __init__(self, decoder: UnitMelDecoder | None, config: Token2WavConfig | None = None, vocoder=None,
                  selection: UnitSelection | None = None):
-        self.decoder = decoder.eval()
         self.config = config or Token2WavConfig()
-        self.vocoder = vocoder or load_mel_vocoder(self.config.mel_vocoder, **self.config.vocoder_options())
-        if dataclasses.asdict(self.vocoder.mel) != dataclasses.asdict(decoder.config.mel):
-            raise ValueError(f"the decoder writes mel {decoder.config.mel} but {self.vocoder.name} reads {self.vocoder.mel}")
         if (selection is None) != (self.config.mel_source == "decoder"):
             raise ValueError(f"token2wav.mel_source is {self.config.mel_source!r} but a unit selection was "
                              f"{'not ' if selection is None else ''}given")
-        if selection is not None:
+        if decoder is None and (selection is None or self.config.unit_selection.durations != "recorded"):
+            raise ValueError("no mel decoder: only unit selection with unit_selection.durations: recorded works without one")
+        self.decoder = decoder.eval() if decoder is not None else None
+        self.mel = decoder.config.mel if decoder is not None else selection.mel
+        self.vocoder = vocoder or load_mel_vocoder(self.config.mel_vocoder, **self.config.vocoder_options())
+        if dataclasses.asdict(self.vocoder.mel) != dataclasses.asdict(self.mel):
+            raise ValueError(f"the token2wav writes mel {self.mel} but {self.vocoder.name} reads {self.vocoder.mel}")
+        if selection is not None and decoder is not None:
             if dataclasses.asdict(selection.mel) != dataclasses.asdict(decoder.config.mel):
                 raise ValueError(f"the unit selection holds mel {selection.mel} but the decoder writes {decoder.config.mel}")
             if selection.num_units != decoder.config.num_units:
                 raise ValueError(f"the unit selection has {selection.num_units} units, the decoder {decoder.config.num_units}")
+        if selection is not None:
             selection.config = self.config.unit_selection
         self.selection = selection
 
@@ -102,7 +113,12 @@ class UnitMelToken2Wav:
 
     @property
     def num_units(self) -> int:
-        return self.decoder.config.num_units
+        return self.decoder.config.num_units if self.decoder is not None else self.selection.num_units
+
+    @property
+    def recorded_durations(self) -> bool:
+        """Whether units without durations speak at the selected runs' recorded lengths."""
+        return self.selection is not None and self.config.unit_selection.durations == "recorded"
 
     def to_16k(self, audio: np.ndarray) -> np.ndarray:
         if self.vocoder.sampling_rate == SAMPLING_RATE:
@@ -115,13 +131,11 @@ class UnitMelToken2Wav:
         ``[0, num_units)`` or durations that are not one non-negative count per unit."""
         if self.selection is None:
             return self.decoder.generate(units, durations)
-        unit_tensor = self.decoder.unit_tensor(units)  # the id checks
-        if durations is None:
-            with torch.inference_mode():
-                durations = self.decoder.eval().predict_durations(self.decoder.encode(unit_tensor))[0].tolist()
-        elif len(durations) != unit_tensor.shape[1] or min(durations) < 0:
-            raise ValueError("durations must be one non-negative count per unit")
-        return self.selection.generate(unit_tensor[0].tolist(), durations)
+        if durations is None and not self.recorded_durations:
+            with torch.inference_mode():  # unit_tensor checks the ids
+                durations = self.decoder.eval().predict_durations(self.decoder.encode(self.decoder.unit_tensor(units)))
+            durations = durations[0].tolist()
+        return self.selection.generate(units, durations)  # checks the ids, emptiness and the durations
 
     def synthesize(self, units: Sequence[int] | np.ndarray, durations: Sequence[int] | None = None) -> np.ndarray:
         """Deduplicated units (+ optional 50 Hz frames per unit; predicted otherwise) -> 16 kHz float32 audio.
@@ -143,10 +157,11 @@ class UnitMelToken2Wav:
         yield from streamer.finish()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """``token2wav.json`` + the decoder's files (+ the unit selection's corpus); the mel vocoder is
-        named, not copied (it is pretrained)."""
+        """``token2wav.json`` + the decoder's files (when there is a decoder) + the unit selection's corpus
+        (when there is one); the mel vocoder is named, not copied (it is pretrained)."""
         directory = Path(directory)
-        self.decoder.save_pretrained(directory)
+        if self.decoder is not None:
+            self.decoder.save_pretrained(directory)
         if self.selection is not None:
             self.selection.save_pretrained(directory)
         write_json(directory / CONFIG, self.config.to_dict())
@@ -156,11 +171,13 @@ class UnitMelToken2Wav:
     def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu", **overrides) -> "UnitMelToken2Wav":
         directory = Path(directory)
         config = read_config(directory, overrides)
-        decoder = UnitMelDecoder.from_pretrained(directory, device=device)
+        decoder = None  # unit selection with recorded durations needs none; a saved one loads anyway
+        if config.mel_source == "decoder" or config.unit_selection.durations != "recorded" or \
+                (directory / DECODER_CONFIG).exists():
+            decoder = UnitMelDecoder.from_pretrained(directory, device=device)
         selection = None
         if config.mel_source == "unit_selection":
-            selection = UnitSelection.from_pretrained(directory, decoder.config.num_units, decoder.config.mel,
-                                                      config.unit_selection)
+            selection = UnitSelection.from_pretrained(directory, config.unit_selection)
         return cls(decoder, config, selection=selection)
 
 
@@ -168,7 +185,8 @@ class MelStream:
     """Push-style streaming of :class:`UnitMelToken2Wav`: ``push(units)`` returns the 16 kHz chunks now ready.
 
     A unit's duration depends on ``decoder.unit_radius + 2`` units either side (encoder + duration
-    predictor), so it is final once that many more units arrived; a mel frame depends on
+    predictor), so it is final once that many more units arrived (with recorded durations it is the
+    chosen run's, final once the search chose it: ``lookahead + 1`` units later); a mel frame depends on
     ``decoder.mel_radius`` regulated frames either side and its audio on ``vocoder.receptive_field``
     mel frames. Once ``chunk_units`` units (``first_chunk_units`` for the first chunk, default
     ``min(10, chunk_units)``) have final durations, the mel frames whose context is complete are
@@ -185,11 +203,12 @@ class MelStream:
         if chunk_units < 1:
             raise ValueError(f"chunk_units must be >= 1, got {chunk_units}")
         self.t2w, self.decoder, self.vocoder = token2wav, token2wav.decoder, token2wav.vocoder
+        self.recorded = token2wav.recorded_durations
         self.chunk_units = int(chunk_units)
         self.first_chunk_units = min(10, self.chunk_units) if first_chunk_units is None else int(first_chunk_units)
         if self.first_chunk_units < 1:
             raise ValueError(f"first_chunk_units must be >= 1, got {first_chunk_units}")
-        self.unit_context = self.decoder.unit_radius + self.decoder.duration_predictor.radius
+        self.unit_context = 0 if self.recorded else self.decoder.unit_radius + self.decoder.duration_predictor.radius
         self.selection = token2wav.selection
         self.search = self.selection.search() if self.selection is not None else None
         # selected frames depend only on their own run; decoded ones on mel_radius frames either side
@@ -208,21 +227,28 @@ class MelStream:
         mel_context = self.mel_context
         if self.mel_done == 0 and self.first_context is not None:
             mel_context = min(self.first_context, mel_context)
-        n_final = len(self.units) - (0 if final else self.unit_context)
-        if n_final <= len(self.durations) and not final:
-            return []
         decoder = self.decoder
-        encoded = decoder.encode(decoder.unit_tensor(self.units))  # (1, U, H); units are few: recompute
-        if n_final > len(self.durations):
-            predicted = decoder.predict_durations(encoded)[0, len(self.durations): n_final]
-            self.durations.extend(predicted.tolist())
-        ready = len(self.durations)  # units whose mel frames are settled
-        if self.search is not None:
-            ready = len(self.search.extend(self.units, self.durations, final=final))
+        if self.recorded:  # the search settles a unit's run, and with it its recorded frames
+            ready = len(self.search.extend(self.units, None, final=final))
+        else:
+            n_final = len(self.units) - (0 if final else self.unit_context)
+            if n_final <= len(self.durations) and not final:
+                return []
+            encoded = decoder.encode(decoder.unit_tensor(self.units))  # (1, U, H); units are few: recompute
+            if n_final > len(self.durations):
+                predicted = decoder.predict_durations(encoded)[0, len(self.durations): n_final]
+                self.durations.extend(predicted.tolist())
+            ready = len(self.durations)  # units whose mel frames are settled
+            if self.search is not None:
+                ready = len(self.search.extend(self.units, self.durations, final=final))
         need = self.chunk_units if self.mel_done else self.first_chunk_units
         if not final and ready - self.units_at_last_chunk < need:
             return []
-        known = decoder.mel_frames(sum(self.durations[:ready]))
+        durations = None if self.recorded else self.durations[:ready]
+        if self.search is not None:
+            known = self.selection.spans(self.search.path[:ready], durations)[2]
+        else:
+            known = mel_frames(self.t2w.mel, sum(durations))
         if final:
             end = known
         else:  # mel frames whose decoder and vocoder context lies within the known frames
@@ -232,7 +258,7 @@ class MelStream:
         vocoder_context, radius = self.vocoder.receptive_field, self.mel_radius
         lo, hi = max(0, self.mel_done - vocoder_context), min(known, end + vocoder_context)
         if self.search is not None:
-            mel = self.selection.render(self.search.path, self.durations[:ready], lo, hi)
+            mel = self.selection.render(self.search.path[:ready], durations, lo, hi)
         else:
             durations = torch.tensor([self.durations])
             frames = decoder.regulate(encoded[:, : len(self.durations)], durations,
@@ -240,7 +266,7 @@ class MelStream:
             mel = decoder.decode(frames)[0, lo - max(0, lo - radius): hi - max(0, lo - radius)]  # (hi - lo, M)
             mel = mel.float().cpu().numpy()
         audio = self.vocoder(mel)
-        hop = decoder.config.mel.hop_size
+        hop = self.t2w.mel.hop_size
         chunk = audio[(self.mel_done - lo) * hop: (end - lo) * hop]
         self.mel_done, self.units_at_last_chunk = end, ready
         if self.resampler is not None:

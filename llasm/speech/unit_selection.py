@@ -18,9 +18,13 @@ joined, the way a concatenative TTS picks recorded segments:
   chosen for ``s - 1`` (receding-horizon Viterbi). A choice then depends only on the units up to
   ``s + lookahead + 1``, so streaming chooses exactly what a whole-utterance call chooses.
 
-Each chosen run's frames are stretched (nearest frame) to the target duration's mel frames. Unit ids
-the corpus never saw speak silence (``log_floor``). The mel goes to the same pretrained mel vocoder
-as the decoder's (:mod:`llasm.speech.mel_vocoder`); the decoder still predicts the durations.
+Durations (``durations`` in the config): ``recorded`` (the default) speaks each chosen run's mel
+frames as they were recorded, so no duration model is needed and the target cost has no duration
+term; ``predicted`` takes them from the mel decoder's duration predictor, and 50 Hz durations given
+to a call (e.g. the units' own run lengths) are always used: each chosen run's frames are then
+stretched (nearest frame) to the mel frames its duration gives. Unit ids the corpus never saw speak
+silence (``log_floor``; one mel frame when recorded). The mel goes to the same pretrained mel vocoder
+as the decoder's (:mod:`llasm.speech.mel_vocoder`).
 
 Design: Hunt & Black 1996 ("Unit selection in a concatenative speech synthesis system using a large
 speech database": target + concatenation costs, Viterbi search); kNN-VC (Baas et al. 2023) for the
@@ -31,6 +35,7 @@ table) beside the token2wav's other files.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llasm.io import atomic_path
@@ -46,6 +52,7 @@ from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel  # noqa: F
 from llasm.speech.vocoder_config import FRAME_RATE
 
 WEIGHTS = "unit_selection.safetensors"
+DURATIONS = ("recorded", "predicted")
 
 
 @dataclass
@@ -58,8 +65,12 @@ class UnitSelectionConfig:
     join_weight: float = 1.0  # times the RMS log-mel step across a join of non-adjacent runs
     break_cost: float = 1.0  # per join of runs that were not adjacent in the corpus
     lookahead: int = 3  # units ahead of a unit its choice looks at (0: greedy)
+    # durations when a call gives none: recorded (each chosen run's own length) | predicted (the decoder's)
+    durations: str = "recorded"
 
     def __post_init__(self) -> None:
+        if self.durations not in DURATIONS:
+            raise ValueError(f"unit_selection.durations must be one of {DURATIONS}, got {self.durations!r}")
         if int(self.candidates) < 1:
             raise ValueError(f"unit_selection.candidates must be >= 1, got {self.candidates}")
         if int(self.lookahead) < 0:
@@ -147,16 +158,18 @@ class UnitSelection:
         """A search over one utterance whose units may still be arriving (:class:`SelectionSearch`)."""
         return SelectionSearch(self)
 
-    def candidates(self, unit: int, previous: int, following: int, target_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, unit: int, previous: int, following: int,
+                   target_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The kept runs for one unit (``previous`` / ``following``: its neighbours, -1 at an edge) and
-        their target costs."""
+        their target costs (no duration term when ``target_frames`` is None: recorded durations)."""
         c = self.config
         pool = self._order[self._start[unit]: self._start[unit + 1]]
         if len(pool) == 0:
             return np.array([self.silence]), np.zeros(1)
-        mismatch = (self._prev[pool] != previous).astype(np.float64) + (self._next[pool] != following)
-        length = (self._end[pool] - self._begin[pool]).astype(np.float64)
-        cost = c.context_weight * mismatch + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))
+        cost = c.context_weight * ((self._prev[pool] != previous).astype(np.float64) + (self._next[pool] != following))
+        if target_frames is not None:
+            length = (self._end[pool] - self._begin[pool]).astype(np.float64)
+            cost = cost + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))
         keep = np.argsort(cost, kind="stable")[: c.candidates]
         return pool[keep], cost[keep]
 
@@ -173,37 +186,47 @@ class UnitSelection:
 
     # -- rendering -------------------------------------------------------------------------------
 
-    def render(self, path: Sequence[int], durations: Sequence[int], mel_begin: int = 0,
+    def spans(self, path: Sequence[int], durations: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Per chosen run, the ``[begin, end)`` of its mel frames in the utterance, and the utterance's
+        mel frames: with 50 Hz ``durations`` (one per run) the length regulator's (:func:`run_spans`,
+        :func:`mel_frames`); without, each run at its recorded length."""
+        path = np.asarray(path, dtype=np.int64)
+        if durations is None:
+            ends = np.cumsum(self._end[path] - self._begin[path])
+            return ends - (self._end[path] - self._begin[path]), ends, int(ends[-1]) if len(ends) else 0
+        durations = np.asarray(durations, dtype=np.int64)
+        if len(path) != len(durations):
+            raise ValueError(f"path ({len(path)}) and durations ({len(durations)}) must be equal")
+        return (*run_spans(self.mel, durations), mel_frames(self.mel, int(durations.sum())))
+
+    def render(self, path: Sequence[int], durations: Sequence[int] | None = None, mel_begin: int = 0,
                mel_end: int | None = None) -> np.ndarray:
         """Mel frames ``[mel_begin, mel_end)`` (default: all) of the utterance whose units chose runs
-        ``path`` with 50 Hz ``durations`` (one per chosen unit): ``(frames, num_mels)`` float32. Each
-        frame depends only on its own run, so any window equals the same rows of the whole."""
-        durations = np.asarray(durations, dtype=np.int64)
+        ``path``, at 50 Hz ``durations`` (one per chosen unit) or, without, the runs' recorded lengths:
+        ``(frames, num_mels)`` float32. Each frame depends only on its own run, so any window equals the
+        same rows of the whole."""
         path = np.asarray(path, dtype=np.int64)
-        if len(path) != len(durations) or len(path) == 0:
-            raise ValueError(f"path ({len(path)}) and durations ({len(durations)}) must be equal, non-empty")
-        total = int(durations.sum())
-        num_mel = mel_frames(self.mel, total)
+        if len(path) == 0:
+            raise ValueError("no chosen runs to render")
+        begins, ends, num_mel = self.spans(path, durations)
         mel_end = num_mel if mel_end is None else mel_end
-        if total == 0 or mel_end <= mel_begin:
+        if num_mel == 0 or mel_end <= mel_begin:
             return np.zeros((0, self.mel.num_mels), np.float32)
-        begins, ends = run_spans(self.mel, durations)
         frame = np.arange(mel_begin, mel_end)
-        run = np.searchsorted(ends, frame, side="right").clip(max=len(durations) - 1)  # the run frame j reads
+        run = np.searchsorted(ends, frame, side="right").clip(max=len(path) - 1)  # the run frame j reads
         chosen = path[run]
         source_length = self._end[chosen] - self._begin[chosen]
         target_length = np.maximum(ends[run] - begins[run], 1)
         offset = np.minimum((frame - begins[run]) * source_length // target_length, source_length - 1)
         return self._frames[self._begin[chosen] + offset].astype(np.float32)
 
-    def generate(self, units: Sequence[int], durations: Sequence[int]) -> np.ndarray:
-        """Deduplicated units + their 50 Hz frames -> ``(T_mel, num_mels)`` float32 log-mel.
+    def generate(self, units: Sequence[int], durations: Sequence[int] | None = None) -> np.ndarray:
+        """Deduplicated units (+ their 50 Hz frames; None: the chosen runs' recorded lengths) ->
+        ``(T_mel, num_mels)`` float32 log-mel.
 
         Raises ``ValueError`` for no units, ids outside ``[0, num_units)`` or a durations list of another length.
         """
-        search = self.search()
-        path = search.extend(units, durations, final=True)
-        return self.render(path, durations)
+        return self.render(self.search().extend(units, durations, final=True), durations)
 
     # -- persistence -----------------------------------------------------------------------------
 
@@ -220,23 +243,27 @@ class UnitSelection:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, num_units: int, mel: MelConfig,
-                        config: UnitSelectionConfig | None = None) -> "UnitSelection":
-        """Open ``unit_selection.safetensors``; ``FileNotFoundError`` naming the directory without it."""
+    def from_pretrained(cls, directory: str | os.PathLike, config: UnitSelectionConfig | None = None
+                        ) -> "UnitSelection":
+        """Open ``unit_selection.safetensors`` (K and the mel domain are in its metadata);
+        ``FileNotFoundError`` naming the directory without it."""
         path = Path(directory) / WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"{directory}: no {WEIGHTS} (token2wav.mel_source is unit_selection; "
                                     "train/train_token2wav.py writes it)")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
         t = {k: v.numpy() for k, v in load_file(str(path)).items()}
-        return cls(t["frames"], t["unit"], t["begin"], t["end"], t["clip"], num_units, mel, config)
+        mel = MelConfig(**ast.literal_eval(meta["mel"]))
+        return cls(t["frames"], t["unit"], t["begin"], t["end"], t["clip"], int(meta["num_units"]), mel, config)
 
 
 class SelectionSearch:
     """The receding-horizon search over one utterance; units and durations may arrive in pieces.
 
-    :meth:`extend` takes the whole unit list so far and the durations known so far, and returns the
-    runs chosen so far (``path``). Without ``final``, unit ``s`` is chosen once units up to
-    ``s + lookahead + 1`` and durations up to ``s + lookahead`` are known; the choice is the one a
+    :meth:`extend` takes the whole unit list so far and the durations known so far (or None on every
+    call: the chosen runs' recorded lengths), and returns the runs chosen so far (``path``). Without ``final``, unit ``s`` is chosen once units up to
+    ``s + lookahead + 1`` (and durations up to ``s + lookahead``) are known; the choice is the one a
     single ``final`` call over the whole utterance makes.
     """
 
@@ -246,23 +273,32 @@ class SelectionSearch:
         self._candidates: list[tuple[np.ndarray, np.ndarray]] = []
         self._joins: list[np.ndarray] = []  # _joins[t]: costs from unit t's candidates to unit t + 1's
         self._chosen: list[int] = []  # index of each chosen run among its unit's candidates
+        self._given: bool | None = None  # whether calls give durations (None: no call yet)
 
-    def _target_frames(self, durations: np.ndarray, t: int) -> int:
+    def _target_frames(self, durations: np.ndarray | None, t: int) -> int | None:
+        if durations is None:
+            return None
         begins, ends = run_spans(self.selection.mel, durations[: t + 1])
         return int(ends[t] - begins[t])
 
-    def extend(self, units: Sequence[int], durations: Sequence[int], final: bool = False) -> list[int]:
+    def extend(self, units: Sequence[int], durations: Sequence[int] | None = None, final: bool = False) -> list[int]:
         sel, lookahead = self.selection, self.selection.config.lookahead
         units = np.asarray(units, dtype=np.int64).reshape(-1)
-        durations = np.asarray(durations, dtype=np.int64).reshape(-1)
+        if durations is not None:
+            durations = np.asarray(durations, dtype=np.int64).reshape(-1)
+        if self._given is not None and self._given != (durations is not None):
+            raise ValueError("give durations on every call of one search, or on none")
+        self._given = durations is not None
         if len(units) and (units.min() < 0 or units.max() >= sel.num_units):
             raise ValueError(f"unit ids must lie in [0, {sel.num_units}); got {units.min()}..{units.max()}")
-        if final and len(durations) != len(units):
-            raise ValueError(f"durations ({len(durations)}) must give one count per unit ({len(units)})")
+        if final and durations is not None and len(durations) != len(units):
+            raise ValueError(f"durations ({len(durations)}) must give one non-negative count per unit ({len(units)})")
+        if durations is not None and len(durations) and durations.min() < 0:
+            raise ValueError("durations must be one non-negative count per unit")
         if final and len(units) == 0:
             raise ValueError("no units to synthesize")
-        # target costs need the unit's neighbours and its own duration
-        costed = len(units) if final else min(len(units) - 1, len(durations))
+        # target costs need the unit's neighbours and its own duration (when given)
+        costed = len(units) if final else len(units) - 1 if durations is None else min(len(units) - 1, len(durations))
         while len(self._candidates) < costed:
             t = len(self._candidates)
             previous = int(units[t - 1]) if t else -1
