@@ -179,6 +179,11 @@ def test_token2wav_without_a_decoder_speaks_recorded_durations_and_saves_no_deco
         UnitMelToken2Wav(None, Token2WavConfig(mel_vocoder="griffin_lim"))
     with pytest.raises(ValueError, match="durations must be one of"):
         UnitSelectionConfig(durations="guessed")
+    for bad in ([1.5, 2.0], [[1, 2], [3, 4]]):  # neither speaks: ids are whole numbers in a flat list
+        with pytest.raises(ValueError, match="1-D sequence of integer ids"):
+            t2w.synthesize(bad)
+        with pytest.raises(ValueError, match="1-D sequence of integer ids"):
+            tiny_decoder().unit_tensor(bad)
 
 
 def test_token2wav_with_unit_selection_saves_loads_and_checks(tmp_path):

@@ -35,6 +35,7 @@ from llasm import settings
 from llasm.io import atomic_path, write_json
 from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel
 from llasm.speech.vocoder import DurationPredictor
+from llasm.speech.vocoder_config import unit_ids
 
 WEIGHTS, CONFIG = "mel_decoder.safetensors", "mel_decoder_config.json"
 
@@ -204,11 +205,9 @@ class UnitMelDecoder(nn.Module):
 
     def unit_tensor(self, units: Sequence[int] | np.ndarray) -> torch.Tensor:
         """A list of unit ids -> (1, U) long; raises ``ValueError`` when empty or out of ``[0, K)``."""
-        array = np.asarray(units, dtype=np.int64).reshape(-1)
+        array = unit_ids(units, self.config.num_units)
         if array.size == 0:
             raise ValueError("no units to synthesize")
-        if array.min() < 0 or array.max() >= self.config.num_units:
-            raise ValueError(f"unit ids must lie in [0, {self.config.num_units}); got {array.min()}..{array.max()}")
         return torch.from_numpy(array).to(self.mel_proj.weight.device)[None]
 
     @torch.inference_mode()

@@ -309,8 +309,10 @@ class UnitMelTrainer:
             self.model.train()
         folder, name = self.output_dir / "samples", f"step_{self.step:08d}"
         save_audio(folder / f"{name}.wav", audio)
+        source = "unit selection" if t2w.selection is not None else "decoder"
         kind = "recorded" if t2w.recorded_durations else "predicted"
-        return plot_mels([("target", target), (f"{kind} durations, step {self.step}", spoken)], folder / f"{name}.png")
+        return plot_mels([("target", target), (f"{source}, {kind} durations, step {self.step}", spoken)],
+                         folder / f"{name}.png")
 
     # -- checkpoints ---------------------------------------------------------------------------
 

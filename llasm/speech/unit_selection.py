@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 
 from llasm.io import atomic_path
 from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel  # noqa: F401  (re-exported)
-from llasm.speech.vocoder_config import FRAME_RATE
+from llasm.speech.vocoder_config import FRAME_RATE, unit_ids
 
 WEIGHTS = "unit_selection.safetensors"
 DURATIONS = ("recorded", "predicted")
@@ -283,14 +283,12 @@ class SelectionSearch:
 
     def extend(self, units: Sequence[int], durations: Sequence[int] | None = None, final: bool = False) -> list[int]:
         sel, lookahead = self.selection, self.selection.config.lookahead
-        units = np.asarray(units, dtype=np.int64).reshape(-1)
+        units = unit_ids(units, sel.num_units)
         if durations is not None:
             durations = np.asarray(durations, dtype=np.int64).reshape(-1)
         if self._given is not None and self._given != (durations is not None):
             raise ValueError("give durations on every call of one search, or on none")
         self._given = durations is not None
-        if len(units) and (units.min() < 0 or units.max() >= sel.num_units):
-            raise ValueError(f"unit ids must lie in [0, {sel.num_units}); got {units.min()}..{units.max()}")
         if final and durations is not None and len(durations) != len(units):
             raise ValueError(f"durations ({len(durations)}) must give one non-negative count per unit ({len(units)})")
         if durations is not None and len(durations) and durations.min() < 0:

@@ -11,10 +11,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from llasm import settings
 from llasm.io import load_yaml
 
 FRAME_RATE = 50  # unit frames per second (HuBERT / Whisper-encoder units)
+
+
+def unit_ids(units, num_units: int) -> np.ndarray:
+    """A 1-D sequence of integer unit ids -> int64 array (may be empty). Raises ``ValueError`` for
+    another shape, non-integer values or ids outside ``[0, num_units)``."""
+    array = np.asarray(units)
+    if array.size == 0:
+        return np.zeros(0, np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"units must be a 1-D sequence of integer ids, got shape {array.shape} of {array.dtype}")
+    if array.min() < 0 or array.max() >= num_units:
+        raise ValueError(f"unit ids must lie in [0, {num_units}); got {array.min()}..{array.max()}")
+    return array.astype(np.int64)
 
 
 @dataclass
