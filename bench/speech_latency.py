@@ -84,8 +84,7 @@ def main() -> None:
                 from token2wav_rtf import random_selection
 
                 selection = random_selection(500, decoder.mel, 137.0, token2wav.unit_selection)
-            needs_decoder = selection is None or token2wav.unit_selection.durations != "recorded"
-            model.set_vocoder(UnitMelToken2Wav(UnitMelDecoder(decoder) if needs_decoder else None, token2wav,
+            model.set_vocoder(UnitMelToken2Wav(UnitMelDecoder(decoder) if token2wav.needs_decoder else None, token2wav,
                                                selection=selection))
         else:
             config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")

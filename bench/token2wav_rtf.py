@@ -95,9 +95,8 @@ def main() -> None:
         selection = random_selection(decoder.num_units, decoder.mel, args.corpus_minutes, token2wav.unit_selection)
         config = Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=token2wav.griffin_lim_iterations,
                                  mel_source="unit_selection", unit_selection=token2wav.unit_selection)
-        recorded = token2wav.unit_selection.durations == "recorded"  # then no decoder
         systems[f"unit_mel unit selection ({args.corpus_minutes:g} min) + griffin_lim"] = UnitMelToken2Wav(
-            None if recorded else UnitMelDecoder(decoder), config, selection=selection)
+            UnitMelDecoder(decoder) if config.needs_decoder else None, config, selection=selection)
     baseline = UnitHifiGan(UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")).remove_weight_norm().eval()
     systems["unit_hifigan (configs/vocoder_cpu.yaml, baseline)"] = baseline
     print(f"torch {torch.__version__}, {args.threads} threads, {args.seconds:g} s of units, {args.repeats} runs")

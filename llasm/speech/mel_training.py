@@ -198,7 +198,7 @@ class UnitMelTrainer:
                  dataset: UnitMelDataset | None = None):
         t = train_config
         # unit selection at recorded durations uses no decoder: there is nothing to train
-        self.learns = not (token2wav.mel_source == "unit_selection" and token2wav.unit_selection.durations == "recorded")
+        self.learns = token2wav.needs_decoder
         if self.learns and t.max_steps is None and t.max_minutes is None:
             raise ValueError("set train.max_steps and/or train.max_minutes (the run needs a bound)")
         if t.num_threads:

@@ -72,6 +72,11 @@ class Token2WavConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def needs_decoder(self) -> bool:
+        """Whether ``unit_mel`` uses its mel decoder: for the mel, or for unit selection's predicted durations."""
+        return self.mel_source == "decoder" or self.unit_selection.durations != "recorded"
+
     def vocoder_options(self) -> dict:
         if self.mel_vocoder == "griffin_lim":
             return {"iterations": self.griffin_lim_iterations}
@@ -93,7 +98,7 @@ class UnitMelToken2Wav:
         if (selection is None) != (self.config.mel_source == "decoder"):
             raise ValueError(f"token2wav.mel_source is {self.config.mel_source!r} but a unit selection was "
                              f"{'not ' if selection is None else ''}given")
-        if decoder is None and (selection is None or self.config.unit_selection.durations != "recorded"):
+        if decoder is None and self.config.needs_decoder:
             raise ValueError("no mel decoder: only unit selection with unit_selection.durations: recorded works without one")
         self.decoder = decoder.eval() if decoder is not None else None
         self.mel = decoder.config.mel if decoder is not None else selection.mel
@@ -118,7 +123,7 @@ class UnitMelToken2Wav:
     @property
     def recorded_durations(self) -> bool:
         """Whether units without durations speak at the selected runs' recorded lengths."""
-        return self.selection is not None and self.config.unit_selection.durations == "recorded"
+        return self.selection is not None and not self.config.needs_decoder
 
     def to_16k(self, audio: np.ndarray) -> np.ndarray:
         if self.vocoder.sampling_rate == SAMPLING_RATE:
@@ -172,8 +177,7 @@ class UnitMelToken2Wav:
         directory = Path(directory)
         config = read_config(directory, overrides)
         decoder = None  # unit selection with recorded durations needs none; a saved one loads anyway
-        if config.mel_source == "decoder" or config.unit_selection.durations != "recorded" or \
-                (directory / DECODER_CONFIG).exists():
+        if config.needs_decoder or (directory / DECODER_CONFIG).exists():
             decoder = UnitMelDecoder.from_pretrained(directory, device=device)
         selection = None
         if config.mel_source == "unit_selection":

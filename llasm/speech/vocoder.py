@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from llasm.io import atomic_path, write_json
-from llasm.speech.vocoder_config import UnitVocoderConfig
+from llasm.speech.vocoder_config import UnitVocoderConfig, unit_ids
 
 LRELU_SLOPE = 0.1
 
@@ -221,11 +221,9 @@ class UnitHifiGan(nn.Module):
             self.train(was_training)
 
     def _unit_tensor(self, units: Any) -> torch.Tensor:
-        array = np.asarray(units, dtype=np.int64).reshape(-1)
+        array = unit_ids(units, self.config.num_units)
         if array.size == 0:
             raise ValueError("no units to synthesize")
-        if array.min() < 0 or array.max() >= self.config.num_units:
-            raise ValueError(f"unit ids must lie in [0, {self.config.num_units}); got {array.min()}..{array.max()}")
         return torch.from_numpy(array).to(self.conv_post.bias.device)[None]
 
     def synthesize(
