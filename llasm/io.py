@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -116,6 +117,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
     return rows
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    """The sha1 of a file's bytes, read in 1 MiB blocks (a run's data fingerprint)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

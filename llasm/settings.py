@@ -164,3 +164,30 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
 
 def _name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def flatten(data, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1}, "data": {"sources": [{"path": p}]}}`` -> ``{"train.lr": 1, "data.sources[0].path": p}``."""
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out if out or not prefix else {prefix: data}
+    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: data}
+
+
+def config_changes(before: dict, after: dict, free: tuple[str, ...] = ()) -> list[str]:
+    """What differs between two resolved configs, as ``key: old -> new`` lines (keys starting with one
+    of ``free``, e.g. those that may change on a resume, are left out)."""
+    old, new = flatten(before), flatten(after)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(free) or old.get(key) == new.get(key):
+            continue
+        changes.append(f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}")
+    return changes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 
@@ -236,11 +238,11 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
                                        "mel_decoder.encoder_layers=1", "mel_decoder.decoder_layers=1"])
     t2w_config = Token2WavConfig(mel_vocoder="griffin_lim", griffin_lim_iterations=2)
 
-    def trainer(out, steps, resume="auto"):
-        config = MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl"), output_dir=str(out), batch_size=2,
-                                segment_frames=30, max_steps=steps, checkpoint_every=2, sample_every=2,
-                                resume=resume, progress=False, warmup_steps=2)
-        return UnitMelTrainer(t2w_config, decoder_config, config)
+    def trainer(out, steps, resume="auto", decoder=None, **train):
+        config = MelTrainConfig(**{"train_manifest": str(tmp_path / "m.jsonl"), "output_dir": str(out), "batch_size": 2,
+                                   "segment_frames": 30, "max_steps": steps, "checkpoint_every": 2, "sample_every": 2,
+                                   "resume": resume, "progress": False, "warmup_steps": 2, **train})
+        return UnitMelTrainer(t2w_config, decoder or decoder_config, config)
 
     straight = trainer(tmp_path / "a", 4)
     assert [r["id"] for r in straight.dataset.rejects] == ["bad"]
@@ -257,6 +259,16 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     assert isinstance(load_token2wav(tmp_path / "a"), UnitMelToken2Wav)
     with pytest.raises(ValueError, match="max_steps and/or train.max_minutes"):
         UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl")))
+    # a continuation must be the same run: each change is named (its length and bookkeeping may change)
+    with pytest.raises(ValueError, match=r"another config or data(.|\n)*train.learning_rate: 0.001 -> 0.1"):
+        trainer(tmp_path / "b", 6, learning_rate=0.1)
+    smaller = dataclasses.replace(decoder_config, hidden_size=8)
+    with pytest.raises(ValueError, match=r"mel_decoder.hidden_size: 16 -> 8"):
+        trainer(tmp_path / "b", 6, decoder=smaller)
+    write_jsonl(tmp_path / "m.jsonl", rows[1:])
+    with pytest.raises(ValueError, match=r"train.train_manifest \(.*m.jsonl\): its content changed"):
+        trainer(tmp_path / "b", 6)
+    assert trainer(tmp_path / "b", 6, resume="never").step == 0
 
 
 def test_token2wav_yaml_checks_its_sections(tmp_path):

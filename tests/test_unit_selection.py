@@ -211,6 +211,9 @@ def test_token2wav_with_unit_selection_saves_loads_and_checks(tmp_path):
         Token2WavConfig(mel_source="lookup")
     with pytest.raises(ValueError, match="one non-negative count per unit"):
         t2w.synthesize(units, durations=[1, 2])
+    # durations that give no frame say nothing, through either mel source
+    for token2wav in (t2w, UnitMelToken2Wav(tiny_decoder(), Token2WavConfig(mel_vocoder="griffin_lim"))):
+        assert token2wav.synthesize([1, 2, 3], [0, 0, 0]).shape == (0,)
 
 
 @needs_mb_melgan

@@ -239,6 +239,8 @@ def test_training_checkpoint_and_exact_resume(tmp_path):
     assert (run / "samples" / "step_00000002.wav").exists() and (run / "samples" / "step_00000002.png").exists()
     assert (run / "vocoder.safetensors").exists() and (run / "vocoder_config.json").exists()
 
+    with pytest.raises(ValueError, match=r"another config or data(.|\n)*train.batch_size: 2 -> 3"):
+        VocoderTrainer(config, train_config(tmp_path, manifest, max_steps=4, batch_size=3))
     resumed_trainer = VocoderTrainer(config, train_config(tmp_path, manifest, max_steps=4))
     assert resumed_trainer.step == 3
     resumed = resumed_trainer.train()

@@ -5,6 +5,7 @@ not at all (``io.atomic_dir``), no pickle (optimizer state flattened into safete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,38 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from llasm.io import atomic_dir
+from llasm.io import atomic_dir, file_sha1
+from llasm.settings import config_changes
+
+# train settings that may change when a run continues (its length, bookkeeping, where it runs)
+RESUME_FREE = tuple(f"train.{key}" for key in (
+    "max_steps", "max_minutes", "output_dir", "resume", "progress", "log_every", "sample_every", "sample_seconds",
+    "train_manifest",  # its content is compared instead
+    "checkpoint_every", "keep_checkpoints", "num_threads", "device"))
+
+
+def run_meta(section: str, model_config: dict, train_config) -> dict:
+    """What a checkpoint records of the run that wrote it: the model's config (under ``section``, e.g.
+    ``mel_decoder``), the ``train`` settings and the sha1 of ``train_config.train_manifest``."""
+    return {"config": model_config, "section": section, "train": dataclasses.asdict(train_config),
+            "manifest_sha1": file_sha1(train_config.train_manifest)}
+
+
+def check_same_run(path: Path, meta: dict, now: dict) -> None:
+    """Refuse to resume checkpoint ``path`` (its ``meta``) into a run (``now``: :func:`run_meta`) whose model
+    config, train settings (but :data:`RESUME_FREE`) or manifest content differ: ``ValueError`` naming
+    each change. Checkpoints older than these records are compared on the model config only."""
+    section = now["section"]
+    before, after = {section: meta["config"]}, {section: now["config"]}
+    if "train" in meta:
+        before["train"], after["train"] = meta["train"], now["train"]
+    changes = config_changes(before, after, RESUME_FREE)
+    if meta.get("manifest_sha1") not in (None, now["manifest_sha1"]):
+        changes.append(f"train.train_manifest ({now['train']['train_manifest']}): its content changed")
+    if changes:
+        raise ValueError(f"{path}: written by a run with another config or data; resuming would mix them. What "
+                         "changed:\n  " + "\n  ".join(changes) + "\n  Train into a new train.output_dir, or set "
+                         "train.resume=never to start again there.")
 
 
 def optimizer_to_flat(prefix: str, state: dict, tensors: dict, meta: dict) -> None:

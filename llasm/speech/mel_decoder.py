@@ -223,6 +223,8 @@ class UnitMelDecoder(nn.Module):
                 duration_tensor = duration_tensor.to(unit_tensor.device)
                 if duration_tensor.shape != unit_tensor.shape or (duration_tensor < 0).any():
                     raise ValueError("durations must be one non-negative count per unit")
+                if self.mel_frames(int(duration_tensor.sum())) == 0:  # nothing to say (as unit selection)
+                    return np.zeros((0, self.config.mel.num_mels), np.float32)
             return self(unit_tensor, duration_tensor)["mel"][0].float().cpu().numpy()
         finally:
             self.train(was_training)

@@ -322,8 +322,8 @@ class UnitMelTrainer:
 
     def save_checkpoint(self) -> Path:
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict(),
-                                "scheduler": self.scheduler.state_dict()}
+        meta: dict[str, Any] = {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                                **checkpoints.run_meta("mel_decoder", self.config.to_dict(), self.train_config)}
         checkpoints.module_state("model", self.model, tensors)
         checkpoints.optimizer_to_flat("optimizer", self.optimizer.state_dict(), tensors, meta)
         return checkpoints.save_checkpoint(self.checkpoint_root, self.step, tensors, meta,
@@ -332,8 +332,7 @@ class UnitMelTrainer:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)
         tensors, meta = checkpoints.load_checkpoint(path)
-        if meta["config"] != self.config.to_dict():
-            raise ValueError(f"{path}: saved with mel_decoder {meta['config']}, not this run's {self.config.to_dict()}")
+        checkpoints.check_same_run(path, meta, checkpoints.run_meta("mel_decoder", self.config.to_dict(), self.train_config))
         checkpoints.load_module_state("model", self.model, tensors)
         self.optimizer.load_state_dict(checkpoints.optimizer_from_flat("optimizer", tensors, meta))
         self.scheduler.load_state_dict(meta["scheduler"])

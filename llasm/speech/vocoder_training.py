@@ -371,7 +371,8 @@ class VocoderTrainer:
     def save_checkpoint(self) -> Path:
         """``step_N/`` (weights, optimisers, schedulers, RNG) written whole or not at all; older ones pruned."""
         tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"step": self.step, "config": self.config.to_dict()}
+        meta: dict[str, Any] = {"step": self.step,
+                                **checkpoints.run_meta("vocoder", self.config.to_dict(), self.train_config)}
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
             checkpoints.module_state(name, module, tensors)
         checkpoints.optimizer_to_flat("optim_g", self.optim_g.state_dict(), tensors, meta)
@@ -385,6 +386,7 @@ class VocoderTrainer:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)
         tensors, meta = checkpoints.load_checkpoint(path)
+        checkpoints.check_same_run(path, meta, checkpoints.run_meta("vocoder", self.config.to_dict(), self.train_config))
         for name, module in (("generator", self.generator), ("mpd", self.mpd), ("msd", self.msd)):
             checkpoints.load_module_state(name, module, tensors)
         self.optim_g.load_state_dict(checkpoints.optimizer_from_flat("optim_g", tensors, meta))

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -27,7 +26,8 @@ import yaml
 from llasm.data.dataset import check_row
 from llasm.data.records import read_rows
 from llasm.data.shards import INDEX, is_sharded, read_index
-from llasm.io import llasm_home, read_jsonl, resolve_path, write_jsonl, write_text
+from llasm.io import file_sha1, llasm_home, read_jsonl, resolve_path, write_jsonl, write_text
+from llasm.settings import config_changes
 from llasm.training.config import OBJECTIVES, TrainConfig
 from llasm.training.resume import latest_checkpoint
 
@@ -144,44 +144,11 @@ def no_usable_rows(cfg: TrainConfig, rejects: list[dict], rows: int, write: bool
         f"  Audio paths in a row are relative to its JSONL file's folder ({roots}).")
 
 
-def flatten(data, prefix: str = "") -> dict:
-    """``{"train": {"lr": 1}, "data": {"sources": [{"path": p}]}}`` -> ``{"train.lr": 1, "data.sources[0].path": p}``."""
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out if out or not prefix else {prefix: data}
-    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
-        out = {}
-        for i, value in enumerate(data):
-            out.update(flatten(value, f"{prefix}[{i}]"))
-        return out
-    return {prefix: data}
-
-
-def config_changes(before: dict, after: dict, free: tuple[str, ...] = RESUME_FREE) -> list[str]:
-    """What differs between two resolved configs, as ``key: old -> new`` lines (keys starting with one
-    of ``free``, by default those that may change on a resume, are left out)."""
-    old, new = flatten(before), flatten(after)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if key.startswith(free) or old.get(key) == new.get(key):
-            continue
-        changes.append(f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}")
-    return changes
-
-
 def data_fingerprint(cfg: TrainConfig) -> dict[str, str]:
     """``{source path: sha1 of its bytes}``: a continuation must read the same data."""
-    out = {}
-    for source in cfg.data.sources:
-        h = hashlib.sha1()
-        # a shard folder's index names its files, rows and source: it stands for the folder
-        with open(Path(source["path"]) / INDEX if is_sharded(source["path"]) else source["path"], "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        out[source["path"]] = h.hexdigest()
-    return out
+    # a shard folder's index names its files, rows and source: it stands for the folder
+    return {source["path"]: file_sha1(Path(source["path"]) / INDEX if is_sharded(source["path"]) else source["path"])
+            for source in cfg.data.sources}
 
 
 def saved_run(directory: Path) -> tuple[dict | None, dict]:
@@ -215,7 +182,7 @@ def check_resume(cfg: TrainConfig) -> None:
     before, data_before = saved_run(where)
     if before is None:
         return
-    changes = config_changes(before, dataclasses.asdict(cfg))
+    changes = config_changes(before, dataclasses.asdict(cfg), RESUME_FREE)
     if data_before:
         now = data_fingerprint(cfg)
         changes += [f"data {path}: its content changed" for path, sha in now.items()
