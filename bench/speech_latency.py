@@ -4,13 +4,15 @@ With ``--model`` (a stage-3 checkpoint, e.g. ``outputs/speech-demo/stage3/final`
 ``make speech-demo``) and ``--vocoder`` (a token2wav dir, e.g. that demo's ``token2wav``: units ->
 durations + selected mel frames -> Griffin-Lim) the trained head and token2wav speak; both default to that demo's outputs when
 they exist. Otherwise: the starter models (whisper-base + Qwen2.5-0.5B, else the tiny model) with a
-random unit head (LLaMA-Omni size: 2 layers, x25 upsampling, 500 units) and a random
+random unit head — the speech demo's (``configs/speech_demo/stage3.yaml``: phonemes, x5 upsampling) or,
+with ``--input states``, LLaMA-Omni's size (2 layers, x25 upsampling) — of 500 units and a random
 ``configs/token2wav_cpu.yaml`` token2wav (its decoder's durations, unit selection over 137 minutes of
 random frames, Griffin-Lim; ``--token2wav unit_hifigan``: a
 random ``configs/vocoder_cpu.yaml``) — timing does not depend on their values, but how many units a
 head emits per token does, so only a trained head gives the real number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
-hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random head here,
-the state that chose it: no extra LLM step; with ``input`` one more step) and
+hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random states head here,
+the state that chose it: no extra LLM step; with ``input`` one more step) — for a head on phonemes, the
+next word to begin and its look-ahead phonemes — and
 ``--first-chunk-units`` units; by default the first chunk is
 vocoded without right context (``--first-chunk-context -1``: wait for the receptive field, exact).
 Goal: first text token -> first audio chunk <= 300 ms.
@@ -35,8 +37,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-units", type=int, default=40)
     parser.add_argument("--first-chunk-units", type=int, default=10)
+    parser.add_argument("--input", choices=["phonemes", "states"], default="phonemes",
+                        help="random head only: what it reads (unit_head.input; phonemes: the speech demo's head)")
     parser.add_argument("--state", choices=["input", "output"], default="output",
-                        help="random head only: which LLM state stands for a token (unit_head.state)")
+                        help="random states head only: which LLM state stands for a token (unit_head.state)")
     parser.add_argument("--first-chunk-context", type=int, default=0,
                         help="right-context frames for the first chunk (-1: the full receptive field, exact)")
     parser.add_argument("--model", default=str(ROOT / "outputs" / "speech-demo" / "stage3" / "final"))
@@ -55,7 +59,6 @@ def main() -> None:
     from llasm.speech.token2wav import UnitMelToken2Wav, load_token2wav
     from llasm.speech.vocoder import UnitHifiGan
     from llasm.speech.vocoder_config import UnitVocoderConfig
-    from llasm.unit_head import CtcUnitHead
 
     trained = Path(args.model).is_dir() and Path(args.vocoder).is_dir()
     if trained:
@@ -66,10 +69,14 @@ def main() -> None:
         home = Path(llasm_home())
         starter = (home / "whisper-base").is_dir() and (home / "qwen2.5-0.5b-instruct").is_dir()
         model, _ = llasm.build_model(ROOT / "configs" / "model" / ("starter.yaml" if starter else "tiny.yaml"))
-        head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
-                "intermediate_size": 2048, "state": args.state}
-        model.config.unit_head = head
-        model.unit_head = CtcUnitHead(head, input_size=model.config.text_config.hidden_size)
+        if args.input == "phonemes":
+            from llasm.training.config import load_config
+
+            head = {**load_config(ROOT / "configs" / "speech_demo" / "stage3.yaml").unit_head, "num_units": 500}
+        else:
+            head = {"num_units": 500, "upsample_factor": 25, "hidden_size": 512, "num_layers": 2, "num_heads": 8,
+                    "intermediate_size": 2048, "state": args.state}
+        model.add_unit_head(head)
         torch.manual_seed(0)
         with torch.no_grad():
             for p in model.unit_head.parameters():  # an untrained head: make units win over the blank
@@ -90,8 +97,9 @@ def main() -> None:
             config = UnitVocoderConfig.from_yaml(ROOT / "configs" / "vocoder_cpu.yaml")
             config.num_units = 500
             model.set_vocoder(UnitHifiGan(config).eval())
-        label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head 2x512, x25, K=500, state "
-                 f"{args.state}, and a random {args.token2wav} token2wav")
+        shape = "the demo's, on phonemes" if args.input == "phonemes" else f"2x512 on states, x25, state {args.state}"
+        label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head ({shape}, K=500) "
+                 f"and a random {args.token2wav} token2wav")
 
     to_text, to_audio, gaps = [], [], []
     for i in range(args.repeats + 1):  # the first run warms up

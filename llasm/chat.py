@@ -11,7 +11,7 @@ from transformers import TextIteratorStreamer
 from llasm.configuration import audio_token_lengths
 from llasm.device import to_device
 from llasm.processing import COM_ANSWER, PromptTooLongError, answer_text
-from llasm.unit_head import UnitStreamer, answer_hidden_states
+from llasm.unit_head import PhonemeUnitStreamer, UnitStreamer, answer_hidden_states, speak_text
 from llasm.unit_head import speak as speak_units
 
 
@@ -156,7 +156,8 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("eos_token_id", sorted(processor.end_of_turn_ids))
     generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
-    if speak:
+    reads_text = speak and model.unit_head.config.input == "phonemes"  # the head speaks the reply's text
+    if speak and not reads_text:
         generate_kwargs.update(return_dict_in_generate=True, output_hidden_states=True)
     run = inputs
     if cache is not None:
@@ -178,6 +179,8 @@ def chat(model, messages=None, *, audio=None, text=None, max_new_tokens=128, spe
         text = answer_text(text)
     if not speak:
         return text
+    if reads_text:
+        return text, speak_text(model, text, model.vocoder)
     head = model.unit_head.config
     hidden = answer_hidden_states(output, sorted(processor.end_of_turn_ids), state=head.state,  # a reply token each
                                   embed=model.language_model.get_input_embeddings() if head.text_embeddings else None)
@@ -244,7 +247,9 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     Greedy decoding with the KV cache. A token's text is yielded as soon as it is chosen; its last
     hidden state — with ``unit_head.state: input`` from the next forward pass (which chooses the next
     token), with ``output`` from the pass that chose it (one LLM step sooner) — goes to the unit head
-    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final), and the units go to the token2wav's streaming synthesis (``model.vocoder.streamer``: 
+    (:class:`llasm.unit_head.UnitStreamer`: causal, so decided units are final) — or, for a head with
+    ``unit_head.input: phonemes``, the reply's text goes to it a word at a time
+    (:class:`llasm.unit_head.PhonemeUnitStreamer`) — and the units go to the token2wav's streaming synthesis (``model.vocoder.streamer``: 
     :class:`llasm.speech.token2wav.MelStream` or :class:`llasm.speech.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
@@ -273,11 +278,13 @@ def _decode_speaking(model, messages, max_new_tokens):
     inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
     ends = processor.end_of_turn_ids
-    producing = model.unit_head.config.state == "output"  # units from the state that chose the token
+    reads_text = model.unit_head.config.input == "phonemes"  # units from the reply's text, not its states
+    producing = model.unit_head.config.state == "output" and not reads_text  # units from the state that chose the token
     out = model(**inputs, use_cache=True, output_hidden_states=producing, logits_to_keep=1)
     past, mask = out.past_key_values, inputs["attention_mask"]
     token = int(out.logits[0, -1].argmax())
-    streamer, reply, shown = UnitStreamer(model.unit_head), [], 0
+    streamer = PhonemeUnitStreamer(model.unit_head) if reads_text else UnitStreamer(model.unit_head)
+    reply, shown = [], 0
     for _ in range(max_new_tokens):
         if token in ends:
             break
@@ -285,14 +292,17 @@ def _decode_speaking(model, messages, max_new_tokens):
         decoded = processor.decode(reply, skip_special_tokens=True)
         if not decoded.endswith("\ufffd") and len(decoded) > shown:  # hold back a character still missing bytes
             yield "text", decoded[shown:]
+            if reads_text:
+                yield "units", streamer.push(decoded[shown:])
             shown = len(decoded)
         if producing:
             yield "units", streamer.push(model.unit_head_inputs(  # the state that produced `token`
                 out.hidden_states[-1][0, -1:], torch.tensor([token])))
         mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         out = model(input_ids=torch.tensor([[token]], device=model.device), attention_mask=mask,
-                    past_key_values=past, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        if not producing:
+                    past_key_values=past, use_cache=True, output_hidden_states=not reads_text, logits_to_keep=1)
+        if not producing and not reads_text:
             yield "units", streamer.push(model.unit_head_inputs(  # the state where `token` is the input
                 out.hidden_states[-1][0, -1:], torch.tensor([token])))
         past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+    yield "units", streamer.finish()

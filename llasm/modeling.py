@@ -74,6 +74,10 @@ class LlasmPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif "RotaryEmbedding" in type(module).__name__:
+            # the unit head's RoPE table: a non-persistent buffer, so no checkpoint restores it and
+            # from_pretrained would leave it as uninitialized memory; transformers' own init rebuilds it
+            super()._init_weights(module)
 
 
 class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
@@ -90,7 +94,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         # speech output (LLaMA-Omni): answer hidden states -> CTC units; trained in stage 3
         self.unit_head = None
         if config.unit_head:
-            self.unit_head = CtcUnitHead(dict(config.unit_head), input_size=config.text_config.hidden_size)
+            self.add_unit_head(config.unit_head)
         self.processor = None  # set by build_model / from_pretrained, used by chat()
         self.__dict__["vocoder"] = None  # a token2wav (llasm.speech.token2wav); not a submodule, never in checkpoints
         self.post_init()
@@ -239,7 +243,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     ):
         if unit_targets is not None and self.unit_head is None:
             raise ValueError("unit_targets given but the model has no unit head (set config.unit_head)")
-        if answer_states is not None:  # stage 3 from ready LLM states (a trainer's cache of the frozen LLM)
+        # stage 3 from ready LLM states (a trainer's cache of the frozen LLM), or a phoneme head's phoneme ids
+        if answer_states is not None:
             return self._unit_head_loss(answer_states, answer_mask, unit_targets)
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask, audio_embeds,
@@ -318,6 +323,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             return hidden
         embeds = self.language_model.get_input_embeddings()(token_ids.to(hidden.device))
         return torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)
+
+    def add_unit_head(self, unit_head: dict) -> CtcUnitHead:
+        """Give the model a (fresh) CTC unit head with these :class:`~llasm.unit_head.UnitHeadConfig`
+        settings; ``config.unit_head`` records them with what the head filled in (its input size, a
+        phoneme inventory), so a checkpoint rebuilds the same head."""
+        self.unit_head = CtcUnitHead(dict(unit_head), input_size=self.config.text_config.hidden_size)
+        self.config.unit_head = self.unit_head.config.to_dict()
+        return self.unit_head
 
     def set_vocoder(self, vocoder):
         """Attach a token2wav for ``chat(speak=True)`` / ``chat_stream``: a units -> mel -> mel vocoder

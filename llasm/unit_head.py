@@ -4,7 +4,12 @@
 ``text_embeddings``, LLaMA-Omni 2's gate fusion with each token's input embedding, given after the
 state: ``(B, L, 2 * D_llm)``) -> repeat each ``upsample_factor`` times (λ = 25 in the paper) -> ``num_layers`` causal
 ``LlamaDecoderLayer`` s (RoPE, no cache) -> Linear to ``num_units + 1`` classes; the blank is
-``num_units`` (the last class). Trained with ``F.ctc_loss(blank=num_units, zero_infinity=True)``;
+``num_units`` (the last class). With ``input: phonemes`` the head reads the answer's phonemes
+(:mod:`llasm.speech.phonemes`) instead of LLM states: an embedding and ``conv_layers`` residual
+convolutions (kernel ``conv_kernel``, centred: each phoneme sees ``conv_layers * (conv_kernel // 2)``
+phonemes ahead) stand where the state projection was, with λ frames per phoneme — text -> speech
+tokens as CosyVoice's LM does it, but with phonemes a few thousand answers can generalize from.
+Trained with ``F.ctc_loss(blank=num_units, zero_infinity=True)``;
 unit targets are padded with ``-100`` (padding with 0 would be unit 0, LLaMA-Omni's reproduction bug).
 
 Because every layer is causal and position ``j`` of the upsampled sequence only sees tokens
@@ -48,6 +53,12 @@ class UnitHeadConfig:
     # input embedding, so it need not recover the token from the LLM state; the caller appends that
     # embedding to each state (``(..., 2 * D_llm)``: ``model.unit_head_inputs``)
     text_embeddings: bool = False
+    # what the head reads: "states" (the LLM's answer states, LLaMA-Omni) or "phonemes" (the answer's text
+    # phonemized, llasm.speech.phonemes; the LLM is not run to train it and its units follow the text)
+    input: str = "states"
+    phonemes: list[str] | None = None  # the phoneme inventory (ids are positions); filled when the head is built
+    conv_layers: int = 2  # phoneme encoder: residual convolutions over the phonemes
+    conv_kernel: int = 5  # odd; centred, so each layer looks conv_kernel // 2 phonemes ahead
 
     def __post_init__(self) -> None:
         for name in ("num_units", "upsample_factor", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
@@ -55,12 +66,25 @@ class UnitHeadConfig:
                 raise ValueError(f"unit_head.{name} must be >= 1, got {getattr(self, name)}")
         if self.state not in ("input", "output"):
             raise ValueError(f"unit_head.state must be 'input' or 'output', got {self.state!r}")
+        if self.input not in ("states", "phonemes"):
+            raise ValueError(f"unit_head.input must be 'states' or 'phonemes', got {self.input!r}")
+        if self.input == "phonemes" and self.text_embeddings:
+            raise ValueError("unit_head.text_embeddings adds the LLM's token embeddings to its states; a head with "
+                             "input: phonemes reads no states (set one of them)")
+        if self.conv_layers < 0 or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"unit_head.conv_layers must be >= 0 and conv_kernel odd and >= 1, got "
+                             f"{self.conv_layers} / {self.conv_kernel}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"unit_head.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
 
     @property
     def blank(self) -> int:
         return self.num_units
+
+    @property
+    def lookahead(self) -> int:
+        """Phonemes ahead that a phoneme's frames depend on (0 for LLM states: the head is causal)."""
+        return self.conv_layers * (self.conv_kernel // 2) if self.input == "phonemes" else 0
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnitHeadConfig":
@@ -79,7 +103,12 @@ class CtcUnitHead(nn.Module):
         super().__init__()
 
         config = UnitHeadConfig.from_dict(config) if isinstance(config, dict) else config
-        if input_size is not None:
+        if config.input == "phonemes":  # the encoder gives hidden_size features; the LLM's width does not matter
+            if config.phonemes is None:
+                from llasm.speech.phonemes import phoneme_inventory
+                config.phonemes = list(phoneme_inventory())
+            config.input_size = config.hidden_size
+        elif input_size is not None:
             config.input_size = int(input_size)
         if config.input_size is None:
             raise ValueError("unit_head.input_size (the LLM hidden size) is not set")
@@ -94,6 +123,9 @@ class CtcUnitHead(nn.Module):
         llama._attn_implementation = "sdpa"
         self.llama_config = llama
         self.input_proj = nn.Linear(config.input_size, config.hidden_size)
+        if config.input == "phonemes":
+            self.phoneme_encoder = PhonemeEncoder(len(config.phonemes), config.hidden_size, config.conv_layers,
+                                                  config.conv_kernel)
         if config.text_embeddings:  # g = sigmoid(W [h; e]); g * h + (1 - g) * e (LLaMA-Omni 2's gate fusion)
             self.text_proj = nn.Linear(config.input_size, config.hidden_size)
             self.gate = nn.Linear(2 * config.hidden_size, config.hidden_size)
@@ -114,9 +146,15 @@ class CtcUnitHead(nn.Module):
         return hidden.repeat_interleave(lam, dim=1), mask.bool().repeat_interleave(lam, dim=1)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(B, L, D_llm)`` states (``(B, L, 2 * D_llm)`` with ``text_embeddings``) -> ``(B, L, H)``.
+        """``(B, L, D_llm)`` states (``(B, L, 2 * D_llm)`` with ``text_embeddings``; ``(B, L)`` phoneme ids
+        with ``input: phonemes``) -> ``(B, L, H)``.
 
-        Raises ``ValueError`` when the last dimension is not the one the config expects."""
+        Raises ``ValueError`` when the input is not the one the config expects."""
+        if self.config.input == "phonemes":
+            if hidden.is_floating_point() or hidden.ndim != 2:
+                raise ValueError(f"this unit head reads phoneme ids (B, L) (unit_head.input: phonemes), got a "
+                                 f"{hidden.dtype} tensor of shape {tuple(hidden.shape)}")
+            return self.input_proj(self.phoneme_encoder(hidden))
         d = self.config.input_size
         want = 2 * d if self.config.text_embeddings else d
         if hidden.shape[-1] != want:
@@ -133,7 +171,7 @@ class CtcUnitHead(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None, units: torch.Tensor | None = None,
                 unit_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """hidden ``(B, L, D_llm)`` (``(B, L, 2 * D_llm)``, state then token embedding, with
-        ``text_embeddings``); mask ``(B, L)`` 1 = answer token (right padding); units ``(B, U)``
+        ``text_embeddings``; phoneme ids ``(B, L)`` with ``input: phonemes``: :meth:`phoneme_batch`); mask ``(B, L)`` 1 = answer token (right padding); units ``(B, U)``
         padded with -100 (``unit_lengths`` optional: derived from the padding).
 
         Returns ``log_probs (B, L*λ, K+1)``, ``lengths (B,)`` (valid upsampled frames) and, with
@@ -175,9 +213,48 @@ class CtcUnitHead(nn.Module):
         return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths.long(), unit_lengths.to(lengths.device).long(),
                           blank=self.blank, reduction="mean", zero_infinity=True)
 
+    def phoneme_batch(self, texts: Sequence[str], langs: Sequence[str | None] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answers' text -> ``(ids (B, L), mask (B, L))`` for a head with ``input: phonemes`` (right
+        padding; ``langs`` name each answer's voice, ``None``: from its first letter)."""
+        from llasm.speech.phonemes import phoneme_ids, phonemize
+
+        if self.config.input != "phonemes":
+            raise ValueError("this unit head reads LLM states (unit_head.input: states), not phonemes")
+        langs = list(langs) if langs is not None else [None] * len(texts)
+        rows = [phoneme_ids(phonemize(t, lang), self.config.phonemes) for t, lang in zip(texts, langs)]
+        return _pad_ids(rows, next(self.parameters()).device)
+
     @classmethod
     def from_llm(cls, config: UnitHeadConfig | dict, llm_hidden_size: int) -> "CtcUnitHead":
         return cls(config, input_size=llm_hidden_size)
+
+
+class PhonemeEncoder(nn.Module):
+    """Phoneme ids ``(B, L)`` (0 = padding) -> ``(B, L, H)``: an embedding, then residual ReLU
+    convolutions with layer norm (FastSpeech 2's encoder front, without attention: the head's causal
+    layers come after the upsampling)."""
+
+    def __init__(self, num_symbols: int, hidden_size: int, layers: int, kernel: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_symbols, hidden_size, padding_idx=0)
+        self.convs = nn.ModuleList([nn.Conv1d(hidden_size, hidden_size, kernel, padding=kernel // 2) for _ in range(layers)])
+        self.norms = nn.ModuleList([nn.LayerNorm(hidden_size) for _ in range(layers)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = (ids != 0).unsqueeze(-1)
+        x = self.embed(ids)
+        for conv, norm in zip(self.convs, self.norms):  # padding is zeroed so it never leaks into the answer
+            x = norm(x + torch.relu(conv((x * keep).transpose(1, 2)).transpose(1, 2)))
+        return x * keep
+
+
+def _pad_ids(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max((len(r) for r in rows), default=0)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids.to(device), (ids != 0).to(device)
 
 
 def ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None,
@@ -230,6 +307,50 @@ class UnitStreamer:
         self.units = units
         return new
 
+    def finish(self) -> list[int]:
+        """Units still held back at the end of the answer: none (every decoded unit is final at once)."""
+        return []
+
+
+class PhonemeUnitStreamer:
+    """Incremental units while the answer's *text* arrives, for a head with ``input: phonemes``.
+
+    ``push(text_piece)`` phonemizes what became final (:class:`llasm.speech.phonemes.PhonemeStream`:
+    a word once the next began) and decodes the frames whose phonemes have their full right context
+    (``config.lookahead`` phonemes); those frames never change, so their greedy CTC units are final
+    (as in :class:`UnitStreamer`). ``finish()`` decodes the rest. Everything returned, concatenated,
+    is what :func:`speak_text` speaks for the text the stream phonemized.
+    """
+
+    def __init__(self, head: CtcUnitHead, lang: str | None = None):
+        from llasm.speech.phonemes import PhonemeStream, phoneme_ids
+
+        self.head, self.text, self._ids = head, PhonemeStream(lang), phoneme_ids
+        self.phonemes: list[int] = []
+        self.units: list[int] = []
+
+    def _decode(self, settled: int) -> list[int]:
+        if settled <= 0:
+            return []
+        with torch.no_grad():
+            ids = torch.tensor([self.phonemes], device=next(self.head.parameters()).device)
+            log_probs = self.head(ids)["log_probs"][:, : settled * self.head.config.upsample_factor]
+        units = ctc_decode(log_probs, blank=self.head.blank)[0]
+        new = units[len(self.units):]
+        self.units = units
+        return new
+
+    def push(self, piece: str) -> list[int]:
+        new = self.text.push(piece)
+        if not new:
+            return []
+        self.phonemes += self._ids(new, self.head.config.phonemes)
+        return self._decode(len(self.phonemes) - self.head.config.lookahead)
+
+    def finish(self) -> list[int]:
+        self.phonemes += self._ids(self.text.finish(), self.head.config.phonemes)
+        return self._decode(len(self.phonemes))
+
 
 def stream_units(head: CtcUnitHead, hidden_chunks: Iterable[torch.Tensor]) -> Iterator[list[int]]:
     """Yield the newly decided units (a possibly empty list) after each chunk of hidden states.
@@ -267,6 +388,27 @@ def speak(model_or_head: Any, hidden_states_of_answer: torch.Tensor, vocoder, ma
     if not units:
         return np.zeros(0, dtype=np.float32)
     return vocoder.synthesize(units)
+
+
+@torch.no_grad()
+def text_units(model_or_head: Any, text: str, lang: str | None = None) -> list[int]:
+    """An answer's text -> its units (greedy CTC) through a head with ``input: phonemes``; ``lang``
+    names the voice (``None``: from the first letter). Raises ``ValueError`` for a head that reads states."""
+    head = model_or_head if isinstance(model_or_head, CtcUnitHead) else model_or_head.unit_head
+    ids, mask = head.phoneme_batch([text], [lang])
+    was_training = head.training
+    head.eval()
+    try:
+        out = head(ids, mask)
+    finally:
+        head.train(was_training)
+    return ctc_decode(out["log_probs"], out["lengths"], blank=head.blank)[0]
+
+
+def speak_text(model_or_head: Any, text: str, vocoder, lang: str | None = None) -> np.ndarray:
+    """An answer's text -> units (:func:`text_units`) -> 16 kHz float32 audio (empty without units)."""
+    units = text_units(model_or_head, text, lang)
+    return vocoder.synthesize(units) if units else np.zeros(0, dtype=np.float32)
 
 
 def answer_hidden_states(generate_output, end_ids: Sequence[int] = (), state: str = "input",

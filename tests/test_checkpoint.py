@@ -219,3 +219,21 @@ def test_checkpoints_follow_the_umask(tiny, tmp_path):
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "c" / "llasm_auto.py").stat().st_mode) == 0o644  # io.write_text
     assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").iterdir()} == {0o644}
+
+
+def test_atomic_files_get_plain_permissions_even_when_the_writer_replaces_them(tmp_path):
+    """safetensors' save_file writes a fresh 0600 file over the temp path: the rename keeps open()'s mode."""
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+
+    from llasm.io import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "x.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.safetensors").stat().st_mode) == 0o644

@@ -19,6 +19,13 @@ def test_help_lists_commands(capsys):
     assert cli.main(["no-such-command"]) == 2
 
 
+def test_python_dash_m_llasm_is_the_command():
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "llasm", "no-such-command"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "commands:" in run.stdout and "chat" in run.stdout
+
+
 def test_every_help_is_complete_and_quick():
     """`llasm COMMAND --help` for every command, in a fresh process: each answers (train with its keys,
     what a run writes and how to resume), and none imports torch, transformers or other heavy packages."""
@@ -117,9 +124,9 @@ def test_chat_speak_needs_a_vocoder_and_a_unit_head(tiny, tmp_path, capsys):
     assert "unit head" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["unit_hifigan", "unit_mel"])
-def test_chat_speak_writes_a_wav(tmp_path, capsys, kind):
-    """`llasm chat --vocoder DIR --speak out.wav` with either token2wav directory."""
+@pytest.mark.parametrize("kind,head", [("unit_hifigan", "states"), ("unit_mel", "states"), ("unit_mel", "phonemes")])
+def test_chat_speak_writes_a_wav(tmp_path, capsys, kind, head):
+    """`llasm chat --vocoder DIR --speak out.wav` with either token2wav directory and either unit head."""
     import soundfile
     import torch
 
@@ -130,7 +137,7 @@ def test_chat_speak_writes_a_wav(tmp_path, capsys, kind):
     spec = load_yaml(TINY_YAML)
     model, processor = llasm.build_model(spec)
     model.config.unit_head = {"num_units": 20, "upsample_factor": 3, "hidden_size": 32, "num_layers": 1,
-                              "num_heads": 2, "intermediate_size": 64}
+                              "num_heads": 2, "intermediate_size": 64, "input": head}
     spoken = llasm.LlasmForConditionalGeneration(model.config)
     spoken.load_state_dict(model.state_dict(), strict=False)
     torch.manual_seed(0)

@@ -44,6 +44,8 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     head_rows = [json.loads(line) for line in open(tmp_path / "data" / "stage3_train.jsonl")]
     assert {r["id"].split("-")[0] for r in head_rows} == {"inst", "asr", "gen"}  # answers + "repeat after me"
     assert all(r["conversations"][1]["units"] for r in head_rows)
+    assert len(head_rows) == len(open(tmp_path / "data" / "token2wav_train.jsonl").readlines())  # every training clip
+    assert json.loads((tmp_path / "stage3" / "final" / "config.json").read_text())["unit_head"]["input"] == "phonemes"
     assert sorted(p.name for p in (tmp_path / "eval").glob("spectrograms_*.png")) == ["spectrograms_en.png",
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
@@ -55,14 +57,16 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
 
     table = tmp_path / "heads.json"
     monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--at", "0.03,0.06", "--limit", "2",
-                                      "--arm", "state=unit_head.text_embeddings=false",
-                                      "--arm", "fused=unit_head.text_embeddings=true", "--json", str(table)])
+                                      "--arm", "phonemes=",  # the demo's head, then one on the LLM's states
+                                      "--arm", "states=unit_head.input=states,objective.cache_states=true",
+                                      "--json", str(table)])
     runpy.run_path(str(Path(speech_demo.REPO) / "bench" / "unit_head.py"), run_name="__main__")
     arms = json.loads(table.read_text())
-    assert [(a["arm"], a["minutes"]) for a in arms] == [("state", 0.03), ("state", 0.06), ("fused", 0.03), ("fused", 0.06)]
+    assert [(a["arm"], a["minutes"]) for a in arms] == [("phonemes", 0.03), ("phonemes", 0.06), ("states", 0.03),
+                                                         ("states", 0.06)]
     assert all(a["steps"] >= 1 for a in arms) and arms[1]["steps"] > arms[0]["steps"] and arms[3]["steps"] > arms[2]["steps"]
     assert all(a["replies"] + a["errors"] >= 2 and set(a["round_trip"]) <= {"en", "zh"} for a in arms)
-    assert "| fused |" in capsys.readouterr().out
+    assert "| states |" in capsys.readouterr().out
 
 
 def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):

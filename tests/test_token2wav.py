@@ -254,6 +254,8 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     for key, value in straight.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
     assert (tmp_path / "a" / "samples" / "step_00000004.wav").exists()
+    log = [json.loads(line)["step"] for line in open(tmp_path / "a" / "log.jsonl")]
+    assert log[0] == 1 and log[-1] == 4  # the first and the last step are logged whatever log_every is
     assert (tmp_path / "a" / "samples" / "step_00000004.png").read_bytes()[:4] == b"\x89PNG"
     assert isinstance(load_token2wav(tmp_path / "a"), UnitMelToken2Wav)
     with pytest.raises(ValueError, match="max_steps and/or train.max_minutes"):
@@ -358,3 +360,12 @@ def test_resynthesis_bench_curve_legs_and_plot(tmp_path):
             for m, e, z in ((2.5, 0.9, 1.1), (7.5, 0.7, 1.0))]
     bench.plot_curve(rows, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bad_load_override_is_named_as_one(tmp_path):
+    from llasm.speech.token2wav import load_token2wav
+
+    tiny_token2wav().save_pretrained(tmp_path / "t")
+    with pytest.raises(ValueError, match="load_token2wav overrides: unknown config key 'bogus'"):
+        load_token2wav(tmp_path / "t", bogus=1)
+    assert load_token2wav(tmp_path / "t", griffin_lim_iterations=4).config.griffin_lim_iterations == 4

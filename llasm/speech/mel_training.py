@@ -258,7 +258,7 @@ class UnitMelTrainer:
             record = {"step": self.step, **losses, "lr": self.optimizer.param_groups[0]["lr"]}
             history.append(record)
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == 1:
+            if self.step % t.log_every == 0 or self.step == 1 or self._finished(started):  # the last step too
                 bar.set_postfix(mel=f"{losses['mel']:.3f}", dur=f"{losses['duration']:.3f}")
                 self._log(record)
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:

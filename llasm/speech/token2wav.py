@@ -288,8 +288,10 @@ class MelStream:
 def read_config(directory: Path, overrides: dict | None = None) -> Token2WavConfig:
     path = directory / CONFIG
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return settings.from_dict(Token2WavConfig, data, str(path))
+    saved = settings.from_dict(Token2WavConfig, data, str(path))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # checked apart from the file, so a bad override is named as one
+    return settings.from_dict(Token2WavConfig, {**data, **given}, "load_token2wav overrides") if given else saved
 
 
 def load_token2wav(directory: str | os.PathLike, device: str = "cpu", **overrides):

@@ -296,7 +296,7 @@ class VocoderTrainer:
             record = {"step": self.step, **losses, "lr": self.optim_g.param_groups[0]["lr"]}
             history.append(record)
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == 1:
+            if self.step % t.log_every == 0 or self.step == 1 or self._finished(started):  # the last step too
                 bar.set_postfix(mel=f"{losses['mel_l1']:.3f}", g=f"{losses['loss_g']:.2f}", d=f"{losses['loss_d']:.2f}")
                 self._log(record)
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:

@@ -145,7 +145,12 @@ class AnswerStateCache(dict):
 def unit_ctc(engine, model, inputs: dict, batch: dict, end_ids: list[int],
              cache: AnswerStateCache | None) -> torch.Tensor:
     """``objective.type: units``: CTC of the unit head against ``batch["unit_targets"]`` on the answer
-    tokens' states (end-of-turn tokens excluded); from ``cache`` when given."""
+    tokens' states (end-of-turn tokens excluded; from ``cache`` when given), or on the answers'
+    phonemes for a head with ``unit_head.input: phonemes`` (the LLM does not run)."""
+    head = model.unit_head
+    if head.config.input == "phonemes":
+        ids, keep = head.phoneme_batch(batch["unit_texts"], batch["unit_langs"])
+        return engine(answer_states=ids, answer_mask=keep, unit_targets=batch["unit_targets"].to(ids.device)).loss
     labels = inputs.pop("labels")
     ends = torch.tensor(sorted(end_ids), device=labels.device)
     inputs["unit_mask"] = (labels != IGNORE_INDEX) & ~torch.isin(labels, ends)

@@ -63,7 +63,6 @@ from llasm.training.resume import (
     set_rng_state,
     trim_losses,
 )
-from llasm.unit_head import CtcUnitHead
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,7 @@ class Trainer:
         if model is None:
             model, processor = load_model(cfg.model)
         if cfg.unit_head and model.unit_head is None:
-            model.config.unit_head = dict(cfg.unit_head)
-            model.unit_head = CtcUnitHead(dict(cfg.unit_head), input_size=model.config.text_config.hidden_size)
+            model.add_unit_head(cfg.unit_head)
         self.processor = processor
         apply_trainability(model, cfg.trainable, cfg.lora)
         if plugin is None:  # DeepSpeed keeps its own fp32 master weights

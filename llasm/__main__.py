@@ -1,0 +1,7 @@
+"""``python -m llasm ...``: the same as the ``llasm`` command."""
+
+import sys
+
+from llasm.cli import main
+
+sys.exit(main())
