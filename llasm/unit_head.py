@@ -30,6 +30,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from llasm.processing import IGNORE_INDEX
+from llasm.speech.phonemes import LANG_TAGS, PhonemeStream, phoneme_ids, phoneme_inventory, phonemize
 
 
 @dataclass
@@ -82,6 +83,11 @@ class UnitHeadConfig:
         return self.num_units
 
     @property
+    def languages(self) -> tuple[str, ...] | None:
+        """The answer languages a head that reads phonemes can speak (``None``: any, for a head on states)."""
+        return tuple(LANG_TAGS) if self.input == "phonemes" else None
+
+    @property
     def lookahead(self) -> int:
         """Phonemes ahead that a phoneme's frames depend on (0 for LLM states: the head is causal)."""
         return self.conv_layers * (self.conv_kernel // 2) if self.input == "phonemes" else 0
@@ -105,7 +111,6 @@ class CtcUnitHead(nn.Module):
         config = UnitHeadConfig.from_dict(config) if isinstance(config, dict) else config
         if config.input == "phonemes":  # the encoder gives hidden_size features; the LLM's width does not matter
             if config.phonemes is None:
-                from llasm.speech.phonemes import phoneme_inventory
                 config.phonemes = list(phoneme_inventory())
             config.input_size = config.hidden_size
         elif input_size is not None:
@@ -217,8 +222,6 @@ class CtcUnitHead(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answers' text -> ``(ids (B, L), mask (B, L))`` for a head with ``input: phonemes`` (right
         padding; ``langs`` name each answer's voice, ``None``: from its first letter)."""
-        from llasm.speech.phonemes import phoneme_ids, phonemize
-
         if self.config.input != "phonemes":
             raise ValueError("this unit head reads LLM states (unit_head.input: states), not phonemes")
         langs = list(langs) if langs is not None else [None] * len(texts)
@@ -323,9 +326,7 @@ class PhonemeUnitStreamer:
     """
 
     def __init__(self, head: CtcUnitHead, lang: str | None = None):
-        from llasm.speech.phonemes import PhonemeStream, phoneme_ids
-
-        self.head, self.text, self._ids = head, PhonemeStream(lang), phoneme_ids
+        self.head, self.text = head, PhonemeStream(lang)
         self.phonemes: list[int] = []
         self.units: list[int] = []
 
@@ -344,11 +345,11 @@ class PhonemeUnitStreamer:
         new = self.text.push(piece)
         if not new:
             return []
-        self.phonemes += self._ids(new, self.head.config.phonemes)
+        self.phonemes += phoneme_ids(new, self.head.config.phonemes)
         return self._decode(len(self.phonemes) - self.head.config.lookahead)
 
     def finish(self) -> list[int]:
-        self.phonemes += self._ids(self.text.finish(), self.head.config.phonemes)
+        self.phonemes += phoneme_ids(self.text.finish(), self.head.config.phonemes)
         return self._decode(len(self.phonemes))
 
 

@@ -119,6 +119,12 @@ def test_chat_speak_needs_a_vocoder_and_a_unit_head(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # said before the model loads
         cli.main(speak)
     assert stop.value.code == 2 and "--speak needs --vocoder DIR" in capsys.readouterr().err
+    for argv, said in ((["chat", "--model", str(tmp_path / "m"), "--speak", "r.wav", "--vocoder", str(tmp_path)],
+                        "--speak speaks the reply to one turn: give it --text"),
+                       ([*speak, "--vocoder", str(tmp_path / "nowhere")], "nowhere: not a token2wav directory")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
     tiny_token2wav("unit_mel").save_pretrained(tmp_path / "voc")
     assert cli.main([*speak, "--vocoder", str(tmp_path / "voc")]) == 1
     assert "unit head" in capsys.readouterr().err

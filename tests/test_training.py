@@ -631,3 +631,19 @@ def test_stage3_phoneme_head_trains_without_running_the_llm(tmp_path, data):
 
     loaded = llasm.LlasmForConditionalGeneration.from_pretrained(result["final"])
     assert loaded.config.unit_head["input"] == "phonemes" and loaded.config.unit_head["phonemes"][0] == "<pad>"
+
+
+def test_stage3_phoneme_head_rejects_rows_in_a_language_it_cannot_phonemize(tmp_path, data):
+    """A row in another language is skipped and written to the rejects, naming it; the run goes on."""
+    from llasm.io import read_jsonl, write_jsonl
+    from llasm.training import Trainer, load_config
+
+    cfg = _units_config(tmp_path, data, "fr", **{"train.max_steps": 3})
+    cfg["unit_head"].update(input="phonemes")
+    rows = read_jsonl(cfg["data"]["sources"][0]["path"])
+    rows[0]["lang"] = "fr"
+    cfg["data"]["sources"][0]["path"] = str(write_jsonl(data.parent / "fr.jsonl", rows))  # beside its wavs
+    trainer = Trainer(load_config(cfg))
+    assert "rejected" in trainer.dataset[0] and trainer.fit()["losses"]
+    rejects = read_jsonl(tmp_path / "fr" / "out" / "rejects.jsonl")
+    assert rejects[0]["id"] == rows[0]["id"] and "lang 'fr'" in rejects[0]["reason"]

@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 from llasm.audio import AudioError, save_audio
 
@@ -115,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.speak and not (args.text or args.audio):
+        parser.error("--speak speaks the reply to one turn: give it --text and/or --audio")
     if args.speak and not args.vocoder:
         parser.error("--speak needs --vocoder DIR (a token2wav directory: train/train_token2wav.py or "
                      "train/train_vocoder.py output, e.g. make speech-demo's outputs/speech-demo/token2wav)")
+    if args.vocoder and not any((Path(args.vocoder) / name).is_file() for name in ("token2wav.json", "vocoder_config.json")):
+        parser.error(f"--vocoder {args.vocoder}: not a token2wav directory (no token2wav.json and no vocoder_config.json)")
     from llasm.builder import load_model
     from llasm.chat import PromptCache, user_turn
 

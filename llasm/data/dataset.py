@@ -112,8 +112,10 @@ class RowEncoder:
     """
 
     def __init__(self, processor, model_key: str = "", rejects_path: str | None = None,
-                 max_length: int | None = None, with_teacher: bool = False):
+                 max_length: int | None = None, with_teacher: bool = False, unit_langs: tuple[str, ...] | None = None):
         self.processor = processor
+        # a unit head that reads phonemes speaks these languages only: other rows with units are rejected
+        self.unit_langs = unit_langs
         self.with_teacher = with_teacher  # kl objective: also encode the transcript-as-text conversation
         self.model_key = model_key
         self.rejects_path = rejects_path
@@ -155,6 +157,9 @@ class RowEncoder:
         item.update(id=row_id, length=len(item["input_ids"]), audio_keys=chunk_keys)
         spoken = next((t for t in row.get("conversations", []) if t.get("from") in ("gpt", "assistant")
                        and t.get("units")), None)
+        if spoken is not None and self.unit_langs and row.get("lang") and row["lang"] not in self.unit_langs:
+            return {"id": row_id, "rejected": f"lang {row['lang']!r}: the unit head reads phonemes of "
+                                              f"{' and '.join(self.unit_langs)} answers only"}
         if spoken is not None:  # stage 3 targets: the spoken answer's units (and its text: a phoneme head reads it)
             item.update(unit_targets=list(spoken["units"]), unit_text=str(spoken.get("value", "")), unit_lang=row.get("lang"))
         if self.with_teacher:  # kl objective: the same conversation with the transcript as text
@@ -180,8 +185,8 @@ class ConversationDataset(RowEncoder, torch.utils.data.Dataset):
     (:class:`RowEncoder`)."""
 
     def __init__(self, sources: list[Source], processor, model_key: str = "", rejects_path: str | None = None,
-                 max_length: int | None = None, with_teacher: bool = False):
-        super().__init__(processor, model_key, rejects_path, max_length, with_teacher)
+                 max_length: int | None = None, with_teacher: bool = False, unit_langs: tuple[str, ...] | None = None):
+        super().__init__(processor, model_key, rejects_path, max_length, with_teacher, unit_langs)
         self.rows: list[tuple[dict, str]] = []  # (row, its JSONL's directory)
         self.source_of: list[int] = []
         self.sources = sources

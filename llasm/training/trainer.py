@@ -192,7 +192,8 @@ class Trainer:
             (self.out / "rejects.jsonl").unlink(missing_ok=True)
         return ConversationDataset(sources, self.processor, model_key=self.model_key,
                                    rejects_path=str(self.out / "rejects.jsonl"), max_length=self.cfg.data.max_length,
-                                   with_teacher=self.cfg.objective.type == "kl")
+                                   with_teacher=self.cfg.objective.type == "kl",
+                                   unit_langs=self.model.unit_head.config.languages if self.model.unit_head else None)
 
     def _sharded_dataset(self, sources: list[Source], sharded: list[bool]) -> ShardedConversations:
         if not all(sharded):
