@@ -226,3 +226,14 @@ def test_a_read_only_encoder_cache_must_exist_and_its_use_is_reported(tmp_path, 
 
     shards = list((tmp_path / "c").glob("shard-*.safetensors"))  # others read a shared cache: umask, not 0600
     assert shards and all(f.stat().st_mode & 0o777 == 0o666 & ~umask() for f in shards)
+
+
+def test_unit_head_settings_are_checked_before_the_model_loads(tmp_path, data, monkeypatch):
+    from llasm.training import Trainer, load_config
+    from llasm.training.describe import InputError
+
+    _no_model(monkeypatch)
+    cfg = config(tmp_path, data)
+    cfg["unit_head"] = {"num_units": 8, "input": "phonemse"}
+    with pytest.raises(InputError, match="unit_head.input must be 'states' or 'phonemes', got 'phonemse'"):
+        Trainer(load_config(cfg))

@@ -30,6 +30,7 @@ from llasm.io import file_sha1, llasm_home, read_jsonl, resolve_path, write_json
 from llasm.settings import config_changes
 from llasm.training.config import OBJECTIVES, TrainConfig
 from llasm.training.resume import latest_checkpoint
+from llasm.unit_head import UnitHeadConfig
 
 CONFIG_NAME = "train_config.yaml"
 # keys that may change between a run and its continuation: where and how often things are written,
@@ -88,6 +89,11 @@ def check_inputs(cfg: TrainConfig, main_process: bool = True, check_model: bool 
         problems.append("data.packing needs data.max_length (the length of a packed row)")
     if cfg.objective.type not in OBJECTIVES:
         problems.append(f"objective.type must be one of {', '.join(OBJECTIVES)}, got {cfg.objective.type!r}")
+    if cfg.unit_head:  # its settings are checked again when the head is built, after the LLM loaded
+        try:
+            UnitHeadConfig.from_dict(dict(cfg.unit_head))
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
     if not cfg.data.sources:
         problems.append("data.sources is empty: give at least one JSONL (or Alpaca / ShareGPT JSON)")
     counts = []
