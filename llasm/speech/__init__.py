@@ -1,3 +1,4 @@
-"""Speech output around the model's unit head: discrete units (``units``: feature encoder + k-means),
-the unit vocoder (``vocoder``: UnitHifiGan, streaming) and its GAN training (``vocoder_training``).
+"""Speech output around the model's unit head: the answer's phonemes it may read (``phonemes``), discrete
+units (``units``: feature encoder + k-means), the token2wav (``token2wav``: units -> mel -> waveform, or
+``vocoder``: the unit HiFi-GAN, streaming) and their training (``mel_training``, ``vocoder_training``).
 """
