@@ -378,17 +378,8 @@ def speak(model_or_head: Any, hidden_states_of_answer: torch.Tensor, vocoder, ma
         hidden = hidden[None]
     if hidden.shape[0] != 1:
         raise ValueError(f"speak() takes one answer, got a batch of {hidden.shape[0]}")
-    was_training = head.training
-    head.eval()
-    try:
-        param = next(head.parameters())
-        out = head(hidden.to(param.device), None if mask is None else mask.to(param.device))
-    finally:
-        head.train(was_training)
-    units = ctc_decode(out["log_probs"], out["lengths"], blank=head.blank)[0]
-    if not units:
-        return np.zeros(0, dtype=np.float32)
-    return vocoder.synthesize(units)
+    param = next(head.parameters())
+    return _say(_answer_units(head, hidden.to(param.device), None if mask is None else mask.to(param.device)), vocoder)
 
 
 @torch.no_grad()
@@ -396,19 +387,26 @@ def text_units(model_or_head: Any, text: str, lang: str | None = None) -> list[i
     """An answer's text -> its units (greedy CTC) through a head with ``input: phonemes``; ``lang``
     names the voice (``None``: from the first letter). Raises ``ValueError`` for a head that reads states."""
     head = model_or_head if isinstance(model_or_head, CtcUnitHead) else model_or_head.unit_head
-    ids, mask = head.phoneme_batch([text], [lang])
+    return _answer_units(head, *head.phoneme_batch([text], [lang]))
+
+
+def speak_text(model_or_head: Any, text: str, vocoder, lang: str | None = None) -> np.ndarray:
+    """An answer's text -> units (:func:`text_units`) -> 16 kHz float32 audio (empty without units)."""
+    return _say(text_units(model_or_head, text, lang), vocoder)
+
+
+def _answer_units(head: CtcUnitHead, inputs: torch.Tensor, mask: torch.Tensor | None) -> list[int]:
+    """One answer's greedy CTC units, the head in eval mode for the call (and as it was after)."""
     was_training = head.training
     head.eval()
     try:
-        out = head(ids, mask)
+        out = head(inputs, mask)
     finally:
         head.train(was_training)
     return ctc_decode(out["log_probs"], out["lengths"], blank=head.blank)[0]
 
 
-def speak_text(model_or_head: Any, text: str, vocoder, lang: str | None = None) -> np.ndarray:
-    """An answer's text -> units (:func:`text_units`) -> 16 kHz float32 audio (empty without units)."""
-    units = text_units(model_or_head, text, lang)
+def _say(units: list[int], vocoder) -> np.ndarray:
     return vocoder.synthesize(units) if units else np.zeros(0, dtype=np.float32)
 
 
