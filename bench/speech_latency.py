@@ -12,9 +12,10 @@ random ``configs/vocoder_cpu.yaml``) — timing does not depend on their values,
 head emits per token does, so only a trained head gives the real number. Text is streamed as soon as a token is chosen; the first audio chunk needs that token's
 hidden state (with ``unit_head.state: output``, the default of stage 3 and of the random states head here,
 the state that chose it: no extra LLM step; with ``input`` one more step) — for a head on phonemes, the
-next word to begin and its look-ahead phonemes — and
-``--first-chunk-units`` units; by default the first chunk is
-vocoded without right context (``--first-chunk-context -1``: wait for the receptive field, exact).
+next word to begin — and ``--first-chunk-units`` units; by default the first chunk is made without right
+context: the vocoder's, unit selection's and the phoneme head's look-ahead (``--first-chunk-context -1``:
+wait for all of it, exact). It prints how much speech the first chunk holds and when the second came
+(playback waits when the second comes later than the first ends).
 Goal: first text token -> first audio chunk <= 300 ms.
 
     python bench/speech_latency.py [--model DIR --vocoder DIR] [--first-chunk-units 10] [--repeats 3]
@@ -101,33 +102,43 @@ def main() -> None:
         label = (f"{'starter' if starter else 'tiny'} with a RANDOM unit head ({shape}, K=500) "
                  f"and a random {args.token2wav} token2wav")
 
-    to_text, to_audio, gaps = [], [], []
+    to_text, to_audio, gaps, pieces, held, second = [], [], [], [], [], []
     for i in range(args.repeats + 1):  # the first run warms up
         start = time.perf_counter()
         first_text = first_audio = None
+        texts, chunks = 0, []
         stream = model.chat_stream(text="What is the capital of France? Answer in one sentence.",
                                    max_new_tokens=24, chunk_units=args.chunk_units,
                                    first_chunk_units=args.first_chunk_units,
                                    first_chunk_context=None if args.first_chunk_context < 0 else args.first_chunk_context)
-        for kind, _ in stream:
+        for kind, value in stream:
             now = time.perf_counter()
-            if kind == "text" and first_text is None:
-                first_text = now
+            if kind == "text" and not chunks:
+                texts += 1
+                first_text = first_text or now
             if kind == "audio":
-                first_audio = now
-                break
+                chunks.append((now, len(value)))
+                first_audio = chunks[0][0]
+                if len(chunks) == 2:  # the second chunk: does playback of the first stall before it?
+                    break
         stream.close()
         if i and first_text is not None and first_audio is not None:
             to_text.append(first_text - start)
             to_audio.append(first_audio - start)
             gaps.append(first_audio - first_text)
+            pieces.append(texts)
+            held.append(chunks[0][1] / 16000)
+            if len(chunks) == 2:
+                second.append(chunks[1][0] - chunks[0][0])
     if not gaps:
         raise SystemExit("no audio was produced (the unit head emitted no unit within 24 tokens)")
     print(f"model: {label}; first chunk {args.first_chunk_units} units (right context "
           f"{'full' if args.first_chunk_context < 0 else args.first_chunk_context} frames), then {args.chunk_units}; "
           f"{args.threads} threads; median of {len(gaps)}")
     print(f"  request -> first text token   {1000 * statistics.median(to_text):7.0f} ms")
-    print(f"  request -> first audio chunk  {1000 * statistics.median(to_audio):7.0f} ms")
+    print(f"  request -> first audio chunk  {1000 * statistics.median(to_audio):7.0f} ms "
+          f"(after {statistics.median(pieces):.0f} text pieces; it holds {1000 * statistics.median(held):.0f} ms of "
+          "audio" + (f", the second chunk came {1000 * statistics.median(second):.0f} ms later)" if second else ")"))
     gap = statistics.median(gaps)
     print(f"  first text token -> first audio chunk {1000 * gap:7.0f} ms  (goal <= 300 ms: "
           f"{'met' if gap <= 0.3 else 'NOT met'})")

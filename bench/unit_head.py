@@ -13,6 +13,8 @@ is scored against the text the model wrote (``llasm.evaluation.speech``'s ``roun
 zh CER, lower is better. The ratio column is each arm's error over the first arm's; the units per
 answer token say how close a head is to speaking at all (the training answers hold ~9-12).
 
+``--keep DIR`` keeps each arm's last head as ``DIR/<arm name>`` (a checkpoint ``from_pretrained`` loads).
+
 ``--at 5,10,20`` judges each arm at those cumulative training minutes instead: one head trained on
 (the same trainer, its state cache kept), judged between legs off the clock — the head's learning curve.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +52,8 @@ def main() -> None:
     parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the table here")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep each arm's last head as DIR/<arm name> (e.g. for bench/speech_latency.py --model)")
     args = parser.parse_args()
 
     import llasm
@@ -101,6 +106,8 @@ def main() -> None:
                              "silent_replies": sum(not r["judge"] for r in spoken), "replies": len(spoken),
                              "errors": len(report["errors"])})
                 print(json.dumps(rows[-1]), flush=True)
+            if args.keep:
+                shutil.copytree(result["final"], Path(args.keep) / name, dirs_exist_ok=True)
             del trainer
     base = {r["minutes"]: r for r in rows if r["arm"] == rows[0]["arm"]}
     print("\n| arm | minutes | steps | CTC loss first -> last 10 | round trip en WER | zh CER | silent replies "

@@ -253,14 +253,17 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     :class:`llasm.speech.token2wav.MelStream` or :class:`llasm.speech.vocoder.VocoderStream`):
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
-    earliest sound; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
+    earliest sound, and then a head on phonemes decodes the first chunk's units without its look-ahead
+    too; ``None``: the full receptive field, so the stream equals ``chat(speak=True)``).
     The token2wav runs in line: a chunk costs less than an LLM step on a CPU (``bench/speech_latency.py``).
     """
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:
         raise ValueError("chat_stream needs a unit head (stage 3) and a vocoder (model.set_vocoder)")
     voice = model.vocoder.streamer(chunk_units=chunk_units, first_chunk_units=first_chunk_units,
                                    first_chunk_context=first_chunk_context)
-    for kind, value in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens):
+    # an early first chunk: a head on phonemes decodes its units without waiting for the look-ahead too
+    eager = 0 if first_chunk_context is None else getattr(voice, "first_chunk_units", 0)
+    for kind, value in _decode_speaking(model, messages or [user_turn(audio, text)], max_new_tokens, eager):
         if kind == "text":
             yield "text", value
         else:
@@ -271,9 +274,10 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
 
 
 @torch.inference_mode()
-def _decode_speaking(model, messages, max_new_tokens):
+def _decode_speaking(model, messages, max_new_tokens, eager_units=0):
     """Greedy decoding that yields ``("text", new text)`` when a token is chosen and ``("units", new
-    units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``)."""
+    units)`` once its hidden state is known (at once for ``state: output``, one pass later for ``input``;
+    a head on phonemes: :class:`PhonemeUnitStreamer`, ``eager_units`` as there)."""
     processor = model.processor
     inputs = to_device(processor.apply_chat_template(messages, add_generation_prompt=True), model.device)
     max_new_tokens = reply_room(processor, inputs["input_ids"].shape[1], max_new_tokens)
@@ -283,7 +287,7 @@ def _decode_speaking(model, messages, max_new_tokens):
     out = model(**inputs, use_cache=True, output_hidden_states=producing, logits_to_keep=1)
     past, mask = out.past_key_values, inputs["attention_mask"]
     token = int(out.logits[0, -1].argmax())
-    streamer = PhonemeUnitStreamer(model.unit_head) if reads_text else UnitStreamer(model.unit_head)
+    streamer = PhonemeUnitStreamer(model.unit_head, eager_units=eager_units) if reads_text else UnitStreamer(model.unit_head)
     reply, shown = [], 0
     for _ in range(max_new_tokens):
         if token in ends:

@@ -12,6 +12,7 @@
     llasm encoder-cache configs/stage1_asr_align.yaml        fill the encoder cache before training
     llasm merge-shards --output OUT --num-shards N           merge a job run as N shards (a Slurm array)
     llasm eval --model DIR --output DIR                      evaluation report (llasm vs cascade)
+    llasm judge reply.wav --text "..."                       what the Whisper judge hears, and its WER/CER
 
 `llasm COMMAND --help` describes a command in full; it answers at once (torch and transformers are
 imported only once a command runs).
@@ -39,6 +40,7 @@ COMMANDS = {
     "encoder-cache": ("llasm.training.cache_cli", "encode a stage's audio into the encoder cache (shardable)"),
     "merge-shards": ("llasm.sharding", "merge the shards of prepare-asr / synthesize / units, checking coverage"),
     "eval": ("llasm.evaluation.run", "evaluate: ASR, spoken instructions, modal invariance vs a Whisper cascade"),
+    "judge": ("llasm.evaluation.judge_cli", "transcribe recordings with the Whisper judge; WER/CER against texts"),
 }
 
 

@@ -322,23 +322,32 @@ class PhonemeUnitStreamer:
     a word once the next began) and decodes the frames whose phonemes have their full right context
     (``config.lookahead`` phonemes); those frames never change, so their greedy CTC units are final
     (as in :class:`UnitStreamer`). ``finish()`` decodes the rest. Everything returned, concatenated,
-    is what :func:`speak_text` speaks for the text the stream phonemized.
+    is what :func:`speak_text` speaks for the text the stream phonemized — unless ``eager_units``:
+    until that many units were returned, frames are decoded as soon as their phonemes came, without
+    waiting for the look-ahead (a stream's first chunk trades exactness for time, as the token2wav's
+    ``first_chunk_context`` does; the units after it are decoded with their full context).
     """
 
-    def __init__(self, head: CtcUnitHead, lang: str | None = None):
-        self.head, self.text = head, PhonemeStream(lang)
+    def __init__(self, head: CtcUnitHead, lang: str | None = None, eager_units: int = 0):
+        self.head, self.text, self.eager_units = head, PhonemeStream(lang), int(eager_units)
         self.phonemes: list[int] = []
         self.units: list[int] = []
+        self.frames, self.last = 0, head.blank  # frames decoded, and the last one's label (CTC merges across calls)
 
     def _decode(self, settled: int) -> list[int]:
-        if settled <= 0:
+        end = settled * self.head.config.upsample_factor
+        if end <= self.frames:
             return []
         with torch.no_grad():
             ids = torch.tensor([self.phonemes], device=next(self.head.parameters()).device)
-            log_probs = self.head(ids)["log_probs"][:, : settled * self.head.config.upsample_factor]
-        units = ctc_decode(log_probs, blank=self.head.blank)[0]
-        new = units[len(self.units):]
-        self.units = units
+            best = self.head(ids)["log_probs"][0, self.frames: end].argmax(-1).tolist()
+        new = []
+        for label in best:  # greedy CTC (ctc_decode), continued from the frames decoded before
+            if label != self.head.blank and label != self.last:
+                new.append(label)
+            self.last = label
+        self.frames = end
+        self.units += new
         return new
 
     def push(self, piece: str) -> list[int]:
@@ -346,7 +355,8 @@ class PhonemeUnitStreamer:
         if not new:
             return []
         self.phonemes += phoneme_ids(new, self.head.config.phonemes)
-        return self._decode(len(self.phonemes) - self.head.config.lookahead)
+        wait = 0 if len(self.units) < self.eager_units else self.head.config.lookahead
+        return self._decode(len(self.phonemes) - wait)
 
     def finish(self) -> list[int]:
         self.phonemes += phoneme_ids(self.text.finish(), self.head.config.phonemes)

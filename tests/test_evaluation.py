@@ -446,3 +446,54 @@ def test_text_only_records_are_skipped_with_a_note_not_errors(tmp_path):
     assert [i.id for i in loaded] == ["s"]
     assert [e["id"] for e in errors] == ["b"]  # audios but no <speech> mark: a real mistake, still an error
     assert items.text_only_note(path, None) == f"{path}: 1 text-only record(s) without a spoken turn skipped"
+
+
+def test_judge_files_scores_each_file_and_each_language(tmp_path):
+    from llasm.evaluation.judge_cli import judge_files
+
+    paths = []
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", tone(0.5, seed=i), SR)
+        paths.append(str(tmp_path / f"{i}.wav"))
+    heard = {0: "the cat sat", 1: "北京", 2: "dog"}
+    calls = []
+
+    def transcriber(audio, lang):
+        calls.append((len(audio), lang))
+        return heard[len(calls) - 1]
+
+    result = judge_files(paths, ["The cat sat down.", "北京市", "Dog!"], transcriber)
+    assert [c[1] for c in calls] == ["en", "zh", "en"]  # each reference's language
+    assert [r["error"] for r in result["files"]] == [pytest.approx(0.25), pytest.approx(1 / 3), 0.0]
+    assert result["summary"]["en"]["value"] == pytest.approx(1 / 5) and result["summary"]["en"]["n_utts"] == 2
+    assert result["summary"]["zh"]["value"] == pytest.approx(1 / 3)
+    calls.clear()
+    only = judge_files(paths[:1], [], transcriber, lang="zh")  # no reference: a transcript, no score
+    assert only["files"][0]["error"] is None and only["summary"] == {} and calls[0][1] == "zh"
+    calls.clear()
+    assert judge_files(paths[:1], ["!?"], transcriber)["files"][0]["error"] is None  # nothing to score
+    with pytest.raises(ValueError, match="2 recording.* but 1 --text"):
+        judge_files(paths[:2], ["one"], transcriber)
+
+
+def test_llasm_judge_command(tmp_path, capsys):
+    from llasm.cli import main
+
+    whisper = make_tiny_whisper(tmp_path / "whisper")
+    sf.write(tmp_path / "reply.wav", tone(1.0), SR)
+    out = tmp_path / "judged.json"
+    assert main(["judge", str(tmp_path / "reply.wav"), "--text", "The capital is Paris.", "--judge", str(whisper),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    row = saved["files"][0]
+    assert row["lang"] == "en" and row["reference"] == "The capital is Paris." and row["error"] >= 0
+    assert f"heard: {row['heard']}" in printed and "en: WER " in printed and saved["judge"] == str(whisper)
+    for argv, message in [(["nowhere.wav", "--text", "x"], "no such recording: nowhere.wav"),
+                          ([str(tmp_path / "reply.wav"), "--text", "a", "--text", "b"], "1 recording(s) but 2 --text")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["judge", *argv, "--judge", str(whisper)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    with pytest.raises(SystemExit, match="llasm judge: .*bad.wav"):
+        main(["judge", str(tmp_path / "bad.wav"), "--judge", str(whisper)])

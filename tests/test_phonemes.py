@@ -59,9 +59,10 @@ def test_a_stream_of_pieces_phonemizes_like_the_whole(text):
 
 
 def test_a_stream_holds_the_last_word_back():
+    """A word, and the word boundary after it, once the next word began; the last word at finish()."""
     stream = PhonemeStream()
-    assert stream.push("The") == [] and stream.push(" capital") == ["<en>", "ð", "ə"]
-    assert stream.push(" of") and stream.finish()
+    assert stream.push("The") == [] and stream.push(" capital") == ["<en>", "ð", "ə", " "]
+    assert stream.push(" of")[-1] == " " and stream.finish() == ["ʌ", "v"]
 
 
 def _phoneme_head(seed=0, **kw) -> CtcUnitHead:
@@ -112,3 +113,31 @@ def test_phoneme_streaming_equals_whole(text, conv_layers):
     got += streamer.finish()
     assert got == text_units(head, text) and len(got) > 0
     assert early > 0 or len(pieces) < 4  # units come before the text ends
+
+
+def test_an_eager_first_chunk_comes_sooner_and_the_rest_has_its_context():
+    """eager_units: the first units without waiting for the look-ahead (a word sooner here); once that
+    many came, frames wait for their context again, so every later frame gets the whole answer's label."""
+    head = _phoneme_head(conv_layers=2)
+    text = "The capital of France is Paris, a city on the Seine."
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+    first = {}
+    for eager in (0, 2):
+        streamer, got = PhonemeUnitStreamer(head, eager_units=eager), []
+        for n, piece in enumerate(pieces, 1):
+            got += streamer.push(piece)
+            if got and eager not in first:
+                first[eager] = n
+                frames, last, count = streamer.frames, streamer.last, len(got)
+        got += streamer.finish()
+    assert first[2] < first[0] and count >= 2
+    ids, _ = head.phoneme_batch([text], ["en"])
+    with torch.no_grad():
+        labels = head(ids)["log_probs"][0].argmax(-1).tolist()
+    assert streamer.frames == len(labels)
+    rest = []
+    for label in labels[frames:]:  # greedy CTC of the whole answer's frames, after the eager ones
+        if label != head.blank and label != last:
+            rest.append(label)
+        last = label
+    assert got[count:] == rest

@@ -122,7 +122,8 @@ def test_a_run_describes_itself(tmp_path, data, capsys):
     assert "[train] 3 steps: 1 batches of 16 per epoch" in out
     assert "warning: train.warmup_steps 10 >= the run's 3 steps" in out
     assert "warning: train.batch_size 16 x 1 process(es) > the 6 usable rows" in out
-    assert "warning: train.save_every 100 >= the run's 3 steps" in out
+    assert ("warning: train.save_every 100: no checkpoint between step 0 and the run's end at step 3, so a stopped "
+            "run starts again from step 0\n") in out
     assert "[train] done: 3 steps" in out and "final loss " in out and f"model:   {result['final']}" in out
     saved = yaml.safe_load((tmp_path / "out" / "train_config.yaml").read_text())
     assert saved["train"]["warmup_steps"] == 10 and saved == yaml.safe_load(
@@ -140,6 +141,18 @@ def test_lr_zero_is_a_warning():
     assert warnings_for(cfg, 10, 100, 1, [0.0, 0.5] + [1.0] * 8) == []  # warmup's first step at 0 is normal
     assert any("learning rate is 0 at 3 of 10 steps (from step 8" in w
                for w in warnings_for(cfg, 10, 100, 1, [0.0, 0.5] + [1.0] * 5 + [0.0] * 3))
+
+
+def test_save_every_warning_counts_from_the_resumed_step():
+    from llasm.training.config import load_config
+    from llasm.training.describe import warnings_for
+
+    cfg = load_config({"train": {"save_every": 5}})
+    assert warnings_for(cfg, 12, 100, 1, [1.0] * 12, start=5) == []  # step 10 still saves
+    found = warnings_for(cfg, 12, 100, 1, [1.0] * 12, start=10)
+    assert found == ["train.save_every 5: no checkpoint between step 10 and the run's end at step 12, so a stopped "
+                     "run starts again from step 10 (the checkpoint it resumed from)"]
+    assert warnings_for(cfg, 12, 100, 1, [1.0] * 12, start=12) == []  # finished: nothing left to lose
 
 
 def test_changed_config_refuses_to_resume(tmp_path, data, capsys):

@@ -59,7 +59,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--at", "0.03,0.06", "--limit", "2",
                                       "--arm", "phonemes=",  # the demo's head, then one on the LLM's states
                                       "--arm", "states=unit_head.input=states,objective.cache_states=true",
-                                      "--json", str(table)])
+                                      "--json", str(table), "--keep", str(tmp_path / "heads")])
     runpy.run_path(str(Path(speech_demo.REPO) / "bench" / "unit_head.py"), run_name="__main__")
     arms = json.loads(table.read_text())
     assert [(a["arm"], a["minutes"]) for a in arms] == [("phonemes", 0.03), ("phonemes", 0.06), ("states", 0.03),
@@ -67,6 +67,8 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     assert all(a["steps"] >= 1 for a in arms) and arms[1]["steps"] > arms[0]["steps"] and arms[3]["steps"] > arms[2]["steps"]
     assert all(a["replies"] + a["errors"] >= 2 and set(a["round_trip"]) <= {"en", "zh"} for a in arms)
     assert "| states |" in capsys.readouterr().out
+    kept = json.loads((tmp_path / "heads" / "states" / "config.json").read_text())["unit_head"]
+    assert kept["input"] == "states" and (tmp_path / "heads" / "phonemes" / "config.json").exists()
 
 
 def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):
@@ -100,3 +102,20 @@ def test_head_rows_keep_every_answer_and_a_seeded_draw_of_sentences():
     assert [r["id"] for r in limited][:3] == ["a0", "a1", "a2"] and len(limited) == 6
     assert limited == head_rows(answers, sentences, units, limit=6)  # seeded
     assert limited[3]["conversations"][0]["value"] == "请跟我读：句子。"
+
+
+@pytest.mark.slow
+def test_speech_latency_bench_times_the_first_chunk(tmp_path, monkeypatch, capsys):
+    """bench/speech_latency.py with no trained outputs: the demo's head shape, random, on the starter
+    models (or the tiny model) and a random unit_mel token2wav; it reports the first chunk and what it holds."""
+    import runpy
+    import sys
+
+    from llasm.apps import speech_demo
+
+    monkeypatch.setattr(sys, "argv", ["speech_latency.py", "--model", str(tmp_path / "none"), "--repeats", "1",
+                                      "--first-chunk-units", "4", "--chunk-units", "10"])
+    runpy.run_path(str(Path(speech_demo.REPO) / "bench" / "speech_latency.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "RANDOM unit head (the demo's, on phonemes, K=500)" in out and "first chunk 4 units" in out
+    assert "first text token -> first audio chunk" in out and "ms of audio" in out

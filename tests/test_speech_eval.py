@@ -113,6 +113,25 @@ def test_skipped_systems_are_noted(parts):
     assert any("resynthesis: skipped" in n for n in out["notes"]) and any("round_trip: skipped" in n for n in out["notes"])
 
 
+def test_the_judge_goes_through_the_loop_guard(parts):
+    """A judge that loops past the reference ("hello world again again …") is cut back as
+    every ASR hypothesis is (collapse_loops); the raw transcript is kept; keep_loops scores it raw."""
+    items, _ = load_speech_items(parts["data"], split="test")
+    item = next(i for i in items if i.lang == "en" and i.answer_audio)
+
+    def looping(audio, lang):
+        return item.answer + " again" * 6
+
+    guarded = evaluate_speech([item], looping, progress=False)
+    row = guarded["details"]["speech"][0]["source"]
+    assert row["judge"] == item.answer + " again" and row["raw_judge"] == item.answer + " again" * 6
+    raw = evaluate_speech([item], looping, progress=False, keep_loops=True)
+    assert "raw_judge" not in raw["details"]["speech"][0]["source"]
+    words = len(item.answer.split())
+    assert guarded["results"]["source"]["en"]["wer"] == pytest.approx(1 / words)
+    assert raw["results"]["source"]["en"]["wer"] == pytest.approx(6 / words)
+
+
 def test_eval_speech_cli_writes_report(parts, tmp_path):
     import importlib.util
 
@@ -128,6 +147,7 @@ def test_eval_speech_cli_writes_report(parts, tmp_path):
     assert rc == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["meta"]["tasks"] == ["speech"] and report["meta"]["speech"]["judge_whisper"] == "injected transcriber"
+    assert report["meta"]["speech"]["judge_loop_guard"].startswith("loop guard v")
     assert report["results"]["speech_source"]["en"]["wer"] == pytest.approx(0.5)
     assert "speech_resynthesis" in report["results"]
     assert (tmp_path / "eval" / "report.png").exists()

@@ -98,6 +98,38 @@ def test_the_search_chooses_the_same_runs_when_units_arrive_one_by_one(lookahead
     np.testing.assert_array_equal(selection.render(whole, target_durations, 7, 41), mel[7:41])
 
 
+def test_an_eager_call_chooses_with_the_lookahead_that_came_and_the_search_goes_on():
+    units, durations, mels = corpus(clips=8)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL, UnitSelectionConfig(candidates=8, lookahead=3))
+    target = corpus(clips=1, length=30, seed=5)[0][0]
+    assert len(selection.search().extend(target[:6])) == 2  # 6 units: the 5 with both neighbours, less 3 ahead
+    search = selection.search()
+    first = search.extend(target[:6], eager=True)
+    assert len(first) == 5  # every unit whose neighbours came
+    assert search.extend(target[:12])[:5] == first  # the eager choices stay; the search goes on from them
+    whole = search.extend(target, final=True)
+    assert whole[:5] == first and len(whole) == len(target)
+
+
+def test_the_first_chunk_without_context_comes_before_the_searchs_lookahead():
+    """first_chunk_context=0 (chat_stream's default): the first chunk waits for its units' neighbours,
+    not for the search's look-ahead; None (exact) waits for both."""
+    t2w = selection_token2wav(durations="recorded")
+    units = np.random.default_rng(3).integers(0, 20, 40).tolist()
+    units = [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
+    pushed = {}
+    for context in (0, None):
+        stream = t2w.streamer(chunk_units=12, first_chunk_units=4, first_chunk_context=context)
+        for n, unit in enumerate(units, 1):
+            if stream.push(unit):
+                pushed[context] = n
+                break
+    lookahead = t2w.selection.config.lookahead
+    assert pushed == {0: 4 + 1, None: 4 + 1 + lookahead}
+    fast = list(t2w.stream(iter(units), chunk_units=12, first_chunk_units=4, first_chunk_context=0))
+    assert len(fast) >= 2 and all(len(c) for c in fast)
+
+
 @pytest.mark.parametrize("lookahead", [0, 3])
 def test_recorded_durations_speak_each_chosen_run_at_its_own_length(lookahead):
     """No durations: no duration term, each run keeps its recorded mel frames; streaming = whole."""

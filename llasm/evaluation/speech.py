@@ -15,6 +15,11 @@ Systems (``results[system][lang]``, corpus ``wer`` for English, ``cer`` for Chin
     model's own answers. The question is given as text when the item has its transcript, so that
     this measures speaking, not listening.
 
+The judge's transcripts go through the loop guard every ASR hypothesis of :mod:`llasm.evaluation` goes
+through (:func:`llasm.evaluation.systems.collapse_loops`, against the reference; ``keep_loops`` turns it
+off; a transcript it changed is kept as ``raw_judge``): Whisper that loses a repetitive answer repeats it
+until its token limit, and one such item would outweigh the rest.
+
 A few wavs per language are kept under ``<output>/speech_samples/`` to listen to. Items whose
 audio cannot be read or whose synthesis fails are recorded in ``errors`` and the run goes on.
 """
@@ -26,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
+from llasm.evaluation.systems import LOOP_GUARD_RULE, MIN_JUDGE_SAMPLES, hear  # noqa: F401 (benches import it here)
 from llasm.io import read_jsonl
 from llasm.speech.token2wav import load_token2wav
 from llasm.speech.units import UnitExtractor
@@ -39,7 +44,6 @@ from llasm.speech.units import UnitExtractor
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("source", "resynthesis", "round_trip")
-MIN_JUDGE_SAMPLES = 1600  # 0.1 s
 Transcriber = Callable[[Any, str], str]  # (16 kHz audio or path, lang) -> text
 
 
@@ -93,6 +97,7 @@ def evaluate_speech(
     samples_dir: str | Path | None = None,
     samples_per_lang: int = 2,
     progress: bool = True,
+    keep_loops: bool = False,
 ) -> dict:
     """Run the systems that the given parts allow; returns ``{"results", "counts", "details", "errors", "notes"}``.
 
@@ -119,11 +124,8 @@ def evaluate_speech(
         return str(save_audio(samples / f"{item.id}.{name}.wav", audio, SAMPLING_RATE))
 
     def judge_into(item, name, audio, reference, row):
-        if len(audio) == 0:
-            hyp = ""  # nothing was said: every reference word is a deletion
-        else:  # a few units make a few ms of audio, shorter than Whisper's window: pad with silence
-            hyp = judge(np.pad(audio, (0, max(0, MIN_JUDGE_SAMPLES - len(audio)))), item.lang)
-        row[name] = {"reference": reference, "judge": hyp}
+        hyp, raw = hear(judge, audio, item.lang, reference, keep_loops)
+        row[name] = {"reference": reference, "judge": hyp, **({"raw_judge": raw} if raw is not None else {})}
         if (wav := keep_sample(item, name, audio)) is not None:
             row[name]["wav"] = wav
         pairs.setdefault((name, item.lang), []).append((reference, hyp))
@@ -166,7 +168,8 @@ def evaluate_speech(
 def speech_meta(args, judge) -> dict:
     """The report's ``meta.speech``: which vocoder, unit k-means and Whisper judge were used."""
     return {"vocoder": args.vocoder, "kmeans": args.kmeans, "judge_whisper": str(judge),
-            "durations": "predicted by the vocoder (as in generation)"}
+            "durations": "as the token2wav makes them in generation (predicted, or the chosen runs' recorded lengths)",
+            "judge_loop_guard": None if args.keep_loops else LOOP_GUARD_RULE}
 
 
 def run_speech(args, model, items, judge) -> dict:
@@ -178,7 +181,7 @@ def run_speech(args, model, items, judge) -> dict:
         extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
     return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,
                            max_new_tokens=args.max_new_tokens, samples_dir=Path(args.output) / "speech_samples",
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, keep_loops=args.keep_loops)
 
 
 def merge_speech(report: dict, speech: dict) -> None:

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from llasm.audio import load_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import JUDGE_PROMPT_PATH, InstructItem, load_prompts
@@ -91,6 +93,22 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
         return run[: ends[min(keep, len(ends)) - 1]]
 
     return _LOOP.sub(cut, text)
+
+
+MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make only milliseconds
+
+
+def hear(judge: Callable[[Any, str], str], audio: np.ndarray, lang: str, reference: str | None = None,
+         keep_loops: bool = False) -> tuple[str, str | None]:
+    """What ``judge`` hears in ``audio`` (16 kHz samples, ``(samples,)``): ``(transcript, raw)``, the
+    transcript after the loop guard (against ``reference``) and, where the guard changed it, the one
+    before (else None). Empty audio is heard as "" (every reference word a deletion); audio shorter
+    than ``MIN_JUDGE_SAMPLES`` (a few units make a few ms) is padded with silence."""
+    if len(audio) == 0:
+        return "", None
+    heard = judge(np.pad(audio, (0, max(0, MIN_JUDGE_SAMPLES - len(audio)))), lang)
+    collapsed = heard if keep_loops else collapse_loops(heard, reference=reference)
+    return collapsed, (heard if collapsed != heard else None)
 
 
 class LlasmSystem:

@@ -148,7 +148,8 @@ def _index(inventory: tuple[str, ...]) -> dict[str, int]:
 class PhonemeStream:
     """Phonemes of a text that arrives in pieces (an LLM's reply while it is generated).
 
-    ``push(piece)`` returns the phonemes that became final; ``finish()`` the rest. A word is final
+    ``push(piece)`` returns the phonemes that became final; ``finish()`` the rest. A word — and the
+    word boundary after it, so that a head with look-ahead sees it one token sooner — is final
     once the next one has begun (espeak reads a word with its neighbours: "a" before a noun is not
     the letter name), a Han character once the next character came (pypinyin reads polyphones by
     word; a number once it ended). The text so far is phonemized whole and cut where the final prefix's phonemes end, so
@@ -173,6 +174,8 @@ class PhonemeStream:
             return []
         symbols = phonemize(self.text, self.lang)
         end = len(symbols) if ready is None else min(len(symbols), len(phonemize(ready, self.lang)) if ready.strip() else 0)
+        if ready and end < len(symbols) and symbols[end] == " ":  # the pause after a final word is final too
+            end += 1
         new = symbols[self.given:end]
         self.given = max(self.given, end)
         return new

@@ -199,7 +199,9 @@ class MelStream:
     before the 16 kHz resampling, which streams through ``soxr.ResampleStream``).
     ``first_chunk_context`` (mel frames of right context for the first chunk only; 0: none) trades
     that exactness for an earlier first chunk, as :class:`llasm.speech.vocoder.VocoderStream` does:
-    durations still wait for their context, so only the first chunk's last frames differ.
+    durations still wait for their context, so only the first chunk's last frames differ — and unit
+    selection chooses the first chunk's runs with the look-ahead that has arrived
+    (:meth:`llasm.speech.unit_selection.SelectionSearch.extend` ``eager``), so the runs near the first chunk may differ too.
     """
 
     def __init__(self, token2wav: UnitMelToken2Wav, chunk_units: int = 40, first_chunk_units: int | None = None,
@@ -232,8 +234,10 @@ class MelStream:
         if self.mel_done == 0 and self.first_context is not None:
             mel_context = min(self.first_context, mel_context)
         decoder = self.decoder
+        # the first chunk without right context: the search also decides without its look-ahead
+        eager = self.mel_done == 0 and self.first_context is not None
         if self.recorded:  # the search settles a unit's run, and with it its recorded frames
-            ready = len(self.search.extend(self.units, None, final=final))
+            ready = len(self.search.extend(self.units, None, final=final, eager=eager))
         else:
             n_final = len(self.units) - (0 if final else self.unit_context)
             if n_final <= len(self.durations) and not final:
@@ -244,7 +248,7 @@ class MelStream:
                 self.durations.extend(predicted.tolist())
             ready = len(self.durations)  # units whose mel frames are settled
             if self.search is not None:
-                ready = len(self.search.extend(self.units, self.durations, final=final))
+                ready = len(self.search.extend(self.units, self.durations, final=final, eager=eager))
         need = self.chunk_units if self.mel_done else self.first_chunk_units
         if not final and ready - self.units_at_last_chunk < need:
             return []

@@ -264,7 +264,7 @@ class SelectionSearch:
     :meth:`extend` takes the whole unit list so far and the durations known so far (or None on every
     call: the chosen runs' recorded lengths), and returns the runs chosen so far (``path``). Without ``final``, unit ``s`` is chosen once units up to
     ``s + lookahead + 1`` (and durations up to ``s + lookahead``) are known; the choice is the one a
-    single ``final`` call over the whole utterance makes.
+    single ``final`` call over the whole utterance makes (unless an ``eager`` call chose earlier units).
     """
 
     def __init__(self, selection: UnitSelection):
@@ -281,7 +281,11 @@ class SelectionSearch:
         begins, ends = run_spans(self.selection.mel, durations[: t + 1])
         return int(ends[t] - begins[t])
 
-    def extend(self, units: Sequence[int], durations: Sequence[int] | None = None, final: bool = False) -> list[int]:
+    def extend(self, units: Sequence[int], durations: Sequence[int] | None = None, final: bool = False,
+               eager: bool = False) -> list[int]:
+        """``eager``: also choose the units whose look-ahead has not all arrived, with the part that has
+        (a stream's first chunk trades the search's full look-ahead for time; later units continue
+        from those choices)."""
         sel, lookahead = self.selection, self.selection.config.lookahead
         units = unit_ids(units, sel.num_units)
         if durations is not None:
@@ -305,7 +309,7 @@ class SelectionSearch:
                                                    self._target_frames(durations, t)))
             if t:
                 self._joins.append(sel.join_costs(self._candidates[t - 1][0], self._candidates[t][0]))
-        ready = costed if final else costed - lookahead
+        ready = costed if final or eager else costed - lookahead
         while len(self.path) < ready:
             s = len(self.path)
             horizon = min(costed, s + lookahead + 1)

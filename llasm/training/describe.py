@@ -235,8 +235,9 @@ def lr_factors(scheduler, steps: int) -> list[float] | None:
     return [float(lambdas[0](k)) for k in range(steps)]
 
 
-def warnings_for(cfg: TrainConfig, total_steps: int, usable_rows: int, world: int, factors) -> list[str]:
-    """Settings that cannot do what they say, in words (empty when all is well)."""
+def warnings_for(cfg: TrainConfig, total_steps: int, usable_rows: int, world: int, factors, start: int = 0) -> list[str]:
+    """Settings that cannot do what they say, in words (empty when all is well); ``start``: the step a
+    resumed run goes on from."""
     t = cfg.train
     out = []
     if t.lr <= 0:
@@ -254,9 +255,11 @@ def warnings_for(cfg: TrainConfig, total_steps: int, usable_rows: int, world: in
     if usable_rows < t.batch_size * world:
         out.append(f"train.batch_size {t.batch_size} x {world} process(es) > the {usable_rows} usable rows: every "
                    f"step sees the whole data set (smaller batches give more steps)")
-    if t.save_every >= total_steps:
-        out.append(f"train.save_every {t.save_every} >= the run's {total_steps} steps: no checkpoint before the "
-                   "end, so a stopped run starts again from step 0")
+    next_save = (start // t.save_every + 1) * t.save_every
+    if start < total_steps and next_save >= total_steps:
+        out.append(f"train.save_every {t.save_every}: no checkpoint between step {start} and the run's end at step "
+                   f"{total_steps}, so a stopped run starts again from step {start}"
+                   + (" (the checkpoint it resumed from)" if start else ""))
     return out
 
 
@@ -271,7 +274,7 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
         for s in dataset.source_of:
             kept[s] += 1
     warnings = warnings_for(cfg, trainer.total_steps, sum(kept), world,
-                            lr_factors(trainer.scheduler, trainer.total_steps))
+                            lr_factors(trainer.scheduler, trainer.total_steps), start=trainer.step)
     if not trainer.is_main:
         return warnings
     lines = [f"[train] config ({out / CONFIG_NAME}):"]

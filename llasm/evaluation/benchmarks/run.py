@@ -21,9 +21,9 @@ from llasm.evaluation.benchmarks.asr_norm import PEER_NORMALIZER, peer_error_rat
 from llasm.evaluation.benchmarks.items import BenchItem, load_item_audio
 from llasm.evaluation.benchmarks.judging import JUDGE_SCORERS, ChatJudge, score_with_judge
 from llasm.evaluation.benchmarks.scorers import RULE_SCORERS, uro_error_rate
+from llasm.evaluation.systems import MIN_JUDGE_SAMPLES
 
 SPEECH = "llasm-speech"
-MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make only milliseconds
 
 
 def _progress(items, desc: str, enabled: bool):
