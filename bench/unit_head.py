@@ -39,7 +39,7 @@ STAGE3 = ROOT / "configs" / "speech_demo" / "stage3.yaml"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--demo", default=str(ROOT / "outputs" / "speech-demo"), help="a `make speech-demo` output folder")
     parser.add_argument("--model", default=str(ROOT / "configs" / "model" / "starter.yaml"))
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock training minutes per arm")
     parser.add_argument("--at", default=None, metavar="M1,M2,...",
                         help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
-    parser.add_argument("--limit", type=int, default=24, help="held-out answers (split between the languages)")
+    parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
     parser.add_argument("--threads", type=int, default=2)

@@ -474,6 +474,9 @@ def test_judge_files_scores_each_file_and_each_language(tmp_path):
     assert judge_files(paths[:1], ["!?"], transcriber)["files"][0]["error"] is None  # nothing to score
     with pytest.raises(ValueError, match="2 recording.* but 1 --text"):
         judge_files(paths[:2], ["one"], transcriber)
+    calls.clear()
+    missing = judge_files([str(tmp_path / "gone.wav"), paths[0]], ["a", "the cat"], transcriber)
+    assert [f["audio"] for f in missing["files"]] == [paths[0]] and "gone.wav" in missing["failed"][0]["reason"]
 
 
 def test_llasm_judge_command(tmp_path, capsys):
@@ -490,10 +493,19 @@ def test_llasm_judge_command(tmp_path, capsys):
     assert row["lang"] == "en" and row["reference"] == "The capital is Paris." and row["error"] >= 0
     assert f"heard: {row['heard']}" in printed and "en: WER " in printed and saved["judge"] == str(whisper)
     for argv, message in [(["nowhere.wav", "--text", "x"], "no such recording: nowhere.wav"),
-                          ([str(tmp_path / "reply.wav"), "--text", "a", "--text", "b"], "1 recording(s) but 2 --text")]:
+                          ([str(tmp_path / "reply.wav"), "--text", "a", "--text", "b"], "1 recording(s) but 2 --text"),
+                          ([str(tmp_path / "reply.wav"), "--text", " "], "an empty --text"),
+                          ([str(tmp_path)], f"{tmp_path} is a folder, not a recording")]:
         with pytest.raises(SystemExit) as stop:
             main(["judge", *argv, "--judge", str(whisper)])
         assert stop.value.code == 2 and message in capsys.readouterr().err
+    # an unreadable file among good ones: the good one is judged, the bad one named, the exit code says so
     (tmp_path / "bad.wav").write_bytes(b"not audio")
-    with pytest.raises(SystemExit, match="llasm judge: .*bad.wav"):
-        main(["judge", str(tmp_path / "bad.wav"), "--judge", str(whisper)])
+    assert main(["judge", str(tmp_path / "bad.wav"), str(tmp_path / "reply.wav"), "--text", "x", "--text", "hello there",
+                 "--lang", "zh", "--judge", str(whisper), "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "not judged: " in captured.err and "bad.wav" in captured.err and "reply.wav [zh]" in captured.out
+    assert "note: --lang zh, but the reference 'hello there' reads as en" in captured.err
+    saved = json.loads(out.read_text())
+    assert [f["audio"] for f in saved["files"]] == [str(tmp_path / "reply.wav")] and saved["loop_guard"] is True
+    assert saved["failed"][0]["audio"] == str(tmp_path / "bad.wav")

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import soundfile as sf
 import yaml
-from conftest import tone
+from conftest import ROOT, tone
 from test_training import config, make_data
 
 
@@ -250,3 +250,21 @@ def test_unit_head_settings_are_checked_before_the_model_loads(tmp_path, data, m
     cfg["unit_head"] = {"num_units": 8, "input": "phonemse"}
     with pytest.raises(InputError, match="unit_head.input must be 'states' or 'phonemes', got 'phonemse'"):
         Trainer(load_config(cfg))
+
+
+def test_ctrl_c_says_where_a_rerun_goes_on(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during `llasm train`: exit 130 and one line naming the checkpoint the same command resumes from."""
+    import llasm.training.trainer as trainer_module
+    from llasm.training.cli import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "main", interrupted)
+    config_path = ROOT / "configs" / "stage3_unit_head.yaml"
+    assert main([str(config_path), f"output_dir={tmp_path / 'run'}"]) == 130
+    assert "starts again from step 0" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint-7").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-7" / "trainer_state.pt").write_bytes(b"")
+    assert main([str(config_path), f"output_dir={tmp_path / 'run'}"]) == 130
+    assert f"stopped: the same command resumes from {tmp_path / 'run' / 'checkpoint-7'}" in capsys.readouterr().err

@@ -148,6 +148,9 @@ def test_eval_speech_cli_writes_report(parts, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["meta"]["tasks"] == ["speech"] and report["meta"]["speech"]["judge_whisper"] == "injected transcriber"
     assert report["meta"]["speech"]["judge_loop_guard"].startswith("loop guard v")
+    assert report["meta"]["command"].endswith("--max-new-tokens 4 --no-progress --no-cascade")
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "- **speech judge loop guard**: loop guard v" in markdown and "- **command**: `" in markdown
     assert report["results"]["speech_source"]["en"]["wer"] == pytest.approx(0.5)
     assert "speech_resynthesis" in report["results"]
     assert (tmp_path / "eval" / "report.png").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from llasm.audio import AudioError, load_audio
@@ -44,16 +45,20 @@ def judge_files(audio: list[str], texts: list[str], transcriber, lang: str | Non
     """Transcribe each file in ``audio`` and score it against ``texts`` (same order; empty: no scores).
 
     Returns ``{"files": [{"audio", "lang", "reference", "heard", "error"}], "summary": {lang:
-    asr_error_rate(...)}}``; a file's ``error`` is its own WER/CER (None without a reference);
-    ``heard`` is the transcript after the loop guard (``raw_heard``: before, where it changed).
-    Raises :class:`llasm.audio.AudioError` naming a file that cannot be read, ``ValueError`` when the
-    numbers of files and texts differ.
+    asr_error_rate(...)}, "failed": [{"audio", "reason"}]}``; a file's ``error`` is its own WER/CER (None
+    without a reference); ``heard`` is the transcript after the loop guard (``raw_heard``: before, where
+    it changed). A file that cannot be read is listed in ``failed`` and the rest are judged. Raises
+    ``ValueError`` when the numbers of files and texts differ.
     """
     if texts and len(texts) != len(audio):
         raise ValueError(f"{len(audio)} recording(s) but {len(texts)} --text: give one --text per recording, in order")
-    rows = []
+    rows, failed = [], []
     for i, path in enumerate(audio):
-        wave = load_audio(path, name=path)
+        try:
+            wave = load_audio(path, name=path)
+        except AudioError as err:  # failures are data: the other files are still judged
+            failed.append({"audio": path, "reason": str(err)})
+            continue
         reference = texts[i] if texts else None
         item_lang = lang or (detect_lang(reference) if reference else "en")
         heard, raw = hear(transcriber, wave, item_lang, reference, keep_loops)
@@ -65,7 +70,7 @@ def judge_files(audio: list[str], texts: list[str], transcriber, lang: str | Non
     for item_lang in sorted({r["lang"] for r in rows if r["error"] is not None}):
         scored = [r for r in rows if r["error"] is not None and r["lang"] == item_lang]
         summary[item_lang] = _rate([r["reference"] for r in scored], [r["heard"] for r in scored], item_lang)
-    return {"files": rows, "summary": summary}
+    return {"files": rows, "summary": summary, "failed": failed}
 
 
 def _rate(refs: list[str], hyps: list[str], lang: str) -> dict:
@@ -80,24 +85,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.text and len(args.text) != len(args.audio):
         parser.error(f"{len(args.audio)} recording(s) but {len(args.text)} --text: give one --text per recording, in order")
-    missing = [a for a in args.audio if not Path(a).is_file()]
-    if missing:
-        parser.error(f"no such recording: {', '.join(missing)}")
+    if any(not t.strip() for t in args.text):
+        parser.error("an empty --text: give what the recording should say (or no --text to only transcribe)")
+    for a in args.audio:
+        if Path(a).is_dir():
+            parser.error(f"{a} is a folder, not a recording (give the audio files, e.g. {a}/*.wav)")
+        if not Path(a).exists():
+            parser.error(f"no such recording: {a}")
     judge = args.judge or str(Path(llasm_home()) / "whisper-base")
     if not args.judge and not Path(judge).is_dir():
         parser.error(f"no --judge given and the starter whisper-base is not at {judge} (run `llasm starter-models`)")
-    try:
-        result = judge_files(args.audio, args.text, WhisperTranscriber(judge, device=args.device), args.lang,
-                             args.keep_loops)
-    except AudioError as err:
-        raise SystemExit(f"llasm judge: {err}") from None
+    if args.lang:
+        for text in args.text:
+            if detect_lang(text) != args.lang:
+                print(f"note: --lang {args.lang}, but the reference {text[:30]!r} reads as {detect_lang(text)}",
+                      file=sys.stderr)
+    result = judge_files(args.audio, args.text, WhisperTranscriber(judge, device=args.device), args.lang,
+                         args.keep_loops)
     for r in result["files"]:
         score = "" if r["error"] is None else f"  {'CER' if r['lang'] == 'zh' else 'WER'} {100 * r['error']:.1f} %"
         print(f"{r['audio']} [{r['lang']}]{score}\n  heard: {r['heard']}")
+        if "raw_heard" in r:
+            print(f"  (loop guard: {len(r['raw_heard']) - len(r['heard'])} repeated characters cut; heard as "
+                  f"{r['raw_heard'][:60]!r}...; --keep-loops scores it as heard)")
     for item_lang, s in result["summary"].items():
-        print(f"{item_lang}: {s['metric'].upper()} {100 * s['value']:.1f} % over {s['n_utts']} file(s) "
-              f"({s['substitutions']} sub, {s['deletions']} del, {s['insertions']} ins of {s['n_ref']})")
+        if s["value"] is not None:
+            print(f"{item_lang}: {s['metric'].upper()} {100 * s['value']:.1f} % over {s['n_utts']} file(s) "
+                  f"({s['substitutions']} sub, {s['deletions']} del, {s['insertions']} ins of {s['n_ref']})")
+    for f in result["failed"]:
+        print(f"not judged: {f['reason']}", file=sys.stderr)
     if args.json:
         with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps({"judge": judge, **result}, ensure_ascii=False, indent=1), encoding="utf-8")
-    return 0
+            Path(tmp).write_text(json.dumps({"judge": judge, "loop_guard": not args.keep_loops, **result},
+                                            ensure_ascii=False, indent=1), encoding="utf-8")
+    return 1 if result["failed"] else 0

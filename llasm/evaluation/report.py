@@ -74,14 +74,16 @@ def summary_tables(report: dict) -> str:
 def render_markdown(report: dict) -> str:
     meta = report.get("meta", {})
     lines = ["# llasm evaluation report", ""]
-    for key in ("model", "data", "asr_data", "real_data", "split", "limit", "max_new_tokens", "tasks", "prompts_version",
-                "normalizer_version", "started", "duration_s"):
+    for key in ("command", "model", "data", "asr_data", "real_data", "split", "limit", "max_new_tokens", "tasks",
+                "prompts_version", "normalizer_version", "decoding", "started", "duration_s"):
         if key in meta:
             lines.append(f"- **{key}**: `{meta[key]}`")
     if "cascade" in meta:
         lines.append(f"- **cascade**: {meta['cascade']}")
     if "judge" in meta:
-        lines.append(f"- **judge**: {meta['judge']}")
+        lines.append(f"- **LLM judge** (instruct task): {meta['judge']}")
+    for key, value in (meta.get("speech") or {}).items():  # the speech task's parts and its Whisper judge
+        lines.append(f"- **speech {key.replace('_', ' ')}**: {value}")
     lines += ["", "## Results", "", summary_tables(report), "## Metrics", ""]
     lines += [f"- `{k}`: {v}" for k, v in METRIC_HELP.items()]
     if report.get("notes"):

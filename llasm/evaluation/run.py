@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -119,7 +120,7 @@ def build_parser(prog: str = "llasm eval", default_tasks: Sequence[str] = TEXT_T
     p.add_argument("--split", default="test", help="keep records with this 'split' ('all' keeps every record)")
     p.add_argument("--output", required=True, help="output directory for report.json/.md/.png")
     p.add_argument("--tasks", default=",".join(default_tasks), help=f"comma-separated subset of {','.join(TASKS)}")
-    p.add_argument("--limit", type=int, default=None, help="at most N items per data file")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per data file (the speech task: N per language)")
     p.add_argument("--asr-limit", type=int, default=None, help="at most N ASR items (default: --limit)")
     p.add_argument("--real-data", default=None,
                    help="real-voice dev set JSONL (llasm real-voices); adds the task 'real': real_wer / real_cer")
@@ -300,6 +301,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "llasm eval", default
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(prog, default_tasks).parse_args(argv)
     report = run(args, model=model, transcriber=transcriber, speech_transcriber=speech_transcriber)
+    report["meta"]["command"] = shlex.join([*prog.split(), *argv])  # what made these numbers, to run again
     paths = write_report(report, args.output)
     print(summary_tables(report))
     for note in report["notes"]:

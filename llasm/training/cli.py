@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
-from llasm.training.config import TrainConfig
+from llasm.training.config import TrainConfig, load_config
 
 DESCRIPTION = """\
 Train one stage of llasm from a YAML. Stages differ only in their YAML:
@@ -81,9 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]  # deepspeed's
     args = build_parser().parse_args(argv)
+    from llasm.training.resume import latest_checkpoint
     from llasm.training.trainer import main as run  # torch, transformers: only once there is a run
 
-    return run([args.config, *args.overrides])
+    try:
+        return run([args.config, *args.overrides])
+    except KeyboardInterrupt:  # Ctrl-C: say where a rerun goes on, not a traceback
+        out = Path(load_config(args.config, args.overrides).output_dir)
+        last = latest_checkpoint(out)
+        print(f"\nstopped: the same command resumes from {last}" if last else
+              f"\nstopped before the first checkpoint in {out}: the same command starts again from step 0",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
