@@ -27,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from llasm.evaluation import metrics
-from llasm.evaluation.speech import MIN_JUDGE_SAMPLES, load_speech_items
-from llasm.evaluation.systems import WhisperTranscriber
+from llasm.evaluation.speech import load_speech_items
+from llasm.evaluation.systems import WhisperTranscriber, hear
 from llasm.io import llasm_home
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs
 from llasm.speech.units import UnitExtractor
@@ -50,9 +49,8 @@ def judge_arm(token2wav, items, units, judge) -> dict[str, dict[str, float]]:
     for item in items:
         clip_units, durations = units[item.id]
         for name, given in (("predicted", None), ("gold", durations)):
-            audio = token2wav.synthesize(clip_units, durations=given)
-            audio = np.pad(audio, (0, max(0, MIN_JUDGE_SAMPLES - len(audio))))
-            pairs.setdefault((name, item.lang), []).append((item.answer, judge(audio, item.lang)))
+            audio = token2wav.synthesize(clip_units, durations=given)  # judged as the speech eval judges
+            pairs.setdefault((name, item.lang), []).append((item.answer, hear(judge, audio, item.lang, item.answer)[0]))
     out: dict[str, dict[str, float]] = {}
     for (name, lang), scored in pairs.items():
         out.setdefault(name, {})[lang] = metrics.asr_error_rate([r for r, _ in scored], [h for _, h in scored], lang)["value"]

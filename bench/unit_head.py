@@ -44,7 +44,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "configs" / "model" / "starter.yaml"))
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
                         help="one head to train: a name and dotted overrides of the stage-3 YAML (repeat; the first is the baseline)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock training minutes per arm")
+    parser.add_argument("--minutes", type=float, default=4.0,
+                        help="wall-clock training minutes per arm; the YAML's max_steps (its lr decays over them) ends an "
+                             "arm sooner when reached: add train.max_steps=null to an arm to train by minutes alone")
     parser.add_argument("--at", default=None, metavar="M1,M2,...",
                         help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")

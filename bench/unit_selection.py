@@ -33,8 +33,8 @@ import torch
 
 from llasm import settings
 from llasm.evaluation import metrics
-from llasm.evaluation.speech import MIN_JUDGE_SAMPLES, load_speech_items
-from llasm.evaluation.systems import WhisperTranscriber
+from llasm.evaluation.speech import load_speech_items
+from llasm.evaluation.systems import WhisperTranscriber, hear
 from llasm.io import llasm_home, read_jsonl
 from llasm.speech.token2wav import load_token2wav
 from llasm.speech.unit_selection import UnitSelection
@@ -102,16 +102,15 @@ def main() -> None:
         token2wav = load_token2wav(demo / "token2wav", **config)
         corpus, pairs = token2wav.selection, {}
 
-        def speak(units, durations):
-            audio = token2wav.synthesize(units, durations)
-            return np.pad(audio, (0, max(0, MIN_JUDGE_SAMPLES - len(audio))))
+        def heard(units, durations, lang, text):  # the speech eval's judge: padding and loop guard
+            return text, hear(judge, token2wav.synthesize(units, durations), lang, text)[0]
 
         for lang, text, units, durations in held_out:
             for kind, given in (("spoken", None), ("gold", durations)):
-                pairs.setdefault((kind, lang), []).append((text, judge(speak(units, given), lang)))
+                pairs.setdefault((kind, lang), []).append(heard(units, given, lang, text))
         for clip in dev:
             token2wav.selection = leave_out(corpus, clip["clip"])
-            pairs.setdefault(("dev", clip["lang"]), []).append((clip["text"], judge(speak(clip["units"], None), clip["lang"])))
+            pairs.setdefault(("dev", clip["lang"]), []).append(heard(clip["units"], None, clip["lang"], clip["text"]))
         token2wav.selection = corpus
         rows.append({"arm": name, "overrides": ",".join(overrides), **error_rates(pairs)})
         print(json.dumps(rows[-1]), flush=True)

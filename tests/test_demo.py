@@ -145,8 +145,8 @@ def test_speech_demo_stage3_yaml_is_the_measured_head(tmp_path):
         "trainable": {"audio_tower": "frozen", "adaptor": "frozen", "language_model": "frozen", "unit_head": "full"},
         "unit_head": head, "objective": {"type": "units"},
         "data": {"sources": [{"path": str(data), "weight": 1.0, "name": "spoken_answers"}]},
-        "train": {"epochs": 1000, "max_minutes": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01,
-                  "warmup_steps": 10, "scheduler": "constant_with_warmup", "save_every": 100_000, "log_every": 10,
+        "train": {"epochs": 1000, "max_steps": 850, "max_minutes": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01,
+                  "warmup_steps": 10, "scheduler": "cosine", "save_every": 100_000, "log_every": 10,
                   "mixed_precision": "no"}})
     new = load_config(STAGE3, [f"model={spec}", f"output_dir={tmp_path / 'stage3'}", f"data.sources.0.path={data}"])
     assert new == measured

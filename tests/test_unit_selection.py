@@ -170,6 +170,41 @@ def test_a_lookahead_never_costs_more_than_greedy_choice():
     assert cost(len(target_units[0])) <= cost(0) + 1e-9  # a full-length horizon is the Viterbi path
 
 
+def test_unit_distances_come_from_the_units_mean_frames():
+    """0 to itself, symmetric, in [0, 1]; a unit the corpus never saw is 1 from all others."""
+    units, durations, mels = corpus(num_units=20)
+    selection = UnitSelection.from_corpus(units, durations, mels, 22, MEL)  # 20, 21 never seen
+    d = selection.unit_distances()
+    assert d.shape == (22, 22) and np.allclose(d, d.T) and (np.diag(d) == 0).all()
+    assert d.min() >= 0 and d.max() <= 1 and (d[20, :20] == 1).all() and (d[:20, 21] == 1).all()
+    # the median pair of seen units sits at the cap: half the pairs are closer
+    pairs = d[:20, :20][~np.eye(20, dtype=bool)]
+    assert 0.4 < (pairs < 1).mean() < 0.6
+
+
+def test_acoustic_context_ranks_a_run_beside_a_similar_unit_first():
+    """No run of unit 2 follows unit 0; the one after unit 1 (which sounds like 0) costs less than
+    the one after unit 3 (which does not) — with exact matching both cost a whole mismatch."""
+    rng = np.random.default_rng(0)
+    sound = {0: -1.0, 1: -1.1, 2: -3.0, 3: 2.0, 4: -5.0}
+    units, durations, mels = [[3, 2, 4], [1, 2, 4], [0, 4]], [[2, 2, 2], [2, 2, 2], [2, 2]], []
+    for u, d in zip(units, durations):
+        level = np.zeros(mel_frames(MEL, sum(d)))
+        for i, b, e in zip(u, *run_spans(MEL, d)):
+            level[b:e] = sound[i]
+        mels.append((level[:, None] + rng.normal(0, 0.01, (len(level), MEL.num_mels))).astype(np.float32))
+    for match, expected in (("exact", [1.0, 1.0]), ("acoustic", None)):
+        selection = UnitSelection.from_corpus(units, durations, mels, 5, MEL, UnitSelectionConfig(context_match=match))
+        runs, cost = selection.candidates(2, previous=0, following=4, target_frames=None)
+        by_clip = dict(zip(selection.clip[runs].tolist(), cost.tolist()))
+        if expected:
+            assert [by_clip[0], by_clip[1]] == expected
+        else:
+            assert by_clip[1] < 0.2 < 0.9 < by_clip[0] and runs[0] == np.flatnonzero(selection.clip == 1)[1]
+    with pytest.raises(ValueError, match="context_match must be one of"):
+        UnitSelectionConfig(context_match="fuzzy")
+
+
 def test_config_and_corpus_checks():
     with pytest.raises(ValueError, match="candidates must be >= 1"):
         UnitSelectionConfig(candidates=0)

@@ -12,8 +12,9 @@ mel frames at their recorded durations gives the mel, nothing is trained; Griffi
 answers' phonemes (every training clip is a row; the LLM does not run) -> evaluation on the held-out answers with Whisper-base as
 the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
-Budgets are wall-clock minutes (``LLASM_HEAD_MINUTES``; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
-decoder when the YAML asks for one; 0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
+The head trains ``LLASM_HEAD_STEPS`` steps (default: the YAML's ``max_steps``; its learning rate decays over
+them), at most ``LLASM_HEAD_MINUTES`` of wall time; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
+decoder when the YAML asks for one (0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
 per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
 
@@ -139,10 +140,12 @@ def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
               f"duration loss {history[-1]['duration']:.3f}")
 
 
-def train_head(model_spec: str, data: Path, out: Path, minutes: float) -> Path:
-    """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget."""
+def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: int | None = None) -> Path:
+    """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget
+    (``steps``: None keeps the YAML's ``max_steps``)."""
     result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
-                                        f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}"]))
+                                        f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}",
+                                        *([f"train.max_steps={steps}"] if steps else [])]))
     losses = result.get("losses") or []
     if losses:
         print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")
@@ -199,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     # one); the head needs ~10 minutes before it stops answering with silence (docs/experiments/token2wav.md)
     token2wav_minutes = float(os.environ.get("LLASM_TOKEN2WAV_MINUTES", "2.5"))
     head_minutes = float(os.environ.get("LLASM_HEAD_MINUTES", "12"))
+    head_steps = int(os.environ["LLASM_HEAD_STEPS"]) if os.environ.get("LLASM_HEAD_STEPS") else None
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "24"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     print(f"llasm speech demo: model={model_spec}, output={out}; token2wav <= {token2wav_minutes} min, "
-          f"unit head <= {head_minutes} min (bounded by wall time)")
+          f"unit head {head_steps or load_config(STAGE3).train.max_steps} steps, <= {head_minutes} min")
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train_token2wav(manifest, out / "token2wav", token2wav_minutes)
     with clock.step("stage 3: unit head (everything else frozen)"):
-        final = train_head(model_spec, head_train, out / "stage3", head_minutes)
+        final = train_head(model_spec, head_train, out / "stage3", head_minutes, head_steps)
     with clock.step("evaluation: Whisper-base judges the speech"):
         evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade",
                        "--vocoder", str(out / "token2wav"), "--kmeans", str(out / "kmeans"), "--data", str(eval_data),

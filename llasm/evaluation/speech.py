@@ -29,14 +29,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
-from llasm.evaluation.systems import LOOP_GUARD_RULE, MIN_JUDGE_SAMPLES, hear  # noqa: F401 (benches import it here)
+from llasm.evaluation.systems import LOOP_GUARD_RULE, Transcriber, hear
 from llasm.io import read_jsonl
 from llasm.speech.token2wav import load_token2wav
 from llasm.speech.units import UnitExtractor
@@ -44,7 +44,6 @@ from llasm.speech.units import UnitExtractor
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("source", "resynthesis", "round_trip")
-Transcriber = Callable[[Any, str], str]  # (16 kHz audio or path, lang) -> text
 
 
 @dataclass

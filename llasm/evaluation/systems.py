@@ -96,9 +96,10 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
 
 
 MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make only milliseconds
+Transcriber = Callable[[Any, str], str]  # (16 kHz audio or path, lang) -> text
 
 
-def hear(judge: Callable[[Any, str], str], audio: np.ndarray, lang: str, reference: str | None = None,
+def hear(judge: Transcriber, audio: np.ndarray, lang: str, reference: str | None = None,
          keep_loops: bool = False) -> tuple[str, str | None]:
     """What ``judge`` hears in ``audio`` (16 kHz samples, ``(samples,)``): ``(transcript, raw)``, the
     transcript after the loop guard (against ``reference``) and, where the guard changed it, the one

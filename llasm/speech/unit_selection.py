@@ -8,8 +8,9 @@ it covers). To speak a unit sequence, each unit picks one run of the same unit i
 joined, the way a concatenative TTS picks recorded segments:
 
 - **target cost** of a run for unit ``t``: ``context_weight`` per neighbour unit (``t - 1``, ``t + 1``)
-  that differs from the run's neighbours in its clip, plus ``duration_weight * |log(source frames /
-  target frames)|``; the ``candidates`` cheapest runs are kept (ties: corpus order);
+  that differs from the run's neighbours in its clip (``context_match: acoustic``: times how unlike the
+  two neighbours sound, :meth:`UnitSelection.unit_distances`), plus ``duration_weight * |log(source
+  frames / target frames)|``; the ``candidates`` cheapest runs are kept (ties: corpus order);
 - **join cost** between the runs of ``t`` and ``t + 1``: zero when they were adjacent in the corpus
   (a recorded stretch continues), otherwise ``break_cost + join_weight * RMS(log-mel of the last
   frame - log-mel of the first)``;
@@ -53,6 +54,7 @@ from llasm.speech.vocoder_config import FRAME_RATE, unit_ids
 
 WEIGHTS = "unit_selection.safetensors"
 DURATIONS = ("recorded", "predicted")
+CONTEXT_MATCHES = ("exact", "acoustic")
 
 
 @dataclass
@@ -67,10 +69,15 @@ class UnitSelectionConfig:
     lookahead: int = 3  # units ahead of a unit its choice looks at (0: greedy)
     # durations when a call gives none: recorded (each chosen run's own length) | predicted (the decoder's)
     durations: str = "recorded"
+    # a neighbour that differs costs: exact, a whole context_weight; acoustic, its distance to the wanted
+    # unit (:meth:`UnitSelection.unit_distances`), so a run recorded beside a similar sound ranks first
+    context_match: str = "exact"
 
     def __post_init__(self) -> None:
         if self.durations not in DURATIONS:
             raise ValueError(f"unit_selection.durations must be one of {DURATIONS}, got {self.durations!r}")
+        if self.context_match not in CONTEXT_MATCHES:
+            raise ValueError(f"unit_selection.context_match must be one of {CONTEXT_MATCHES}, got {self.context_match!r}")
         if int(self.candidates) < 1:
             raise ValueError(f"unit_selection.candidates must be >= 1, got {self.candidates}")
         if int(self.lookahead) < 0:
@@ -125,6 +132,7 @@ class UnitSelection:
         self._next = np.r_[np.where(same_next, np.r_[self.unit[1:], -1], -1), -1]
         self._order = np.argsort(self.unit, kind="stable")
         self._start = np.searchsorted(self.unit[self._order], np.arange(self.num_units + 1))
+        self._distances: np.ndarray | None = None
 
     @classmethod
     def from_corpus(cls, units: Sequence[Sequence[int]], durations: Sequence[Sequence[int]],
@@ -158,6 +166,35 @@ class UnitSelection:
         """A search over one utterance whose units may still be arriving (:class:`SelectionSearch`)."""
         return SelectionSearch(self)
 
+    def unit_distances(self) -> np.ndarray:
+        """``(num_units, num_units)`` float32 in [0, 1]: how unlike two units sound — the RMS distance
+        between their mean log-mel frames over the corpus, divided by the median distance between two
+        units and capped at 1 (a unit the corpus never saw is 1 from every other). Computed once."""
+        if self._distances is None:
+            lengths = self.end - self.begin
+            frame_unit = np.repeat(self.unit, lengths)
+            index = np.repeat(self.begin, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            frames = self.frames[index].astype(np.float64)
+            sums = np.stack([np.bincount(frame_unit, frames[:, b], self.num_units) for b in range(self.mel.num_mels)], 1)
+            counts = np.bincount(frame_unit, minlength=self.num_units)
+            seen = counts > 0
+            means = sums[seen] / counts[seen, None]
+            squared = (means ** 2).sum(1)[:, None] + (means ** 2).sum(1)[None] - 2 * means @ means.T
+            distance = np.sqrt(np.maximum(squared, 0) / self.mel.num_mels)
+            off_diagonal = distance[~np.eye(len(means), dtype=bool)]
+            scale = float(np.median(off_diagonal)) if off_diagonal.size and np.median(off_diagonal) > 0 else 1.0
+            self._distances = np.ones((self.num_units, self.num_units), np.float32)
+            self._distances[np.ix_(seen, seen)] = np.minimum(distance / scale, 1.0)
+            np.fill_diagonal(self._distances, 0.0)
+        return self._distances
+
+    def _context_cost(self, neighbours: np.ndarray, wanted: int) -> np.ndarray:
+        cost = (neighbours != wanted).astype(np.float64)
+        if self.config.context_match == "acoustic" and wanted >= 0:
+            known = neighbours >= 0  # -1: the run sits at its clip's edge, a whole mismatch
+            cost[known] = self.unit_distances()[wanted, neighbours[known]]
+        return cost
+
     def candidates(self, unit: int, previous: int, following: int,
                    target_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The kept runs for one unit (``previous`` / ``following``: its neighbours, -1 at an edge) and
@@ -166,7 +203,7 @@ class UnitSelection:
         pool = self._order[self._start[unit]: self._start[unit + 1]]
         if len(pool) == 0:
             return np.array([self.silence]), np.zeros(1)
-        cost = c.context_weight * ((self._prev[pool] != previous).astype(np.float64) + (self._next[pool] != following))
+        cost = c.context_weight * (self._context_cost(self._prev[pool], previous) + self._context_cost(self._next[pool], following))
         if target_frames is not None:
             length = (self._end[pool] - self._begin[pool]).astype(np.float64)
             cost = cost + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))

@@ -305,8 +305,11 @@ def describe_start(trainer, counts: list[SourceCount], resumed: str | None) -> l
         longer = [c for c in config_changes({"train": (before or {}).get("train", {})}, {"train": dataclasses.asdict(t)},
                                             free=()) if c.startswith(("train.max_steps", "train.epochs"))]
         if longer:
+            factors = lr_factors(trainer.scheduler, trainer.total_steps)
+            now = (f" (step {trainer.step + 1}: lr {t.lr * factors[trainer.step]:.3g})"
+                   if factors and trainer.step < len(factors) else "")
             lines.append(f"[train] note: the run's length changed ({'; '.join(longer)}): the learning-rate "
-                         "schedule follows the new length from here")
+                         f"schedule follows the new length from here{now}")
     lines += [f"[train] warning: {w}" for w in warnings]
     print("\n".join(lines), flush=True)
     return warnings

@@ -21,7 +21,7 @@ from llasm.evaluation.benchmarks.asr_norm import PEER_NORMALIZER, peer_error_rat
 from llasm.evaluation.benchmarks.items import BenchItem, load_item_audio
 from llasm.evaluation.benchmarks.judging import JUDGE_SCORERS, ChatJudge, score_with_judge
 from llasm.evaluation.benchmarks.scorers import RULE_SCORERS, uro_error_rate
-from llasm.evaluation.systems import MIN_JUDGE_SAMPLES
+from llasm.evaluation.systems import hear
 
 SPEECH = "llasm-speech"
 
@@ -38,9 +38,8 @@ def _error(group: str, system: str, item_id: str, err: BaseException | str) -> d
 def _speak(model, audio, lang: str, judge: Callable, max_new_tokens: int) -> tuple[str, str]:
     text, wav = model.chat(audio=audio, speak=True, max_new_tokens=max_new_tokens)
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    if wav.size == 0:
-        return text, ""  # said nothing: scored as an empty answer
-    return text, judge(np.pad(wav, (0, max(0, MIN_JUDGE_SAMPLES - wav.size))), lang)
+    # URO-bench's speech WER reads the raw transcript: no loop guard; "" when it said nothing
+    return text, hear(judge, wav, lang, keep_loops=True)[0]
 
 
 def _score_asr(rows: list[dict]) -> dict:
