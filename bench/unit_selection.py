@@ -36,7 +36,7 @@ from llasm.evaluation import metrics
 from llasm.evaluation.speech import load_speech_items
 from llasm.evaluation.systems import WhisperTranscriber, hear
 from llasm.io import llasm_home, read_jsonl
-from llasm.speech.token2wav import load_token2wav
+from llasm.speech.token2wav import Token2WavConfig, load_token2wav
 from llasm.speech.unit_selection import UnitSelection
 from llasm.speech.units import UnitExtractor
 
@@ -88,16 +88,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     demo = Path(args.demo)
+    if not (demo / "token2wav" / "token2wav.json").exists():
+        parser.error(f"{demo}: no token2wav/token2wav.json (run make speech-demo, or give --demo a speech demo's folder)")
     saved = json.loads((demo / "token2wav" / "token2wav.json").read_text())
     if saved.get("mel_source") != "unit_selection":
         parser.error(f"{demo / 'token2wav'}: mel_source is {saved.get('mel_source')!r}, not unit_selection")
+    arms = parse_arms(args.arm)
+    for name, overrides in arms:  # every arm's settings checked before the first arm runs for minutes
+        try:
+            Token2WavConfig(**settings.apply_overrides(dict(saved), overrides, "token2wav.json"))
+        except (TypeError, ValueError) as err:
+            parser.error(f"arm {name!r}: {err}")
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
     extractor, judge = UnitExtractor.load(demo / "kmeans"), WhisperTranscriber(args.judge)
     held_out = [(item.lang, item.answer, *extractor.extract(item.answer_audio)) for item in items]
     dev = dev_clips(demo, args.dev)
     print(f"{len(held_out)} held-out answers, {len(dev)} leave-one-out training clips of {demo}; judge {args.judge}")
     rows = []
-    for name, overrides in parse_arms(args.arm):
+    for name, overrides in arms:
         config = settings.apply_overrides(dict(saved), overrides, "token2wav.json")
         token2wav = load_token2wav(demo / "token2wav", **config)
         corpus, pairs = token2wav.selection, {}

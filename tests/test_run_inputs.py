@@ -198,7 +198,8 @@ def test_resume_keeps_each_step_once_in_the_loss_log(tmp_path, data):
     losses.jsonl holds steps 1..4 once each, the first two from the first sitting."""
     from llasm.training import train
 
-    cfg = config(tmp_path, data, **{"train.max_steps": 4, "train.save_every": 2})
+    cfg = config(tmp_path, data, **{"train.max_steps": 4, "train.save_every": 2, "train.scheduler": "linear",
+                                    "train.warmup_steps": 0})
     train(cfg)
     log = tmp_path / "out" / "losses.jsonl"
     before = log.read_text().splitlines()
@@ -208,6 +209,8 @@ def test_resume_keeps_each_step_once_in_the_loss_log(tmp_path, data):
     after = log.read_text().splitlines()
     assert again["resumed_from"].endswith("checkpoint-2")
     assert [json.loads(line)["step"] for line in after] == [1, 2, 3, 4] and after[:2] == before[:2]
+    # each step logs the lr it trained with: linear decay from 1e-3 over 4 steps
+    assert [json.loads(line)["lr"] for line in after] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
 def test_broken_rows_still_train_the_rest(tmp_path, data, capsys):

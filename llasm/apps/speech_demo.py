@@ -14,7 +14,7 @@ the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the sourc
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
 The head trains ``LLASM_HEAD_STEPS`` steps (default: the YAML's ``max_steps``; its learning rate decays over
 them), at most ``LLASM_HEAD_MINUTES`` of wall time; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
-decoder when the YAML asks for one (0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind
+decoder when the YAML asks for one (0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind and split (train, test)
 per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
 

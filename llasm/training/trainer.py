@@ -311,11 +311,12 @@ class Trainer:
                     self.optimizer.zero_grad()
                 if not self.accelerator.sync_gradients:
                     continue
+                lr = self.scheduler.get_last_lr()[0]  # what this step used; step() sets the next step's
                 self.scheduler.step()
                 self.step += 1
                 value = self._mean_across_ranks(sum(micro_losses) / len(micro_losses))
                 micro_losses = []
-                self._log(value, writer, bar)
+                self._log(value, lr, writer, bar)
                 if self.step % cfg.train.save_every == 0 or self.step >= self.total_steps:  # the last step too, as
                     self.save_checkpoint()  # HF's Trainer: a rerun or a longer run continues from the end
                 if cfg.train.max_minutes is not None:
@@ -364,11 +365,10 @@ class Trainer:
 
         return SummaryWriter(str(self.out / "tensorboard"))
 
-    def _log(self, value: float, writer, bar) -> None:
+    def _log(self, value: float, lr: float, writer, bar) -> None:
         self.losses.append((self.step, value))
         if not self.is_main:
             return
-        lr = self.scheduler.get_last_lr()[0]
         with open(self.out / "losses.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
         if self.step % self.cfg.train.log_every == 0:
