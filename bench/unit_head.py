@@ -48,7 +48,8 @@ def main() -> None:
                         help="wall-clock training minutes per arm; the YAML's max_steps (its lr decays over them) ends an "
                              "arm sooner when reached: add train.max_steps=null to an arm to train by minutes alone")
     parser.add_argument("--at", default=None, metavar="M1,M2,...",
-                        help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes)")
+                        help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes; "
+                             "the YAML's max_steps ends it sooner unless an arm sets train.max_steps=null)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
