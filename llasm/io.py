@@ -89,6 +89,19 @@ def atomic_dir(path: str | os.PathLike, *, temp: str | os.PathLike | None = None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def discard_earlier_checkpoints(paths: Iterable[Path], folder: str | os.PathLike) -> list[Path]:
+    """Remove the checkpoints an earlier run left in ``folder`` when a run starts afresh there
+    (``resume: none``), saying so. Left, they would outlive this run's own (the newest ``keep_checkpoints``
+    by step number are kept) and be what a later ``resume: auto`` continues. Returns the removed paths."""
+    paths = list(paths)
+    if paths:
+        print(f"[train] note: starting afresh in {folder}: removing {len(paths)} checkpoint(s) of an earlier run "
+              f"({', '.join(p.name for p in paths)})", flush=True)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    return paths
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

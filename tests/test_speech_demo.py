@@ -23,7 +23,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     if any(missing):
         pytest.skip(f"the natural voices are not installed: {missing}")
     for key, value in {"LLASM_SPEECH_DIR": str(tmp_path), "LLASM_SPEECH_DATA_LIMIT": "3", "LLASM_TOKEN2WAV_MINUTES": "0.1",
-                       "LLASM_HEAD_MINUTES": "0.1", "LLASM_SPEECH_EVAL_LIMIT": "1"}.items():
+                       "LLASM_HEAD_MINUTES": "0.1", "LLASM_HEAD_STEPS": "5", "LLASM_SPEECH_EVAL_LIMIT": "1"}.items():
         monkeypatch.setenv(key, value)
     assert speech_demo.main() == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -50,6 +50,8 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out and "(<= 15 %)" in out
+    assert "token2wav unit selection, nothing to train, unit head 5 steps, <= 0.1 min" in out
+    assert "warmup 0)" in out and "never reaches train.lr" not in out  # 5 steps: the YAML's 10 warmup steps shortened
     # bench/unit_head.py on this demo's data: two heads judged round trip at the same (tiny) minute marks,
     # each trained on between them
     import runpy

@@ -258,6 +258,10 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     log = [json.loads(line)["step"] for line in open(tmp_path / "a" / "log.jsonl")]
     assert log[0] == 1 and log[-1] == 4  # the first and the last step are logged whatever log_every is
     assert (tmp_path / "a" / "samples" / "step_00000004.png").read_bytes()[:4] == b"\x89PNG"
+    afresh = trainer(tmp_path / "a", 2, resume="never")  # an earlier run's step_4 would outlive this run's
+    assert afresh.step == 0 and not list((tmp_path / "a" / "checkpoints").glob("step_*"))
+    afresh.train()
+    assert [p.name for p in sorted((tmp_path / "a" / "checkpoints").glob("step_*"))] == ["step_00000002"]
     assert isinstance(load_token2wav(tmp_path / "a"), UnitMelToken2Wav)
     with pytest.raises(ValueError, match="max_steps and/or train.max_minutes"):
         UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl")))

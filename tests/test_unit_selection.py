@@ -366,3 +366,24 @@ def test_selection_bench_leaves_a_clip_out_and_picks_dev_clips(tmp_path):
     assert [p["lang"] for p in picked] == ["en", "en", "zh", "zh"]
     assert all(p["text"] == f"{p['lang']} {p['clip'] % 3}" for p in picked)
     assert len({p["clip"] for p in picked}) == 4
+
+
+def test_selection_bench_rejects_bad_arguments_before_any_arm_runs(tmp_path):
+    """bench/unit_selection.py exits with an argument error naming the folder or the arm, before it
+    loads the judge or speaks anything."""
+    import json
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "bench/unit_selection.py", *args], capture_output=True, text=True, timeout=120)
+
+    missing = run("--demo", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no token2wav/token2wav.json" in missing.stderr
+    (tmp_path / "token2wav").mkdir()
+    (tmp_path / "token2wav" / "token2wav.json").write_text(json.dumps({"type": "unit_mel", "mel_source": "decoder"}))
+    decoder = run("--demo", str(tmp_path))
+    assert decoder.returncode == 2 and "mel_source is 'decoder', not unit_selection" in decoder.stderr
+    (tmp_path / "token2wav" / "token2wav.json").write_text(json.dumps({"type": "unit_mel", "mel_source": "unit_selection"}))
+    bad = run("--demo", str(tmp_path), "--arm", "fine=", "--arm", "typo=unit_selection.candidatez=3")
+    assert bad.returncode == 2 and "arm 'typo'" in bad.stderr and "candidatez" in bad.stderr

@@ -142,10 +142,12 @@ def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: int | None = None) -> Path:
     """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget
-    (``steps``: None keeps the YAML's ``max_steps``)."""
+    (``steps``: None keeps the YAML's ``max_steps``; fewer steps than ten warmups shorten the warmup to a tenth)."""
+    warmup = load_config(STAGE3).train.warmup_steps
     result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
                                         f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}",
-                                        *([f"train.max_steps={steps}"] if steps else [])]))
+                                        *([f"train.max_steps={steps}", f"train.warmup_steps={min(warmup, steps // 10)}"]
+                                          if steps else [])]))
     losses = result.get("losses") or []
     if losses:
         print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")
@@ -208,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    print(f"llasm speech demo: model={model_spec}, output={out}; token2wav <= {token2wav_minutes} min, "
+    token2wav_config, _, _ = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml")
+    token2wav_plan = f"<= {token2wav_minutes} min" if token2wav_config.needs_decoder else "unit selection, nothing to train"
+    print(f"llasm speech demo: model={model_spec}, output={out}; token2wav {token2wav_plan}, "
           f"unit head {head_steps or load_config(STAGE3).train.max_steps} steps, <= {head_minutes} min")
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from llasm import settings
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.device import resolve_device, to_device
-from llasm.io import atomic_path, load_yaml, read_jsonl
+from llasm.io import atomic_path, discard_earlier_checkpoints, load_yaml, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
 from llasm.speech.mel import LogMel
@@ -342,6 +342,7 @@ class UnitMelTrainer:
     def _maybe_resume(self) -> None:
         resume = self.train_config.resume
         if resume in (None, "", "never", "none"):
+            discard_earlier_checkpoints(sorted(self.checkpoint_root.glob("step_*")), self.checkpoint_root)
             return
         path = checkpoints.latest_checkpoint(self.checkpoint_root) if resume == "auto" else Path(resume)
         if path is not None:

@@ -87,6 +87,12 @@ class UnitSelectionConfig:
                 raise ValueError(f"unit_selection.{name} must be >= 0, got {getattr(self, name)}")
 
 
+def rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` RMS distances between the rows of ``a`` and ``b`` (frames of one width)."""
+    squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.maximum(squared, 0) / a.shape[1])
+
+
 def run_spans(mel: MelConfig, durations: Sequence[int], num_mel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per run (deduplicated unit), the ``[begin, end)`` of the mel frames that read its 50 Hz frames
     (:func:`unit_frame_of_mel`): ``begin = ceil(first 50 Hz frame * rate / (50 * hop))``, so a run's span
@@ -179,8 +185,7 @@ class UnitSelection:
             counts = np.bincount(frame_unit, minlength=self.num_units)
             seen = counts > 0
             means = sums[seen] / counts[seen, None]
-            squared = (means ** 2).sum(1)[:, None] + (means ** 2).sum(1)[None] - 2 * means @ means.T
-            distance = np.sqrt(np.maximum(squared, 0) / self.mel.num_mels)
+            distance = rms_distances(means, means)
             off_diagonal = distance[~np.eye(len(means), dtype=bool)]
             scale = float(np.median(off_diagonal)) if off_diagonal.size and np.median(off_diagonal) > 0 else 1.0
             self._distances = np.ones((self.num_units, self.num_units), np.float32)
@@ -215,8 +220,7 @@ class UnitSelection:
         c = self.config
         last = self._frames[self._end[left] - 1].astype(np.float32)
         first = self._frames[self._begin[right]].astype(np.float32)
-        squared = (last ** 2).sum(1)[:, None] + (first ** 2).sum(1)[None] - 2 * last @ first.T
-        distance = np.sqrt(np.maximum(squared, 0) / self.mel.num_mels)
+        distance = rms_distances(last, first)
         adjacent = (self._clip[left][:, None] == self._clip[right][None]) & (left[:, None] + 1 == right[None])
         adjacent &= self._clip[left][:, None] >= 0
         return np.where(adjacent, 0.0, c.break_cost + c.join_weight * distance)

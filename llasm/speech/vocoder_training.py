@@ -24,7 +24,7 @@ from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterb
 
 from llasm.audio import load_audio, save_audio
 from llasm.device import describe, resolve_device, to_device
-from llasm.io import atomic_path, read_jsonl
+from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import (
     MultiPeriodDiscriminator,
@@ -400,6 +400,7 @@ class VocoderTrainer:
     def _maybe_resume(self) -> None:
         resume = self.train_config.resume
         if resume in (None, "", "never", "none", False):
+            discard_earlier_checkpoints(sorted(self.checkpoint_root.glob("step_*")), self.checkpoint_root)
             return
         path = self.latest_checkpoint() if resume == "auto" else Path(resume)
         if path is None:

@@ -38,7 +38,7 @@ from llasm.checkpoint import write_checkpoint
 from llasm.data.dataset import Collator, ConversationDataset, MixtureBatchSampler, Source
 from llasm.data.shards import ShardedConversations, is_sharded
 from llasm.device import resolve_device, resolve_mixed_precision, to_device
-from llasm.io import atomic_dir, llasm_home, read_jsonl, write_json
+from llasm.io import atomic_dir, discard_earlier_checkpoints, llasm_home, read_jsonl, write_json
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, release_precision, zero_stage
@@ -281,6 +281,7 @@ class Trainer:
         resumed = self.maybe_resume()
         if self.is_main:
             trim_losses(self.out / "losses.jsonl", self.step)
+            discard_earlier_checkpoints([] if resumed else list_checkpoints(self.out), self.out)
             describe.write_config(cfg, self.out)
         describe.describe_start(self, self.counts, resumed)
         first_step = self.step
