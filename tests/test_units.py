@@ -114,6 +114,38 @@ def test_fit_save_load_identical(fitted, whisper_dir, audio_dir):
     torch.testing.assert_close(again.centroids, ext.centroids)
 
 
+def test_a_frame_cap_samples_clips_from_the_whole_list(tmp_path):
+    """max_frames encodes a seeded random sample of the clips, not the head of the list: a list ordered
+    by language must not give the first language nearly all the clusters."""
+    from llasm.speech.units import fit_unit_extractor
+
+    clips = []
+    for n, lang in enumerate(("en", "zh")):
+        for i in range(10):
+            clips.append(tmp_path / f"{lang}{i}.wav")
+            sf.write(clips[-1], tone(0.1, seed=10 * n + i), SR)
+    encoded = []
+
+    class Features:  # 10 frames a clip; records which clip it was given (by its samples)
+        layer, name_or_path, encoder_type, feature_dim = 1, "fake", "whisper", 4
+
+        def __call__(self, audio):
+            encoded.append(next(c.stem for c in clips if np.allclose(sf.read(c, dtype="float32")[0], audio, atol=1e-4)))
+            return np.random.default_rng(len(encoded)).standard_normal((10, 4)).astype(np.float32)
+
+    features = Features()
+
+    fit_unit_extractor(features, clips, 4, seed=0, max_frames=60, progress=False)
+    first = list(encoded)
+    assert len(first) == 6 and {c[:2] for c in first} == {"en", "zh"}
+    encoded.clear()
+    fit_unit_extractor(features, clips, 4, seed=0, max_frames=60, progress=False)
+    assert encoded == first  # the same seed, the same sample
+    encoded.clear()
+    fit_unit_extractor(features, clips, 4, seed=0, progress=False)
+    assert len(encoded) == 20
+
+
 def test_fit_kmeans_errors():
     with pytest.raises(ValueError, match="at least"):
         fit_kmeans([np.zeros((3, 4))], 8)

@@ -253,7 +253,14 @@ class UnitExtractor:
 def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: int = 0,
                        max_frames: int | None = None, rejects: list | None = None, progress: bool = True,
                        **kmeans_kwargs) -> UnitExtractor:
-    """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means."""
+    """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means.
+
+    With ``max_frames`` the clips are read in a seeded random order until that many frames are encoded:
+    a sample of the whole list, not its head (a list ordered by language or source would otherwise give
+    the first part nearly all the clusters; fairseq's HuBERT k-means samples a random share the same way)."""
+    if max_frames:
+        audios = list(audios)
+        audios = [audios[i] for i in np.random.default_rng(seed).permutation(len(audios))]
     feats, total = [], 0
     for source in tqdm(audios, desc="k-means features", unit="clip", disable=not progress):
         try:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--num-units", type=int, default=500, help="K (500 or 1000 in the references)")
     fit.add_argument("--input", nargs="+", required=True, help="JSONL files, audio dirs or audio files")
     fit.add_argument("--output", required=True, help="directory for kmeans.safetensors + kmeans.json")
-    fit.add_argument("--max-frames", type=int, default=None, help="stop encoding after this many frames")
+    fit.add_argument("--max-frames", type=int, default=None, help="encode clips in a seeded random order until this many frames (a sample of all of them)")
     fit.add_argument("--seed", type=int, default=0)
     add_device_arguments(fit, dtype=False)
     for name, help_ in (("annotate", "add units/durations to gpt turns with audio"),
