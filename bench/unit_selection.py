@@ -93,10 +93,15 @@ def main() -> None:
     saved = json.loads((demo / "token2wav" / "token2wav.json").read_text())
     if saved.get("mel_source") != "unit_selection":
         parser.error(f"{demo / 'token2wav'}: mel_source is {saved.get('mel_source')!r}, not unit_selection")
+    missing = [str(demo / p) for p in ("data/answers.jsonl", "data/token2wav_train.jsonl", "kmeans/kmeans.json")
+               if not (demo / p).exists()]
+    if missing:
+        parser.error(f"{demo}: missing {', '.join(missing)} (a make speech-demo folder has them)")
     arms = parse_arms(args.arm)
     for name, overrides in arms:  # every arm's settings checked before the first arm runs for minutes
         try:
-            Token2WavConfig(**settings.apply_overrides(dict(saved), overrides, "token2wav.json"))
+            settings.from_dict(Token2WavConfig, settings.apply_overrides(dict(saved), overrides, "token2wav.json"),
+                               "token2wav.json")
         except (TypeError, ValueError) as err:
             parser.error(f"arm {name!r}: {err}")
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)

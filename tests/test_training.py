@@ -241,6 +241,8 @@ def test_encoder_cache_hits_on_second_epoch_and_run(tmp_path, data):
 def test_a_fresh_run_removes_an_earlier_runs_checkpoints(tmp_path, data, capsys):
     """resume: none in a folder that holds a longer run's checkpoints: they go (with a note), so pruning by
     step number keeps this run's own and a later resume: auto continues this run, not the old one."""
+    import yaml
+
     from llasm.training.resume import list_checkpoints
 
     run_trainer(config(tmp_path, data, **{"train.max_steps": 4, "train.save_every": 2}))
@@ -250,6 +252,7 @@ def test_a_fresh_run_removes_an_earlier_runs_checkpoints(tmp_path, data, capsys)
     trainer, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1, "resume": "none"}))
     assert "removing 2 checkpoint(s) of an earlier run (checkpoint-2, checkpoint-4)" in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["resume"] == "auto"  # rerunning it continues
     again, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1}))
     assert again.step == 2 and "removing" not in capsys.readouterr().out  # resumed the new run: done, nothing trained
 

@@ -385,5 +385,12 @@ def test_selection_bench_rejects_bad_arguments_before_any_arm_runs(tmp_path):
     decoder = run("--demo", str(tmp_path))
     assert decoder.returncode == 2 and "mel_source is 'decoder', not unit_selection" in decoder.stderr
     (tmp_path / "token2wav" / "token2wav.json").write_text(json.dumps({"type": "unit_mel", "mel_source": "unit_selection"}))
+    empty = run("--demo", str(tmp_path))
+    assert empty.returncode == 2 and "missing" in empty.stderr and "data/answers.jsonl" in empty.stderr
+    for name in ("data/answers.jsonl", "data/token2wav_train.jsonl", "kmeans/kmeans.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("{}")
     bad = run("--demo", str(tmp_path), "--arm", "fine=", "--arm", "typo=unit_selection.candidatez=3")
     assert bad.returncode == 2 and "arm 'typo'" in bad.stderr and "candidatez" in bad.stderr
+    top = run("--demo", str(tmp_path), "--arm", "x=foo=3")
+    assert top.returncode == 2 and "unknown config key 'foo'" in top.stderr

@@ -135,9 +135,10 @@ def test_a_frame_cap_samples_clips_from_the_whole_list(tmp_path):
 
     features = Features()
 
-    fit_unit_extractor(features, clips, 4, seed=0, max_frames=60, progress=False)
+    fitted = fit_unit_extractor(features, clips, 4, seed=0, max_frames=60, progress=False)
     first = list(encoded)
     assert len(first) == 6 and {c[:2] for c in first} == {"en", "zh"}
+    assert fitted.meta["clips_read"] == 6 and fitted.meta["max_frames"] == 60 and fitted.meta["num_frames"] == 60
     encoded.clear()
     fit_unit_extractor(features, clips, 4, seed=0, max_frames=60, progress=False)
     assert encoded == first  # the same seed, the same sample

@@ -261,8 +261,9 @@ def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: in
     if max_frames:
         audios = list(audios)
         audios = [audios[i] for i in np.random.default_rng(seed).permutation(len(audios))]
-    feats, total = [], 0
+    feats, total, read = [], 0, 0
     for source in tqdm(audios, desc="k-means features", unit="clip", disable=not progress):
+        read += 1
         try:
             f = features(load_audio(source))
         except AudioError as err:
@@ -275,7 +276,8 @@ def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: in
         if max_frames and total >= max_frames:
             break
     centroids = fit_kmeans(feats, num_units, seed=seed, **kmeans_kwargs)
-    return UnitExtractor(centroids, {"seed": seed, "num_frames": total}, features)
+    return UnitExtractor(centroids, {"seed": seed, "num_frames": total, "max_frames": max_frames, "clips_read": read},
+                         features)
 
 
 # --------------------------------------------------------------------------------------------

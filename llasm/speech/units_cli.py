@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--input", nargs="+", required=True, help="JSONL files, audio dirs or audio files")
     fit.add_argument("--output", required=True, help="directory for kmeans.safetensors + kmeans.json")
     fit.add_argument("--max-frames", type=int, default=None, help="encode clips in a seeded random order until this many frames (a sample of all of them)")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0, help="seed of the clip sample and of k-means")
     add_device_arguments(fit, dtype=False)
     for name, help_ in (("annotate", "add units/durations to gpt turns with audio"),
                         ("manifest", "vocoder training manifest {id, audio, units, durations}")):

@@ -202,8 +202,10 @@ def check_resume(cfg: TrainConfig) -> None:
 
 
 def write_config(cfg: TrainConfig, directory) -> Path:
-    """``directory/train_config.yaml``: the resolved config, which ``llasm train`` reads back as it is."""
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+    """``directory/train_config.yaml``: the resolved config, which ``llasm train`` reads back as it is — with
+    ``resume: auto``, so rerunning the file continues this run (``resume: none`` would start it again and remove
+    its checkpoints)."""
+    text = yaml.safe_dump(dataclasses.asdict(cfg) | {"resume": "auto"}, sort_keys=False, allow_unicode=True)
     return write_text(Path(directory) / CONFIG_NAME, text)
 
 
