@@ -95,8 +95,9 @@ def discard_earlier_checkpoints(paths: Iterable[Path], folder: str | os.PathLike
     by step number are kept) and be what a later ``resume: auto`` continues. Returns the removed paths."""
     paths = list(paths)
     if paths:
+        kept = "; its final/ stays until this run writes its own" if (Path(folder) / "final").is_dir() else ""
         print(f"[train] note: starting afresh in {folder}: removing {len(paths)} checkpoint(s) of an earlier run "
-              f"({', '.join(p.name for p in paths)})", flush=True)
+              f"({', '.join(p.name for p in paths)}){kept}", flush=True)
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
     return paths

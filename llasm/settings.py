@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -96,7 +97,9 @@ def from_dict(cls: type[T], data: dict | None, where: str = "<dict>", prefix: st
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ValueError(f"{where}: unknown config key '{prefix}{key}'; known: {sorted(fields)}")
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ValueError(f"{where}: unknown config key '{prefix}{key}'{hint}; known: {sorted(fields)}")
         nested = _dataclass_of(hints[key])
         if nested is not None and isinstance(value, dict):
             kwargs[key] = from_dict(nested, value, where, f"{prefix}{key}.")

@@ -52,6 +52,31 @@ def test_no_usable_row_stops_before_the_model_loads(tmp_path, data, monkeypatch)
     assert len(rejects.read_text().splitlines()) == 5  # the 4 ASR rows and the 2-audio row
 
 
+def test_an_input_error_every_rank_meets_is_said_once_per_node(tmp_path, monkeypatch, capsys):
+    """`llasm train` under torchrun: every rank checks the same config and data, so the up-front check's
+    error is printed by each node's LOCAL_RANK 0 only (a SLURM log per node keeps it); a rank's own
+    error (a non-finite loss names its rank and batch) is printed wherever it happens."""
+    from llasm.training.describe import InputError
+    from llasm.training.trainer import NonFiniteLoss, main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, tmp_path / "missing.jsonl")))
+    for local_rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert main([str(path)]) == 1
+        assert ("stopped: cannot train" in capsys.readouterr().err) is said
+    assert not InputError("rank-local").every_rank  # e.g. a rank whose shard rejected a whole epoch
+    import llasm.training.trainer as trainer_module
+
+    def diverge(cfg):
+        raise NonFiniteLoss("non-finite loss (nan) at step 3 on rank 1")
+
+    monkeypatch.setattr(trainer_module, "train", diverge)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main([str(path)]) == 1
+    assert "stopped: non-finite loss (nan) at step 3 on rank 1" in capsys.readouterr().err
+
+
 def test_all_rows_failing_at_load_time_stop_instead_of_looping(tmp_path):
     """Rows that pass the cheap checks but whose audio cannot be decoded: the first epoch that yields
     no batch stops the run with the same message."""

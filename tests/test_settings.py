@@ -34,8 +34,11 @@ def test_from_dict_nested_sections_and_coercion():
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
     path = tmp_path / "stage.yaml"
     path.write_text("inner: {lr: 0.1, stepz: 3}\n")
-    with pytest.raises(ValueError, match=rf"{path}: unknown config key 'inner.stepz'; known: \['lr', 'on', 'steps'\]"):
+    with pytest.raises(ValueError, match=rf"{path}: unknown config key 'inner.stepz'; did you mean 'inner.steps'\?; "
+                                         r"known: \['lr', 'on', 'steps'\]"):
         settings.load(Outer, path)
+    with pytest.raises(ValueError, match=r"unknown config key 'inner.warmup'; known: "):  # nothing close: no guess
+        settings.load(Outer, {"inner": {"warmup": 3}})
     with pytest.raises(ValueError, match=rf"{path}: config key 'inner.lr': cannot read 'fast' as float"):
         settings.load(Outer, {"inner": {"lr": "fast"}}, where=str(path))
 
@@ -67,7 +70,7 @@ def test_stage_yaml_list_override_that_failed_before():
     assert cfg.data.sources[0]["path"] == "elsewhere.jsonl" and cfg.train.lr == 2e-4
     # a mistyped override is the command line's mistake, not the file's: the message says which
     with pytest.raises(ValueError, match=r"^the overrides \(train.lrr=1\) of .*configs/stage1_asr_align.yaml: "
-                                         r"unknown config key 'train.lrr'"):
+                                         r"unknown config key 'train.lrr'; did you mean 'train.lr'\?"):
         load_config("configs/stage1_asr_align.yaml", ["train.lrr=1"])
     with pytest.raises(ValueError, match=r"^the overrides \(train.lr=fast\) of .*: config key 'train.lr': cannot read"):
         load_config("configs/stage1_asr_align.yaml", ["train.lr=fast"])

@@ -9,6 +9,7 @@ import pytest
 
 from llasm.io import llasm_home
 from llasm.prep.tts import TTSRouter
+from llasm.training.config import load_config
 
 
 @pytest.mark.slow
@@ -36,7 +37,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     spoken = [r for r in report["details"]["speech"] if "round_trip" in r]
     assert len(spoken) + sum(e["system"] == "round_trip" for e in report["errors"]) == 2
     km = json.loads((tmp_path / "kmeans" / "kmeans.json").read_text())
-    assert km["num_units"] == speech_demo.NUM_UNITS and km["layer"] == speech_demo.LAYER
+    assert km["num_units"] == load_config(speech_demo.STAGE3).unit_head["num_units"] and km["layer"] == speech_demo.LAYER
     token2wav = json.loads((tmp_path / "token2wav" / "token2wav.json").read_text())
     assert token2wav["type"] == "unit_mel" and token2wav["mel_vocoder"] == "griffin_lim"
     assert token2wav["mel_source"] == "unit_selection" and (tmp_path / "token2wav" / "unit_selection.safetensors").exists()

@@ -258,6 +258,7 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     log = [json.loads(line)["step"] for line in open(tmp_path / "a" / "log.jsonl")]
     assert log[0] == 1 and log[-1] == 4  # the first and the last step are logged whatever log_every is
     assert (tmp_path / "a" / "samples" / "step_00000004.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "a" / "checkpoints" / "step_00000009").mkdir()  # half a checkpoint of an older writer: removed too
     afresh = trainer(tmp_path / "a", 2, resume="never")  # an earlier run's step_4 would outlive this run's
     assert afresh.step == 0 and not list((tmp_path / "a" / "checkpoints").glob("step_*"))
     afresh.train()
@@ -374,3 +375,26 @@ def test_a_bad_load_override_is_named_as_one(tmp_path):
     with pytest.raises(ValueError, match="load_token2wav overrides: unknown config key 'bogus'"):
         load_token2wav(tmp_path / "t", bogus=1)
     assert load_token2wav(tmp_path / "t", griffin_lim_iterations=4).config.griffin_lim_iterations == 4
+
+
+def test_speech_checkpoints_are_listed_by_step_and_pruned(tmp_path):
+    from llasm.speech.checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint
+
+    def complete(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.safetensors").write_bytes(b"")
+        (tmp_path / name / "state.json").write_text("{}")
+
+    complete("step_00000010")
+    complete("step_3")  # by number, not by name: 3 before 10
+    (tmp_path / "step_00000020").mkdir()  # incomplete: never resumed from, but listed for removal
+    (tmp_path / ".step_00000030.tmp").mkdir()  # a writer's temporary folder
+    (tmp_path / "step_final").mkdir()
+    (tmp_path / "step_00000040").write_text("not a folder")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_3", "step_00000010"]
+    assert [p.name for p in list_checkpoints(tmp_path, complete=False)] == ["step_3", "step_00000010", "step_00000020"]
+    assert latest_checkpoint(tmp_path).name == "step_00000010"
+    assert list_checkpoints(tmp_path / "missing") == [] and latest_checkpoint(tmp_path / "missing") is None
+    saved = save_checkpoint(tmp_path, 21, {"w": torch.zeros(1)}, {"step": 21}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path, complete=False)] == ["step_00000020", saved.name]
+    assert latest_checkpoint(tmp_path) == saved and (tmp_path / "step_final").exists()

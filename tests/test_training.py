@@ -250,7 +250,8 @@ def test_a_fresh_run_removes_an_earlier_runs_checkpoints(tmp_path, data, capsys)
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
     capsys.readouterr()
     trainer, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1, "resume": "none"}))
-    assert "removing 2 checkpoint(s) of an earlier run (checkpoint-2, checkpoint-4)" in capsys.readouterr().out
+    assert ("removing 2 checkpoint(s) of an earlier run (checkpoint-2, checkpoint-4); its final/ stays until this "
+            "run writes its own") in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
     assert yaml.safe_load((out / "train_config.yaml").read_text())["resume"] == "auto"  # rerunning it continues
     again, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1}))

@@ -180,6 +180,15 @@ def test_unit_distances_come_from_the_units_mean_frames():
     # the median pair of seen units sits at the cap: half the pairs are closer
     pairs = d[:20, :20][~np.eye(20, dtype=bool)]
     assert 0.4 < (pairs < 1).mean() < 0.6
+    # from each unit's mean frame over the runs it covers (counted here the slow way)
+    frames = {}
+    for u, dur, mel in zip(units, durations, mels):
+        for unit, begin, end in zip(u, *run_spans(MEL, dur, len(mel))):
+            frames.setdefault(int(unit), []).extend(mel[begin:end].astype(np.float16).astype(np.float64))
+    means = np.stack([np.mean(frames[u], 0) for u in range(20)])
+    raw = np.sqrt(((means[:, None] - means[None]) ** 2).mean(-1))
+    expected = np.minimum(raw / np.median(raw[~np.eye(20, dtype=bool)]), 1)
+    np.testing.assert_allclose(d[:20, :20], expected, atol=1e-5)
 
 
 def test_acoustic_context_ranks_a_run_beside_a_similar_unit_first():

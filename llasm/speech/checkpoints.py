@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -71,12 +72,23 @@ def optimizer_from_flat(prefix: str, tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+def list_checkpoints(root: Path, complete: bool = True) -> list[Path]:
+    """``step_N`` folders under ``root``, oldest (lowest N) first; ``complete=False`` also lists ones
+    without both files (a checkpoint from a crashed writer of an older version, or a user's copy).
+    Temporary folders (``io.atomic_dir``: a dot first) and other names never match."""
+    found = []
+    for path in Path(root).glob("step_*") if Path(root).is_dir() else ():
+        match = re.fullmatch(r"step_(\d+)", path.name)
+        if match and path.is_dir() and (not complete or (
+                (path / "state.safetensors").exists() and (path / "state.json").exists())):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """Newest complete ``step_*`` folder under ``root`` (half-written ones never get a final name)."""
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step_*") if (p / "state.safetensors").exists() and (p / "state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    found = list_checkpoints(root)
+    return found[-1] if found else None
 
 
 def save_checkpoint(root: Path, step: int, tensors: dict, meta: dict, keep: int) -> Path:
@@ -85,7 +97,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict, meta: dict, keep: int)
     with atomic_dir(final) as temporary:
         save_file(tensors, str(temporary / "state.safetensors"))
         (temporary / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    older = sorted((p for p in root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1]))
+    older = [p for p in list_checkpoints(root, complete=False) if p != final]
     for stale in older[: max(0, len(older) - keep + 1)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final

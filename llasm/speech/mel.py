@@ -64,6 +64,18 @@ def unit_frame_of_mel(mel: MelConfig, mel_begin: int, mel_end: int) -> np.ndarra
     return np.arange(mel_begin, mel_end) * (FRAME_RATE * mel.hop_size) // mel.sampling_rate
 
 
+def unit_frame_sums(ids: np.ndarray | torch.Tensor, frames: np.ndarray | torch.Tensor,
+                    num_units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit id, the sum of the frames it covers and their count: ``ids`` ``(N,)`` (one unit id per
+    frame, in ``[0, num_units)``), ``frames`` ``(N, M)`` -> sums ``(num_units, M)`` float64 and counts
+    ``(num_units,)`` int64. The per-unit mean log-mel of a corpus (the mel decoder's closed-form start,
+    unit selection's distances between units)."""
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    frames = torch.as_tensor(np.asarray(frames)).double()
+    sums = torch.zeros(num_units, frames.shape[1], dtype=torch.float64).index_add_(0, ids, frames)
+    return sums, torch.bincount(ids, minlength=num_units)
+
+
 class LogMel(torch.nn.Module):
     """Audio at ``config.sampling_rate`` -> ``(T, num_mels)`` log-mel, ``T = len // hop + 1`` (centred frames)."""
 

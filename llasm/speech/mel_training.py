@@ -36,7 +36,7 @@ from llasm.device import resolve_device, to_device
 from llasm.io import atomic_path, discard_earlier_checkpoints, load_yaml, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
-from llasm.speech.mel import LogMel
+from llasm.speech.mel import LogMel, unit_frame_of_mel, unit_frame_sums
 from llasm.speech.mel_decoder import UnitMelDecoder, UnitMelDecoderConfig, mel_loss
 from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav
 from llasm.speech.unit_selection import UnitSelection
@@ -161,12 +161,12 @@ class UnitMelDataset:
         c = self.config
         sums, counts = torch.zeros(c.num_units, c.mel.num_mels, dtype=torch.float64), torch.zeros(c.num_units)
         for row, mel in zip(self.rows, self.mels):
-            frame_units = torch.from_numpy(np.repeat(np.asarray(row["units"]), row["durations"]))
-            source = torch.arange(len(mel)) * (FRAME_RATE * c.mel.hop_size) // c.mel.sampling_rate
+            frame_units = np.repeat(np.asarray(row["units"]), row["durations"])
+            source = unit_frame_of_mel(c.mel, 0, len(mel))
             keep = source < len(frame_units)
-            ids = frame_units[source[keep]]
-            sums.index_add_(0, ids, torch.from_numpy(mel[keep.numpy()]).double())
-            counts += torch.bincount(ids, minlength=c.num_units)
+            row_sums, row_counts = unit_frame_sums(frame_units[source[keep]], mel[keep], c.num_units)
+            sums += row_sums
+            counts += row_counts
         return sums.float(), counts
 
     def batch(self, step: int, batch_size: int, segment_frames: int) -> dict[str, torch.Tensor]:
@@ -342,7 +342,8 @@ class UnitMelTrainer:
     def _maybe_resume(self) -> None:
         resume = self.train_config.resume
         if resume in (None, "", "never", "none"):
-            discard_earlier_checkpoints(sorted(self.checkpoint_root.glob("step_*")), self.checkpoint_root)
+            discard_earlier_checkpoints(checkpoints.list_checkpoints(self.checkpoint_root, complete=False),
+                                        self.checkpoint_root)
             return
         path = checkpoints.latest_checkpoint(self.checkpoint_root) if resume == "auto" else Path(resume)
         if path is not None:

@@ -49,7 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llasm.io import atomic_path
-from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel  # noqa: F401  (re-exported)
+from llasm.speech.mel import MelConfig, mel_frames, unit_frame_of_mel, unit_frame_sums  # noqa: F401  (re-exported)
 from llasm.speech.vocoder_config import FRAME_RATE, unit_ids
 
 WEIGHTS = "unit_selection.safetensors"
@@ -180,9 +180,7 @@ class UnitSelection:
             lengths = self.end - self.begin
             frame_unit = np.repeat(self.unit, lengths)
             index = np.repeat(self.begin, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            frames = self.frames[index].astype(np.float64)
-            sums = np.stack([np.bincount(frame_unit, frames[:, b], self.num_units) for b in range(self.mel.num_mels)], 1)
-            counts = np.bincount(frame_unit, minlength=self.num_units)
+            sums, counts = (t.numpy() for t in unit_frame_sums(frame_unit, self.frames[index], self.num_units))
             seen = counts > 0
             means = sums[seen] / counts[seen, None]
             distance = rms_distances(means, means)

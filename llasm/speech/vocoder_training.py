@@ -400,7 +400,8 @@ class VocoderTrainer:
     def _maybe_resume(self) -> None:
         resume = self.train_config.resume
         if resume in (None, "", "never", "none", False):
-            discard_earlier_checkpoints(sorted(self.checkpoint_root.glob("step_*")), self.checkpoint_root)
+            discard_earlier_checkpoints(checkpoints.list_checkpoints(self.checkpoint_root, complete=False),
+                                        self.checkpoint_root)
             return
         path = self.latest_checkpoint() if resume == "auto" else Path(resume)
         if path is None:

@@ -42,7 +42,10 @@ SHOW_REASONS = 5
 
 
 class InputError(ValueError):
-    """A training input that cannot work; the message names it and what to do about it."""
+    """A training input that cannot work; the message names it and what to do about it. ``every_rank``:
+    raised by a check every rank makes alike (:func:`check_inputs`), so one rank per node says it."""
+
+    every_rank = False
 
 
 @dataclasses.dataclass
@@ -67,6 +70,14 @@ def check_inputs(cfg: TrainConfig, main_process: bool = True, check_model: bool 
     at all (the rejects are written to ``output_dir/rejects.jsonl`` by the main process first), or an
     ``output_dir`` whose run used another config (:func:`check_resume`).
     """
+    try:
+        return _check_inputs(cfg, main_process, check_model)
+    except InputError as err:
+        err.every_rank = True
+        raise
+
+
+def _check_inputs(cfg: TrainConfig, main_process: bool, check_model: bool) -> list[SourceCount]:
     problems = []
     model = resolve_path(cfg.model)
     usable_model = os.path.isfile(os.path.join(model, "config.json")) or (

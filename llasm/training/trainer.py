@@ -78,8 +78,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model=None, processor=None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        # before anything loads: data found and usable, model path, output_dir's run (describe.py); the
-        # launchers set RANK, and only rank 0 writes the rejects
+        # before anything loads: data, model path, output_dir's run (describe.py); only RANK 0 writes the rejects
         self.counts = describe.check_inputs(cfg, main_process=os.environ.get("RANK", "0") == "0",
                                             check_model=model is None)
         self.data_sha1 = describe.data_fingerprint(cfg)
@@ -484,7 +483,8 @@ def main(args: list[str]) -> int:
     try:
         train(cfg)
     except (NonFiniteLoss, describe.InputError) as err:
-        print(f"stopped: {err}", file=sys.stderr)
+        if not getattr(err, "every_rank", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # once per node
+            print(f"stopped: {err}", file=sys.stderr)
         end_distributed(barrier=False)
         return 1
     end_distributed()
