@@ -32,7 +32,7 @@ import torch
 from llasm.evaluation import metrics
 from llasm.evaluation.speech import load_speech_items
 from llasm.evaluation.systems import WhisperTranscriber, hear
-from llasm.io import llasm_home
+from llasm.io import atomic_path, llasm_home, write_json
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs
 from llasm.speech.units import UnitExtractor
 
@@ -77,7 +77,8 @@ def plot_curve(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # makes the folder
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -141,7 +142,7 @@ def main() -> None:
         plot_curve(rows, Path(args.plot))
         print(f"curve: {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)  # atomic; makes the folder
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def main() -> None:
     import llasm
     from llasm.evaluation.speech import evaluate_speech, load_speech_items
     from llasm.evaluation.systems import WhisperTranscriber
-    from llasm.io import llasm_home, read_jsonl
+    from llasm.io import llasm_home, read_jsonl, write_json
     from llasm.speech.token2wav import load_token2wav
     from llasm.training.config import load_config
     from llasm.training.trainer import Trainer
@@ -123,7 +123,7 @@ def main() -> None:
         print(f"| {r['arm']} | {r['minutes']:g} | {r['steps']} | {loss} | " + " | ".join(cells)
               + f" | {r['silent_replies']} / {r['replies']} | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)  # atomic; makes the folder
 
 
 if __name__ == "__main__":

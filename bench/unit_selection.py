@@ -35,7 +35,7 @@ from llasm import settings
 from llasm.evaluation import metrics
 from llasm.evaluation.speech import load_speech_items
 from llasm.evaluation.systems import WhisperTranscriber, hear
-from llasm.io import llasm_home, read_jsonl
+from llasm.io import llasm_home, read_jsonl, write_json
 from llasm.speech.token2wav import Token2WavConfig, load_token2wav
 from llasm.speech.unit_selection import UnitSelection
 from llasm.speech.units import UnitExtractor
@@ -136,7 +136,7 @@ def main() -> None:
         ratio = ratio_cell(r.get("dev", {}), rows[0].get("dev", {}))
         print(f"| {r['arm']} | " + " | ".join(cells) + f" | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)  # atomic; makes the folder
 
 
 if __name__ == "__main__":

@@ -365,3 +365,19 @@ def test_the_tower_hands_a_varlen_attention_a_2d_padding_mask(monkeypatch):
     assert masks and all(m is not None and m.dim() == 2 for m in masks)
     keep = masks[0].bool()
     torch.testing.assert_close(varlen_out[keep], reference[keep], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_has_native_bf16_follows_onednn(monkeypatch):
+    """What the speech demo asks before it trains its head under bf16 autocast on the CPU."""
+    from llasm.device import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if torch.cpu._is_avx512_bf16_supported():  # this project's machine: AVX512-BF16
+        assert cpu_has_native_bf16()
+
+    class NoOneDnn:
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", NoOneDnn())
+    assert cpu_has_native_bf16() is False  # a torch build without oneDNN: no native bf16

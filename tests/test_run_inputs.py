@@ -55,7 +55,7 @@ def test_no_usable_row_stops_before_the_model_loads(tmp_path, data, monkeypatch)
 def test_an_input_error_every_rank_meets_is_said_once_per_node(tmp_path, monkeypatch, capsys):
     """`llasm train` under torchrun: every rank checks the same config and data, so the up-front check's
     error is printed by each node's LOCAL_RANK 0 only (a SLURM log per node keeps it); a rank's own
-    error (a non-finite loss names its rank and batch) is printed wherever it happens."""
+    error (a non-finite loss names its rank, loss and batch) is printed on every rank."""
     from llasm.training.describe import InputError
     from llasm.training.trainer import NonFiniteLoss, main
 
@@ -69,12 +69,12 @@ def test_an_input_error_every_rank_meets_is_said_once_per_node(tmp_path, monkeyp
     import llasm.training.trainer as trainer_module
 
     def diverge(cfg):
-        raise NonFiniteLoss("non-finite loss (nan) at step 3 on rank 1")
+        raise NonFiniteLoss("non-finite loss at step 3 on 1 of 2 rank(s); rank 1: loss nan")
 
     monkeypatch.setattr(trainer_module, "train", diverge)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert main([str(path)]) == 1
-    assert "stopped: non-finite loss (nan) at step 3 on rank 1" in capsys.readouterr().err
+    assert "stopped: non-finite loss at step 3 on 1 of 2 rank(s); rank 1: loss nan" in capsys.readouterr().err
 
 
 def test_all_rows_failing_at_load_time_stop_instead_of_looping(tmp_path):

@@ -58,7 +58,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     import runpy
     import sys
 
-    table = tmp_path / "heads.json"
+    table = tmp_path / "tables" / "heads.json"  # a folder not made yet
     monkeypatch.setattr(sys, "argv", ["unit_head.py", "--demo", str(tmp_path), "--at", "0.03,0.06", "--limit", "2",
                                       "--arm", "phonemes=",  # the demo's head, then one on the LLM's states
                                       "--arm", "states=unit_head.input=states,objective.cache_states=true",
@@ -122,3 +122,18 @@ def test_speech_latency_bench_times_the_first_chunk(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "RANDOM unit head (the demo's, on phonemes, K=500)" in out and "first chunk 4 units" in out
     assert "first text token -> first audio chunk" in out and "ms of audio" in out
+
+
+def test_the_head_trains_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, capsys):
+    """The demo's YAML asks for bf16 autocast (more steps in the head's minutes on an AVX512-BF16 CPU);
+    emulated bf16 would give fewer, so such a CPU trains the head in fp32 and says so."""
+    from llasm.apps import speech_demo
+
+    stage3 = load_config(speech_demo.STAGE3)
+    assert stage3.train.mixed_precision == "bf16"
+    monkeypatch.setattr(speech_demo, "cpu_has_native_bf16", lambda: True)
+    assert speech_demo.head_precision(stage3) == []
+    monkeypatch.setattr(speech_demo, "cpu_has_native_bf16", lambda: False)
+    assert speech_demo.head_precision(stage3) == ["train.mixed_precision=no"]
+    assert "no native bf16" in capsys.readouterr().out
+    assert speech_demo.head_precision(load_config(speech_demo.STAGE3, ["train.mixed_precision=no"])) == []

@@ -299,7 +299,7 @@ def test_nan_loss_stops_with_step_and_ids(tmp_path, data):
     trainer = Trainer(load_config(config(tmp_path, data)))
     with torch.no_grad():
         trainer.model.adaptor.proj[1].weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteLoss, match=r"at step 1 .*batch item ids: \['"):
+    with pytest.raises(NonFiniteLoss, match=r"at step 1 on 1 of 1 rank\(s\); rank 0: loss nan, batch item ids: \['"):
         trainer.fit()
 
 

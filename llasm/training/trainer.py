@@ -270,9 +270,9 @@ class Trainer:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, "sum")
-        if bad.item() > 0:
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step + 1} on rank "
-                                f"{self.accelerator.process_index}; batch item ids: {ids}")
+        if bad.item() > 0:  # every rank stops; each says its own loss and batch (the bad one may be another's)
+            raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} on {int(bad.item())} of {self.accelerator.num_processes} "
+                                f"rank(s); rank {self.accelerator.process_index}: loss {loss.item()}, batch item ids: {ids}")
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict:
