@@ -13,6 +13,9 @@ is scored against the text the model wrote (``llasm.evaluation.speech``'s ``roun
 zh CER, lower is better. The ratio column is each arm's error over the first arm's; the units per
 answer token say how close a head is to speaking at all (the training answers hold ~9-12).
 
+Every arm trains at the demo's precision for this machine first (bf16 autocast; fp32 on a CPU without native
+bf16: ``speech_demo.head_precision``), then its own overrides (``train.mixed_precision=no`` for an fp32 arm).
+
 ``--keep DIR`` keeps each arm's last head as ``DIR/<arm name>`` (a checkpoint ``from_pretrained`` loads).
 
 ``--at 5,10,20`` judges each arm at those cumulative training minutes instead: one head trained on
@@ -41,7 +44,8 @@ STAGE3 = ROOT / "configs" / "speech_demo" / "stage3.yaml"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--demo", default=str(ROOT / "outputs" / "speech-demo"), help="a `make speech-demo` output folder")
-    parser.add_argument("--model", default=str(ROOT / "configs" / "model" / "starter.yaml"))
+    parser.add_argument("--model", default=str(ROOT / "configs" / "model" / "starter.yaml"),
+                        help="the frozen model the heads are added to (a model YAML or a checkpoint)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
                         help="one head to train: a name and dotted overrides of the stage-3 YAML (repeat; the first is the baseline)")
     parser.add_argument("--minutes", type=float, default=4.0,
@@ -51,15 +55,16 @@ def main() -> None:
                         help="judge each arm at these cumulative training minutes (a learning curve; replaces --minutes; "
                              "the YAML's max_steps ends it sooner unless an arm sets train.max_steps=null)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--judge", default=None, help="Whisper judge (default: the starter whisper-base)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="text tokens per reply")
+    parser.add_argument("--judge", default=None, help="Whisper judge (None: the starter whisper-base)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the table here")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep each arm's last head as DIR/<arm name> (e.g. for bench/speech_latency.py --model)")
     args = parser.parse_args()
 
     import llasm
+    from llasm.apps.speech_demo import head_precision
     from llasm.evaluation.speech import evaluate_speech, load_speech_items
     from llasm.evaluation.systems import WhisperTranscriber
     from llasm.io import llasm_home, read_jsonl, write_json
@@ -82,6 +87,7 @@ def main() -> None:
     judge = WhisperTranscriber(args.judge or str(Path(llasm_home()) / "whisper-base"))
     token2wav = load_token2wav(demo / "token2wav")
     rows_trained = len(read_jsonl(data))
+    machine = head_precision(load_config(STAGE3))  # as the demo: fp32 on a CPU without native bf16, before each arm's own
     print(f"{len(items)} held-out answers of {demo}; {rows_trained} training rows; judged at {marks} min per arm")
     rows = []
     for name, overrides in arms:
@@ -89,7 +95,7 @@ def main() -> None:
             trainer, seconds = Trainer(load_config(STAGE3, [
                 f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
                 f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={marks[0]}",
-                *overrides])), 0.0
+                *machine, *overrides])), 0.0
             for mark, leg in zip(marks, legs(marks)):
                 trainer.cfg.train.max_minutes = leg  # fit() again continues this trainer mid-epoch
                 started = time.monotonic()

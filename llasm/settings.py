@@ -85,6 +85,12 @@ def _index(node: list, part: str, item: str, where: str) -> int:
     return int(part)
 
 
+def did_you_mean(key: str, known, prefix: str = "") -> str:
+    """``"; did you mean 'PREFIX+NEAREST'?"`` for the known key nearest ``key`` (difflib), or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
 def from_dict(cls: type[T], data: dict | None, where: str = "<dict>", prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; ``where`` (a file name) and ``prefix`` (the key path so
     far) name the place in errors. Raises ``ValueError`` for an unknown key or an unreadable value."""
@@ -97,9 +103,8 @@ def from_dict(cls: type[T], data: dict | None, where: str = "<dict>", prefix: st
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ValueError(f"{where}: unknown config key '{prefix}{key}'{hint}; known: {sorted(fields)}")
+            raise ValueError(f"{where}: unknown config key '{prefix}{key}'{did_you_mean(key, fields, prefix)}; "
+                             f"known: {sorted(fields)}")
         nested = _dataclass_of(hints[key])
         if nested is not None and isinstance(value, dict):
             kwargs[key] = from_dict(nested, value, where, f"{prefix}{key}.")

@@ -65,6 +65,8 @@ def test_an_input_error_every_rank_meets_is_said_once_per_node(tmp_path, monkeyp
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert main([str(path)]) == 1
         assert ("stopped: cannot train" in capsys.readouterr().err) is said
+        assert main([str(path), "train.lrr=1"]) == 2  # a config mistake: every rank reads the same files too
+        assert ("error: the overrides (train.lrr=1)" in capsys.readouterr().err) is said
     assert not InputError("rank-local").every_rank  # e.g. a rank whose shard rejected a whole epoch
     import llasm.training.trainer as trainer_module
 
@@ -110,6 +112,21 @@ def test_inputs_are_all_checked_first(tmp_path, monkeypatch):
     assert f"(the run's checkpoint is {tmp_path / 'runs' / 's1' / 'final'})" in message
     assert "deepspeed: nope.json not found" in message and "objective.type must be one of" in message
     assert f"data.sources[0].path: {tmp_path / 'nope.jsonl'} not found" in message
+    # plain dicts in the YAML (trainable, a data source): their keys too, with the nearest known one
+    cfg = config(tmp_path, tmp_path / "nope.jsonl", **{"trainable.adapter": "full"})
+    cfg["data"]["sources"].append({"pth": str(tmp_path / "other.jsonl"), "weight": 1.0})
+    with pytest.raises(InputError) as err:
+        Trainer(load_config(cfg))
+    message = str(err.value)
+    assert "trainable.adapter: not a part of the model; did you mean 'trainable.adaptor'?" in message
+    assert "data.sources[1]: unknown key 'pth'; did you mean 'path'?" in message and "data.sources[1] has no path" in message
+    # the model YAML's own keys, before it loads (it raised a traceback after the run had described itself)
+    from conftest import TINY_YAML
+
+    model = tmp_path / "model.yaml"
+    model.write_text(TINY_YAML.read_text() + "audio_tokns: 3\n")
+    with pytest.raises(InputError, match=rf"model: {model}: unknown config key 'audio_tokns'; did you mean"):
+        Trainer(load_config(config(tmp_path, tmp_path / "nope.jsonl", model=str(model))))
 
 
 def test_text_only_alpaca_and_sharegpt_files_are_sources(tmp_path, tiny):

@@ -286,10 +286,16 @@ def test_token2wav_yaml_checks_its_sections(tmp_path):
     assert t2w.mel_source == "unit_selection" and t2w.unit_selection.candidates == 150
     with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['max_steps'\].*train.max_steps=2"):
         load_token2wav_configs("configs/token2wav_cpu.yaml", ["max_steps=2"])  # a bare override is not ignored
-    with pytest.raises(ValueError, match="unknown config key 'token2wav.unit_selection.lookahed'"):
+    # a mistyped override is the command line's mistake, not the file's; the nearest key is suggested
+    with pytest.raises(ValueError, match=r"^the overrides \(token2wav.unit_selection.lookahed=1\) of configs/token2wav_cpu"
+                                         r".yaml: unknown config key 'token2wav.unit_selection.lookahed'; did you mean "
+                                         r"'token2wav.unit_selection.lookahead'\?"):
         load_token2wav_configs("configs/token2wav_cpu.yaml", ["token2wav.unit_selection.lookahed=1"])
+    with pytest.raises(ValueError, match=r"^the overrides .*unknown top-level key\(s\) \['mel_decodr'\]; did you mean "
+                                         r"'mel_decoder'\?"):
+        load_token2wav_configs("configs/token2wav_cpu.yaml", ["mel_decodr.hidden_size=3"])
     (tmp_path / "bad.yaml").write_text("token2wav: {type: unit_mel}\nvocoder: {}\n")
-    with pytest.raises(ValueError, match="unknown top-level key"):
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'bad.yaml'}: unknown top-level key"):
         load_token2wav_configs(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="unknown config key 'mel_decoder.layers'"):
         load_token2wav_configs("configs/token2wav_cpu.yaml", ["mel_decoder.layers=3"])

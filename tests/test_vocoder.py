@@ -293,7 +293,7 @@ def test_from_pretrained_round_trip(tmp_path):
     assert np.array_equal(again.synthesize(units, durations), inference.synthesize(units, durations))
 
 
-def test_configs_load_with_overrides():
+def test_configs_load_with_overrides(tmp_path):
     paper, train = load_vocoder_configs(ROOT / "configs" / "vocoder.yaml")
     assert paper.num_units == 1000 and paper.samples_per_frame == 320 and paper.segment_size == 8960
     assert paper.upsample_kernel_sizes == [11, 8, 8, 4, 4] and paper.adam_betas == [0.8, 0.99]
@@ -303,6 +303,10 @@ def test_configs_load_with_overrides():
     assert cpu.samples_per_frame == 320 and cpu.upsample_initial_channel == 64 and cpu_train.max_steps == 5
     with pytest.raises(ValueError, match="unknown config key .vocoder.nonsense."):
         load_vocoder_configs(ROOT / "configs" / "vocoder_cpu.yaml", ["vocoder.nonsense=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vocoder: {}\ntrian: {max_steps: 3}\n")
+    with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['trian'\]; did you mean 'train'\?"):
+        load_vocoder_configs(bad)
     with pytest.raises(ValueError, match="samples per frame"):
         UnitVocoderConfig(upsample_rates=[5, 4, 4, 2], upsample_kernel_sizes=[11, 8, 8, 4])
 

@@ -144,7 +144,8 @@ def load_vocoder_configs(
     data = load_yaml(path)
     stray = sorted(set(data) - set(SECTIONS))
     if stray:
-        raise ValueError(f"{path}: unknown top-level key(s) {stray}; expected 'vocoder' and 'train'")
+        raise ValueError(f"{path}: unknown top-level key(s) {stray}{settings.did_you_mean(stray[0], SECTIONS)}; "
+                         "expected 'vocoder' and 'train'")
     qualified = []
     for item in overrides:
         key, sep, _ = item.partition("=")

@@ -12,7 +12,7 @@ _NAMES = {"load_model": "llasm.builder", "TrainConfig": "llasm.training.config",
           "param_groups": "llasm.training.parts", "upcast_trainable_parts": "llasm.training.parts",
           "latest_checkpoint": "llasm.training.resume", "list_checkpoints": "llasm.training.resume",
           "plot_losses": "llasm.training.resume", "NonFiniteLoss": "llasm.training.trainer",
-          "Trainer": "llasm.training.trainer", "end_distributed": "llasm.training.trainer",
+          "Trainer": "llasm.training.trainer", "end_distributed": "llasm.training.distributed",
           "main": "llasm.training.trainer", "train": "llasm.training.trainer"}
 __all__ = sorted(_NAMES)
 

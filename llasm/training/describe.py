@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from llasm.builder import load_spec
 from llasm.data.dataset import check_row
 from llasm.data.records import read_rows
 from llasm.data.shards import INDEX, is_sharded, read_index
 from llasm.io import file_sha1, llasm_home, read_jsonl, resolve_path, write_jsonl, write_text
-from llasm.settings import config_changes
+from llasm.settings import config_changes, did_you_mean
 from llasm.training.config import OBJECTIVES, TrainConfig
+from llasm.training.parts import PARTS
 from llasm.training.resume import latest_checkpoint
 from llasm.unit_head import UnitHeadConfig
 
@@ -39,6 +41,7 @@ CONFIG_NAME = "train_config.yaml"
 RESUME_FREE = ("resume", "output_dir", "data.num_workers", "train.log_every", "train.save_every",
                "train.keep_checkpoints", "train.max_minutes", "train.max_steps", "train.epochs", "encoder_cache.dir")
 SHOW_REASONS = 5
+SOURCE_KEYS = ("path", "weight", "name")  # what a data.sources entry may say (llasm.data.dataset.Source)
 
 
 class InputError(ValueError):
@@ -88,6 +91,11 @@ def _check_inputs(cfg: TrainConfig, main_process: bool, check_model: bool) -> li
             hint = f" (the run's checkpoint is {os.path.join(cfg.model, 'final')})"
         problems.append(f"model: {cfg.model} is neither a checkpoint directory (with config.json) nor a model "
                         f"YAML{hint}")
+    elif check_model and not os.path.isfile(os.path.join(model, "config.json")):
+        try:  # the model YAML's own keys and values, before anything loads
+            load_spec(model)
+        except (TypeError, ValueError) as err:
+            problems.append(f"model: {err}")
     cache_dir = cfg.encoder_cache.dir or os.path.join(llasm_home(), "encoder_cache")
     if cfg.encoder_cache.enabled and cfg.encoder_cache.read_only and not os.path.isdir(cache_dir):
         problems.append(f"encoder_cache.read_only needs the cache built beforehand (llasm encoder-cache), but "
@@ -105,10 +113,20 @@ def _check_inputs(cfg: TrainConfig, main_process: bool, check_model: bool) -> li
             UnitHeadConfig.from_dict(dict(cfg.unit_head))
         except (TypeError, ValueError) as err:
             problems.append(str(err))
+    for part in cfg.trainable or {}:  # a plain dict in the YAML: its keys are checked here, before the model loads
+        if part not in PARTS:
+            problems.append(f"trainable.{part}: not a part of the model{did_you_mean(part, PARTS, 'trainable.')}; "
+                            f"parts: {list(PARTS)}")
     if not cfg.data.sources:
         problems.append("data.sources is empty: give at least one JSONL (or Alpaca / ShareGPT JSON)")
     counts = []
     for i, source in enumerate(cfg.data.sources):
+        if not isinstance(source, dict):
+            problems.append(f"data.sources[{i}] must be a mapping ({{path: ..., weight: ..., name: ...}}), got {source!r}")
+            continue
+        for key in sorted(set(source) - set(SOURCE_KEYS)):
+            problems.append(f"data.sources[{i}]: unknown key '{key}'{did_you_mean(key, SOURCE_KEYS)}; "
+                            f"known: {list(SOURCE_KEYS)}")
         path = source.get("path")
         if not path:
             problems.append(f"data.sources[{i}] has no path")

@@ -95,3 +95,12 @@ def agree(accelerator, needs: BatchNeeds) -> BatchNeeds:
     flags = torch.tensor([float(v) for v in astuple(needs)], device=accelerator.device)
     flags = accelerator.reduce(flags, "sum")
     return BatchNeeds(*(bool(v > 0) for v in flags.tolist()))
+
+
+def end_distributed(barrier: bool = True) -> None:
+    """Shut the process group down before exit (left to interpreter teardown, its threads can abort a finished
+    run: ``terminate called without an active exception``); no barrier on an error path."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if barrier:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

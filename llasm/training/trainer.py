@@ -41,7 +41,14 @@ from llasm.device import resolve_device, resolve_mixed_precision, to_device
 from llasm.io import atomic_dir, discard_earlier_checkpoints, llasm_home, read_jsonl, write_json
 from llasm.training import describe, losses
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
-from llasm.training.distributed import BatchNeeds, agree, deepspeed_config, release_precision, zero_stage
+from llasm.training.distributed import (
+    BatchNeeds,
+    agree,
+    deepspeed_config,
+    end_distributed,
+    release_precision,
+    zero_stage,
+)
 from llasm.training.encoder_cache import EncoderCache, model_key
 from llasm.training.objectives import self_reply_sources
 from llasm.training.parts import (
@@ -475,26 +482,19 @@ def train(cfg: TrainConfig | dict | str, overrides: list[str] | None = None, mod
 def main(args: list[str]) -> int:
     """The run behind ``llasm train CONFIG [k=v ...]`` (:mod:`llasm.training.cli` reads the arguments)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    first_on_node = os.environ.get("LOCAL_RANK", "0") == "0"  # says what every rank meets alike (torchrun)
     try:
         cfg = load_config(args[0], args[1:])
     except (ValueError, FileNotFoundError) as err:  # an unknown key or bad value, named with its file
-        print(f"error: {err}", file=sys.stderr)
+        if first_on_node:
+            print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         train(cfg)
     except (NonFiniteLoss, describe.InputError) as err:
-        if not getattr(err, "every_rank", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # once per node
+        if first_on_node or not getattr(err, "every_rank", False):
             print(f"stopped: {err}", file=sys.stderr)
         end_distributed(barrier=False)
         return 1
     end_distributed()
     return 0
-
-
-def end_distributed(barrier: bool = True) -> None:
-    """Shut the process group down before exit (left to interpreter teardown, its threads can abort a finished
-    run: ``terminate called without an active exception``); no barrier on an error path."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if barrier:
-            torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
