@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from llasm.builder import load_spec
-from llasm.data.dataset import check_row
+from llasm.data.dataset import Source, check_row
 from llasm.data.records import read_rows
 from llasm.data.shards import INDEX, is_sharded, read_index
 from llasm.io import file_sha1, llasm_home, read_jsonl, resolve_path, write_jsonl, write_text
@@ -41,7 +41,7 @@ CONFIG_NAME = "train_config.yaml"
 RESUME_FREE = ("resume", "output_dir", "data.num_workers", "train.log_every", "train.save_every",
                "train.keep_checkpoints", "train.max_minutes", "train.max_steps", "train.epochs", "encoder_cache.dir")
 SHOW_REASONS = 5
-SOURCE_KEYS = ("path", "weight", "name")  # what a data.sources entry may say (llasm.data.dataset.Source)
+SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Source))  # what a data.sources entry may say
 
 
 class InputError(ValueError):
