@@ -15,6 +15,7 @@ import soundfile as sf
 from conftest import ROOT, SR, TINY_YAML, tone
 
 from llasm import evaluation as E
+from llasm.evaluation import metrics
 from llasm.evaluation.items import JUDGE_PROMPT_PATH
 
 # ------------------------------------------------------------------------------------ helpers
@@ -291,6 +292,23 @@ def test_true_repetitions_score_zero_and_loops_stay_bounded(tmp_path):
     assert E.collapse_loops("把把把把把把") == "把"  # no reference: one copy
 
 
+def test_a_repetition_the_judge_mishears_keeps_the_copies_the_reference_has():
+    """A reply that really repeats a phrase, heard with the same slip in every copy and looped on by the
+    judge past the audio's end (the speech demo's bamboo reply): version 2 kept one copy, so the copies that
+    were said counted as deletions; version 3 keeps the reference loop's copies of an alike unit."""
+    reference = "竹子是世界上最大的竹子之一，" + "是世界上最大的竹子之一，" * 4 + "是世界上最大的"
+    heard = "路子是世界上最大的住自之一," + "世界上最大的住自之一," * 15 + "世界上最"
+    kept = E.collapse_loops(heard, reference=reference)
+    assert kept == "路子是世界上最大的住自之一," + "世界上最大的住自之一," * 4 + "世界上最"  # the reference's 5
+    assert E.collapse_loops(heard) == "路子是世界上最大的住自之一,世界上最"  # no reference: one copy
+    # a loop unlike the reference's loop still keeps one copy: the guard is not loosened for other loops
+    assert E.collapse_loops("哎呀,哎呀,哎呀,哎呀,哎呀,", reference=reference) == "哎呀,"
+    # nor does an alike unit lend copies where the reference does not loop
+    assert E.collapse_loops("住自之一,住自之一,住自之一,住自之一,", reference="竹子之一。") == "住自之一,"
+    one_copy = metrics.cer([reference], ["路子是世界上最大的住自之一,世界上最"])
+    assert metrics.cer([reference], [kept]) == pytest.approx(18 / 64) and one_copy == pytest.approx(50 / 64)
+
+
 def test_run_all_tiny_model_with_whisper_cascade(tmp_path, capsys):
     instruct, asr = write_data(tmp_path / "data", missing={"q-zh-1"})
     whisper = make_tiny_whisper(tmp_path / "whisper")
@@ -302,7 +320,7 @@ def test_run_all_tiny_model_with_whisper_cascade(tmp_path, capsys):
     for name in ("report.json", "report.md", "report.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["meta"]["loop_guard_version"] == "2" and "loop guard v2" in report["meta"]["decoding"]
+    assert report["meta"]["loop_guard_version"] == "3" and "loop guard v3" in report["meta"]["decoding"]
     res = report["results"]
     assert set(res) == {"llasm", "cascade", "text"}
     assert {"wer", "accuracy", "chrf", "lang_consistency", "agreement", "chrf_vs_text", "ppl_text_reply"} <= \

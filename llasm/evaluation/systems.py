@@ -6,6 +6,7 @@ which re-exports every name here.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -41,9 +42,11 @@ def transcript_token_limit(seconds: float) -> int:
 
 
 _LOOP = re.compile(r"(\S.{0,19}?)(?:\s*\1){3,}", re.DOTALL | re.IGNORECASE)
-LOOP_GUARD_VERSION = "2"
+LOOP_GUARD_VERSION = "3"
 LOOP_GUARD_RULE = (f"loop guard v{LOOP_GUARD_VERSION}: a unit of 1-20 characters (not all digits, any case) repeated 4+ "
-                   "times in a row in a hypothesis is cut to as many copies as the reference has in a row (at least one)")
+                   "times in a row in a hypothesis is cut to as many copies as the reference has in a row (at least one), "
+                   "of the unit or of a reference loop whose unit is at least half alike (difflib ratio)")
+SIMILAR_UNIT = 0.5  # difflib ratio from which a misheard copy of a reference loop's unit counts as that unit
 
 
 def _core(text: str) -> str:
@@ -58,6 +61,15 @@ def _longest_run(unit: str, reference: str) -> int:
     return max((len(run) // len(unit) for run in re.findall(f"(?:{re.escape(unit)})+", reference)), default=0)
 
 
+def _reference_loops(reference: str) -> list[tuple[str, int]]:
+    """The loops of ``reference`` (in :func:`_core` form): ``(unit, copies in a row)`` per loop."""
+    loops = []
+    for m in _LOOP.finditer(reference):
+        unit = m.group(1)
+        loops.append((unit, len(m.group(0)) // len(unit)))
+    return loops
+
+
 def collapse_loops(text: str, reference: str | None = None) -> str:
     """Cut runaway repetitions in a transcript; the rule is :data:`LOOP_GUARD_RULE` (version
     :data:`LOOP_GUARD_VERSION`, recorded in every report).
@@ -67,9 +79,13 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
     unit (1-20 characters, not only digits) repeated 4+ times in a row keeps as many copies as the
     ``reference`` has of it in a row, compared on letters and digits, lowercased — so a verbatim
     transcript of "哈哈哈哈" or "ha ha ha ha" is left whole, and a loop never scores more than the
-    reference's own run. Without a reference one copy is kept. Applied alike to every system's ASR
-    hypotheses by :mod:`llasm.evaluation` (``--keep-loops`` turns it off); the report keeps the raw
-    hypothesis wherever it changed. (Version 1 kept one copy even where the reference repeats.)
+    reference's own run. Where the reference itself loops on a unit at least half alike (``difflib``
+    ratio >= :data:`SIMILAR_UNIT`), the loop keeps that loop's copies: a judge that mishears a phrase
+    the speaker really repeated ("住自" for "竹子" in every copy) keeps the copies that were said, each
+    scored with its misheard characters. Without a reference one copy is kept. Applied alike to every
+    system's ASR hypotheses by :mod:`llasm.evaluation` (``--keep-loops`` turns it off); the report keeps
+    the raw hypothesis wherever it changed. (Version 1 kept one copy even where the reference repeats;
+    version 2 kept one copy of a repetition the judge misheard.)
 
     >>> collapse_loops("基本我们把把把把把把把把")
     '基本我们把'
@@ -81,14 +97,20 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
     'Ha ha ha ha'
     >>> collapse_loops("It costs 10000 dollars, really really.")
     'It costs 10000 dollars, really really.'
+    >>> collapse_loops("大的住自,大的住自,大的住自,大的住自,大的住自,", reference="大的竹子，大的竹子，大的竹子，大的竹子。")
+    '大的住自,大的住自,大的住自,大的住自,'
     """
     target = _core(reference or "")
+    reference_loops = _reference_loops(target)
 
     def cut(m: re.Match) -> str:
         unit, run = m.group(1), m.group(0)
         if unit.isdigit():
             return run
-        keep = max(1, _longest_run(_core(unit), target))
+        core = _core(unit)
+        alike = [copies for loop, copies in reference_loops
+                 if difflib.SequenceMatcher(None, core, loop, autojunk=False).ratio() >= SIMILAR_UNIT]
+        keep = max(1, _longest_run(core, target), *alike)
         ends = [copy.end() for copy in re.finditer(re.escape(unit), run, re.IGNORECASE)]
         return run[: ends[min(keep, len(ends)) - 1]]
 
