@@ -117,6 +117,9 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             if args.keep:
                 shutil.copytree(result["final"], Path(args.keep) / name, dirs_exist_ok=True)
+                print(f"[{name}] head kept as {Path(args.keep) / name} (the training log's {scratch} is temporary)")
+            else:
+                print(f"[{name}] the training log's {scratch} is temporary, removed now (--keep DIR keeps each head)")
             del trainer
     base = {r["minutes"]: r for r in rows if r["arm"] == rows[0]["arm"]}
     print("\n| arm | minutes | steps | CTC loss first -> last 10 | round trip en WER | zh CER | silent replies "

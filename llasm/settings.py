@@ -136,6 +136,38 @@ def load(cls: type[T], source: str | os.PathLike | dict, overrides: Sequence[str
     return read(apply_overrides(data, overrides, where), f"the overrides ({' '.join(overrides)}) of {where}")
 
 
+def load_sections(path: str | os.PathLike, sections: dict[str, type], overrides: Sequence[str] = (),
+                  bare: bool = False) -> tuple:
+    """A YAML file of several top-level sections (``vocoder:`` + ``train:``), each a dataclass, plus
+    dotted ``overrides`` (``train.max_steps=100``): one instance per section, in ``sections``' order.
+
+    ``bare``: an override without a section (``max_steps=100``) goes to the one section with that
+    field; otherwise it is an unknown top-level key. Raises ``ValueError`` for an unknown top-level key
+    (with the nearest section) or any error of :func:`from_dict`; the file's own mistakes name the file,
+    the overrides' name the overrides.
+    """
+    def read(data: dict, where: str) -> tuple:
+        stray = sorted(set(data) - set(sections))  # after the overrides: a bare `max_steps=2` is a stray key too
+        if stray:
+            owners = [name for name, cls in sections.items() if stray[0] in {f.name for f in dataclasses.fields(cls)}]
+            hint = f"; did you mean '{owners[0]}.{stray[0]}'?" if owners else did_you_mean(stray[0], sections)
+            raise ValueError(f"{where}: unknown top-level key(s) {stray}{hint}; expected {sorted(sections)}")
+        return tuple(from_dict(cls, data.get(name), where, f"{name}.") for name, cls in sections.items())
+
+    data = load_yaml(path)
+    configs = read(data, str(path))
+    if not overrides:
+        return configs
+    qualified = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if bare and sep and "." not in key:
+            owners = [name for name, cls in sections.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            item = f"{owners[0]}.{item}" if len(owners) == 1 else item
+        qualified.append(item)
+    return read(apply_overrides(data, qualified, str(path)), f"the overrides ({' '.join(overrides)}) of {path}")
+
+
 def to_dict(obj) -> dict:
     """A dataclass as plain dicts and lists (what :func:`from_dict` reads back)."""
     return dataclasses.asdict(obj)

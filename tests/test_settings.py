@@ -74,3 +74,29 @@ def test_stage_yaml_list_override_that_failed_before():
         load_config("configs/stage1_asr_align.yaml", ["train.lrr=1"])
     with pytest.raises(ValueError, match=r"^the overrides \(train.lr=fast\) of .*: config key 'train.lr': cannot read"):
         load_config("configs/stage1_asr_align.yaml", ["train.lr=fast"])
+
+
+def test_load_sections_reads_each_section_and_names_whose_mistake_it_is(tmp_path):
+    @dataclass
+    class Model:
+        width: int = 4
+
+    @dataclass
+    class Train:
+        max_steps: int = 10
+        lr: float = 1e-3
+
+    sections = {"model": Model, "train": Train}
+    path = tmp_path / "two.yaml"
+    path.write_text("model: {width: 8}\ntrain: {lr: 2e-4}\n")
+    model, train = settings.load_sections(path, sections, ["train.max_steps=3"])
+    assert (model.width, train.max_steps, train.lr) == (8, 3, 2e-4)
+    assert settings.load_sections(path, sections, ["max_steps=5"], bare=True)[1].max_steps == 5  # its one section
+    with pytest.raises(ValueError, match=r"^the overrides \(max_steps=5\) of .*two.yaml: unknown top-level key\(s\) "
+                                         r"\['max_steps'\]; did you mean 'train.max_steps'\?; expected \['model', 'train'\]"):
+        settings.load_sections(path, sections, ["max_steps=5"])
+    with pytest.raises(ValueError, match=r"^the overrides \(train.lrr=1\) of .*: unknown config key 'train.lrr'; did you mean 'train.lr'\?"):
+        settings.load_sections(path, sections, ["train.lrr=1"])
+    path.write_text("model: {width: 8}\ntrian: {}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: unknown top-level key\(s\) \['trian'\]; did you mean 'train'\?"):
+        settings.load_sections(path, sections, ["train.max_steps=3"])  # the file's own mistake names the file

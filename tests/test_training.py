@@ -256,6 +256,13 @@ def test_a_fresh_run_removes_an_earlier_runs_checkpoints(tmp_path, data, capsys)
     assert yaml.safe_load((out / "train_config.yaml").read_text())["resume"] == "auto"  # rerunning it continues
     again, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1}))
     assert again.step == 2 and "removing" not in capsys.readouterr().out  # resumed the new run: done, nothing trained
+    # TensorBoard shows this run's steps only (the earlier run's events are purged, as losses.jsonl is trimmed),
+    # and the resume that trained nothing hid none of them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    losses = {json.loads(line)["step"]: json.loads(line)["loss"] for line in (out / "losses.jsonl").read_text().splitlines()}
+    assert {e.step: pytest.approx(e.value) for e in events.Scalars("train/loss")} == losses and sorted(losses) == [1, 2]
 
 
 def test_cache_gives_same_loss_as_no_cache(tmp_path, data):

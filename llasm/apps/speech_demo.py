@@ -155,12 +155,19 @@ def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: in
     return Path(result["final"])
 
 
-def head_precision(stage3) -> list[str]:
+BF16_STEP_SPEEDUP = 1.34  # the head's steps a second under bf16 autocast over fp32 on AVX512-BF16 (bench/unit_head.py)
+
+
+def head_precision(stage3, steps: int | None = None) -> list[str]:
     """Overrides of the head's precision for this machine: the YAML's bf16 autocast becomes fp32 on a CPU
-    without native bf16 (emulated bf16 is slower than fp32, so the head would get fewer steps in its minutes)."""
+    without native bf16 (emulated bf16 is slower than fp32, so the head would get fewer steps in its minutes),
+    and its cosine then spans the steps fp32 makes in the same minutes (``max_steps / BF16_STEP_SPEEDUP``), so
+    the learning rate still anneals; ``steps`` (the user's own) are kept as they are."""
     if stage3.train.mixed_precision == "bf16" and resolve_device(stage3.device).type == "cpu" and not cpu_has_native_bf16():
-        print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32")
-        return ["train.mixed_precision=no"]
+        fp32_steps = round(stage3.train.max_steps / BF16_STEP_SPEEDUP) if stage3.train.max_steps and not steps else None
+        print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32"
+              + (f" over {fp32_steps} steps" if fp32_steps else ""))
+        return ["train.mixed_precision=no", *([f"train.max_steps={fp32_steps}"] if fp32_steps else [])]
     return []
 
 
@@ -219,14 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     stage3 = load_config(STAGE3)
     num_units = int(stage3.unit_head["num_units"])
-    head_overrides = head_precision(stage3)
+    head_overrides = head_precision(stage3, head_steps)
+    planned = load_config(STAGE3, head_overrides).train.max_steps
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     token2wav_config, _, _ = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml")
     token2wav_plan = f"<= {token2wav_minutes} min" if token2wav_config.needs_decoder else "unit selection, nothing to train"
     print(f"llasm speech demo: model={model_spec}, output={out}; token2wav {token2wav_plan}, "
-          f"unit head {head_steps or stage3.train.max_steps} steps, <= {head_minutes} min")
+          f"unit head {head_steps or planned} steps, <= {head_minutes} min")
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")

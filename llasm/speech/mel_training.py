@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from llasm import settings
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.device import resolve_device, to_device
-from llasm.io import atomic_path, discard_earlier_checkpoints, load_yaml, read_jsonl
+from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
 from llasm.speech.mel import LogMel, unit_frame_of_mel, unit_frame_sums
@@ -74,18 +74,7 @@ def load_token2wav_configs(path: str | os.PathLike, overrides: Sequence[str] = (
                            ) -> tuple[Token2WavConfig, UnitMelDecoderConfig, MelTrainConfig]:
     """Read a token2wav YAML (sections ``token2wav:``, ``mel_decoder:``, ``train:``) + dotted overrides
     (``train.max_steps=100``, ``mel_decoder.num_units=500``). Unknown keys are errors naming the file."""
-    def read(data: dict, where: str) -> tuple:
-        stray = sorted(set(data) - set(SECTIONS))  # after the overrides: a bare `max_steps=2` is a stray key too
-        if stray:
-            raise ValueError(f"{where}: unknown top-level key(s) {stray}{settings.did_you_mean(stray[0], SECTIONS)}; "
-                             f"expected {sorted(SECTIONS)} (overrides are dotted: train.max_steps=2)")
-        return tuple(settings.from_dict(cls, data.get(name), where, f"{name}.") for name, cls in SECTIONS.items())
-
-    data = load_yaml(path)
-    token2wav, decoder, train = read(data, str(path))  # the file's own mistakes name the file
-    if overrides:
-        token2wav, decoder, train = read(settings.apply_overrides(data, overrides, str(path)),
-                                         f"the overrides ({' '.join(overrides)}) of {path}")
+    token2wav, decoder, train = settings.load_sections(path, SECTIONS, overrides)
     if token2wav.type != "unit_mel":
         raise ValueError(f"{path}: token2wav.type {token2wav.type!r}: this trainer trains unit_mel "
                          "(the unit HiFi-GAN trains with train/train_vocoder.py)")

@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from llasm import settings
-from llasm.io import load_yaml
 
 FRAME_RATE = 50  # unit frames per second (HuBERT / Whisper-encoder units)
 
@@ -141,22 +140,7 @@ def load_vocoder_configs(
     ``max_steps=100`` (the section is found from the field name); values are parsed as YAML. Unknown
     keys are errors naming the key and the file (:mod:`llasm.settings`).
     """
-    data = load_yaml(path)
-    stray = sorted(set(data) - set(SECTIONS))
-    if stray:
-        raise ValueError(f"{path}: unknown top-level key(s) {stray}{settings.did_you_mean(stray[0], SECTIONS)}; "
-                         "expected 'vocoder' and 'train'")
-    qualified = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if sep and "." not in key:  # a bare field name: its section
-            section = next((s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}), None)
-            if section is not None:
-                item = f"{section}.{item}"
-        qualified.append(item)
-    data = settings.apply_overrides(data, qualified, str(path))
-    return (settings.from_dict(UnitVocoderConfig, data.get("vocoder"), str(path), "vocoder."),
-            settings.from_dict(VocoderTrainConfig, data.get("train"), str(path), "train."))
+    return settings.load_sections(path, SECTIONS, overrides, bare=True)
 
 
 SECTIONS = {"vocoder": UnitVocoderConfig, "train": VocoderTrainConfig}

@@ -370,7 +370,7 @@ class Trainer:
             return None
         from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard), only on rank 0
 
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)  # as trim_losses: steps > this one go
 
     def _log(self, value: float, lr: float, writer, bar) -> None:
         self.losses.append((self.step, value))
