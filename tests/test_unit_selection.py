@@ -9,6 +9,7 @@ import torch
 from llasm.speech.mel import MelConfig
 from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav, load_token2wav
 from llasm.speech.unit_selection import UnitSelection, UnitSelectionConfig, mel_frames, run_spans, unit_frame_of_mel
+from tests.conftest import tone
 from tests.test_token2wav import needs_mb_melgan, tiny_decoder
 
 MEL = MelConfig()  # the MB-MelGAN's domain: 80 mel frames a second against 50 unit frames
@@ -313,7 +314,6 @@ def test_trainer_builds_the_unit_selection_from_its_rows(tmp_path, durations):
     from llasm.audio import save_audio
     from llasm.io import write_jsonl
     from llasm.speech.mel_training import MelTrainConfig, UnitMelTrainer, load_token2wav_configs
-    from tests.conftest import tone
 
     rows = []
     for i in range(2):
@@ -403,3 +403,59 @@ def test_selection_bench_rejects_bad_arguments_before_any_arm_runs(tmp_path):
     assert bad.returncode == 2 and "arm 'typo'" in bad.stderr and "candidatez" in bad.stderr
     top = run("--demo", str(tmp_path), "--arm", "x=foo=3")
     assert top.returncode == 2 and "unknown config key 'foo'" in top.stderr
+
+
+def load_selection_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unit_selection_bench", "bench/unit_selection.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_selection_bench_bounds_settings_and_the_true_mel_search(monkeypatch):
+    """bench/unit_selection.py's bounds: ``bound.*`` settings are split from the token2wav overrides and
+    checked; with the true mel and any unit allowed, a clip in the corpus speaks itself back from units
+    that are all wrong; with the true pitch, of two recordings of one clip the one at that pitch; the true sound
+    of audio comes per unit run; a missing pitch tracker says what to install."""
+    bench = load_selection_bench()
+    rest, bound = bench.split_bounds(["unit_selection.candidates=40", "bound.mel=4", "bound.any_unit=1"])
+    assert rest == ["unit_selection.candidates=40"] and bound == {**bench.BOUNDS, "mel": 4.0, "any_unit": 1.0}
+    for overrides, message in ((["bound.mle=4"], "unknown 'bound.mle'; did you mean 'bound.mel'?"),
+                               (["bound.mel=high"], "bound.mel must be a number, got 'high'"),
+                               (["bound.any_unit=1"], "1 needs bound.mel > 0"),
+                               (["bound.corpus=0"], "bound.corpus is a fraction of the clips in (0, 1], got 0.0"),
+                               (["bound.pitch=-1"], "must be >= 0")):
+        with pytest.raises(ValueError) as err:
+            bench.split_bounds(overrides)
+        assert message in str(err.value)
+
+    units, durations, mels = corpus(clips=4)
+    selection = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
+    run_mel, run_pitch, scale = bench.corpus_sounds(selection, [], pitch=False)
+    own = np.flatnonzero(selection.clip == 2)
+    first = slice(selection.begin[own[0]], selection.end[own[0]])
+    np.testing.assert_allclose(run_mel[own[0]], selection.frames[first].astype(np.float32).mean(0), rtol=1e-5)
+    wrong = [(u + 1) % 20 for u in units[2]]
+    true_mel = bench.BoundSelection(selection, np.ones(selection.num_runs, bool), bound, run_mel, run_pitch, scale)
+    assert true_mel.speaking({"mel": run_mel[own]}).search().extend(wrong, None, final=True) == own.tolist()
+    plain = UnitSelection.from_corpus(units, durations, mels, 20, MEL)
+    assert not (plain.clip[plain.search().extend(wrong, None, final=True)] == 2).all()  # the units alone cannot
+
+    # the true pitch: of two recordings of the same units an octave apart, the search takes the one at the pitch
+    twice = UnitSelection.from_corpus([units[0], units[0]], [durations[0]] * 2, [mels[0], mels[0] + 0.01], 20, MEL)
+    run_pitch = np.where(twice.clip == 1, np.log(200.0), np.log(100.0))
+    run_mel, _, scale = bench.corpus_sounds(twice, [], pitch=False)
+    pitched = bench.BoundSelection(twice, np.ones(twice.num_runs, bool), {**bench.BOUNDS, "pitch": 1.0}, run_mel,
+                                   run_pitch, scale)
+    assert (twice.clip[twice.search().extend(units[0], None, final=True)] == 0).all()  # the units alone: the first
+    for octave, clip in ((np.log(200.0), 1), (np.log(100.0), 0)):
+        target = {"mel": run_mel[twice.clip == 0], "pitch": np.full(len(units[0]), octave)}
+        assert (twice.clip[pitched.speaking(target).search().extend(units[0], None, final=True)] == clip).all()
+
+    sound = bench.TrueSound(selection, pitch=False)(tone(1.0), [10] * 5)
+    assert sound["mel"].shape == (5, MEL.num_mels) and np.isfinite(sound["mel"]).all()
+    monkeypatch.setitem(__import__("sys").modules, "parselmouth", None)
+    with pytest.raises(SystemExit, match="pip install praat-parselmouth"):
+        bench.log_f0(tone(1.0), 80, 0.0125)

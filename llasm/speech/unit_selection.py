@@ -202,16 +202,22 @@ class UnitSelection:
                    target_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The kept runs for one unit (``previous`` / ``following``: its neighbours, -1 at an edge) and
         their target costs (no duration term when ``target_frames`` is None: recorded durations)."""
-        c = self.config
         pool = self._order[self._start[unit]: self._start[unit + 1]]
         if len(pool) == 0:
             return np.array([self.silence]), np.zeros(1)
-        cost = c.context_weight * (self._context_cost(self._prev[pool], previous) + self._context_cost(self._next[pool], following))
-        if target_frames is not None:
-            length = (self._end[pool] - self._begin[pool]).astype(np.float64)
-            cost = cost + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))
-        keep = np.argsort(cost, kind="stable")[: c.candidates]
+        cost = self.target_costs(pool, previous, following, target_frames)
+        keep = np.argsort(cost, kind="stable")[: self.config.candidates]
         return pool[keep], cost[keep]
+
+    def target_costs(self, runs: np.ndarray, previous: int, following: int, target_frames: int | None) -> np.ndarray:
+        """``(len(runs),)`` target costs of corpus runs ``runs`` for a unit whose neighbours are ``previous`` /
+        ``following`` (-1 at an edge): the context term, plus the duration term when ``target_frames`` is given."""
+        c = self.config
+        cost = c.context_weight * (self._context_cost(self._prev[runs], previous) + self._context_cost(self._next[runs], following))
+        if target_frames is not None:
+            length = (self._end[runs] - self._begin[runs]).astype(np.float64)
+            cost = cost + c.duration_weight * np.abs(np.log(length / max(target_frames, 1)))
+        return cost
 
     def join_costs(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """(len(left), len(right)) costs of following run ``left[i]`` by run ``right[j]``."""
