@@ -87,11 +87,14 @@ def split_bounds(overrides: list[str]) -> tuple[list[str], dict[str, float]]:
             continue
         name = key.removeprefix("bound.")
         if name not in BOUNDS:
-            raise ValueError(f"unknown {key!r}{settings.did_you_mean(name, BOUNDS, 'bound.')}")
+            raise ValueError(f"unknown {key!r}{settings.did_you_mean(name, BOUNDS, 'bound.')}; "
+                             f"the bounds are {', '.join('bound.' + b for b in BOUNDS)}")
         try:
             bounds[name] = float(value)
         except ValueError:
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
+            bounds[name] = float("nan")
+        if not np.isfinite(bounds[name]):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
     if bounds["pitch"] < 0 or bounds["mel"] < 0:
         raise ValueError("bound.pitch and bound.mel must be >= 0")
     if bounds["any_unit"] not in (0, 1) or (bounds["any_unit"] and not bounds["mel"]):
@@ -231,7 +234,9 @@ def main() -> None:
     parser.add_argument("--demo", default=str(ROOT / "outputs" / "speech-demo"),
                         help="a `make speech-demo` output folder (its token2wav has mel_source unit_selection)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
-                        help="token2wav.json overrides (unit_selection.candidates=40, mel_vocoder=mb_melgan); repeat")
+                        help="token2wav.json overrides (unit_selection.candidates=40, mel_vocoder=mb_melgan) and bounds "
+                             "(bound.pitch=W, bound.mel=W, bound.any_unit=1, bound.corpus=F: see the top of this file), "
+                             "comma-separated; repeat for more arms (names unique)")
     parser.add_argument("--limit", type=int, default=24, help="held-out answers per language")
     parser.add_argument("--dev", type=int, default=30, help="leave-one-out training clips per language (0: none)")
     parser.add_argument("--judge", default=str(Path(llasm_home()) / "whisper-base"))
@@ -245,11 +250,14 @@ def main() -> None:
     saved = json.loads((demo / "token2wav" / "token2wav.json").read_text())
     if saved.get("mel_source") != "unit_selection":
         parser.error(f"{demo / 'token2wav'}: mel_source is {saved.get('mel_source')!r}, not unit_selection")
-    missing = [str(demo / p) for p in ("data/answers.jsonl", "data/token2wav_train.jsonl", "kmeans/kmeans.json")
-               if not (demo / p).exists()]
+    missing = [str(demo / p) for p in ("data/answers.jsonl", "data/clips.jsonl", "data/token2wav_train.jsonl",
+                                        "kmeans/kmeans.json", "kmeans/kmeans.safetensors") if not (demo / p).exists()]
     if missing:
         parser.error(f"{demo}: missing {', '.join(missing)} (a make speech-demo folder has them)")
     arms = parse_arms(args.arm)
+    repeated = sorted({name for name, _ in arms if [n for n, _ in arms].count(name) > 1})
+    if repeated:
+        parser.error(f"arm names must differ (the table keys its rows by them): {', '.join(map(repr, repeated))}")
     bounds = {}
     for name, overrides in arms:  # every arm's settings checked before the first arm runs for minutes
         try:
@@ -258,6 +266,11 @@ def main() -> None:
                                "token2wav.json")
         except (TypeError, ValueError) as err:
             parser.error(f"arm {name!r}: {err}")
+    if any(b["pitch"] for b in bounds.values()):
+        try:
+            import parselmouth  # noqa: F401  (bound.pitch's tracker, checked before minutes of work)
+        except ImportError:
+            parser.error("bound.pitch needs Praat's pitch tracker: pip install praat-parselmouth")
     items, _ = load_speech_items(demo / "data" / "answers.jsonl", "test", args.limit)
     extractor, judge = UnitExtractor.load(demo / "kmeans"), WhisperTranscriber(args.judge)
     held_out = [(item.lang, item.answer, *extractor.extract(item.answer_audio), item.answer_audio) for item in items]

@@ -61,12 +61,14 @@ def _bf16_supported(device: torch.device) -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX, through oneDNN); without,
-    bf16 autocast on the CPU is emulated and slower than fp32."""
+    """Whether this CPU computes bf16 matrix products natively (the AVX512-BF16 or AMX instructions, which
+    torch's oneDNN uses); without, bf16 autocast on the CPU is emulated and slower than fp32. oneDNN's own
+    ``_is_mkldnn_bf16_supported`` is not the test: it says yes on any AVX-512 CPU (Skylake / Cascade Lake
+    Xeons), where bf16 is emulated."""
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -147,13 +147,17 @@ def load_sections(path: str | os.PathLike, sections: dict[str, type], overrides:
     the overrides' name the overrides.
     """
     def read(data: dict, where: str) -> tuple:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of the sections {sorted(sections)}, got {type(data).__name__}")
         stray = sorted(set(data) - set(sections))  # after the overrides: a bare `max_steps=2` is a stray key too
-        if stray:
-            owners = [name for name, cls in sections.items() if stray[0] in {f.name for f in dataclasses.fields(cls)}]
-            hint = f"; did you mean '{owners[0]}.{stray[0]}'?" if owners else did_you_mean(stray[0], sections)
-            raise ValueError(f"{where}: unknown top-level key(s) {stray}{hint}; expected {sorted(sections)}")
+        if stray:  # the nearest section, or the nearest field as SECTION.FIELD (a bare key missing its section)
+            close = difflib.get_close_matches(str(stray[0]), [*sections, *owner], n=1)
+            section = f"{owner[close[0]]}." if close and close[0] in owner else ""
+            hint = f"; did you mean '{section}{close[0]}'?" if close else ""
+            raise ValueError(f"{where}: unknown top-level key(s) {stray}{hint} (the sections are {sorted(sections)})")
         return tuple(from_dict(cls, data.get(name), where, f"{name}.") for name, cls in sections.items())
 
+    owner = {f.name: name for name, cls in sections.items() for f in dataclasses.fields(cls) if f.name not in sections}
     data = load_yaml(path)
     configs = read(data, str(path))
     if not overrides:

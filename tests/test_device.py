@@ -367,17 +367,16 @@ def test_the_tower_hands_a_varlen_attention_a_2d_padding_mask(monkeypatch):
     torch.testing.assert_close(varlen_out[keep], reference[keep], rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_has_native_bf16_follows_onednn(monkeypatch):
-    """What the speech demo asks before it trains its head under bf16 autocast on the CPU."""
+def test_cpu_has_native_bf16_asks_for_the_bf16_instructions(monkeypatch):
+    """What the speech demo asks before it trains its head under bf16 autocast on the CPU: the AVX512-BF16 or
+    AMX instructions, not oneDNN's bf16 check (which says yes on any AVX-512 CPU, where bf16 is emulated)."""
     from llasm.device import cpu_has_native_bf16
 
-    assert cpu_has_native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if torch.cpu._is_avx512_bf16_supported():  # this project's machine: AVX512-BF16
-        assert cpu_has_native_bf16()
-
-    class NoOneDnn:
-        def __getattr__(self, name):
-            raise AttributeError(name)
-
-    monkeypatch.setattr(torch.ops, "mkldnn", NoOneDnn())
-    assert cpu_has_native_bf16() is False  # a torch build without oneDNN: no native bf16
+    assert cpu_has_native_bf16() is bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_has_native_bf16() is native  # a Cascade Lake Xeon: AVX-512, oneDNN says bf16, but no native bf16
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_has_native_bf16() is False  # a torch without the check: assume emulated

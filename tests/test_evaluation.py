@@ -305,6 +305,18 @@ def test_a_repetition_the_judge_mishears_keeps_the_copies_the_reference_has():
     assert E.collapse_loops("哎呀,哎呀,哎呀,哎呀,哎呀,", reference=reference) == "哎呀,"
     # nor does an alike unit lend copies where the reference does not loop
     assert E.collapse_loops("住自之一,住自之一,住自之一,住自之一,", reference="竹子之一。") == "住自之一,"
+    # three copies said and misheard keep three; a long phrase is a unit too; the last copy without its comma counts
+    assert E.collapse_loops("大的住自," * 10, reference="大的竹子，大的竹子，大的竹子。") == "大的住自," * 3
+    said = "The biggest bamboo in the world, " * 4
+    assert E.collapse_loops("biggest bambu in the word, " * 9, reference=said) == "biggest bambu in the word, " * 4
+    assert E.collapse_loops("I know, I know, I know, I know, I know", reference="I know, I know, I know, I know.") == \
+        "I know, I know, I know, I know,"  # four, as the reference (the comma-less fifth was not counted before)
+    assert E.collapse_loops("請問,請問,請問,請問,請問") == "請問,"
+    assert E.collapse_loops("谢谢呢" * 5, reference="谢谢你谢谢你") == "谢谢呢" * 2  # the reference's unit at any offset
+    # units of other lengths are not alike however much they share; numbers are never cut
+    assert E.collapse_loops("你好哈" * 10, reference="哈哈哈哈") == "你好哈"
+    assert E.collapse_loops("I know " * 6, reference="No no no no") == "I know "
+    assert E.collapse_loops("1, 1, 1, 1, 1, 1", reference="1") == "1, 1, 1, 1, 1, 1"
     one_copy = metrics.cer([reference], ["路子是世界上最大的住自之一,世界上最"])
     assert metrics.cer([reference], [kept]) == pytest.approx(18 / 64) and one_copy == pytest.approx(50 / 64)
 
@@ -525,5 +537,5 @@ def test_llasm_judge_command(tmp_path, capsys):
     assert "not judged: " in captured.err and "bad.wav" in captured.err and "reply.wav [zh]" in captured.out
     assert "note: --lang zh, but the reference 'hello there' reads as en" in captured.err
     saved = json.loads(out.read_text())
-    assert [f["audio"] for f in saved["files"]] == [str(tmp_path / "reply.wav")] and saved["loop_guard"] is True
+    assert [f["audio"] for f in saved["files"]] == [str(tmp_path / "reply.wav")] and saved["loop_guard"].startswith("loop guard v3:")
     assert saved["failed"][0]["audio"] == str(tmp_path / "bad.wav")

@@ -93,10 +93,15 @@ def test_load_sections_reads_each_section_and_names_whose_mistake_it_is(tmp_path
     assert (model.width, train.max_steps, train.lr) == (8, 3, 2e-4)
     assert settings.load_sections(path, sections, ["max_steps=5"], bare=True)[1].max_steps == 5  # its one section
     with pytest.raises(ValueError, match=r"^the overrides \(max_steps=5\) of .*two.yaml: unknown top-level key\(s\) "
-                                         r"\['max_steps'\]; did you mean 'train.max_steps'\?; expected \['model', 'train'\]"):
+                                         r"\['max_steps'\]; did you mean 'train.max_steps'\? \(the sections are \['model', 'train'\]\)"):
         settings.load_sections(path, sections, ["max_steps=5"])
     with pytest.raises(ValueError, match=r"^the overrides \(train.lrr=1\) of .*: unknown config key 'train.lrr'; did you mean 'train.lr'\?"):
         settings.load_sections(path, sections, ["train.lrr=1"])
+    with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['max_step'\]; did you mean 'train.max_steps'\?"):
+        settings.load_sections(path, sections, ["max_step=5"], bare=True)  # a mistyped bare key: its section too
+    path.write_text("- model\n- train\n")
+    with pytest.raises(ValueError, match=r"expected a mapping of the sections \['model', 'train'\], got list"):
+        settings.load_sections(path, sections)
     path.write_text("model: {width: 8}\ntrian: {}\n")
     with pytest.raises(ValueError, match=rf"^{path}: unknown top-level key\(s\) \['trian'\]; did you mean 'train'\?"):
         settings.load_sections(path, sections, ["train.max_steps=3"])  # the file's own mistake names the file

@@ -254,6 +254,7 @@ def test_a_fresh_run_removes_an_earlier_runs_checkpoints(tmp_path, data, capsys)
             "run writes its own") in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
     assert yaml.safe_load((out / "train_config.yaml").read_text())["resume"] == "auto"  # rerunning it continues
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # the earlier run's events went
     again, _, _ = run_trainer(config(tmp_path, data, **{"train.max_steps": 2, "train.save_every": 1}))
     assert again.step == 2 and "removing" not in capsys.readouterr().out  # resumed the new run: done, nothing trained
     # TensorBoard shows this run's steps only (the earlier run's events are purged, as losses.jsonl is trimmed),

@@ -396,13 +396,20 @@ def test_selection_bench_rejects_bad_arguments_before_any_arm_runs(tmp_path):
     (tmp_path / "token2wav" / "token2wav.json").write_text(json.dumps({"type": "unit_mel", "mel_source": "unit_selection"}))
     empty = run("--demo", str(tmp_path))
     assert empty.returncode == 2 and "missing" in empty.stderr and "data/answers.jsonl" in empty.stderr
-    for name in ("data/answers.jsonl", "data/token2wav_train.jsonl", "kmeans/kmeans.json"):
+    for name in ("data/answers.jsonl", "data/clips.jsonl", "data/token2wav_train.jsonl", "kmeans/kmeans.json",
+                 "kmeans/kmeans.safetensors"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("{}")
     bad = run("--demo", str(tmp_path), "--arm", "fine=", "--arm", "typo=unit_selection.candidatez=3")
     assert bad.returncode == 2 and "arm 'typo'" in bad.stderr and "candidatez" in bad.stderr
     top = run("--demo", str(tmp_path), "--arm", "x=foo=3")
     assert top.returncode == 2 and "unknown config key 'foo'" in top.stderr
+    twice = run("--demo", str(tmp_path), "--arm", "a=", "--arm", "a=bound.mel=4")
+    assert twice.returncode == 2 and "arm names must differ (the table keys its rows by them): 'a'" in twice.stderr
+    bound = run("--demo", str(tmp_path), "--arm", "a=", "--arm", "b=bound.=1")
+    assert bound.returncode == 2 and "arm 'b': unknown 'bound.'; the bounds are bound.pitch, bound.mel" in bound.stderr
+    infinite = run("--demo", str(tmp_path), "--arm", "a=bound.mel=inf")
+    assert infinite.returncode == 2 and "bound.mel must be a finite number, got 'inf'" in infinite.stderr
 
 
 def load_selection_bench():
@@ -423,7 +430,7 @@ def test_selection_bench_bounds_settings_and_the_true_mel_search(monkeypatch):
     rest, bound = bench.split_bounds(["unit_selection.candidates=40", "bound.mel=4", "bound.any_unit=1"])
     assert rest == ["unit_selection.candidates=40"] and bound == {**bench.BOUNDS, "mel": 4.0, "any_unit": 1.0}
     for overrides, message in ((["bound.mle=4"], "unknown 'bound.mle'; did you mean 'bound.mel'?"),
-                               (["bound.mel=high"], "bound.mel must be a number, got 'high'"),
+                               (["bound.mel=high"], "bound.mel must be a finite number, got 'high'"),
                                (["bound.any_unit=1"], "1 needs bound.mel > 0"),
                                (["bound.corpus=0"], "bound.corpus is a fraction of the clips in (0, 1], got 0.0"),
                                (["bound.pitch=-1"], "must be >= 0")):

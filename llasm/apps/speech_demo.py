@@ -166,7 +166,8 @@ def head_precision(stage3, steps: int | None = None) -> list[str]:
     if stage3.train.mixed_precision == "bf16" and resolve_device(stage3.device).type == "cpu" and not cpu_has_native_bf16():
         fp32_steps = round(stage3.train.max_steps / BF16_STEP_SPEEDUP) if stage3.train.max_steps and not steps else None
         print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32"
-              + (f" over {fp32_steps} steps" if fp32_steps else ""))
+              + (f" over {fp32_steps} steps ({stage3.train.max_steps} / {BF16_STEP_SPEEDUP}: what fp32 makes in the same"
+                 " minutes, so the learning rate still anneals)" if fp32_steps else ""))
         return ["train.mixed_precision=no", *([f"train.max_steps={fp32_steps}"] if fp32_steps else [])]
     return []
 

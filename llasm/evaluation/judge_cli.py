@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llasm.audio import AudioError, load_audio
 from llasm.evaluation.metrics import asr_error_rate
-from llasm.evaluation.systems import WhisperTranscriber, hear
+from llasm.evaluation.systems import LOOP_GUARD_RULE, WhisperTranscriber, hear
 from llasm.io import atomic_path, llasm_home
 from llasm.lang import detect_lang
 
@@ -116,6 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not judged: {f['reason']}", file=sys.stderr)
     if args.json:
         with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps({"judge": judge, "loop_guard": not args.keep_loops, **result},
+            Path(tmp).write_text(json.dumps({"judge": judge, "loop_guard": None if args.keep_loops else LOOP_GUARD_RULE, **result},
                                             ensure_ascii=False, indent=1), encoding="utf-8")
     return 1 if result["failed"] else 0

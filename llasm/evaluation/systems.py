@@ -41,12 +41,14 @@ def transcript_token_limit(seconds: float) -> int:
     return 10 + int(12 * seconds)
 
 
-_LOOP = re.compile(r"(\S.{0,19}?)(?:\s*\1){3,}", re.DOTALL | re.IGNORECASE)
+_LOOP = re.compile(r"(\S.{0,39}?)(?:\s*\1){3,}", re.DOTALL | re.IGNORECASE)
+SEPARATORS = " \t\n,.;:!?，。；：！？、…"  # what may end a copy: the last copy of a loop often lacks it
 LOOP_GUARD_VERSION = "3"
-LOOP_GUARD_RULE = (f"loop guard v{LOOP_GUARD_VERSION}: a unit of 1-20 characters (not all digits, any case) repeated 4+ "
-                   "times in a row in a hypothesis is cut to as many copies as the reference has in a row (at least one), "
-                   "of the unit or of a reference loop whose unit is at least half alike (difflib ratio)")
-SIMILAR_UNIT = 0.5  # difflib ratio from which a misheard copy of a reference loop's unit counts as that unit
+LOOP_GUARD_RULE = (f"loop guard v{LOOP_GUARD_VERSION}: a unit of 1-40 characters (not all digits, any case) repeated 4+ "
+                   "times in a row in a hypothesis (the last copy may lack its separator) is cut to as many copies as the "
+                   "reference has in a row (at least one): of the unit, or of a unit the reference repeats that is alike "
+                   "(difflib ratio >= 0.5, lengths within 2x)")
+SIMILAR_UNIT = 0.5  # difflib ratio from which a misheard copy of a reference's repeated unit counts as that unit
 
 
 def _core(text: str) -> str:
@@ -61,13 +63,21 @@ def _longest_run(unit: str, reference: str) -> int:
     return max((len(run) // len(unit) for run in re.findall(f"(?:{re.escape(unit)})+", reference)), default=0)
 
 
-def _reference_loops(reference: str) -> list[tuple[str, int]]:
-    """The loops of ``reference`` (in :func:`_core` form): ``(unit, copies in a row)`` per loop."""
-    loops = []
-    for m in _LOOP.finditer(reference):
-        unit = m.group(1)
-        loops.append((unit, len(m.group(0)) // len(unit)))
-    return loops
+def _alike_copies(unit: str, reference: str) -> int:
+    """Most copies in a row (2+) that ``reference`` has of any unit alike to ``unit`` (:func:`_alike`; both
+    in :func:`_core` form), at every offset; 0 when it repeats none."""
+    copies: dict[str, int] = {}
+    for length in range(max(1, (len(unit) + 1) // 2), 2 * len(unit) + 1):
+        for m in re.finditer(rf"(?=((.{{{length}}})\2+))", reference, re.DOTALL):
+            copies[m.group(2)] = max(copies.get(m.group(2), 0), len(m.group(1)) // length)
+    return max((n for other, n in copies.items() if _alike(unit, other)), default=0)
+
+
+def _alike(unit: str, other: str) -> bool:
+    """Whether ``unit`` may be a misheard ``other`` (both in :func:`_core` form): lengths within 2x and a
+    ``difflib`` ratio of at least :data:`SIMILAR_UNIT`."""
+    return (2 * min(len(unit), len(other)) >= max(len(unit), len(other))
+            and difflib.SequenceMatcher(None, unit, other, autojunk=False).ratio() >= SIMILAR_UNIT)
 
 
 def collapse_loops(text: str, reference: str | None = None) -> str:
@@ -76,13 +86,14 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
 
     A decoding loop guard for transcripts, in the spirit of Whisper's compression-ratio check: a
     model that loses the audio repeats itself ("把把把…", "請問,請問,…") until the token limit. A
-    unit (1-20 characters, not only digits) repeated 4+ times in a row keeps as many copies as the
-    ``reference`` has of it in a row, compared on letters and digits, lowercased — so a verbatim
-    transcript of "哈哈哈哈" or "ha ha ha ha" is left whole, and a loop never scores more than the
-    reference's own run. Where the reference itself loops on a unit at least half alike (``difflib``
-    ratio >= :data:`SIMILAR_UNIT`), the loop keeps that loop's copies: a judge that mishears a phrase
-    the speaker really repeated ("住自" for "竹子" in every copy) keeps the copies that were said, each
-    scored with its misheard characters. Without a reference one copy is kept. Applied alike to every
+    unit (1-40 characters, not only digits) repeated 4+ times in a row (its last copy may lack the
+    separator: "請問,請問,請問,請問,請問") keeps as many copies as the ``reference`` has of it in a row,
+    compared on letters and digits, lowercased — so a verbatim transcript of "哈哈哈哈" or "ha ha ha ha"
+    is left whole, and a loop never scores more than the reference's own run. Where the reference
+    repeats (2+ times in a row) a unit alike to the loop's (lengths within 2x, ``difflib`` ratio >=
+    :data:`SIMILAR_UNIT`), the loop keeps that many copies: a judge that mishears a phrase the speaker
+    really repeated ("住自" for "竹子" in every copy) keeps the copies that were said, each scored with
+    its misheard characters. Without a reference one copy is kept. Applied alike to every
     system's ASR hypotheses by :mod:`llasm.evaluation` (``--keep-loops`` turns it off); the report keeps
     the raw hypothesis wherever it changed. (Version 1 kept one copy even where the reference repeats;
     version 2 kept one copy of a repetition the judge misheard.)
@@ -97,24 +108,28 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
     'Ha ha ha ha'
     >>> collapse_loops("It costs 10000 dollars, really really.")
     'It costs 10000 dollars, really really.'
-    >>> collapse_loops("大的住自,大的住自,大的住自,大的住自,大的住自,", reference="大的竹子，大的竹子，大的竹子，大的竹子。")
-    '大的住自,大的住自,大的住自,大的住自,'
+    >>> collapse_loops("大的住自,大的住自,大的住自,大的住自,大的住自,", reference="大的竹子，大的竹子，大的竹子。")
+    '大的住自,大的住自,大的住自,'
+    >>> collapse_loops("I know, I know, I know, I know, I know", reference="I know, I know, I know, I know.")
+    'I know, I know, I know, I know,'
     """
     target = _core(reference or "")
-    reference_loops = _reference_loops(target)
-
-    def cut(m: re.Match) -> str:
-        unit, run = m.group(1), m.group(0)
-        if unit.isdigit():
-            return run
-        core = _core(unit)
-        alike = [copies for loop, copies in reference_loops
-                 if difflib.SequenceMatcher(None, core, loop, autojunk=False).ratio() >= SIMILAR_UNIT]
-        keep = max(1, _longest_run(core, target), *alike)
-        ends = [copy.end() for copy in re.finditer(re.escape(unit), run, re.IGNORECASE)]
-        return run[: ends[min(keep, len(ends)) - 1]]
-
-    return _LOOP.sub(cut, text)
+    out, position = [], 0
+    while (m := _LOOP.search(text, position)) is not None:
+        unit, core = m.group(1), _core(m.group(1))
+        stem = unit.rstrip(SEPARATORS)  # the last copy without its separator is a copy too
+        tail = re.compile(r"\s*" + re.escape(stem), re.IGNORECASE).match(text, m.end()) if stem != unit else None
+        end = tail.end() if tail else m.end()
+        out.append(text[position:m.start()])
+        if core.isdigit():  # "10000", "1, 1, 1, 1": numbers are kept
+            out.append(text[m.start():end])
+        else:
+            keep = max(1, _longest_run(core, target), _alike_copies(core, target))
+            ends = [copy.end() for copy in re.finditer(re.escape(unit), text[m.start():m.end()], re.IGNORECASE)]
+            ends += [end - m.start()] if tail else []
+            out.append(text[m.start():m.start() + ends[min(keep, len(ends)) - 1]])
+        position = end
+    return "".join(out) + text[position:]
 
 
 MIN_JUDGE_SAMPLES = 1600  # 0.1 s: Whisper needs a few frames; a few units make only milliseconds

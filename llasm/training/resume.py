@@ -115,6 +115,17 @@ def load_trainable(model, directory: Path) -> None:
             params[name].copy_(state[name])
 
 
+def start_logs(out: Path, step: int) -> None:
+    """Before a run at ``step`` logs into ``out``: ``losses.jsonl`` keeps the steps up to ``step``
+    (:func:`trim_losses`), and a run from step 0 removes an earlier run's TensorBoard event files (a resume's
+    later steps are hidden by its writer's ``purge_step``), so TensorBoard shows this run alone whichever
+    loader reads the folder (TensorBoard's fast loader does not honour ``purge_step``)."""
+    trim_losses(Path(out) / "losses.jsonl", step)
+    if step == 0:
+        for events in (Path(out) / "tensorboard").glob("events.out.tfevents.*"):
+            events.unlink()
+
+
 def trim_losses(path: Path, step: int) -> None:
     """Keep the lines of ``losses.jsonl`` up to ``step`` (a resumed run rewrites what came after; a
     fresh one, ``step`` 0, starts an empty log), so no step appears twice."""

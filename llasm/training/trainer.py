@@ -68,7 +68,7 @@ from llasm.training.resume import (
     save_trainable,
     seed_everything,
     set_rng_state,
-    trim_losses,
+    start_logs,
 )
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ class Trainer:
         cfg = self.cfg
         resumed = self.maybe_resume()
         if self.is_main:
-            trim_losses(self.out / "losses.jsonl", self.step)
+            start_logs(self.out, self.step)
             discard_earlier_checkpoints([] if resumed else list_checkpoints(self.out), self.out)
             describe.write_config(cfg, self.out)
         describe.describe_start(self, self.counts, resumed)
@@ -370,7 +370,7 @@ class Trainer:
             return None
         from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard), only on rank 0
 
-        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)  # as trim_losses: steps > this one go
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)  # as start_logs: steps > this one go
 
     def _log(self, value: float, lr: float, writer, bar) -> None:
         self.losses.append((self.step, value))
