@@ -317,6 +317,7 @@ def test_a_repetition_the_judge_mishears_keeps_the_copies_the_reference_has():
     assert E.collapse_loops("你好哈" * 10, reference="哈哈哈哈") == "你好哈"
     assert E.collapse_loops("I know " * 6, reference="No no no no") == "I know "
     assert E.collapse_loops("1, 1, 1, 1, 1, 1", reference="1") == "1, 1, 1, 1, 1, 1"
+    assert E.collapse_loops("hello!!!!!! world") == "hello! world"  # a unit of separators only: the space stays
     one_copy = metrics.cer([reference], ["路子是世界上最大的住自之一,世界上最"])
     assert metrics.cer([reference], [kept]) == pytest.approx(18 / 64) and one_copy == pytest.approx(50 / 64)
 

@@ -118,7 +118,7 @@ def collapse_loops(text: str, reference: str | None = None) -> str:
     while (m := _LOOP.search(text, position)) is not None:
         unit, core = m.group(1), _core(m.group(1))
         stem = unit.rstrip(SEPARATORS)  # the last copy without its separator is a copy too
-        tail = re.compile(r"\s*" + re.escape(stem), re.IGNORECASE).match(text, m.end()) if stem != unit else None
+        tail = re.compile(r"\s*" + re.escape(stem), re.IGNORECASE).match(text, m.end()) if stem and stem != unit else None
         end = tail.end() if tail else m.end()
         out.append(text[position:m.start()])
         if core.isdigit():  # "10000", "1, 1, 1, 1": numbers are kept
