@@ -155,6 +155,13 @@ def load_sections(path: str | os.PathLike, sections: dict[str, type], overrides:
             section = f"{owner[close[0]]}." if close and close[0] in owner else ""
             hint = f"; did you mean '{section}{close[0]}'?" if close else ""
             raise ValueError(f"{where}: unknown top-level key(s) {stray}{hint} (the sections are {sorted(sections)})")
+        for name, cls in sections.items():  # a key under the wrong section: name the section that has it
+            part = data.get(name)
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key in part if isinstance(part, dict) else ():
+                if key not in known and key in owner and owner[key] != name:
+                    raise ValueError(f"{where}: unknown config key '{name}.{key}'; it belongs to the "
+                                     f"'{owner[key]}' section: did you mean '{owner[key]}.{key}'?")
         return tuple(from_dict(cls, data.get(name), where, f"{name}.") for name, cls in sections.items())
 
     owner = {f.name: name for name, cls in sections.items() for f in dataclasses.fields(cls) if f.name not in sections}

@@ -99,6 +99,9 @@ def test_load_sections_reads_each_section_and_names_whose_mistake_it_is(tmp_path
         settings.load_sections(path, sections, ["train.lrr=1"])
     with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['max_step'\]; did you mean 'train.max_steps'\?"):
         settings.load_sections(path, sections, ["max_step=5"], bare=True)  # a mistyped bare key: its section too
+    with pytest.raises(ValueError, match=r"^the overrides \(model.max_steps=5\) of .*: unknown config key "
+                                         r"'model.max_steps'; it belongs to the 'train' section: did you mean 'train.max_steps'\?$"):
+        settings.load_sections(path, sections, ["model.max_steps=5"])  # a key under the wrong section
     path.write_text("- model\n- train\n")
     with pytest.raises(ValueError, match=r"expected a mapping of the sections \['model', 'train'\], got list"):
         settings.load_sections(path, sections)

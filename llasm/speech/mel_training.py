@@ -154,13 +154,18 @@ class UnitMelDataset:
         decoder's closed-form start, :meth:`UnitMelDecoder.init_unit_prior`."""
         c = self.config
         sums, counts = torch.zeros(c.num_units, c.mel.num_mels, dtype=torch.float64), torch.zeros(c.num_units)
-        for row, mel in zip(self.rows, self.mels):
+        ids, frames = [], []
+        for i, (row, mel) in enumerate(zip(self.rows, self.mels)):
             frame_units = np.repeat(np.asarray(row["units"]), row["durations"])
             source = unit_frame_of_mel(c.mel, 0, len(mel))
             keep = source < len(frame_units)
-            row_sums, row_counts = unit_frame_sums(frame_units[source[keep]], mel[keep], c.num_units)
-            sums += row_sums
-            counts += row_counts
+            ids.append(frame_units[source[keep]])
+            frames.append(mel[keep])
+            if len(ids) == 512 or i == len(self.rows) - 1:  # one (K, M) sum per chunk of clips, not per clip
+                chunk_sums, chunk_counts = unit_frame_sums(np.concatenate(ids), np.concatenate(frames), c.num_units)
+                sums += chunk_sums
+                counts += chunk_counts
+                ids, frames = [], []
         return sums.float(), counts
 
     def batch(self, step: int, batch_size: int, segment_frames: int) -> dict[str, torch.Tensor]:
