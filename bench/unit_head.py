@@ -95,7 +95,8 @@ def main() -> None:
             trainer, seconds = Trainer(load_config(STAGE3, [
                 f"model={json.dumps(str(args.model))}", f"output_dir={json.dumps(scratch)}",
                 f"data.sources.0.path={json.dumps(str(data))}", f"train.max_minutes={marks[0]}",
-                *machine, *overrides])), 0.0
+                # a learning curve's legs share one schedule: not one fitted to the first leg's minutes
+                *machine, *(["train.fit_steps_to_minutes=false"] if len(marks) > 1 else []), *overrides])), 0.0
             for mark, leg in zip(marks, legs(marks)):
                 trainer.cfg.train.max_minutes = leg  # fit() again continues this trainer mid-epoch
                 started = time.monotonic()

@@ -127,17 +127,17 @@ def test_speech_latency_bench_times_the_first_chunk(tmp_path, monkeypatch, capsy
 
 def test_the_head_trains_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, capsys):
     """The demo's YAML asks for bf16 autocast (more steps in the head's minutes on an AVX512-BF16 CPU);
-    emulated bf16 would give fewer, so such a CPU trains the head in fp32 and says so."""
+    emulated bf16 would give fewer, so such a CPU trains the head in fp32 and says so. Either way the head's
+    steps are fitted to its minutes (its cosine anneals inside them at whatever pace the machine makes)."""
     from llasm.apps import speech_demo
 
     stage3 = load_config(speech_demo.STAGE3)
     assert stage3.train.mixed_precision == "bf16"
+    assert stage3.train.fit_steps_to_minutes and stage3.train.max_minutes == 12
     monkeypatch.setattr(speech_demo, "cpu_has_native_bf16", lambda: True)
     assert speech_demo.head_precision(stage3) == []
     monkeypatch.setattr(speech_demo, "cpu_has_native_bf16", lambda: False)
-    # its cosine spans the steps fp32 makes in the same minutes (the learning rate still anneals) ...
-    assert speech_demo.head_precision(stage3) == ["train.mixed_precision=no", "train.max_steps=933"]
-    assert "no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32 over 933 steps" in capsys.readouterr().out
-    # ... unless the user chose the steps (LLASM_HEAD_STEPS)
-    assert speech_demo.head_precision(stage3, steps=400) == ["train.mixed_precision=no"]
+    assert speech_demo.head_precision(stage3) == ["train.mixed_precision=no"]
+    assert "no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32" in capsys.readouterr().out
     assert speech_demo.head_precision(load_config(speech_demo.STAGE3, ["train.mixed_precision=no"])) == []
+

@@ -675,3 +675,79 @@ def test_stage3_phoneme_head_rejects_rows_in_a_language_it_cannot_phonemize(tmp_
     assert "rejected" in trainer.dataset[0] and trainer.fit()["losses"]
     rejects = read_jsonl(tmp_path / "fr" / "out" / "rejects.jsonl")
     assert rejects[0]["id"] == rows[0]["id"] and "lang 'fr'" in rejects[0]["reason"]
+
+
+def test_fit_steps_to_minutes_ends_the_schedule_inside_the_budget(tmp_path, data, monkeypatch, capsys):
+    """train.fit_steps_to_minutes: the run times its first steps (a fake clock: 1 s a step while it measures)
+    and ends, with its cosine at 0, at the steps that fit in max_minutes instead of max_steps; a resume keeps
+    that count and schedule."""
+    import math
+    import shutil
+
+    from llasm.training import budget
+
+    clock = [0.0]
+
+    def tick():  # the budget reads the clock twice a step while it measures (then once): 1 s a step
+        clock[0] += 0.5
+        return clock[0]
+
+    monkeypatch.setattr(budget.time, "monotonic", tick)
+    over = {"train.max_steps": 100, "train.max_minutes": 0.5, "train.fit_steps_to_minutes": True,
+            "train.scheduler": "cosine", "train.warmup_steps": 2, "train.save_every": 25}
+    trainer, _, result = run_trainer(config(tmp_path, data, **over))
+    # 1 s a step (step 1's end to step 21's: 20 s), 20.5 s gone at step 21: 0.97 x 30 s leaves 8 more steps
+    assert trainer.fitted_steps == trainer.total_steps == result["steps"] == 29
+    assert "0.5 min fit 29 steps at this run's pace (steps 2-21)" in capsys.readouterr().out
+    out = tmp_path / "out"
+    lrs = {json.loads(line)["step"]: json.loads(line)["lr"] for line in (out / "losses.jsonl").read_text().splitlines()}
+
+    def cosine(step, total):  # transformers' cosine with 2 warmup steps: the lr step `step` uses
+        k = step - 1
+        return 1e-3 * (k / 2 if k < 2 else 0.5 * (1 + math.cos(math.pi * (k - 2) / (total - 2))))
+
+    assert lrs[21] == pytest.approx(cosine(21, 100))  # the measured steps follow max_steps' schedule
+    assert [lrs[s] for s in range(22, 30)] == pytest.approx([cosine(s, 29) for s in range(22, 30)])
+    assert lrs[29] < 0.01 * 1e-3  # annealed inside the budget
+    shutil.rmtree(out / "checkpoint-29")  # stopped after step 25: the resume keeps the fitted 29 steps
+    (out / "final").rename(out / "final-first")
+    trainer, _, result = run_trainer(config(tmp_path, data, **over))
+    assert result["resumed_from"].endswith("checkpoint-25") and trainer.total_steps == result["steps"] == 29
+    again = {json.loads(line)["step"]: json.loads(line)["lr"] for line in (out / "losses.jsonl").read_text().splitlines()}
+    assert again == pytest.approx(lrs)
+
+
+def test_fit_steps_to_minutes_needs_max_minutes(tmp_path, data):
+    from llasm.training import load_config
+    from llasm.training.describe import InputError, check_inputs
+
+    with pytest.raises(InputError, match="train.fit_steps_to_minutes needs train.max_minutes"):
+        check_inputs(load_config(config(tmp_path, data, **{"train.fit_steps_to_minutes": True})))
+
+
+def test_fit_steps_to_minutes_fits_again_when_the_pace_changes(tmp_path, data, monkeypatch, capsys):
+    """First steps slower than the rest (a fake clock: 2 s a step until step 21, then 1 s): the count fitted
+    at step 21 is raised at the check half-way through it, the cosine follows the new count from there and
+    still reaches 0 at the run's end; never past max_steps."""
+    import math
+
+    from llasm.training import budget
+
+    clock = [0.0]
+
+    def tick():  # two reads a step while the budget measures: 1 s a read until the 21st step ends, then 0.5 s
+        clock[0] += 1.0 if clock[0] < 42 else 0.5
+        return clock[0]
+
+    monkeypatch.setattr(budget.time, "monotonic", tick)
+    over = {"train.max_steps": 200, "train.max_minutes": 1.5, "train.fit_steps_to_minutes": True,
+            "train.scheduler": "cosine", "train.warmup_steps": 2}
+    trainer, _, result = run_trainer(config(tmp_path, data, **over))
+    fits = [int(line.split(" min fit ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
+            if " min fit " in line]
+    assert len(fits) == 2 and fits[0] < fits[1] == result["steps"] == trainer.total_steps < 200
+    lrs = {json.loads(line)["step"]: json.loads(line)["lr"] for line in (tmp_path / "out" / "losses.jsonl").read_text().splitlines()}
+    last = max(lrs)
+    assert lrs[last] < 0.01 * 1e-3
+    k = last - 1  # the last step follows a cosine over the final count
+    assert lrs[last] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (k - 2) / (last - 2))))

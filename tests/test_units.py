@@ -147,6 +147,31 @@ def test_a_frame_cap_samples_clips_from_the_whole_list(tmp_path):
     assert len(encoded) == 20
 
 
+def test_the_fit_hands_back_the_features_it_encoded(tmp_path):
+    """fit_unit_extractor(encoded=...) keeps each sampled clip's features, and units made from them are the
+    units extract() makes from the clip (the speech demo encodes its clips once)."""
+    from llasm.speech.units import dedup_units, fit_unit_extractor
+
+    clips = []
+    for i in range(8):
+        clips.append(str(tmp_path / f"{i}.wav"))
+        sf.write(clips[-1], tone(0.2, seed=i, freq=150 + 40 * i), SR)
+
+    class Features:  # 4-d frames read from the audio itself, 64 samples a frame
+        layer, name_or_path, encoder_type, feature_dim = 1, "fake", "whisper", 4
+
+        def __call__(self, audio):
+            return torch.as_tensor(audio[: len(audio) // 64 * 64].reshape(-1, 16, 4).mean(1) * 10)
+
+    encoded = {}
+    fitted = fit_unit_extractor(Features(), clips, 6, seed=0, max_frames=200, progress=False, encoded=encoded,
+                                n_init=1)
+    assert 0 < len(encoded) < len(clips) and set(encoded) <= set(clips)
+    assert sum(f.shape[0] for f in encoded.values()) == fitted.meta["num_frames"]
+    for clip, feats in encoded.items():
+        assert dedup_units(fitted.assign(feats)) == fitted.extract(clip)
+
+
 def test_fit_kmeans_errors():
     with pytest.raises(ValueError, match="at least"):
         fit_kmeans([np.zeros((3, 4))], 8)

@@ -12,8 +12,9 @@ mel frames at their recorded durations gives the mel, nothing is trained; Griffi
 answers' phonemes (every training clip is a row; the LLM does not run) -> evaluation on the held-out answers with Whisper-base as
 the judge (``llasm.evaluation.speech``: the TTS source, resynthesis of the source's units, and the
 round trip through the model's own spoken answers), a log-mel PNG per language, and the goals.
-The head trains ``LLASM_HEAD_STEPS`` steps (default: the YAML's ``max_steps``; its learning rate decays over
-them), at most ``LLASM_HEAD_MINUTES`` of wall time; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
+The head trains ``LLASM_HEAD_STEPS`` steps (default: the YAML's ``max_steps``), or as many as fit in
+``LLASM_HEAD_MINUTES`` of wall time at this machine's pace (timed over its first steps: the YAML's
+``train.fit_steps_to_minutes``), its learning rate decaying over them; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
 decoder when the YAML asks for one (0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind and split (train, test)
 per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
 """
@@ -40,7 +41,7 @@ from llasm.prep.seed import SEED
 from llasm.prep.tts import TTSError, TTSRouter, to_16k
 from llasm.speech.mel import LogMel, MelConfig
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs, plot_mels
-from llasm.speech.units import UnitExtractor, fit_unit_extractor, load_feature_encoder
+from llasm.speech.units import UnitExtractor, dedup_units, fit_unit_extractor, load_feature_encoder
 from llasm.training.config import load_config
 from llasm.training.trainer import train
 from llasm.weights.starter import ensure_starter_models
@@ -117,14 +118,22 @@ def conversations(answers: list[dict], path: Path) -> Path:
         {"from": "gpt", "value": r["text"], "audio": os.path.relpath(r["audio"], path.parent)}]} for r in answers])
 
 
-def fit_units(audio: list[str], whisper: str, out: Path, num_units: int):
+def fit_units(audio: list[str], whisper: str, out: Path, num_units: int) -> dict:
+    """Fit (or load) the k-means in ``out`` and extract every clip's ``(units, durations)``; the clips the
+    k-means read are not encoded twice."""
+    encoded = {}
     if (out / "kmeans.safetensors").exists():
-        return UnitExtractor.load(out, encoder=whisper)
-    features = load_feature_encoder(whisper, "whisper", layer=LAYER)
-    extractor = fit_unit_extractor(features, audio, num_units, seed=0, max_frames=150_000)
-    extractor.save(out)
-    print(f"[units] K={num_units} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
-    return extractor
+        extractor = UnitExtractor.load(out, encoder=whisper)
+    else:
+        features = load_feature_encoder(whisper, "whisper", layer=LAYER)
+        # one k-means++ start, not three: the best of three inits reached the same inertia per frame on the
+        # demo's 150k frames (64.90 against 64.87; seeds differ by 0.1) in 2.4x the time
+        extractor = fit_unit_extractor(features, audio, num_units, seed=0, max_frames=150_000, n_init=1,
+                                       encoded=encoded)
+        extractor.save(out)
+        print(f"[units] K={num_units} on layer {extractor.meta['layer']} of {whisper}: {extractor.meta.get('num_frames')} frames")
+    return {clip: dedup_units(extractor.assign(encoded[clip])) if clip in encoded else extractor.extract(clip)
+            for clip in tqdm(audio, desc="units", unit="clip")}
 
 
 def train_token2wav(manifest: Path, out: Path, minutes: float, num_units: int) -> None:
@@ -155,20 +164,14 @@ def train_head(model_spec: str, data: Path, out: Path, minutes: float, steps: in
     return Path(result["final"])
 
 
-BF16_STEP_SPEEDUP = 1.34  # the head's steps a second under bf16 autocast over fp32 on AVX512-BF16 (bench/unit_head.py)
-
-
-def head_precision(stage3, steps: int | None = None) -> list[str]:
+def head_precision(stage3) -> list[str]:
     """Overrides of the head's precision for this machine: the YAML's bf16 autocast becomes fp32 on a CPU
-    without native bf16 (emulated bf16 is slower than fp32, so the head would get fewer steps in its minutes),
-    and its cosine then spans the steps fp32 makes in the same minutes (``max_steps / BF16_STEP_SPEEDUP``), so
-    the learning rate still anneals; ``steps`` (the user's own) are kept as they are."""
+    without native bf16 (emulated bf16 is slower than fp32, so the head would get fewer steps in its minutes).
+    Either way the YAML's ``train.fit_steps_to_minutes`` fits the head's steps, and its cosine, to the
+    minutes at the pace this machine makes."""
     if stage3.train.mixed_precision == "bf16" and resolve_device(stage3.device).type == "cpu" and not cpu_has_native_bf16():
-        fp32_steps = round(stage3.train.max_steps / BF16_STEP_SPEEDUP) if stage3.train.max_steps and not steps else None
-        print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32"
-              + (f" over {fp32_steps} steps ({stage3.train.max_steps} / {BF16_STEP_SPEEDUP}: what fp32 makes in the same"
-                 " minutes, so the learning rate still anneals)" if fp32_steps else ""))
-        return ["train.mixed_precision=no", *([f"train.max_steps={fp32_steps}"] if fp32_steps else [])]
+        print("[stage 3] this CPU has no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32")
+        return ["train.mixed_precision=no"]
     return []
 
 
@@ -227,15 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     stage3 = load_config(STAGE3)
     num_units = int(stage3.unit_head["num_units"])
-    head_overrides = head_precision(stage3, head_steps)
-    planned = load_config(STAGE3, head_overrides).train.max_steps
+    head_overrides = head_precision(stage3)
+    planned = stage3.train.max_steps
     clock = Clock()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     token2wav_config, _, _ = load_token2wav_configs(REPO / "configs" / "token2wav_cpu.yaml")
     token2wav_plan = f"<= {token2wav_minutes} min" if token2wav_config.needs_decoder else "unit selection, nothing to train"
     print(f"llasm speech demo: model={model_spec}, output={out}; token2wav {token2wav_plan}, "
-          f"unit head {head_steps or planned} steps, <= {head_minutes} min")
+          f"unit head <= {head_steps or planned} steps in <= {head_minutes} min (as many as fit)")
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")
@@ -251,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[data] {len(answers)} answers, {len(sentences)} sentences spoken; {len(rejects + more)} rejected")
     train_audio = [r["audio"] for r in answers + sentences if r["split"] == "train"]
     with clock.step(f"units: k-means K={num_units} on Whisper-base layer {LAYER}"):
-        extractor = fit_units(train_audio, whisper, out / "kmeans", num_units)
-        units = {clip: extractor.extract(clip) for clip in tqdm(train_audio, desc="units", unit="clip")}
+        units = fit_units(train_audio, whisper, out / "kmeans", num_units)
         manifest = write_jsonl(out / "data" / "token2wav_train.jsonl", [
             {"id": Path(clip).stem, "audio": clip, "units": u, "durations": d} for clip, (u, d) in units.items()])
         head_train = write_jsonl(out / "data" / "stage3_train.jsonl", head_rows(answers, sentences, units, HEAD_ROWS))

@@ -252,12 +252,16 @@ class UnitExtractor:
 
 def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: int = 0,
                        max_frames: int | None = None, rejects: list | None = None, progress: bool = True,
-                       **kmeans_kwargs) -> UnitExtractor:
-    """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means.
+                       encoded: dict | None = None, **kmeans_kwargs) -> UnitExtractor:
+    """Encode ``audios`` with ``features`` (skipping bad audio into ``rejects``) and fit k-means
+    (``kmeans_kwargs``: :func:`fit_kmeans`'s).
 
     With ``max_frames`` the clips are read in a seeded random order until that many frames are encoded:
     a sample of the whole list, not its head (a list ordered by language or source would otherwise give
-    the first part nearly all the clusters; fairseq's HuBERT k-means samples a random share the same way)."""
+    the first part nearly all the clusters; fairseq's HuBERT k-means samples a random share the same way).
+    ``encoded``: a dict that receives each encoded clip's ``(T, D)`` features under its entry of ``audios``,
+    so a caller that extracts units from the same clips next need not encode them again
+    (``dedup_units(extractor.assign(encoded[clip]))`` equals ``extractor.extract(clip)``)."""
     if max_frames:
         audios = list(audios)
         audios = [audios[i] for i in np.random.default_rng(seed).permutation(len(audios))]
@@ -272,6 +276,8 @@ def fit_unit_extractor(features, audios: Iterable[Any], num_units: int, seed: in
             logger.warning("skip: %s", err)
             continue
         feats.append(f)
+        if encoded is not None:
+            encoded[source] = f
         total += f.shape[0]
         if max_frames and total >= max_frames:
             break

@@ -55,6 +55,9 @@ class OptimConfig:
     epochs: int = 1
     max_steps: int | None = None
     max_minutes: float | None = None  # stop (and save) after this much wall time: CPU demos budget by time
+    # with max_minutes: time the run's first steps and end the run, and its schedule, at the steps that fit in
+    # the minutes (never more than max_steps), so the schedule anneals inside the budget on any machine
+    fit_steps_to_minutes: bool = False
     # auto (bf16 on CUDA, fp16 on GPUs without bf16, no on CPU) | no | bf16 (CPU autocast too:
     # AVX512-BF16 / AMX) | fp16; under DeepSpeed it fills the JSON's "auto" bf16/fp16 sections
     mixed_precision: str = "auto"

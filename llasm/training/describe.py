@@ -39,7 +39,8 @@ CONFIG_NAME = "train_config.yaml"
 # how long this sitting or the whole run may take (a longer run is what a resume is often for; the
 # learning-rate schedule then follows the new length), how the resume itself is asked for
 RESUME_FREE = ("resume", "output_dir", "data.num_workers", "train.log_every", "train.save_every",
-               "train.keep_checkpoints", "train.max_minutes", "train.max_steps", "train.epochs", "encoder_cache.dir")
+               "train.keep_checkpoints", "train.max_minutes", "train.max_steps", "train.epochs", "encoder_cache.dir",
+               "train.fit_steps_to_minutes")
 SHOW_REASONS = 5
 SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Source))  # what a data.sources entry may say
 
@@ -106,6 +107,8 @@ def _check_inputs(cfg: TrainConfig, main_process: bool, check_model: bool) -> li
         problems.append(f"data.packing works with objective.type ce only, got {cfg.objective.type}")
     elif cfg.data.packing and not cfg.data.max_length:
         problems.append("data.packing needs data.max_length (the length of a packed row)")
+    if cfg.train.fit_steps_to_minutes and not cfg.train.max_minutes:
+        problems.append("train.fit_steps_to_minutes needs train.max_minutes (the minutes to fit the run's steps to)")
     if cfg.objective.type not in OBJECTIVES:
         problems.append(f"objective.type must be one of {', '.join(OBJECTIVES)}, got {cfg.objective.type!r}")
     if cfg.unit_head:  # its settings are checked again when the head is built, after the LLM loaded

@@ -40,6 +40,7 @@ from llasm.data.shards import ShardedConversations, is_sharded
 from llasm.device import resolve_device, resolve_mixed_precision, to_device
 from llasm.io import atomic_dir, discard_earlier_checkpoints, llasm_home, read_jsonl, write_json
 from llasm.training import describe, losses
+from llasm.training.budget import TimeBudget, resume_fit
 from llasm.training.config import OBJECTIVES, TrainConfig, load_config
 from llasm.training.distributed import (
     BatchNeeds,
@@ -145,7 +146,8 @@ class Trainer:
         # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per rank);
         # it sets the learning rates in the param groups the prepared optimizer shares
         self.scheduler = get_scheduler(cfg.train.scheduler, optimizer, cfg.train.warmup_steps, self.total_steps)
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        # fitted_steps: the steps train.fit_steps_to_minutes fitted the run to (kept by its checkpoints)
+        self.step, self.epoch, self.batch_in_epoch, self.fitted_steps = 0, 0, 0, None
         self.skipped_batches = 0  # rejected on some rank, so skipped by all
         self.losses: list[tuple[int, float]] = []
         # objective.cache_states: the frozen LLM's answer states, kept after their first use
@@ -295,7 +297,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         collate = Collator(self.processor, self.dataset, pack_length=cfg.data.max_length if cfg.data.packing else None)
         micro_losses: list[float] = []
-        started = time.time()
+        started, budget = time.time(), TimeBudget(cfg.train, first_step, fit=self.fitted_steps is None)
         out_of_time = False
         while self.step < self.total_steps and not out_of_time:
             used, resumed_mid_epoch = 0, self.batch_in_epoch > 0  # a resume at an epoch's end reads no batch
@@ -326,12 +328,7 @@ class Trainer:
                 self._log(value, lr, writer, bar)
                 if self.step % cfg.train.save_every == 0 or self.step >= self.total_steps:  # the last step too, as
                     self.save_checkpoint()  # HF's Trainer: a rerun or a longer run continues from the end
-                if cfg.train.max_minutes is not None:
-                    # every rank stops at the same step: the decision is averaged across ranks
-                    late = float(time.time() - started > 60 * cfg.train.max_minutes)
-                    out_of_time = self._mean_across_ranks(late) > 0
-                    if out_of_time and self.is_main:
-                        print(f"[train] stopping at step {self.step}: the {cfg.train.max_minutes} min budget is used")
+                out_of_time = budget.after_step(self, bar)  # may fit the run's steps to its minutes, once
                 if self.step >= self.total_steps or out_of_time:
                     break
             else:
@@ -407,7 +404,7 @@ class Trainer:
             acc.wait_for_everyone()  # every rank wrote its part
             if self.is_main:
                 torch.save({"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                            "scheduler": self.scheduler.state_dict(), "losses": self.losses,
+                            "scheduler": self.scheduler.state_dict(), "losses": self.losses, "fitted_steps": self.fitted_steps,
                             "config": dataclasses.asdict(self.cfg), "data_sha1": self.data_sha1}, tmp / "trainer_state.pt")
                 describe.write_config(self.cfg, tmp)
         if self.is_main:
@@ -434,6 +431,7 @@ class Trainer:
             # saved from the GPU: read onto the CPU (load_state_dict moves the state to each parameter's device)
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+        resume_fit(self, trainer)  # a run fitted to its minutes keeps that schedule
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         self.losses = [tuple(x) for x in trainer["losses"]]
