@@ -491,6 +491,25 @@ def test_ddp_two_processes(tmp_path, data):
     _ranks_identical(Path(cfg["output_dir"]))
 
 
+@pytest.mark.slow
+def test_ddp_two_processes_fit_their_steps_to_the_minutes_together(tmp_path, data):
+    """Two gloo ranks, each timing its own steps, take one fitted count at the same steps (a hang would fail in
+    30 s) and stop together with identical weights."""
+    cfg = config(tmp_path, data, **{"train.max_steps": 1000, "train.max_minutes": 0.15, "train.fit_steps_to_minutes": True,
+                                    "train.scheduler": "cosine", "encoder_cache.enabled": False})
+    path = write_config(tmp_path, cfg)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"timeout_s": 30}))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+                          str(ROOT / "tests" / "dist_train.py"), str(path)], env={**env(), "LLASM_TEST_PLAN": str(plan)},
+                         check=True, timeout=180, capture_output=True, text=True)
+    out = Path(cfg["output_dir"])
+    steps = [json.loads((out / f"rank{r}.json").read_text())["step"] for r in range(2)]
+    fitted = [int(line.split(" min fit ")[1].split()[0]) for line in run.stdout.splitlines() if " min fit " in line]
+    assert steps[0] == steps[1] and fitted and steps[0] <= fitted[-1] < 1000
+    _ranks_identical(out)
+
+
 def _deepspeed_run(tmp_path, data, stage: int, port: int, model: str = str(TINY_YAML)) -> Path:
     cfg = config(tmp_path, data, **{"train.max_steps": 2, "output_dir": str(tmp_path / f"zero{stage}"), "model": model,
                                     "deepspeed": str(ROOT / f"configs/deepspeed/zero{stage}.json")})
