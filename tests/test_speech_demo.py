@@ -51,7 +51,7 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                                                                                       "spectrograms_zh.png"]
     out = capsys.readouterr().out
     assert "intelligibility" in out and "speech_source" in out and "(<= 15 %)" in out
-    assert "token2wav unit selection, nothing to train, unit head 5 steps, <= 0.1 min" in out
+    assert "token2wav unit selection, nothing to train, unit head <= 5 steps in <= 0.1 min (as many as fit)" in out
     assert "warmup 0)" in out and "never reaches train.lr" not in out  # 5 steps: the YAML's 10 warmup steps shortened
     # bench/unit_head.py on this demo's data: two heads judged round trip at the same (tiny) minute marks,
     # each trained on between them
