@@ -126,8 +126,8 @@ def fit_units(audio: list[str], whisper: str, out: Path, num_units: int) -> dict
         extractor = UnitExtractor.load(out, encoder=whisper)
     else:
         features = load_feature_encoder(whisper, "whisper", layer=LAYER)
-        # one k-means++ start, not three: the best of three inits reached the same inertia per frame on the
-        # demo's 150k frames (64.90 against 64.87; seeds differ by 0.1) in 2.4x the time
+        # one k-means++ start, not three: the best of three reached the same inertia on the demo's frames in
+        # over twice the time (docs/experiments/token2wav.md, "A fresh run on a CPU without AVX-512")
         extractor = fit_unit_extractor(features, audio, num_units, seed=0, max_frames=150_000, n_init=1,
                                        encoded=encoded)
         extractor.save(out)

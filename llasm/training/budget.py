@@ -2,9 +2,9 @@
 
 A run bounded by minutes stops wherever the minutes end; a learning-rate schedule that anneals over
 ``max_steps`` then stops part-way, its rate still high, on a machine slower than the one the steps
-were counted on (the speech demo's unit head on a CPU without AVX-512: 640 of its 933 steps).
+were counted on (the speech demo's unit head on a CPU without AVX-512: docs/experiments/token2wav.md).
 ``train.fit_steps_to_minutes`` measures the run's own seconds per step over its first steps and
-shortens the run (and the schedule's horizon) to the steps that fit in the minutes left, so the
+sets the run's steps (and the schedule's horizon) to those that fit in the minutes left, so the
 schedule ends inside the budget on any machine. It never lengthens a run past ``max_steps`` / its
 epochs. The same idea as budgeted training's schedules that anneal by the budget, not by a step
 count fixed in advance (Li et al., 2020, "Budgeted Training: Rethinking Deep Neural Network Training
