@@ -81,16 +81,21 @@ class LlasmPreTrainedModel(PreTrainedModel):
 
 
 class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
-    def __init__(self, config: LlasmConfig):
+    def __init__(self, config: LlasmConfig, empty_bases: tuple[str, ...] = ()):
+        """``empty_bases``: the base parts (``"audio_tower"``, ``"language_model"``) built on the meta
+        device, without memory or random init, because the caller puts loaded ones in their place."""
         super().__init__(config)
-        if config.audio_source == "whisper_decoder_queries":
-            self.audio_tower = WhisperModel(config.audio_config)
-        else:
-            self.audio_tower = LlasmWhisperEncoder(config.audio_config)
+        # a random init of a 7B LLM costs minutes and its memory again, only to be overwritten
+        with torch.device("meta") if "audio_tower" in empty_bases else contextlib.nullcontext():
+            if config.audio_source == "whisper_decoder_queries":
+                self.audio_tower = WhisperModel(config.audio_config)
+            else:
+                self.audio_tower = LlasmWhisperEncoder(config.audio_config)
         self.adaptor = AudioAdaptor(config)
         # the trainable rows of <au_start> and <au_end>; the LLM's own table is never resized
         self.audio_marker_embeddings = nn.Embedding(2, config.text_config.hidden_size)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        with torch.device("meta") if "language_model" in empty_bases else contextlib.nullcontext():
+            self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         # speech output (LLaMA-Omni): answer hidden states -> CTC units; trained in stage 3
         self.unit_head = None
         if config.unit_head:
@@ -373,9 +378,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def from_base_models(cls, config: LlasmConfig, dtype: torch.dtype = torch.float32) -> "LlasmForConditionalGeneration":
         """A model whose audio tower and LLM come from ``config``'s base ids/paths (random if none).
 
-        The bases are frozen; the adaptor, the audio-marker rows and the unit head start random.
+        The bases are frozen; the adaptor, the audio-marker rows and the unit head start random. A base
+        that is loaded is not first built at random (except inside ZeRO-3's ``zero.Init``, which
+        partitions what is built and cannot take meta tensors).
         """
-        model = cls(config)
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        loaded = (("audio_tower",) if config.audio_model_name_or_path else ()) + (
+            ("language_model",) if config.text_model_name_or_path else ())
+        model = cls(config, empty_bases=() if is_deepspeed_zero3_enabled() else loaded)
         if config.audio_model_name_or_path:
             if config.audio_source == "whisper_decoder_queries":
                 model.audio_tower = WhisperModel.from_pretrained(config.audio_model_name_or_path, dtype=dtype)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import llasm
-from tests.conftest import tone
+from tests.conftest import build_tiny, tone
 
 
 def _batch(processor):
@@ -46,6 +46,28 @@ def test_trained_parts_checkpoint_roundtrip(tiny_bases, tmp_path):
     assert config["text_model_name_or_path"] == tiny_bases["text"]["name_or_path"]
     loaded = llasm.LlasmForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded(**_batch(loaded.processor)).logits, expected)
+
+
+def test_loaded_bases_are_not_first_built_at_random(tiny_bases, monkeypatch):
+    """A base that is loaded is built on the meta device first (no memory, no random init); what the
+    model ends with is the loaded weights, every tensor real."""
+    import llasm.modeling as modeling
+
+    built = []
+    from_config = modeling.AutoModelForCausalLM.from_config
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_config",
+                        lambda config: built.append(from_config(config)) or built[-1])
+    model, _ = llasm.build_model(tiny_bases)
+    assert [next(m.parameters()).device.type for m in built] == ["meta"]
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert not any(t.is_meta for t in tensors)
+    base = load_file(f"{tiny_bases['text']['name_or_path']}/model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.language_model.state_dict()[name], base[name])
+    built.clear()
+    random, _ = build_tiny()  # bases without a path are built at random, for real
+    assert [next(m.parameters()).device.type for m in built] == ["cpu"]
+    assert not any(t.is_meta for t in random.parameters())
 
 
 def test_merged_checkpoint_and_auto_classes(tiny_bases, tmp_path):

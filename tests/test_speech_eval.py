@@ -183,3 +183,36 @@ def test_eval_speech_cli_speaks_through_a_unit_mel_token2wav(parts, tmp_path):
     assert {"speech_resynthesis", "speech_round_trip"} <= set(report["results"]), [e for e in report["errors"] if e["system"] == "round_trip"]
     wavs = [r["resynthesis"]["wav"] for r in report["details"]["speech"] if "wav" in r.get("resynthesis", {})]
     assert wavs and len(sf.read(wavs[0])[0]) % 200 == 0  # 80 Hz mel frames at 16 kHz
+
+
+def test_round_trip_batches_a_phoneme_heads_replies(parts, tiny_bases, monkeypatch):
+    """A head that reads the reply's text speaks replies written a batch at a time: the texts ``chat`` writes one
+    by one (greedy); a batch that fails goes one by one, and only its items' own errors are recorded."""
+    import llasm
+
+    model, _ = llasm.build_model(dict(tiny_bases, unit_head=dict(HEAD, input="phonemes", conv_layers=1)))
+    model.eval()
+    items, _ = load_speech_items(parts["data"], split="test")
+    alone = {i.id: model.chat(text=i.question, max_new_tokens=4) for i in items}
+    calls = []
+    batched = model.chat_batch
+
+    def count(conversations, **kw):
+        calls.append(len(conversations))
+        return batched(conversations, **kw)
+
+    monkeypatch.setattr(model, "chat_batch", count)
+    out = evaluate_speech(items, FakeJudge(), model=model, vocoder=parts["vocoder"], max_new_tokens=4,
+                          progress=False, batch_size=3)
+    assert calls == [3, 1]
+    written = {r["id"]: r["round_trip"]["reference"] for r in out["details"]["speech"] if "round_trip" in r}
+    assert written == alone and not [e for e in out["errors"] if e["system"] == "round_trip"]
+
+    def fail(conversations, **kw):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "chat_batch", fail)
+    out = evaluate_speech(items, FakeJudge(), model=model, vocoder=parts["vocoder"], max_new_tokens=4,
+                          progress=False, batch_size=3)
+    written = {r["id"]: r["round_trip"]["reference"] for r in out["details"]["speech"] if "round_trip" in r}
+    assert written == alone

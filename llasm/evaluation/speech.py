@@ -13,7 +13,10 @@ Systems (``results[system][lang]``, corpus ``wer`` for English, ``cer`` for Chin
     ``model.chat(question, speak=True)`` -> (text, speech); the judge transcribes the speech and is
     scored against the *text the model wrote* — the whole speech head (unit head + vocoder) on the
     model's own answers. The question is given as text when the item has its transcript, so that
-    this measures speaking, not listening.
+    this measures speaking, not listening. A head that reads the reply's text (``unit_head.input:
+    phonemes``) speaks replies written ``batch_size`` at a time (:func:`llasm.chat.chat_batch`, greedy:
+    the replies ``chat`` writes, up to padding's floating-point effects); a head on the LLM's states
+    needs each reply's own states, so its items are answered one by one.
 
 The judge's transcripts go through the loop guard every ASR hypothesis of :mod:`llasm.evaluation` goes
 through (:func:`llasm.evaluation.systems.collapse_loops`, against the reference; ``keep_loops`` turns it
@@ -34,12 +37,14 @@ from typing import Sequence
 from tqdm import tqdm
 
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
+from llasm.chat import user_turn
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
 from llasm.evaluation.systems import LOOP_GUARD_RULE, Transcriber, hear
 from llasm.io import read_jsonl
 from llasm.speech.token2wav import load_token2wav
 from llasm.speech.units import UnitExtractor
+from llasm.unit_head import speak_text
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +102,13 @@ def evaluate_speech(
     samples_per_lang: int = 2,
     progress: bool = True,
     keep_loops: bool = False,
+    batch_size: int = 8,
 ) -> dict:
     """Run the systems that the given parts allow; returns ``{"results", "counts", "details", "errors", "notes"}``.
 
     ``source`` needs answer audio; ``resynthesis`` needs answer audio, ``extractor`` and ``vocoder``;
     ``round_trip`` needs ``model`` with a unit head and a vocoder (``vocoder`` is attached when given).
+    ``batch_size``: round-trip questions per ``generate`` call when the head reads the reply's text.
     """
     if model is not None and vocoder is not None and getattr(model, "vocoder", None) is None:
         model.set_vocoder(vocoder)
@@ -129,6 +136,7 @@ def evaluate_speech(
             row[name]["wav"] = wav
         pairs.setdefault((name, item.lang), []).append((reference, hyp))
 
+    replies = _written_replies(model, items, max_new_tokens, batch_size, progress) if run["round_trip"] else {}
     for item in tqdm(items, desc="speech eval", unit="item", disable=not progress):
         row = {"id": item.id, "lang": item.lang, "question": item.question}
         records.append(row)
@@ -144,7 +152,11 @@ def evaluate_speech(
                 else:
                     if not item.question:
                         raise ValueError("the item has no question text")
-                    text, audio = model.chat(text=item.question, speak=True, max_new_tokens=max_new_tokens)
+                    if item.id in replies:
+                        text = replies[item.id]
+                        audio = speak_text(model, text, model.vocoder)
+                    else:
+                        text, audio = model.chat(text=item.question, speak=True, max_new_tokens=max_new_tokens)
                     judge_into(item, name, audio, text, row)
             except Exception as err:  # noqa: BLE001 — one bad item must not stop the run
                 logger.warning("speech %s %s: %s", name, item.id, err)
@@ -161,6 +173,28 @@ def evaluate_speech(
         results.setdefault(name, {}).setdefault(lang, {})[rate["metric"]] = rate["value"]
         counts.setdefault(name, {}).setdefault(lang, {})["speech"] = len(scored)
     return {"results": results, "counts": counts, "details": {"speech": records}, "errors": errors, "notes": notes}
+
+
+def _written_replies(model, items: Sequence[SpeechItem], max_new_tokens: int, batch_size: int,
+                     progress: bool) -> dict[str, str]:
+    """``{item id: reply}`` written ``batch_size`` questions at a time, for a head that reads the reply's
+    text (empty for a head on the LLM's states). A batch that fails leaves its items to ``chat`` one by
+    one, so only the item at fault is an error."""
+    if model.unit_head.config.input != "phonemes":
+        return {}
+    asked = [item for item in items if item.question]
+    replies: dict[str, str] = {}
+    for start in tqdm(range(0, len(asked), batch_size), desc="speech eval: answers", unit="batch",
+                      disable=not progress):
+        batch = asked[start : start + batch_size]
+        try:
+            texts = model.chat_batch([[user_turn(text=item.question)] for item in batch], max_new_tokens=max_new_tokens)
+        except Exception as err:  # noqa: BLE001 — the items go one by one instead
+            logger.warning("speech round_trip: a batch of %d questions failed (%s); answering them one by one",
+                           len(batch), err)
+            continue
+        replies.update((item.id, text) for item, text in zip(batch, texts))
+    return replies
 
 
 # -- the speech task on the command line (``llasm eval --vocoder ...``) ------------------------------
@@ -180,7 +214,7 @@ def run_speech(args, model, items, judge) -> dict:
         extractor = UnitExtractor.load(args.kmeans, device=str(model.device))
     return evaluate_speech(items, judge, model=model, vocoder=vocoder, extractor=extractor,
                            max_new_tokens=args.max_new_tokens, samples_dir=Path(args.output) / "speech_samples",
-                           progress=not args.no_progress, keep_loops=args.keep_loops)
+                           progress=not args.no_progress, keep_loops=args.keep_loops, batch_size=args.batch_size)
 
 
 def merge_speech(report: dict, speech: dict) -> None:
