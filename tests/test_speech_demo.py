@@ -73,6 +73,16 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
     assert "| states |" in printed and f"[states] head kept as {tmp_path / 'heads' / 'states'} (the training log's " in printed
     kept = json.loads((tmp_path / "heads" / "states" / "config.json").read_text())["unit_head"]
     assert kept["input"] == "states" and (tmp_path / "heads" / "phonemes" / "config.json").exists()
+    # bench/reply_batch.py on the demo's head: one by one against batches, and how many replies are the same texts
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reply_batch", Path(speech_demo.REPO) / "bench" / "reply_batch.py")
+    reply_batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reply_batch)
+    assert reply_batch.main(["--model", str(tmp_path / "stage3" / "final"), "--data", str(tmp_path / "data" / "answers.jsonl"),
+                             "--limit", "1", "--batch-sizes", "2", "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 questions, 4 new tokens at most" in printed and "batches of 2" in printed and "(same replies " in printed
 
 
 def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):
