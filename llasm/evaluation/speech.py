@@ -37,10 +37,9 @@ from typing import Sequence
 from tqdm import tqdm
 
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
-from llasm.chat import user_turn
 from llasm.evaluation import metrics as M
 from llasm.evaluation.items import _lang
-from llasm.evaluation.systems import LOOP_GUARD_RULE, Transcriber, hear
+from llasm.evaluation.systems import LOOP_GUARD_RULE, LlasmSystem, Transcriber, call_batched, hear
 from llasm.io import read_jsonl
 from llasm.speech.token2wav import load_token2wav
 from llasm.speech.units import UnitExtractor
@@ -178,22 +177,18 @@ def evaluate_speech(
 def _written_replies(model, items: Sequence[SpeechItem], max_new_tokens: int, batch_size: int,
                      progress: bool) -> dict[str, str]:
     """``{item id: reply}`` written ``batch_size`` questions at a time, for a head that reads the reply's
-    text (empty for a head on the LLM's states). A batch that fails leaves its items to ``chat`` one by
-    one, so only the item at fault is an error."""
+    text (empty for a head on the LLM's states); :func:`call_batched` runs a failed batch item by item,
+    and an item that still fails is left to ``chat`` in the loop, where its error is recorded."""
     if model.unit_head.config.input != "phonemes":
         return {}
+    system = LlasmSystem(model, prompts={}, max_new_tokens=max_new_tokens)
     asked = [item for item in items if item.question]
     replies: dict[str, str] = {}
     for start in tqdm(range(0, len(asked), batch_size), desc="speech eval: answers", unit="batch",
                       disable=not progress):
         batch = asked[start : start + batch_size]
-        try:
-            texts = model.chat_batch([[user_turn(text=item.question)] for item in batch], max_new_tokens=max_new_tokens)
-        except Exception as err:  # noqa: BLE001 — the items go one by one instead
-            logger.warning("speech round_trip: a batch of %d questions failed (%s); answering them one by one",
-                           len(batch), err)
-            continue
-        replies.update((item.id, text) for item, text in zip(batch, texts))
+        texts = call_batched(system, "answer_text", [item.question for item in batch])
+        replies.update((item.id, text) for item, text in zip(batch, texts) if not isinstance(text, Exception))
     return replies
 
 
