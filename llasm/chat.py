@@ -254,8 +254,9 @@ def chat_stream(model, messages=None, *, audio=None, text=None, max_new_tokens=1
     a first chunk after ``first_chunk_units`` units (default 10), then every ``chunk_units``. The
     first chunk is vocoded with ``first_chunk_context`` frames of right context (default 0, for the
     earliest sound, and then a head on phonemes decodes the first chunk's units without its look-ahead
-    too; ``None``: the full receptive field, so the stream equals ``chat(speak=True)`` — sample for sample
-    with a convolutional vocoder; with Griffin-Lim, whose phase is global, the same length and close).
+    too, so the audio can differ from ``chat``'s — a few per cent of its length with a trained head; ``None``:
+    the full receptive field, so the stream equals ``chat(speak=True)`` — sample for sample with a
+    convolutional vocoder; with Griffin-Lim, whose phase is global, the same length and close).
     The token2wav runs in line: a chunk costs less than an LLM step on a CPU (``bench/speech_latency.py``).
     """
     if getattr(model, "unit_head", None) is None or getattr(model, "vocoder", None) is None:

@@ -134,6 +134,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def trim_step_log(path: str | os.PathLike, step: int) -> None:
+    """Keep the lines of a per-step JSONL log (``{"step": n, ...}``: ``losses.jsonl``, ``log.jsonl``) up to
+    ``step``: a resumed run rewrites what came after, a fresh one (``step`` 0) starts an empty log, so no step
+    appears twice. Lines cut short by a kill are dropped; the rewrite is atomic."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    write_text(path, "".join(kept))
+
+
 def file_sha1(path: str | os.PathLike) -> str:
     """The sha1 of a file's bytes, read in 1 MiB blocks (a run's data fingerprint)."""
     h = hashlib.sha1()

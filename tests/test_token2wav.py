@@ -221,7 +221,7 @@ def test_mb_melgan_speaks_the_baker_mel_domain():
         assert short.shape == (frames * 300,) and np.isfinite(short).all()
 
 
-def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
+def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path, caplog):
     """A few steps on two clips: checkpoints, samples (wav + PNG), resume = uninterrupted, rejects kept out."""
     from llasm.audio import save_audio
     from llasm.io import write_jsonl
@@ -247,11 +247,14 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     straight = trainer(tmp_path / "a", 4)
     assert [r["id"] for r in straight.dataset.rejects] == ["bad"]
     straight.train()
-    first = trainer(tmp_path / "b", 2)
+    first = trainer(tmp_path / "b", 2, log_every=1)
     first.train()
-    resumed = trainer(tmp_path / "b", 4)
+    with open(tmp_path / "b" / "log.jsonl", "a") as log:  # a run killed after logging past its checkpoint
+        log.write('{"step": 3, "loss": 9.0}\n{"step": 4, "lo')
+    resumed = trainer(tmp_path / "b", 4, log_every=1)
     assert resumed.step == 2 and resumed.resumed_from is not None
     resumed.train()
+    assert [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")] == [1, 2, 3, 4]  # each step once
     for key, value in straight.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
     assert (tmp_path / "a" / "samples" / "step_00000004.wav").exists()
@@ -266,9 +269,14 @@ def test_unit_mel_trainer_trains_resumes_and_samples(tmp_path):
     assert isinstance(load_token2wav(tmp_path / "a"), UnitMelToken2Wav)
     with pytest.raises(ValueError, match="max_steps and/or train.max_minutes"):
         UnitMelTrainer(t2w_config, decoder_config, MelTrainConfig(train_manifest=str(tmp_path / "m.jsonl")))
+    with caplog.at_level("WARNING", logger="llasm.speech.mel_training"):
+        trainer(tmp_path / "c", 4, warmup_steps=10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.warmup_steps 10 > train.max_steps 4: the learning rate never reaches train.learning_rate 0.001 "
+        "(at most 0.0004); lower warmup_steps or train longer"]
     # a continuation must be the same run: each change is named (its length and bookkeeping may change)
     with pytest.raises(ValueError, match=r"another config or data(.|\n)*train.learning_rate: 0.001 -> 0.1"):
-        trainer(tmp_path / "b", 6, learning_rate=0.1)
+        trainer(tmp_path / "b", 6, learning_rate=0.1, log_every=1)
     smaller = dataclasses.replace(decoder_config, hidden_size=8)
     with pytest.raises(ValueError, match=r"mel_decoder.hidden_size: 16 -> 8"):
         trainer(tmp_path / "b", 6, decoder=smaller)

@@ -236,7 +236,8 @@ def test_model_with_unit_head_speaks_and_checkpoints(tmp_path, kind):
     spoken.eval()
     assert spoken.unit_head is not None
     tiny_token2wav(kind).save_pretrained(tmp_path / "voice")
-    spoken.set_vocoder(tmp_path / "voice")  # a directory of either kind
+    assert spoken.set_vocoder(tmp_path / "voice") is None  # a directory of either kind; a REPL prints nothing
+    assert type(spoken.vocoder).__name__ == type(tiny_token2wav(kind)).__name__
     torch.manual_seed(0)
     with torch.no_grad():
         for p in spoken.unit_head.parameters():  # make some unit win over the blank

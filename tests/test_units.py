@@ -172,13 +172,19 @@ def test_the_fit_hands_back_the_features_it_encoded(tmp_path):
         assert dedup_units(fitted.assign(feats)) == fitted.extract(clip)
 
 
-def test_fit_kmeans_errors():
+def test_fit_kmeans_errors(caplog):
     with pytest.raises(ValueError, match="at least"):
         fit_kmeans([np.zeros((3, 4))], 8)
     with pytest.raises(ValueError, match="no features"):
         fit_kmeans([], 8)
-    centroids = fit_kmeans([np.random.default_rng(0).standard_normal((200, 4))], 8)
+    with caplog.at_level("WARNING", logger="llasm.speech.units"):
+        centroids = fit_kmeans([np.random.default_rng(0).standard_normal((312, 4))], 8)  # 39 frames a unit
+        assert not caplog.records
+        fit_kmeans([np.random.default_rng(0).standard_normal((200, 4))], 8)
     assert centroids.shape == (8, 4) and centroids.dtype == np.float32
+    assert [r.getMessage() for r in caplog.records] == [
+        "k-means with K=8 on 200 frames (25.0 a unit; faiss asks for at least 39): many units will be fitted to a "
+        "handful of frames; give it more audio or a smaller K"]
 
 
 def test_annotate_conversations(fitted, audio_dir, tmp_path):

@@ -241,10 +241,13 @@ def test_training_checkpoint_and_exact_resume(tmp_path):
 
     with pytest.raises(ValueError, match=r"another config or data(.|\n)*train.batch_size: 2 -> 3"):
         VocoderTrainer(config, train_config(tmp_path, manifest, max_steps=4, batch_size=3))
+    with open(run / "log.jsonl", "a") as log:  # a run killed after logging past its checkpoint
+        log.write('{"step": 4, "loss_g": 9.0}\n{"step": 5, "lo')
     resumed_trainer = VocoderTrainer(config, train_config(tmp_path, manifest, max_steps=4))
     assert resumed_trainer.step == 3
     resumed = resumed_trainer.train()
     assert [r["step"] for r in resumed] == [4]
+    assert [json.loads(line)["step"] for line in open(run / "log.jsonl")] == [1, 2, 3, 4]  # each step once
 
     uninterrupted = train_config(tmp_path, manifest, max_steps=4, output_dir=str(tmp_path / "b"))
     straight = VocoderTrainer(config, uninterrupted).train()

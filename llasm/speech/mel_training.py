@@ -19,6 +19,7 @@ token2wav (no decoder, no checkpoints; seconds to minutes for the mel features).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 from llasm import settings
 from llasm.audio import SAMPLING_RATE, load_audio, save_audio
 from llasm.device import resolve_device, to_device
-from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl
+from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl, trim_step_log
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import duration_loss
 from llasm.speech.mel import LogMel, unit_frame_of_mel, unit_frame_sums
@@ -41,6 +42,8 @@ from llasm.speech.mel_decoder import UnitMelDecoder, UnitMelDecoderConfig, mel_l
 from llasm.speech.token2wav import Token2WavConfig, UnitMelToken2Wav
 from llasm.speech.unit_selection import UnitSelection
 from llasm.speech.vocoder_config import FRAME_RATE
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -200,6 +203,10 @@ class UnitMelTrainer:
         self.learns = token2wav.needs_decoder
         if self.learns and t.max_steps is None and t.max_minutes is None:
             raise ValueError("set train.max_steps and/or train.max_minutes (the run needs a bound)")
+        if self.learns and t.max_steps is not None and t.warmup_steps > t.max_steps:
+            logger.warning("train.warmup_steps %d > train.max_steps %d: the learning rate never reaches "
+                           "train.learning_rate %g (at most %.3g); lower warmup_steps or train longer",
+                           t.warmup_steps, t.max_steps, t.learning_rate, t.learning_rate * t.max_steps / t.warmup_steps)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.token2wav_config, self.config, self.train_config = token2wav, config, train_config
@@ -250,6 +257,7 @@ class UnitMelTrainer:
             return []
         started, history = time.monotonic(), []
         last_saved = self.step if self.resumed_from else -1
+        trim_step_log(self.output_dir / "log.jsonl", self.step)  # a resumed run logs its steps once
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="token2wav", unit="step")
         while not self._finished(started):
             losses = self.train_step(self.dataset.batch(self.step, t.batch_size, t.segment_frames))

@@ -39,6 +39,8 @@ from llasm.io import atomic_path, read_jsonl, write_json
 from llasm.sharding import Records, Shard
 
 logger = logging.getLogger(__name__)
+# faiss's Clustering.min_points_per_centroid: below it, it warns that the centroids are poorly estimated
+MIN_FRAMES_PER_UNIT = 39
 
 SAMPLES_PER_FRAME = 320  # 50 Hz at 16 kHz for both Whisper (hop 160, conv stride 2) and HuBERT
 CHUNK_SAMPLES = 30 * SAMPLING_RATE  # Whisper encodes at most 30 s at a time
@@ -179,6 +181,10 @@ def fit_kmeans(features: Iterable[torch.Tensor | np.ndarray], num_units: int, se
     data = np.concatenate(arrays)
     if data.shape[0] < num_units:
         raise ValueError(f"k-means with K={num_units} needs at least {num_units} frames, got {data.shape[0]}")
+    if data.shape[0] < MIN_FRAMES_PER_UNIT * num_units:
+        logger.warning("k-means with K=%d on %d frames (%.1f a unit; faiss asks for at least %d): many units will be "
+                       "fitted to a handful of frames; give it more audio or a smaller K", num_units, data.shape[0],
+                       data.shape[0] / num_units, MIN_FRAMES_PER_UNIT)
     km = MiniBatchKMeans(n_clusters=num_units, random_state=seed, batch_size=min(batch_size, data.shape[0]),
                          max_iter=max_iter, n_init=n_init, compute_labels=False)
     km.fit(data)

@@ -24,7 +24,7 @@ from transformers.audio_utils import mel_filter_bank  # librosa's Slaney filterb
 
 from llasm.audio import load_audio, save_audio
 from llasm.device import describe, resolve_device, to_device
-from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl
+from llasm.io import atomic_path, discard_earlier_checkpoints, read_jsonl, trim_step_log
 from llasm.speech import checkpoints
 from llasm.speech.discriminators import (
     MultiPeriodDiscriminator,
@@ -284,6 +284,7 @@ class VocoderTrainer:
         history: list[dict] = []
         per_epoch = self.dataset.steps_per_epoch(t.batch_size)
         last_saved = self.step if self.resumed_from else -1
+        trim_step_log(self.output_dir / "log.jsonl", self.step)  # a resumed run logs its steps once
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc=f"vocoder on {describe(self.device)}",
                    unit="step")
         while not self._finished(started):

@@ -10,7 +10,6 @@ with LoRA merged, tied names dropped) does ``trainable.safetensors`` hold them.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llasm.checkpoint import WEIGHTS_NAME, write_checkpoint
-from llasm.io import atomic_path, write_text
+from llasm.io import atomic_path, trim_step_log
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -117,26 +116,10 @@ def load_trainable(model, directory: Path) -> None:
 
 def start_logs(out: Path, step: int) -> None:
     """Before a run at ``step`` logs into ``out``: ``losses.jsonl`` keeps the steps up to ``step``
-    (:func:`trim_losses`), and a run from step 0 removes an earlier run's TensorBoard event files (a resume's
+    (:func:`llasm.io.trim_step_log`), and a run from step 0 removes an earlier run's TensorBoard event files (a resume's
     later steps are hidden by its writer's ``purge_step``), so TensorBoard shows this run alone whichever
     loader reads the folder (TensorBoard's fast loader does not honour ``purge_step``)."""
-    trim_losses(Path(out) / "losses.jsonl", step)
+    trim_step_log(Path(out) / "losses.jsonl", step)
     if step == 0:
         for events in (Path(out) / "tensorboard").glob("events.out.tfevents.*"):
             events.unlink()
-
-
-def trim_losses(path: Path, step: int) -> None:
-    """Keep the lines of ``losses.jsonl`` up to ``step`` (a resumed run rewrites what came after; a
-    fresh one, ``step`` 0, starts an empty log), so no step appears twice."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    write_text(path, "".join(kept))
